@@ -1,0 +1,41 @@
+# Two commands on a fresh clone: `make run` (venv, install, demo job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+# Reinstall when any shipped file changes: the strict editable install links files, so a new module
+# only appears after a reinstall.
+SOURCES := pyproject.toml $(shell find orchestrator launchers conf -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
+
+.PHONY: install install-dev run test clean
+
+# torch first, pinned: with 2.13.0 in place, the package's `torch>=2.4` installs nothing more, so a
+# CPU machine never pulls the multi-GB CUDA wheels (a GPU machine gets the CUDA build of 2.13.0).
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade "pip>=23" "setuptools>=68" wheel
+	$(BIN)/pip install torch==$(TORCH_VERSION)
+	touch $@
+
+# editable_mode=strict: Hydra only discovers the launcher plugin from a strict editable install.
+$(VENV)/.installed: $(VENV)/.torch $(SOURCES)
+	$(BIN)/pip install --no-build-isolation -e . --config-settings editable_mode=strict
+	touch $@
+
+# the dev extra (test tools) on top; it reinstalls the package too, so it tracks the sources itself
+$(VENV)/.installed-dev: $(VENV)/.torch $(SOURCES)
+	$(BIN)/pip install --no-build-isolation -e ".[dev]" --config-settings editable_mode=strict
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/orchestrator train
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info outputs multirun
