@@ -1,0 +1,198 @@
+"""DictConfig -> JobConfig: the one place a Hydra DictConfig is read, and the job's validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from orchestrator.config.schema import (
+    AMP_MODES,
+    BACKENDS,
+    MODEL_FORMATS,
+    OPTIMIZERS,
+    PLACEMENT_STRATEGIES,
+    SCHEDULES,
+    CnnConfig,
+    DataConfig,
+    JobConfig,
+    MlpConfig,
+    SyntheticConfig,
+)
+from orchestrator.errors import ConfigError
+
+DIGITS_INPUT_SHAPE = (1, 8, 8)
+DIGITS_CLASSES = 10
+
+
+def load_config(cfg: DictConfig, base_dir: Path) -> JobConfig:
+    """Build the typed, validated job config; relative paths are taken from `base_dir`."""
+    job = OmegaConf.to_object(cfg)
+    if not isinstance(job, JobConfig):
+        raise TypeError(f"expected a composed JobConfig, got {type(job).__name__}")
+    job = _absolute_paths(job, base_dir)
+    validate(job)
+    return job
+
+
+def _absolute_paths(job: JobConfig, base_dir: Path) -> JobConfig:
+    """Pin relative locations to `base_dir`, so workers and the printed commands agree on them."""
+    tracking = job.tracking
+    sqlite_prefix = "sqlite:///"
+    if tracking.uri.startswith(sqlite_prefix) and not tracking.uri.startswith(sqlite_prefix + "/"):
+        # sqlite:///name.db is relative to the working directory; sqlite:////abs/name.db is absolute
+        db_path = (base_dir / tracking.uri[len(sqlite_prefix):]).resolve()
+        tracking = dataclasses.replace(tracking, uri=f"{sqlite_prefix}{db_path}")
+    checkpoint = dataclasses.replace(job.checkpoint, dir=str((base_dir / job.checkpoint.dir).resolve()))
+    return dataclasses.replace(job, tracking=tracking, checkpoint=checkpoint)
+
+
+def data_input_shape(data: DataConfig) -> tuple[int, ...]:
+    """Shape of one input sample of the configured data set."""
+    if isinstance(data, SyntheticConfig):
+        return tuple(data.input_shape)
+    return DIGITS_INPUT_SHAPE
+
+
+def data_num_classes(data: DataConfig) -> int:
+    """Number of classes of the configured data set."""
+    if isinstance(data, SyntheticConfig):
+        return data.num_classes
+    return DIGITS_CLASSES
+
+
+class _Problems:
+    """Collects every invalid value, so a user fixes them all in one go."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def require(self, ok: bool, key: str, value: Any, valid: str) -> None:
+        if not ok:
+            self.messages.append(f"{key}={_show(value)} is not valid: {valid}")
+
+    def choice(self, key: str, value: Any, choices: Sequence[str]) -> None:
+        self.require(value in choices, key, value, f"use one of {', '.join(choices)}")
+
+    def at_least(self, key: str, value: Any, minimum: float) -> None:
+        ok = _is_number(value) and value >= minimum
+        self.require(ok, key, value, f"must be a number >= {minimum:g}")
+
+    def positive(self, key: str, value: Any) -> None:
+        self.require(_is_number(value) and value > 0, key, value, "must be a number > 0")
+
+    def fraction(self, key: str, value: Any, upper_inclusive: bool = False) -> None:
+        ok = _is_number(value) and 0 <= value and (value <= 1 if upper_inclusive else value < 1)
+        self.require(ok, key, value, f"must be in [0, 1{']' if upper_inclusive else ')'}")
+
+    def sizes(self, key: str, values: Iterable[Any]) -> None:
+        values = list(values)
+        ok = bool(values) and all(isinstance(v, int) and v >= 1 for v in values)
+        self.require(ok, key, values, "must be a non-empty list of integers >= 1")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def validate(job: JobConfig) -> None:
+    """Reject every invalid value with the key, the value and what is valid (raises ConfigError)."""
+    problems = _Problems()
+    _check_scaling(job, problems)
+    _check_trainer(job, problems)
+    _check_optim(job, problems)
+    _check_data(job, problems)
+    _check_model(job, problems)
+    _check_tracking_and_checkpoint(job, problems)
+    if problems.messages:
+        raise ConfigError(problems.messages)
+
+
+def _check_scaling(job: JobConfig, problems: _Problems) -> None:
+    scaling = job.scaling
+    problems.at_least("scaling.num_workers", scaling.num_workers, 1)
+    problems.positive("scaling.cpus_per_worker", scaling.cpus_per_worker)
+    gpus = scaling.gpus_per_worker
+    gpus_ok = _is_number(gpus) and gpus >= 0 and (gpus <= 1 or float(gpus).is_integer())
+    problems.require(gpus_ok, "scaling.gpus_per_worker", gpus, "must be 0, a fraction in (0, 1] or a whole number")
+    problems.choice("scaling.placement_strategy", scaling.placement_strategy, PLACEMENT_STRATEGIES)
+    problems.choice("scaling.backend", scaling.backend, BACKENDS)
+    if scaling.backend == "nccl" and gpus_ok and gpus == 0:
+        problems.require(False, "scaling.backend", "nccl", "nccl needs GPUs: set scaling.gpus_per_worker >= 1, or scaling.backend=auto or gloo")
+    problems.positive("scaling.placement_timeout_s", scaling.placement_timeout_s)
+    problems.positive("scaling.rendezvous_timeout_s", scaling.rendezvous_timeout_s)
+    if job.cluster.num_cpus is not None:
+        problems.at_least("cluster.num_cpus", job.cluster.num_cpus, 1)
+
+
+def _check_trainer(job: JobConfig, problems: _Problems) -> None:
+    trainer = job.trainer
+    problems.at_least("trainer.max_epochs", trainer.max_epochs, 1)
+    if trainer.max_steps is not None:
+        problems.at_least("trainer.max_steps", trainer.max_steps, 1)
+    problems.at_least("trainer.seed", trainer.seed, 0)
+    problems.choice("trainer.amp", trainer.amp, AMP_MODES)
+    problems.at_least("trainer.grad_accum_steps", trainer.grad_accum_steps, 1)
+    problems.at_least("trainer.log_every_n_steps", trainer.log_every_n_steps, 1)
+    problems.at_least("trainer.eval_every_n_epochs", trainer.eval_every_n_epochs, 1)
+
+
+def _check_optim(job: JobConfig, problems: _Problems) -> None:
+    optim = job.optim
+    problems.choice("optim.name", optim.name, OPTIMIZERS)
+    problems.positive("optim.lr", optim.lr)
+    problems.at_least("optim.weight_decay", optim.weight_decay, 0)
+    problems.fraction("optim.momentum", optim.momentum)
+    problems.choice("optim.schedule", optim.schedule, SCHEDULES)
+    problems.at_least("optim.warmup_steps", optim.warmup_steps, 0)
+
+
+def _check_data(job: JobConfig, problems: _Problems) -> None:
+    data = job.data
+    problems.at_least("data.batch_size", data.batch_size, 1)
+    test_ok = _is_number(data.test_fraction) and 0 < data.test_fraction < 1
+    problems.require(test_ok, "data.test_fraction", data.test_fraction, "must be in (0, 1)")
+    if isinstance(data, SyntheticConfig):
+        problems.at_least("data.num_samples", data.num_samples, 2)
+        problems.sizes("data.input_shape", data.input_shape)
+        problems.at_least("data.num_classes", data.num_classes, 2)
+
+
+def _check_model(job: JobConfig, problems: _Problems) -> None:
+    model = job.model
+    if isinstance(model, MlpConfig):
+        problems.sizes("model.hidden_sizes", model.hidden_sizes)
+    elif isinstance(model, CnnConfig):
+        problems.sizes("model.channels", model.channels)
+        problems.at_least("model.hidden", model.hidden, 1)
+        _check_cnn_input(job, model, problems)
+    problems.fraction("model.dropout", model.dropout)
+
+
+def _check_cnn_input(job: JobConfig, model: CnnConfig, problems: _Problems) -> None:
+    shape = data_input_shape(job.data)
+    if len(shape) != 3:
+        problems.require(False, "data.input_shape", list(shape), "model=cnn needs image inputs [channels, height, width]: set data.input_shape=[1,8,8] or use model=mlp")
+        return
+    pools = max(len(model.channels) - 1, 0)
+    smallest = min(shape[1], shape[2])
+    if smallest >> pools < 1:
+        problems.require(False, "model.channels", model.channels, f"{pools} 2x2 pools shrink a {shape[1]}x{shape[2]} input to nothing: use at most {smallest.bit_length()} conv blocks")
+
+
+def _check_tracking_and_checkpoint(job: JobConfig, problems: _Problems) -> None:
+    tracking = job.tracking
+    problems.require(bool(tracking.uri), "tracking.uri", tracking.uri, "must be a tracking URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
+    problems.require(bool(tracking.experiment), "tracking.experiment", tracking.experiment, "must be a non-empty name")
+    problems.choice("tracking.model_format", tracking.model_format, MODEL_FORMATS)
+    checkpoint = job.checkpoint
+    if checkpoint.every_n_steps is not None:
+        problems.at_least("checkpoint.every_n_steps", checkpoint.every_n_steps, 1)
+    problems.at_least("checkpoint.keep_last", checkpoint.keep_last, 1)

@@ -1,0 +1,205 @@
+"""Typed job configuration: the frozen dataclasses Hydra composes and every module reads.
+
+Each field carries a docstring; the README's key table lists every key with its default. Choice
+fields are plain strings so that `validate()` (not OmegaConf) rejects a bad value with a message
+that names the key, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+BACKENDS = ("auto", "nccl", "gloo")
+AMP_MODES = ("none", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
+MODEL_FORMATS = ("pt2", "pickle")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Which Ray cluster runs the job."""
+
+    address: Optional[str] = None
+    """Ray cluster to connect to; null starts an embedded local Ray instance for this job."""
+    num_cpus: Optional[int] = None
+    """CPUs the embedded instance offers; null = all CPUs of this machine."""
+    dashboard: bool = False
+    """Start the Ray dashboard with the embedded instance (costs start-up time)."""
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """How many workers, with what resources, placed how."""
+
+    num_workers: int = 2
+    """Number of DDP workers (ranks), one Ray actor each."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; also the worker's torch thread count (at least 1)."""
+    gpus_per_worker: float = 0.0
+    """GPUs per worker; 0 = CPU training."""
+    placement_strategy: str = "PACK"
+    """Ray placement group strategy: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD."""
+    backend: str = "auto"
+    """torch.distributed backend: auto (nccl when workers hold GPUs, else gloo), nccl or gloo."""
+    placement_timeout_s: float = 60.0
+    """How long to wait for the placement group (lets an autoscaler add nodes) before failing."""
+    rendezvous_timeout_s: float = 300.0
+    """Process-group timeout: rendezvous and any collective that waits longer than this fails."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The training loop."""
+
+    max_epochs: int = 4
+    """Epochs to train when max_steps is null."""
+    max_steps: Optional[int] = None
+    """Optimizer steps to train; null = train by epochs."""
+    seed: int = 0
+    """Seed for model init, data split and shuffling; the same seed gives the same run."""
+    amp: str = "none"
+    """Mixed precision: none, bf16 (autocast) or fp16 (autocast + GradScaler)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (gradients sync only on the last)."""
+    log_every_n_steps: int = 10
+    """Log train/loss and train/samples_per_s every this many optimizer steps."""
+    eval_every_n_epochs: int = 1
+    """Evaluate on the test split every this many epochs (and always at the end)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: str = "adamw"
+    """Optimizer: sgd or adamw."""
+    lr: float = 0.003
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """Weight decay."""
+    momentum: float = 0.9
+    """SGD momentum (sgd only)."""
+    schedule: str = "cosine"
+    """Learning-rate schedule after warm-up: constant or cosine (decays to 0 at the last step)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to lr."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base of the `model` group; `name` selects the architecture."""
+
+    name: str = MISSING
+    """Architecture; set by the group option (mlp, cnn)."""
+
+
+@dataclass(frozen=True)
+class MlpConfig(ModelConfig):
+    """A multi-layer perceptron over the flattened input."""
+
+    name: str = "mlp"
+    hidden_sizes: List[int] = field(default_factory=lambda: [128, 128])
+    """Width of each hidden layer."""
+    dropout: float = 0.0
+    """Dropout after each hidden layer."""
+
+
+@dataclass(frozen=True)
+class CnnConfig(ModelConfig):
+    """A small convolutional network for (C, H, W) images."""
+
+    name: str = "cnn"
+    channels: List[int] = field(default_factory=lambda: [32, 64])
+    """Output channels of each 3x3 conv block (a 2x2 max-pool follows each but the first)."""
+    hidden: int = 128
+    """Width of the fully connected layer before the classifier."""
+    dropout: float = 0.0
+    """Dropout before the classifier."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Base of the `data` group; `name` selects the data set."""
+
+    name: str = MISSING
+    """Data set; set by the group option (digits, synthetic)."""
+    batch_size: int = 32
+    """Samples per worker per micro-batch (the global batch is batch_size x num_workers)."""
+    test_fraction: float = 0.2
+    """Share of the samples held out for evaluation (split fixed by trainer.seed)."""
+
+
+@dataclass(frozen=True)
+class DigitsConfig(DataConfig):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)."""
+
+    name: str = "digits"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig(DataConfig):
+    """Random inputs labelled by a fixed random teacher network: learnable, no download."""
+
+    name: str = "synthetic"
+    num_samples: int = 8192
+    """Samples generated (train + test)."""
+    input_shape: List[int] = field(default_factory=lambda: [64])
+    """Shape of one input: [features] for the mlp, [channels, height, width] for the cnn."""
+    num_classes: int = 10
+    """Number of classes."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking."""
+
+    enabled: bool = True
+    """Record the run in MLflow; false = no tracking at all."""
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI; the default is a SQLite file in the working directory, with artifacts
+    in the folder `mlartifacts` beside it."""
+    experiment: str = "orchestrator"
+    """MLflow experiment name (created when missing)."""
+    run_name: Optional[str] = None
+    """MLflow run name; null lets MLflow pick one."""
+    log_model: bool = True
+    """Log the trained model with mlflow.pytorch.log_model under the name `model`."""
+    model_format: str = "pt2"
+    """Serialization of the logged model: pt2 (torch.export, MLflow 3's default) or pickle."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints written by rank 0."""
+
+    dir: str = "checkpoints"
+    """Directory for checkpoints (one sub-folder per run); must be shared storage across nodes."""
+    every_n_steps: Optional[int] = None
+    """Also checkpoint every this many optimizer steps; null = only at each epoch end."""
+    keep_last: int = 2
+    """Complete checkpoints kept per run; older ones are deleted."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One training job: what runs, where, and how it is recorded."""
+
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: Any = MISSING
+    """The `model` group option: MlpConfig or CnnConfig."""
+    data: Any = MISSING
+    """The `data` group option: DigitsConfig or SyntheticConfig."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+MODEL_SCHEMAS = {"mlp": MlpConfig, "cnn": CnnConfig}
+DATA_SCHEMAS = {"digits": DigitsConfig, "synthetic": SyntheticConfig}
