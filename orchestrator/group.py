@@ -1,0 +1,58 @@
+"""The worker group as the controller sees it: a protocol and the events it produces.
+
+The Ray implementation lives in `launchers/ray_launcher.py`; tests drive the controller with fakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, Union
+
+from orchestrator.rendezvous import WorkerSpec
+
+
+@dataclass(frozen=True)
+class RankReport:
+    """A rank sent a report (see orchestrator.reports)."""
+
+    world_rank: int
+    report: object
+
+
+@dataclass(frozen=True)
+class RankExited:
+    """A rank's report stream ended normally (its last report was its result or error)."""
+
+    world_rank: int
+
+
+@dataclass(frozen=True)
+class RankLost:
+    """A rank's process died (killed, out of memory, node lost) without finishing."""
+
+    world_rank: int
+    node_ip: str
+    reason: str
+
+
+GroupEvent = Union[RankReport, RankExited, RankLost]
+
+
+class WorkerGroup(Protocol):
+    """One attempt of the job on the cluster: reserved resources plus one running process per rank."""
+
+    @property
+    def specs(self) -> Sequence[WorkerSpec]:
+        """The ranks of this group (empty before `start`)."""
+
+    def start(self) -> None:
+        """Reserve resources, start one worker per rank and set every rank running."""
+
+    def wait(self, timeout_s: float) -> list[GroupEvent]:
+        """Events that arrived within `timeout_s` (an empty list when none did)."""
+
+    def request_stop(self) -> None:
+        """Ask every rank to stop at the next step the ranks agree on."""
+
+    def shutdown(self) -> None:
+        """Stop every worker process and release every reserved resource; safe to call twice."""

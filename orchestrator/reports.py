@@ -1,0 +1,65 @@
+"""What ranks tell the driver. Small frozen records: produced by workers, consumed by the controller.
+
+Workers never talk to MLflow: everything the run records arrives at the driver as one of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """A rank's heartbeat: progress and how long its recent optimizer steps took."""
+
+    world_rank: int
+    step: int
+    """Optimizer steps completed so far (the global step)."""
+    total_steps: int
+    epoch: int
+    step_time_s: float
+    """Mean wall time per optimizer step since this rank's previous StepReport."""
+    steps_timed: int
+
+
+@dataclass(frozen=True)
+class MetricsReport:
+    """Scalar metrics at a global step (rank 0 sends these; values are already reduced over ranks)."""
+
+    step: int
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    """Rank 0 completed a checkpoint (the file is in place after its atomic rename)."""
+
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class ResultReport:
+    """A rank finished its work; rank 0 also hands back the trained weights for the model registry."""
+
+    world_rank: int
+    step: int
+    stopped: bool = False
+    """True when the rank stopped early because the driver asked it to."""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    params_digest: str = ""
+    """SHA-256 over the rank's parameters and buffers: equal on every rank when DDP kept replicas in sync."""
+    model_state: Optional[Mapping[str, Any]] = None
+    input_example: Any = None
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """An exception raised on a rank (user code or ours), with its traceback."""
+
+    world_rank: int
+    node_ip: str
+    error_type: str
+    message: str
+    traceback: str
