@@ -1,0 +1,103 @@
+"""In-memory data sets and each rank's share of them, batch by batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from orchestrator.config.load import data_num_classes
+from orchestrator.config.schema import DataConfig, SyntheticConfig
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test tensors plus what a model needs to know about them."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def load_dataset(data: DataConfig, seed: int) -> Dataset:
+    """The configured data set, split into train/test by `seed` (identical on every rank)."""
+    if isinstance(data, SyntheticConfig):
+        inputs, labels = _synthetic(data, seed)
+    else:
+        inputs, labels = _digits()
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    num_test = max(1, int(round(len(labels) * data.test_fraction)))
+    test, train = order[:num_test], order[num_test:]
+    return Dataset(
+        train_x=inputs[train].contiguous(),
+        train_y=labels[train].contiguous(),
+        test_x=inputs[test].contiguous(),
+        test_y=labels[test].contiguous(),
+        input_shape=tuple(inputs.shape[1:]),
+        num_classes=data_num_classes(data),
+    )
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # pixels are 0..16 in the bundled set; scale to [0, 1] and add the channel axis
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return images, torch.tensor(bunch.target, dtype=torch.long)
+
+
+def _synthetic(data: SyntheticConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed + 1)
+    inputs = torch.randn((data.num_samples, *data.input_shape), generator=generator)
+    features = inputs.flatten(1)
+    # a fixed random two-layer teacher makes the labels a learnable, non-linear function of the input
+    hidden = torch.tanh(features @ torch.randn(features.shape[1], 64, generator=generator))
+    labels = (hidden @ torch.randn(64, data.num_classes, generator=generator)).argmax(dim=1)
+    return inputs, labels
+
+
+class ShardedBatches:
+    """This rank's micro-batches, grouped per optimizer step, in a global order fixed by the seed.
+
+    DistributedSampler deals the same seeded permutation to every rank (rank r takes every
+    world_size-th index), so the union of the ranks' i-th batches is the i-th global batch whatever
+    the world size: 2 workers with batch b see the data a single worker with batch 2b sees.
+    """
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, world_size: int, world_rank: int,
+                 batch_size: int, accum_steps: int, seed: int):
+        self.inputs = inputs
+        self.labels = labels
+        self.batch_size = batch_size
+        self.accum_steps = accum_steps
+        self.sampler = DistributedSampler(range(len(labels)), num_replicas=world_size, rank=world_rank,
+                                          shuffle=True, seed=seed, drop_last=False)
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        """Micro-batches this rank runs per epoch (the same on every rank)."""
+        return -(-self.sampler.num_samples // self.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (the last may accumulate fewer micro-batches)."""
+        return -(-self.micro_batches_per_epoch // self.accum_steps)
+
+    def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Yield one list of (inputs, labels) micro-batches per optimizer step, after `skip_steps`."""
+        self.sampler.set_epoch(epoch)
+        indices = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        step_samples = self.batch_size * self.accum_steps
+        for start in range(skip_steps * step_samples, len(indices), step_samples):
+            chunk = indices[start:start + step_samples]
+            yield [
+                (self.inputs[part], self.labels[part])
+                for part in torch.split(chunk, self.batch_size)
+            ]

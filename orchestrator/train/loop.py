@@ -1,0 +1,247 @@
+"""The built-in DDP training loop of one rank.
+
+Nothing here waits on the driver: reports go out through `emit`, which only enqueues. The ranks
+agree on stopping early through the same all_reduce that averages the logged loss, so a stop
+request costs no extra collective and every rank stops at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from orchestrator.config.schema import JobConfig, TrainerConfig
+from orchestrator.reports import CheckpointReport, MetricsReport, ResultReport, StepReport
+from orchestrator.rendezvous import WorkerSpec
+from orchestrator.train.checkpoint import save_checkpoint
+from orchestrator.train.data import Dataset, ShardedBatches, load_dataset
+from orchestrator.train.evaluate import evaluate
+from orchestrator.train.models import build_model
+from orchestrator.train.optim import build_optimizer, build_scheduler
+from orchestrator.train.precision import autocast, grad_scaler
+
+HEARTBEAT_INTERVAL_S = 1.0
+"""A rank between log steps still sends a StepReport this often, so the driver sees it alive."""
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What the worker hands the loop: who this rank is and how it talks to the driver."""
+
+    spec: WorkerSpec
+    device: torch.device
+    emit: Callable[[object], None]
+    stop_requested: Callable[[], bool]
+    checkpoint_dir: Path
+
+
+def total_steps(trainer: TrainerConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps the job runs: max_steps when set, else max_epochs whole epochs."""
+    return trainer.max_steps if trainer.max_steps is not None else trainer.max_epochs * steps_per_epoch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) in this process."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(job: JobConfig, ctx: TrainContext) -> ResultReport:
+    """Train this rank to the configured end, or to a stop all ranks agreed on."""
+    return build_trainer(job, ctx).fit()
+
+
+def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
+    """Data, model (identical on every rank), DDP wrapper, optimizer, schedule and scaler."""
+    spec, seed = ctx.spec, job.trainer.seed
+    seed_everything(seed)
+    dataset = _on_device(load_dataset(job.data, seed), ctx.device)
+    batches = ShardedBatches(dataset.train_x, dataset.train_y, spec.world_size, spec.world_rank,
+                             job.data.batch_size, job.trainer.grad_accum_steps, seed)
+    module = build_model(job.model, dataset.input_shape, dataset.num_classes).to(ctx.device)
+    seed_everything(seed + 1 + spec.world_rank)  # per-rank randomness (dropout) after the shared init
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    model = DistributedDataParallel(module, device_ids=device_ids)
+    optimizer = build_optimizer(job.optim, module.parameters())
+    steps = total_steps(job.trainer, batches.steps_per_epoch)
+    scheduler = build_scheduler(job.optim, optimizer, steps)
+    scaler = grad_scaler(ctx.device, job.trainer.amp)
+    return Trainer(job, ctx, dataset, batches, model, optimizer, scheduler, scaler, steps)
+
+
+def _on_device(dataset: Dataset, device: torch.device) -> Dataset:
+    if device.type == "cpu":
+        return dataset
+    tensors = {name: getattr(dataset, name).to(device) for name in ("train_x", "train_y", "test_x", "test_y")}
+    return Dataset(**tensors, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+
+
+class _Window:
+    """Loss, samples and time accumulated since the last log step (tensors: no per-step sync)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.micro_batches = 0
+        self.samples = 0
+        self.steps = 0
+        self.started = time.perf_counter()
+
+
+class Trainer:
+    """Runs optimizer steps, logging, checkpoints and evaluation for one rank."""
+
+    def __init__(self, job, ctx, dataset, batches, model, optimizer, scheduler, scaler, steps):
+        self.job, self.ctx, self.dataset, self.batches = job, ctx, dataset, batches
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.total_steps = steps
+        self.step = 0
+        self.epoch = 0
+        self.steps_in_epoch = 0
+        self.window = _Window(ctx.device)
+        self.last_heartbeat = time.monotonic()
+        self.eval_metrics: dict[str, float] = {}
+        self.evaluated_at = -1
+        self.checkpointed_at = -1
+
+    def fit(self) -> ResultReport:
+        """Run epochs until the last step; returns this rank's result."""
+        while self.step < self.total_steps:
+            for micro_batches in self.batches.epoch(self.epoch, skip_steps=self.steps_in_epoch):
+                self._optimizer_step(micro_batches)
+                if self._after_step():
+                    return self._finish(stopped=True)
+                if self.step >= self.total_steps:
+                    break
+            if self.steps_in_epoch >= self.batches.steps_per_epoch:
+                self._end_epoch()
+        return self._finish(stopped=False)
+
+    def _optimizer_step(self, micro_batches) -> None:
+        amp = self.job.trainer.amp
+        for index, (inputs, labels) in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            # gradients are all-reduced once per optimizer step, on its last micro-batch
+            sync = contextlib.nullcontext() if last else self.model.no_sync()
+            with sync:
+                with autocast(self.ctx.device, amp):
+                    loss = torch.nn.functional.cross_entropy(self.model(inputs), labels)
+                self.scaler.scale(loss / len(micro_batches)).backward()
+            self.window.loss_sum += loss.detach().double()
+            self.window.samples += len(labels)
+        self.window.micro_batches += len(micro_batches)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.steps_in_epoch += 1
+        self.window.steps += 1
+
+    def _after_step(self) -> bool:
+        """Log, heartbeat and checkpoint as due; True when the ranks agreed to stop here."""
+        trainer, stop = self.job.trainer, False
+        if self.step % trainer.log_every_n_steps == 0 or self.step == self.total_steps:
+            stop = self._log()
+        elif time.monotonic() - self.last_heartbeat >= HEARTBEAT_INTERVAL_S:
+            self._heartbeat(time.perf_counter() - self.window.started)
+        every = self.job.checkpoint.every_n_steps
+        if stop or (every and self.step % every == 0):
+            self._checkpoint()
+        return stop
+
+    def _log(self) -> bool:
+        """All-reduce the window's loss, samples and stop votes; rank 0 reports; True = stop."""
+        elapsed = time.perf_counter() - self.window.started
+        vote = 1.0 if self.ctx.stop_requested() else 0.0
+        totals = torch.stack([
+            self.window.loss_sum,
+            torch.tensor(float(self.window.micro_batches), dtype=torch.float64, device=self.ctx.device),
+            torch.tensor(float(self.window.samples), dtype=torch.float64, device=self.ctx.device),
+            torch.tensor(vote, dtype=torch.float64, device=self.ctx.device),
+        ])
+        if self.ctx.spec.world_size > 1:
+            dist.all_reduce(totals)
+        loss_sum, micro_batches, samples, votes = totals.tolist()
+        if self.ctx.spec.world_rank == 0:
+            self.ctx.emit(MetricsReport(step=self.step, metrics={
+                "train/loss": loss_sum / micro_batches,
+                "train/samples_per_s": samples / elapsed,
+                "train/lr": self.scheduler.get_last_lr()[0],
+                "train/epoch": float(self.epoch),
+            }))
+        self._heartbeat(elapsed)
+        self.window.reset()
+        return votes > 0
+
+    def _heartbeat(self, elapsed: float) -> None:
+        steps = max(self.window.steps, 1)
+        self.ctx.emit(StepReport(world_rank=self.ctx.spec.world_rank, step=self.step, total_steps=self.total_steps,
+                                 epoch=self.epoch, step_time_s=elapsed / steps, steps_timed=self.window.steps))
+        self.last_heartbeat = time.monotonic()
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.steps_in_epoch = 0
+        if self.epoch % self.job.trainer.eval_every_n_epochs == 0:
+            self._evaluate()
+        self._checkpoint()
+
+    def _evaluate(self) -> None:
+        spec = self.ctx.spec
+        self.eval_metrics = evaluate(self.model.module, self.dataset.test_x, self.dataset.test_y, spec.world_rank,
+                                     spec.world_size, self.job.data.batch_size, self.job.trainer.amp)
+        self.evaluated_at = self.step
+        if spec.world_rank == 0:
+            self.ctx.emit(MetricsReport(step=self.step, metrics=self.eval_metrics))
+
+    def _checkpoint(self) -> None:
+        if self.ctx.spec.world_rank != 0 or self.checkpointed_at == self.step:
+            return
+        self.checkpointed_at = self.step
+        state = {
+            "model": self.model.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "steps_in_epoch": self.steps_in_epoch,
+        }
+        path = save_checkpoint(state, self.ctx.checkpoint_dir, self.step, self.job.checkpoint.keep_last)
+        self.ctx.emit(CheckpointReport(step=self.step, path=str(path)))
+
+    def _finish(self, stopped: bool) -> ResultReport:
+        if not stopped and self.evaluated_at != self.step:
+            self._evaluate()
+        weights = {name: tensor.detach().cpu() for name, tensor in self.model.module.state_dict().items()}
+        result = ResultReport(world_rank=self.ctx.spec.world_rank, step=self.step, stopped=stopped,
+                              metrics=self.eval_metrics, params_digest=state_digest(weights))
+        if self.ctx.spec.world_rank != 0:
+            return result
+        return dataclasses.replace(result, model_state=weights, input_example=self.dataset.test_x[:4].cpu().numpy())
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes: equal digests = bit-identical weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,37 @@
+"""What one rank runs: its environment, its device, the process group, then the training loop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from orchestrator.config.schema import JobConfig
+from orchestrator.reports import ResultReport
+from orchestrator.rendezvous import WorkerSpec
+from orchestrator.train.loop import TrainContext, train
+from orchestrator.worker.ddp import pin_socket_interface, process_group
+
+
+def select_device(job: JobConfig) -> torch.device:
+    """cuda:0 for a GPU worker (Ray's CUDA_VISIBLE_DEVICES shows it only its own GPUs), else cpu."""
+    if job.scaling.gpus_per_worker > 0:
+        device = torch.device("cuda", 0)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def run_worker(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
+               stop_requested: Callable[[], bool], checkpoint_dir: Path) -> ResultReport:
+    """Run this rank of the job to its end and return its result."""
+    os.environ.update(spec.env)
+    pin_socket_interface(spec.node_ip)
+    torch.set_num_threads(spec.torch_threads)
+    device = select_device(job)
+    with process_group(spec, device, job.scaling.rendezvous_timeout_s):
+        context = TrainContext(spec=spec, device=device, emit=emit, stop_requested=stop_requested,
+                               checkpoint_dir=checkpoint_dir)
+        return train(job, context)
