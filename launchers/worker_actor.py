@@ -1,0 +1,70 @@
+"""The Ray actor that hosts one rank: the one place worker processes are started from."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import traceback
+from pathlib import Path
+from typing import Iterator
+
+from orchestrator.config.schema import JobConfig
+from orchestrator.reports import ErrorReport
+from orchestrator.rendezvous import WorkerSpec
+
+_END = object()
+
+
+class WorkerActor:
+    """One rank's process. `run` streams the rank's reports to the driver as a Ray generator.
+
+    Training runs on a thread of its own and hands reports to a local queue, so the loop never
+    waits for the driver; the generator side yields them as they come.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def node_ip(self) -> str:
+        """The Ray node IP this actor runs on."""
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def free_port(self) -> int:
+        """A TCP port free on this node right now, for MASTER_PORT."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("", 0))
+            return probe.getsockname()[1]
+
+    def pid(self) -> int:
+        """This worker's process id."""
+        return os.getpid()
+
+    def stop(self) -> None:
+        """Ask the running rank to stop at the next step the ranks agree on."""
+        self._stop.set()
+
+    def run(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str) -> Iterator[object]:
+        """Run the rank to its end, yielding its reports; the last one is a ResultReport or ErrorReport."""
+        self._stop.clear()
+        outbox: queue.SimpleQueue = queue.SimpleQueue()
+        thread = threading.Thread(target=self._train, args=(spec, job, Path(checkpoint_dir), outbox),
+                                  name=f"rank-{spec.world_rank}", daemon=True)
+        thread.start()
+        while (item := outbox.get()) is not _END:
+            yield item
+        thread.join()
+
+    def _train(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: Path, outbox: queue.SimpleQueue) -> None:
+        from orchestrator.worker.entry import run_worker
+
+        try:
+            outbox.put(run_worker(spec, job, outbox.put, self._stop.is_set, checkpoint_dir))
+        except BaseException as error:  # report everything, user code included, with its traceback
+            outbox.put(ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type=type(error).__name__,
+                                   message=str(error), traceback=traceback.format_exc()))
+        finally:
+            outbox.put(_END)
