@@ -1,0 +1,140 @@
+"""Entry points: `orchestrator train` (the Hydra main) and the other subcommands."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+USAGE = """usage: orchestrator <command> [args]
+
+commands:
+  train [overrides]   run a training job (Hydra: --help, --cfg job, -m for sweeps)
+"""
+
+
+def conf_dir() -> Path:
+    """The YAML config groups: shipped inside the package, or `conf/` beside it in a source checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "conf", package_dir.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no conf/config.yaml near {package_dir}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Dispatch `orchestrator <command> ...`; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = args[0], args[1:]
+    handler = COMMANDS.get(command)
+    if handler is None:
+        print(f"orchestrator: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return handler(rest)
+
+
+def train_command(overrides: Sequence[str]) -> int:
+    """`orchestrator train [overrides]`: Hydra composes the config and calls `_train_task`."""
+    import hydra
+
+    from orchestrator.config.store import register_configs
+
+    register_configs()
+    hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_train_task)
+    saved_argv = sys.argv
+    sys.argv = ["orchestrator-train", *overrides]
+    try:
+        with _sigterm_as_interrupt():
+            hydra_main()
+    except SystemExit as exit_request:
+        return _exit_code(exit_request)
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+def _exit_code(exit_request: SystemExit) -> int:
+    code = exit_request.code
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM stops a job the way Ctrl-C does (ranks stop, the run is marked KILLED)."""
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _train_task(cfg) -> Optional[float]:
+    from hydra.core.hydra_config import HydraConfig
+
+    from orchestrator.console import Console
+    from orchestrator.errors import OrchestratorError
+
+    try:
+        job = _load(cfg)
+        from launchers.job_runner import run_job
+
+        console = Console()
+        summary = run_job(job, console, HydraConfig.get().overrides.task)
+    except OrchestratorError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print("orchestrator: interrupted; the run is recorded as KILLED", file=sys.stderr)
+        raise SystemExit(130) from None
+    print_summary(job, summary)
+    if summary.outcome.status != "FINISHED":
+        raise SystemExit(130 if summary.outcome.status == "KILLED" else 1)
+    return summary.outcome.result.metrics.get("eval/accuracy")
+
+
+def _load(cfg):
+    from orchestrator.config.load import load_config
+
+    return load_config(cfg, Path.cwd())
+
+
+def print_summary(job, summary) -> None:
+    """The end of a train command: accuracy, the run id, and how to open the run in the MLflow UI."""
+    outcome = summary.outcome
+    if outcome.status == "FINISHED":
+        metrics = outcome.result.metrics
+        print(f"run FINISHED in {summary.duration_s:.1f} s after {outcome.result.step} steps")
+        if "eval/accuracy" in metrics:
+            print(f"test accuracy: {metrics['eval/accuracy']:.2%} (eval/loss {metrics['eval/loss']:.4f})")
+    else:
+        print(f"run {outcome.status} after {summary.duration_s:.1f} s: {outcome.error}", file=sys.stderr)
+        if outcome.traceback:
+            print(outcome.traceback, file=sys.stderr)
+    if summary.run_id:
+        print(f"MLflow run: {summary.run_id} (experiment {job.tracking.experiment!r})")
+        print(f"open it: {ui_hint(job.tracking.uri, summary.experiment_id, summary.run_id)}")
+
+
+def ui_hint(tracking_uri: str, experiment_id: Optional[str], run_id: str) -> str:
+    """The command (or URL) that shows this run in the MLflow UI."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000, then http://127.0.0.1:5000/{page}"
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": train_command,
+}
