@@ -1,0 +1,85 @@
+"""Config composition and validation: defaults, overrides, and every rejected value's message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config.schema import CnnConfig, DigitsConfig, MlpConfig, SyntheticConfig
+from orchestrator.errors import ConfigError
+from tests.helpers import compose_job
+
+
+def test_default_job_is_a_cnn_on_digits_with_two_gloo_workers(tmp_path: Path):
+    job = compose_job([], tmp_path)
+    assert isinstance(job.model, CnnConfig) and isinstance(job.data, DigitsConfig)
+    assert job.scaling.num_workers == 2 and job.scaling.backend == "auto" and job.cluster.address is None
+    assert job.tracking.uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert job.checkpoint.dir == str(tmp_path.resolve() / "checkpoints")
+
+
+def test_group_options_and_overrides_build_the_typed_config(tmp_path: Path):
+    job = compose_job(["model=mlp", "data=synthetic", "model.hidden_sizes=[8,4]", "data.input_shape=[12]",
+                       "optim.lr=0.5", "trainer.max_steps=7"], tmp_path)
+    assert isinstance(job.model, MlpConfig) and job.model.hidden_sizes == [8, 4]
+    assert isinstance(job.data, SyntheticConfig) and job.data.input_shape == [12]
+    assert job.optim.lr == 0.5 and job.trainer.max_steps == 7
+
+
+def test_absolute_sqlite_uri_is_kept(tmp_path: Path):
+    job = compose_job(["tracking.uri=sqlite:////data/runs.db"], tmp_path)
+    assert job.tracking.uri == "sqlite:////data/runs.db"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("scaling.num_workers=0", "scaling.num_workers=0 is not valid: must be a number >= 1"),
+    ("data.batch_size=0", "data.batch_size=0 is not valid: must be a number >= 1"),
+    ("data.batch_size=-4", "data.batch_size=-4 is not valid: must be a number >= 1"),
+    ("trainer.amp=fp8", "trainer.amp=fp8 is not valid: use one of none, bf16, fp16"),
+    ("optim.lr=-1", "optim.lr=-1.0 is not valid: must be a number > 0"),
+    ("trainer.grad_accum_steps=0", "trainer.grad_accum_steps=0 is not valid: must be a number >= 1"),
+    ("scaling.placement_strategy=RANDOM", "use one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
+    ("scaling.backend=mpi", "scaling.backend=mpi is not valid: use one of auto, nccl, gloo"),
+    ("scaling.backend=nccl", "nccl needs GPUs"),
+    ("optim.name=lion", "optim.name=lion is not valid: use one of sgd, adamw"),
+    ("optim.schedule=step", "use one of constant, cosine"),
+    ("data.test_fraction=1.0", "data.test_fraction=1.0 is not valid: must be in (0, 1)"),
+    ("scaling.gpus_per_worker=1.5", "must be 0, a fraction in (0, 1] or a whole number"),
+    ("checkpoint.keep_last=0", "checkpoint.keep_last=0 is not valid"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 is not valid"),
+])
+def test_invalid_values_name_the_key_the_value_and_what_is_valid(tmp_path: Path, override: str, expected: str):
+    with pytest.raises(ConfigError) as raised:
+        compose_job([override], tmp_path)
+    assert expected in str(raised.value)
+    assert raised.value.exit_code == 2
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path):
+    with pytest.raises(ConfigError) as raised:
+        compose_job(["scaling.num_workers=0", "trainer.amp=fp8", "optim.lr=-1"], tmp_path)
+    assert len(raised.value.problems) == 3
+
+
+def test_cnn_needs_image_shaped_inputs(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"model=cnn needs image inputs"):
+        compose_job(["data=synthetic", "data.input_shape=[64]"], tmp_path)
+    with pytest.raises(ConfigError, match=r"use at most 4 conv blocks"):
+        compose_job(["model.channels=[4,4,4,4,4]"], tmp_path)
+
+
+def test_unknown_group_option_gets_hydras_error(tmp_path: Path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="transformer"):
+        compose_job(["model=transformer"], tmp_path)
+
+
+def test_wrong_type_and_unknown_key_are_rejected_by_the_schema(tmp_path: Path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose_job(["scaling.num_workers=two"], tmp_path)
+    with pytest.raises(ConfigCompositionException):
+        compose_job(["scaling.num_worker=2"], tmp_path)

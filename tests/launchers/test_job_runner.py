@@ -1,0 +1,92 @@
+"""Jobs on the session's real Ray cluster, recorded in a real MLflow store on disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+
+import pytest
+import torch
+
+from launchers.job_runner import run_job
+from orchestrator.config.export import flat_params
+from orchestrator.console import Console
+from tests.helpers import assert_no_job_resources, compose_job, job_resources_left, wait_until
+
+
+def _run(overrides, tmp_path):
+    job = compose_job(overrides, tmp_path)
+    return job, run_job(job, Console(io.StringIO(), interactive=False), overrides)
+
+
+def _client(job):
+    from mlflow import MlflowClient
+
+    return MlflowClient(job.tracking.uri)
+
+
+def test_a_small_job_trains_is_recorded_and_releases_its_actors(ray_cluster, tmp_path):
+    job, summary = _run(["model=mlp", "trainer.max_epochs=2", "tracking.log_model=false"], tmp_path)
+    outcome = summary.outcome
+    assert outcome.status == "FINISHED", outcome.error
+    assert outcome.result.metrics["eval/accuracy"] > 0.8
+    assert sorted(outcome.rank_results) == [0, 1]
+    assert len({result.params_digest for result in outcome.rank_results.values()}) == 1
+    run = _client(job).get_run(summary.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == flat_params(job)
+    assert run.data.tags["orchestrator.world_size"] == "2" and run.data.tags["orchestrator.backend"] == "gloo"
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints" / summary.run_id).iterdir())
+    assert checkpoints == [f"step_{outcome.result.step // 2:09d}.pt", f"step_{outcome.result.step:09d}.pt"]
+    assert_no_job_resources()
+
+
+def test_two_workers_match_one_worker_with_twice_the_batch(ray_cluster, tmp_path):
+    common = ["model=mlp", "trainer.max_steps=6", "trainer.log_every_n_steps=1", "tracking.log_model=false"]
+    two_job, two = _run(common + ["scaling.num_workers=2", "data.batch_size=16"], tmp_path / "two")
+    one_job, one = _run(common + ["scaling.num_workers=1", "data.batch_size=32"], tmp_path / "one")
+    assert two.outcome.status == one.outcome.status == "FINISHED"
+    losses = [[m.value for m in _client(job).get_metric_history(summary.run_id, "train/loss")]
+              for job, summary in ((two_job, two), (one_job, one))]
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for name, weight in two.outcome.result.model_state.items():
+        torch.testing.assert_close(weight, one.outcome.result.model_state[name], rtol=1e-5, atol=1e-6)
+    assert two.outcome.rank_results[0].params_digest == two.outcome.rank_results[1].params_digest
+
+
+def test_an_exception_on_a_rank_fails_the_run_with_its_traceback(ray_cluster, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("checkpoints cannot go below a regular file")
+    job, summary = _run(["model=mlp", "trainer.max_epochs=1", f"checkpoint.dir={blocker}/ckpt"], tmp_path)
+    assert summary.outcome.status == "FAILED"
+    assert summary.outcome.error.startswith("rank 0 on ")
+    assert "Error" in summary.outcome.error and "save_checkpoint" in summary.outcome.traceback
+    run = _client(job).get_run(summary.run_id)
+    assert run.info.status == "FAILED"
+    assert "save_checkpoint" in run.data.tags["orchestrator.error"]
+    assert_no_job_resources()
+
+
+def test_a_killed_worker_process_fails_the_run_and_nothing_is_left(ray_cluster, tmp_path):
+    from ray.util.state import list_actors
+
+    job = compose_job(["model=mlp", "trainer.max_steps=1000000", "tracking.log_model=false"], tmp_path)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(summary=run_job(job, Console(io.StringIO(), False))))
+    runner.start()
+
+    def rank1_pid():
+        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+                 if (a.name or "").startswith("orchestrator-") and a.name.endswith("-rank1")]
+        return alive[0].pid if alive and alive[0].pid else None
+
+    wait_until(lambda: rank1_pid() is not None, 60, "rank 1's actor to run")
+    os.kill(rank1_pid(), signal.SIGKILL)
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+    summary = outcome["summary"]
+    assert summary.outcome.status == "FAILED" and "rank 1" in summary.outcome.error and "died" in summary.outcome.error
+    assert _client(job).get_run(summary.run_id).info.status == "FAILED"
+    assert_no_job_resources()

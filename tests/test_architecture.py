@@ -1,0 +1,20 @@
+"""Imports go one way: the pure core and `import orchestrator` pull in no heavy library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PURE_MODULES = [
+    "orchestrator", "orchestrator.config.schema", "orchestrator.config.load", "orchestrator.config.export",
+    "orchestrator.plan", "orchestrator.rendezvous", "orchestrator.controller", "orchestrator.group",
+    "orchestrator.reports", "orchestrator.console", "orchestrator.metrics.sink", "orchestrator.errors",
+]
+HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
+
+
+def test_pure_modules_import_no_ray_mlflow_pynvml_or_torch():
+    code = (f"import importlib, sys\nfor name in {PURE_MODULES!r}: importlib.import_module(name)\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"pure modules pulled in: {loaded}"

@@ -1,0 +1,57 @@
+"""Pure planning: resources per bundle, backend resolution, and what a cluster cannot run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from orchestrator.errors import PlanError
+from orchestrator.plan import ClusterSnapshot, NodeSnapshot, plan_job, resolve_backend
+from tests.helpers import compose_job
+
+
+def _cluster(*nodes: dict, fixed_size: bool = False) -> ClusterSnapshot:
+    return ClusterSnapshot(nodes=tuple(
+        NodeSnapshot(node_id=f"n{i}", ip=f"10.0.0.{i}", total=resources, available=resources)
+        for i, resources in enumerate(nodes)), fixed_size=fixed_size)
+
+
+def test_default_plan_is_two_cpu_bundles_over_gloo(tmp_path):
+    plan = plan_job(compose_job([], tmp_path), _cluster({"CPU": 2.0}, fixed_size=True))
+    assert plan.world_size == 2 and plan.backend == "gloo" and plan.strategy == "PACK"
+    assert plan.bundles == ({"CPU": 1.0}, {"CPU": 1.0})
+    assert plan.global_batch_size == 64 and plan.torch_threads == 1
+
+
+def test_gpu_workers_resolve_to_nccl_and_reserve_gpus(tmp_path):
+    job = compose_job(["scaling.gpus_per_worker=1", "scaling.num_workers=4"], tmp_path)
+    plan = plan_job(job, _cluster({"CPU": 16.0, "GPU": 8.0}))
+    assert plan.backend == "nccl" and plan.bundles[0] == {"CPU": 1.0, "GPU": 1.0}
+
+
+def test_gpus_requested_on_a_cpu_cluster_say_what_to_change(tmp_path):
+    job = compose_job(["scaling.gpus_per_worker=1"], tmp_path)
+    with pytest.raises(PlanError) as raised:
+        plan_job(job, _cluster({"CPU": 8.0}))
+    assert str(raised.value) == ("job needs 2 GPUs, cluster has 0: set scaling.gpus_per_worker=0 "
+                                 "or set cluster.address to a GPU cluster")
+
+
+def test_an_embedded_cluster_too_small_fails_now_but_an_external_one_may_grow(tmp_path):
+    job = compose_job(["scaling.num_workers=3"], tmp_path)
+    with pytest.raises(PlanError, match=r"job needs 3 CPUs \(3 workers x 1\), the embedded cluster has 2"):
+        plan_job(job, _cluster({"CPU": 2.0}, fixed_size=True))
+    assert plan_job(job, _cluster({"CPU": 2.0})).world_size == 3
+
+
+def test_fractional_cpus_still_get_one_torch_thread(tmp_path):
+    job = compose_job(["scaling.cpus_per_worker=0.5"], tmp_path)
+    plan = plan_job(job, _cluster({"CPU": 2.0}))
+    assert plan.torch_threads == 1 and plan.bundles[0] == {"CPU": 0.5}
+
+
+def test_backend_resolution():
+    assert resolve_backend("auto", 0) == "gloo"
+    assert resolve_backend("auto", 1) == "nccl"
+    assert resolve_backend("gloo", 1) == "gloo"

@@ -1,0 +1,40 @@
+"""Pure rank assignment: contiguous ranks per node, stable node order, torchrun's variables."""
+
+from __future__ import annotations
+
+from orchestrator.plan import JobPlan
+from orchestrator.rendezvous import PlacedBundle, rank_order, worker_specs
+
+
+def _plan(world_size: int) -> JobPlan:
+    return JobPlan(world_size=world_size, backend="gloo", strategy="SPREAD", worker_resources={"CPU": 1.0},
+                   torch_threads=1, global_batch_size=8 * world_size)
+
+
+def _placed(*node_of_bundle: str) -> list[PlacedBundle]:
+    ips = {"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"}
+    return [PlacedBundle(bundle_index=i, node_id=node, node_ip=ips[node]) for i, node in enumerate(node_of_bundle)]
+
+
+def test_ranks_are_contiguous_per_node_in_order_of_each_nodes_first_bundle():
+    ordered = rank_order(_placed("b", "a", "b", "a", "c"))
+    assert [(b.node_id, b.bundle_index) for b in ordered] == [("b", 0), ("b", 2), ("a", 1), ("a", 3), ("c", 4)]
+
+
+def test_specs_carry_torchrun_environment():
+    specs = worker_specs(_plan(5), _placed("b", "a", "b", "a", "c"), master_port=29500)
+    table = [(s.world_rank, s.node_id, s.local_rank, s.node_rank, s.local_world_size) for s in specs]
+    assert table == [(0, "b", 0, 0, 2), (1, "b", 1, 0, 2), (2, "a", 0, 1, 2), (3, "a", 1, 1, 2), (4, "c", 0, 2, 1)]
+    env = specs[3].env
+    assert env == {
+        "RANK": "3", "WORLD_SIZE": "5", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
+        "GROUP_WORLD_SIZE": "3", "ROLE_RANK": "3", "ROLE_WORLD_SIZE": "5", "MASTER_ADDR": "10.0.0.2",
+        "MASTER_PORT": "29500", "OMP_NUM_THREADS": "1",
+    }
+    assert all(spec.env["MASTER_ADDR"] == "10.0.0.2" for spec in specs)
+
+
+def test_placement_order_does_not_change_the_rank_table():
+    placed = _placed("a", "b", "a", "b")
+    assert [s.bundle_index for s in worker_specs(_plan(4), placed, 1)] == \
+        [s.bundle_index for s in worker_specs(_plan(4), list(reversed(placed)), 1)]

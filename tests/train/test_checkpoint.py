@@ -1,0 +1,35 @@
+"""Checkpoints are complete only after their atomic rename; pruning keeps the newest."""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator.train.checkpoint import (
+    checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+)
+
+
+def test_save_then_load_round_trips_and_leaves_no_temporary_file(tmp_path):
+    state = {"model": {"w": torch.arange(4.0)}, "step": 7}
+    path = save_checkpoint(state, tmp_path / "run", step=7, keep_last=2)
+    assert path == checkpoint_path(tmp_path / "run", 7) and path.name == "step_000000007.pt"
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 7 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["step_000000007.pt"]
+
+
+def test_a_half_written_temporary_file_is_never_picked(tmp_path):
+    save_checkpoint({"step": 5}, tmp_path, step=5, keep_last=3)
+    (tmp_path / ".step_000000010.pt.1234.tmp").write_bytes(b"\x80\x02half")
+    assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 5)
+
+
+def test_keep_last_prunes_the_oldest(tmp_path):
+    for step in (10, 20, 30, 40):
+        save_checkpoint({"step": step}, tmp_path, step=step, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000030.pt", "step_000000040.pt"]
+    assert latest_checkpoint(tmp_path).name == "step_000000040.pt"
+
+
+def test_no_directory_means_no_checkpoint(tmp_path):
+    assert latest_checkpoint(tmp_path / "missing") is None
