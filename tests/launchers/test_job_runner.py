@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
 import threading
 
 import pytest
@@ -27,7 +28,17 @@ def _client(job):
     return MlflowClient(job.tracking.uri)
 
 
-def test_a_small_job_trains_is_recorded_and_releases_its_actors(ray_cluster, tmp_path):
+def _git_checkout(path):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    path.mkdir()
+    subprocess.run(git + ["init", "-q"], cwd=path, check=True)
+    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "start"], cwd=path, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_small_job_trains_is_recorded_and_releases_its_actors(ray_cluster, tmp_path, monkeypatch):
+    commit = _git_checkout(tmp_path / "project")
+    monkeypatch.chdir(tmp_path / "project")
     job, summary = _run(["model=mlp", "trainer.max_epochs=2", "tracking.log_model=false"], tmp_path)
     outcome = summary.outcome
     assert outcome.status == "FINISHED", outcome.error
@@ -38,6 +49,8 @@ def test_a_small_job_trains_is_recorded_and_releases_its_actors(ray_cluster, tmp
     assert run.info.status == "FINISHED"
     assert run.data.params == flat_params(job)
     assert run.data.tags["orchestrator.world_size"] == "2" and run.data.tags["orchestrator.backend"] == "gloo"
+    assert run.data.tags["mlflow.source.git.commit"] == commit
+    assert run.data.tags["orchestrator.overrides"] == "model=mlp trainer.max_epochs=2 tracking.log_model=false"
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints" / summary.run_id).iterdir())
     assert checkpoints == [f"step_{outcome.result.step // 2:09d}.pt", f"step_{outcome.result.step:09d}.pt"]
     assert_no_job_resources()
