@@ -7,8 +7,9 @@ from typing import Sequence
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import LaunchError
 from orchestrator.group import GroupEvent, RankExited, RankLost, RankReport
-from orchestrator.plan import JobPlan
-from orchestrator.rendezvous import PlacedBundle, WorkerSpec, rank_order, worker_specs
+from orchestrator.placement import free_summary
+from orchestrator.plan import JobPlan, format_resources
+from orchestrator.rendezvous import PlacedBundle, WorkerSpec, rank_slots, worker_specs
 
 from launchers.ray_cluster import cluster_snapshot
 from launchers.worker_actor import WorkerActor
@@ -43,10 +44,11 @@ class RayWorkerGroup:
                                                 name=self.name)
         if not self._placement_group.wait(timeout_seconds=self.job.scaling.placement_timeout_s):
             raise LaunchError(self._placement_failure())
-        ordered = rank_order(self._placed_bundles())
-        self._actors = [self._start_actor(bundle, rank) for rank, bundle in enumerate(ordered)]
+        placed = self._placed_bundles()
+        self._actors = [self._start_actor(slot, rank) for rank, slot in enumerate(rank_slots(self.plan, placed))]
+        gpu_ids = ray.get([actor.gpu_ids.remote() for actor in self._actors]) if "GPU" in self.plan.worker_resources else None
         master_port = ray.get(self._actors[0].free_port.remote())
-        self._specs = worker_specs(self.plan, ordered, master_port)
+        self._specs = worker_specs(self.plan, placed, master_port, gpu_ids)
         self._streams = {
             actor.run.remote(spec, self.job, self.checkpoint_dir): spec.world_rank
             for spec, actor in zip(self._specs, self._actors)
@@ -72,6 +74,7 @@ class RayWorkerGroup:
         return ray.remote(WorkerActor).options(
             num_cpus=resources.pop("CPU", 0.0),
             num_gpus=resources.pop("GPU", 0.0),
+            memory=resources.pop("memory", None),
             resources=resources,
             scheduling_strategy=strategy,
             max_concurrency=ACTOR_CONCURRENCY,
@@ -80,17 +83,13 @@ class RayWorkerGroup:
         ).remote()
 
     def _placement_failure(self) -> str:
-        bundle = ", ".join(f"{key}={value:g}" for key, value in self.plan.worker_resources.items())
-        totals = {key: value * self.plan.world_size for key, value in self.plan.worker_resources.items()}
-        total = ", ".join(f"{key}={value:g}" for key, value in totals.items())
-        free = "; ".join(
-            f"{node.ip} ({node.node_id[:8]}): " + ", ".join(f"{k}={v:g}" for k, v in sorted(node.available.items())
-                                                             if not k.startswith("node:"))
-            for node in cluster_snapshot(fixed_size=False).nodes
-        )
+        bundles = self.plan.bundles
+        total = {name: amount * len(bundles) for name, amount in bundles[0].items()}
+        free = free_summary(cluster_snapshot(fixed_size=False).nodes)
         return (f"the placement group was not placed within scaling.placement_timeout_s="
-                f"{self.job.scaling.placement_timeout_s:g}: the job asked for {self.plan.world_size} bundles of "
-                f"{{{bundle}}} (total {{{total}}}) with strategy {self.plan.strategy}; free now per node: {free}")
+                f"{self.job.scaling.placement_timeout_s:g}: the job asked for {len(bundles)} bundles of "
+                f"{format_resources(bundles[0])} (total {format_resources(total)}) with strategy "
+                f"{self.plan.strategy}; free now per node: {free}")
 
     def wait(self, timeout_s: float) -> list[GroupEvent]:
         """Reports, ends and deaths of ranks that arrived within `timeout_s`."""
@@ -104,23 +103,24 @@ class RayWorkerGroup:
             ready, _ = ray.wait(streams, num_returns=len(streams), timeout=0)
         events: list[GroupEvent] = []
         for stream in ready:
-            events.append(self._next_event(stream))
+            events.extend(self._next_events(stream))
         return events
 
-    def _next_event(self, stream) -> GroupEvent:
+    def _next_events(self, stream) -> list[GroupEvent]:
         import ray
         from ray.exceptions import RayActorError
 
         world_rank = self._streams[stream]
         try:
-            return RankReport(world_rank=world_rank, report=ray.get(next(stream)))
+            batch = ray.get(next(stream))
         except StopIteration:
             del self._streams[stream]
-            return RankExited(world_rank=world_rank)
+            return [RankExited(world_rank=world_rank)]
         except RayActorError as error:
             del self._streams[stream]
             spec = self._specs[world_rank]
-            return RankLost(world_rank=world_rank, node_ip=spec.node_ip, reason=_first_line(error))
+            return [RankLost(world_rank=world_rank, node_ip=spec.node_ip, reason=_first_line(error))]
+        return [RankReport(world_rank=world_rank, report=report) for report in batch]
 
     def request_stop(self) -> None:
         """Ask every live rank to stop at the next step the ranks agree on."""

@@ -15,6 +15,7 @@ from orchestrator.reports import ErrorReport
 from orchestrator.rendezvous import WorkerSpec
 
 _END = object()
+MAX_BATCH = 256
 
 
 class WorkerActor:
@@ -43,19 +44,33 @@ class WorkerActor:
         """This worker's process id."""
         return os.getpid()
 
+    def gpu_ids(self) -> list[str]:
+        """The GPU ids Ray assigned to this actor (as in its CUDA_VISIBLE_DEVICES)."""
+        import ray
+
+        return [str(gpu) for gpu in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
     def stop(self) -> None:
         """Ask the running rank to stop at the next step the ranks agree on."""
         self._stop.set()
 
-    def run(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str) -> Iterator[object]:
-        """Run the rank to its end, yielding its reports; the last one is a ResultReport or ErrorReport."""
+    def run(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str) -> Iterator[list]:
+        """Run the rank to its end, yielding lists of reports; the last is a ResultReport or ErrorReport."""
         self._stop.clear()
         outbox: queue.SimpleQueue = queue.SimpleQueue()
         thread = threading.Thread(target=self._train, args=(spec, job, Path(checkpoint_dir), outbox),
                                   name=f"rank-{spec.world_rank}", daemon=True)
         thread.start()
-        while (item := outbox.get()) is not _END:
-            yield item
+        finished = False
+        while not finished:
+            batch = [outbox.get()]
+            # whatever else is already queued travels in the same message: one yield per burst
+            while not outbox.empty() and len(batch) < MAX_BATCH:
+                batch.append(outbox.get())
+            finished = batch[-1] is _END
+            reports = [item for item in batch if item is not _END]
+            if reports:
+                yield reports
         thread.join()
 
     def _train(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: Path, outbox: queue.SimpleQueue) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from orchestrator.config.schema import JobConfig
+from orchestrator.config.schema import JobConfig, ScalingConfig
 from orchestrator.errors import PlanError
+
+GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -45,18 +47,22 @@ class ClusterSnapshot:
 
 @dataclass(frozen=True)
 class JobPlan:
-    """What the launcher reserves and starts: one bundle and one worker per rank."""
+    """What the launcher reserves and starts: bundles, and workers_per_bundle workers in each."""
 
     world_size: int
     backend: str
     """Resolved torch.distributed backend: nccl or gloo."""
     strategy: str
+    """The placement group strategy used (STRICT_SPREAD for per-node bundles)."""
     worker_resources: Mapping[str, float]
-    """Ray resources one worker (and its bundle) holds, e.g. {"CPU": 1.0, "GPU": 1.0}."""
+    """Ray resources one worker holds, e.g. {"CPU": 1.0, "GPU": 1.0, "memory": bytes, custom...}."""
     torch_threads: int
-    """intra-op threads per worker: its CPU share, at least 1 (oversubscribing 2 cores is slow)."""
+    """intra-op threads per worker: its CPU share, at least 1 (oversubscribing cores is slow)."""
     global_batch_size: int
     bundles: tuple[Mapping[str, float], ...] = field(default=())
+    workers_per_bundle: int = 1
+    """1, or scaling.workers_per_node when every node gets one bundle holding all its workers."""
+    nccl_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def resolve_backend(backend: str, gpus_per_worker: float) -> str:
@@ -66,21 +72,34 @@ def resolve_backend(backend: str, gpus_per_worker: float) -> str:
     return "nccl" if gpus_per_worker > 0 else "gloo"
 
 
-def plan_job(job: JobConfig, cluster: ClusterSnapshot) -> JobPlan:
-    """Plan the job on this cluster, or raise PlanError saying what is missing and what to change."""
-    scaling = job.scaling
+def worker_resources(scaling: ScalingConfig) -> dict[str, float]:
+    """The Ray resources one worker reserves."""
     resources = {"CPU": float(scaling.cpus_per_worker)}
     if scaling.gpus_per_worker > 0:
         resources["GPU"] = float(scaling.gpus_per_worker)
+    if scaling.memory_per_worker_gb is not None:
+        resources["memory"] = float(scaling.memory_per_worker_gb) * GIB
+    resources.update({name: float(amount) for name, amount in scaling.resources_per_worker.items()})
+    return resources
+
+
+def plan_job(job: JobConfig, cluster: ClusterSnapshot) -> JobPlan:
+    """Plan the job on this cluster, or raise PlanError saying what is missing and what to change."""
+    scaling = job.scaling
+    resources = worker_resources(scaling)
     _check_capacity(job, cluster, resources)
+    per_bundle = scaling.workers_per_node or 1
+    bundle = {name: amount * per_bundle for name, amount in resources.items()}
     return JobPlan(
         world_size=scaling.num_workers,
         backend=resolve_backend(scaling.backend, scaling.gpus_per_worker),
-        strategy=scaling.placement_strategy,
+        strategy="STRICT_SPREAD" if scaling.workers_per_node else scaling.placement_strategy,
         worker_resources=resources,
         torch_threads=max(1, int(scaling.cpus_per_worker)),
         global_batch_size=job.data.batch_size * scaling.num_workers * job.trainer.grad_accum_steps,
-        bundles=tuple(dict(resources) for _ in range(scaling.num_workers)),
+        bundles=tuple(dict(bundle) for _ in range(scaling.num_workers // per_bundle)),
+        workers_per_bundle=per_bundle,
+        nccl_env=dict(scaling.nccl_env),
     )
 
 
@@ -94,7 +113,7 @@ def _check_capacity(job: JobConfig, cluster: ClusterSnapshot, resources: Mapping
             f"or set cluster.address to a GPU cluster"
         )
     if not cluster.fixed_size:
-        return  # an autoscaler may still add CPU nodes; the placement wait decides
+        return  # an autoscaler may still add nodes; the placement wait decides
     cpus_needed = scaling.num_workers * scaling.cpus_per_worker
     cpus_there = cluster.total("CPU")
     if cpus_needed > cpus_there:
@@ -103,9 +122,19 @@ def _check_capacity(job: JobConfig, cluster: ClusterSnapshot, resources: Mapping
             f"the embedded cluster has {cpus_there:g}: lower scaling.num_workers or scaling.cpus_per_worker, "
             f"or raise cluster.num_cpus"
         )
-    largest = max((node.total.get("CPU", 0.0) for node in cluster.nodes), default=0.0)
-    if resources["CPU"] > largest:
-        raise PlanError(
-            f"one worker needs {resources['CPU']:g} CPUs, the largest node has {largest:g}: "
-            f"lower scaling.cpus_per_worker"
-        )
+    for name, amount in resources.items():
+        largest = max((node.total.get(name, 0.0) for node in cluster.nodes), default=0.0)
+        if amount > largest:
+            raise PlanError(f"one worker needs {name}={_amount(name, amount)}, the largest node has "
+                            f"{_amount(name, largest)}: lower it in scaling.*_per_worker")
+
+
+def _amount(name: str, amount: float) -> str:
+    return f"{amount / GIB:g} GiB" if name == "memory" else f"{amount:g}"
+
+
+def format_resources(resources: Mapping[str, float]) -> str:
+    """`{CPU: 2, GPU: 1, memory: 4 GiB}`: resources as users write them (Ray's node: markers left out)."""
+    shown = [f"{name}: {_amount(name, amount)}" for name, amount in sorted(resources.items())
+             if not name.startswith("node:") and not name.endswith("object_store_memory")]
+    return "{" + ", ".join(shown) + "}"

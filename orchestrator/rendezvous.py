@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from orchestrator.plan import JobPlan
+
+MASTER_PORT_UNKNOWN = 0
+"""Placeholder port for dry runs: the real one is found free on rank 0's node at start."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class WorkerSpec:
     backend: str
     torch_threads: int
     env: Mapping[str, str]
+    cuda_device: Optional[int] = None
+    """Index of this rank's GPU within its CUDA_VISIBLE_DEVICES; None for CPU workers."""
 
 
 def rank_order(placed: Sequence[PlacedBundle]) -> list[PlacedBundle]:
@@ -42,43 +47,58 @@ def rank_order(placed: Sequence[PlacedBundle]) -> list[PlacedBundle]:
     return sorted(placed, key=lambda b: (first_index[b.node_id], b.bundle_index))
 
 
-def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int) -> list[WorkerSpec]:
-    """One spec per rank; MASTER_ADDR is rank 0's node, `master_port` was found free there."""
-    ordered = rank_order(placed)
-    if len(ordered) != plan.world_size:
-        raise ValueError(f"{len(ordered)} placed bundles for a world of {plan.world_size}")
-    node_ids = list(dict.fromkeys(b.node_id for b in ordered))
-    per_node = {node_id: [b for b in ordered if b.node_id == node_id] for node_id in node_ids}
-    master_addr = ordered[0].node_ip
+def rank_slots(plan: JobPlan, placed: Sequence[PlacedBundle]) -> list[PlacedBundle]:
+    """One entry per rank, in rank order: each bundle holds `workers_per_bundle` consecutive ranks."""
+    slots = [bundle for bundle in rank_order(placed) for _ in range(plan.workers_per_bundle)]
+    if len(slots) != plan.world_size:
+        raise ValueError(f"{len(placed)} placed bundles hold {len(slots)} workers, the world is {plan.world_size}")
+    return slots
+
+
+def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int,
+                 gpu_ids: Optional[Sequence[Sequence[str]]] = None) -> list[WorkerSpec]:
+    """One spec per rank; MASTER_ADDR is rank 0's node, `master_port` was found free there.
+
+    `gpu_ids[r]` are the GPU ids Ray assigned to rank r. Every rank on a node then sees all of the
+    job's GPUs on that node, in local-rank order, so `cuda:LOCAL_RANK` is its own GPU exactly as
+    under torchrun (Ray alone would show each worker only its own GPU as cuda:0).
+    """
+    slots = rank_slots(plan, placed)
+    node_ids = list(dict.fromkeys(slot.node_id for slot in slots))
+    ranks_of = {node: [rank for rank, slot in enumerate(slots) if slot.node_id == node] for node in node_ids}
     specs = []
-    for world_rank, bundle in enumerate(ordered):
-        local = per_node[bundle.node_id]
-        env = {
-            "RANK": world_rank,
-            "WORLD_SIZE": plan.world_size,
-            "LOCAL_RANK": local.index(bundle),
-            "LOCAL_WORLD_SIZE": len(local),
-            "GROUP_RANK": node_ids.index(bundle.node_id),
-            "GROUP_WORLD_SIZE": len(node_ids),
-            "ROLE_RANK": world_rank,
-            "ROLE_WORLD_SIZE": plan.world_size,
-            "MASTER_ADDR": master_addr,
-            "MASTER_PORT": master_port,
-            "OMP_NUM_THREADS": plan.torch_threads,
-        }
-        specs.append(
-            WorkerSpec(
-                world_rank=world_rank,
-                local_rank=local.index(bundle),
-                node_rank=node_ids.index(bundle.node_id),
-                world_size=plan.world_size,
-                local_world_size=len(local),
-                bundle_index=bundle.bundle_index,
-                node_id=bundle.node_id,
-                node_ip=bundle.node_ip,
-                backend=plan.backend,
-                torch_threads=plan.torch_threads,
-                env={key: str(value) for key, value in env.items()},
-            )
-        )
+    for world_rank, slot in enumerate(slots):
+        local_ranks = ranks_of[slot.node_id]
+        env = _torchrun_env(plan, world_rank, local_ranks, node_ids.index(slot.node_id), len(node_ids),
+                            slots[0].node_ip, master_port)
+        cuda_device = None
+        if gpu_ids is not None:
+            visible = list(dict.fromkeys(gpu for rank in local_ranks for gpu in gpu_ids[rank]))
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
+            cuda_device = visible.index(gpu_ids[world_rank][0])
+        specs.append(WorkerSpec(
+            world_rank=world_rank, local_rank=local_ranks.index(world_rank), node_rank=node_ids.index(slot.node_id),
+            world_size=plan.world_size, local_world_size=len(local_ranks), bundle_index=slot.bundle_index,
+            node_id=slot.node_id, node_ip=slot.node_ip, backend=plan.backend, torch_threads=plan.torch_threads,
+            env=env, cuda_device=cuda_device,
+        ))
     return specs
+
+
+def _torchrun_env(plan: JobPlan, world_rank: int, local_ranks: list[int], node_rank: int, num_nodes: int,
+                  master_addr: str, master_port: int) -> dict[str, str]:
+    env = dict(plan.nccl_env)
+    env.update({
+        "RANK": world_rank,
+        "WORLD_SIZE": plan.world_size,
+        "LOCAL_RANK": local_ranks.index(world_rank),
+        "LOCAL_WORLD_SIZE": len(local_ranks),
+        "GROUP_RANK": node_rank,
+        "GROUP_WORLD_SIZE": num_nodes,
+        "ROLE_RANK": world_rank,
+        "ROLE_WORLD_SIZE": plan.world_size,
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": master_port,
+        "OMP_NUM_THREADS": plan.torch_threads,
+    })
+    return {key: str(value) for key, value in env.items()}

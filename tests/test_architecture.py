@@ -7,7 +7,7 @@ import sys
 
 PURE_MODULES = [
     "orchestrator", "orchestrator.config.schema", "orchestrator.config.load", "orchestrator.config.export",
-    "orchestrator.plan", "orchestrator.rendezvous", "orchestrator.controller", "orchestrator.group",
+    "orchestrator.plan", "orchestrator.placement", "orchestrator.rendezvous", "orchestrator.controller", "orchestrator.group",
     "orchestrator.reports", "orchestrator.console", "orchestrator.metrics.sink", "orchestrator.errors",
 ]
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]

@@ -55,3 +55,18 @@ def test_backend_resolution():
     assert resolve_backend("auto", 0) == "gloo"
     assert resolve_backend("auto", 1) == "nccl"
     assert resolve_backend("gloo", 1) == "gloo"
+
+
+def test_workers_per_node_makes_one_bundle_per_node_spread_strictly(tmp_path):
+    job = compose_job(["scaling.num_workers=8", "scaling.workers_per_node=4", "scaling.gpus_per_worker=1",
+                       "scaling.memory_per_worker_gb=2", "+scaling.resources_per_worker.fast=0.5"], tmp_path)
+    plan = plan_job(job, _cluster({"CPU": 32.0, "GPU": 8.0}, {"CPU": 32.0, "GPU": 8.0}))
+    gib = 1024**3
+    assert plan.strategy == "STRICT_SPREAD" and plan.workers_per_bundle == 4
+    assert plan.bundles == ({"CPU": 4.0, "GPU": 4.0, "memory": 8.0 * gib, "fast": 2.0},) * 2
+    assert plan.worker_resources == {"CPU": 1.0, "GPU": 1.0, "memory": 2.0 * gib, "fast": 0.5}
+
+
+def test_nccl_env_is_carried_into_the_plan(tmp_path):
+    job = compose_job(["+scaling.nccl_env.NCCL_IB_DISABLE=1"], tmp_path)
+    assert plan_job(job, _cluster({"CPU": 4.0})).nccl_env == {"NCCL_IB_DISABLE": "1"}

@@ -38,3 +38,19 @@ def test_placement_order_does_not_change_the_rank_table():
     placed = _placed("a", "b", "a", "b")
     assert [s.bundle_index for s in worker_specs(_plan(4), placed, 1)] == \
         [s.bundle_index for s in worker_specs(_plan(4), list(reversed(placed)), 1)]
+
+
+def test_per_node_bundles_hold_consecutive_ranks():
+    plan = JobPlan(world_size=4, backend="nccl", strategy="STRICT_SPREAD", worker_resources={"CPU": 1.0},
+                   torch_threads=1, global_batch_size=4, workers_per_bundle=2, nccl_env={"NCCL_DEBUG": "INFO"})
+    specs = worker_specs(plan, _placed("b", "a"), master_port=1234)
+    assert [(s.world_rank, s.node_id, s.bundle_index, s.local_rank) for s in specs] == \
+        [(0, "b", 0, 0), (1, "b", 0, 1), (2, "a", 1, 0), (3, "a", 1, 1)]
+    assert all(s.env["NCCL_DEBUG"] == "INFO" for s in specs)
+
+
+def test_every_rank_on_a_node_sees_the_nodes_job_gpus_and_uses_its_local_rank():
+    specs = worker_specs(_plan(4), _placed("a", "a", "b", "a"), master_port=1,
+                         gpu_ids=[["3"], ["1"], ["0"], ["6"]])
+    table = [(s.world_rank, s.node_id, s.local_rank, s.env["CUDA_VISIBLE_DEVICES"], s.cuda_device) for s in specs]
+    assert table == [(0, "a", 0, "3,1,0", 0), (1, "a", 1, "3,1,0", 1), (2, "a", 2, "3,1,0", 2), (3, "b", 0, "6", 0)]

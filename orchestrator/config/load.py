@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from orchestrator.config.schema import (
     AMP_MODES,
     BACKENDS,
+    ENTRYPOINTS,
     MODEL_FORMATS,
     OPTIMIZERS,
     PLACEMENT_STRATEGIES,
@@ -20,10 +22,15 @@ from orchestrator.config.schema import (
     DataConfig,
     JobConfig,
     MlpConfig,
+    ScalingConfig,
     SyntheticConfig,
 )
 from orchestrator.errors import ConfigError
 
+PER_NODE_STRATEGIES = ("PACK", "STRICT_SPREAD")
+RESERVED_RESOURCES = {"CPU": "scaling.cpus_per_worker", "GPU": "scaling.gpus_per_worker",
+                      "memory": "scaling.memory_per_worker_gb"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DIGITS_INPUT_SHAPE = (1, 8, 8)
 DIGITS_CLASSES = 10
 
@@ -47,7 +54,10 @@ def _absolute_paths(job: JobConfig, base_dir: Path) -> JobConfig:
         db_path = (base_dir / tracking.uri[len(sqlite_prefix):]).resolve()
         tracking = dataclasses.replace(tracking, uri=f"{sqlite_prefix}{db_path}")
     checkpoint = dataclasses.replace(job.checkpoint, dir=str((base_dir / job.checkpoint.dir).resolve()))
-    return dataclasses.replace(job, tracking=tracking, checkpoint=checkpoint)
+    script = job.script
+    if script.path is not None:
+        script = dataclasses.replace(script, path=str((base_dir / script.path).resolve()))
+    return dataclasses.replace(job, tracking=tracking, checkpoint=checkpoint, script=script)
 
 
 def data_input_shape(data: DataConfig) -> tuple[int, ...]:
@@ -105,6 +115,7 @@ def _show(value: Any) -> str:
 def validate(job: JobConfig) -> None:
     """Reject every invalid value with the key, the value and what is valid (raises ConfigError)."""
     problems = _Problems()
+    _check_entrypoint(job, problems)
     _check_scaling(job, problems)
     _check_trainer(job, problems)
     _check_optim(job, problems)
@@ -126,10 +137,51 @@ def _check_scaling(job: JobConfig, problems: _Problems) -> None:
     problems.choice("scaling.backend", scaling.backend, BACKENDS)
     if scaling.backend == "nccl" and gpus_ok and gpus == 0:
         problems.require(False, "scaling.backend", "nccl", "nccl needs GPUs: set scaling.gpus_per_worker >= 1, or scaling.backend=auto or gloo")
+    _check_placement_shape(scaling, problems)
+    _check_worker_resources(scaling, problems)
     problems.positive("scaling.placement_timeout_s", scaling.placement_timeout_s)
     problems.positive("scaling.rendezvous_timeout_s", scaling.rendezvous_timeout_s)
     if job.cluster.num_cpus is not None:
         problems.at_least("cluster.num_cpus", job.cluster.num_cpus, 1)
+
+
+def _check_placement_shape(scaling: ScalingConfig, problems: _Problems) -> None:
+    per_node = scaling.workers_per_node
+    if per_node is None:
+        return
+    problems.at_least("scaling.workers_per_node", per_node, 1)
+    if _is_number(per_node) and per_node >= 1 and scaling.num_workers % per_node:
+        problems.require(False, "scaling.workers_per_node", per_node,
+                         f"scaling.num_workers={scaling.num_workers} must be a multiple of it (N nodes x {per_node})")
+    if scaling.placement_strategy not in PER_NODE_STRATEGIES:
+        problems.require(False, "scaling.placement_strategy", scaling.placement_strategy,
+                         "with scaling.workers_per_node each node gets one bundle and nodes are spread strictly: "
+                         "leave it at PACK, set STRICT_SPREAD, or unset scaling.workers_per_node")
+
+
+def _check_worker_resources(scaling: ScalingConfig, problems: _Problems) -> None:
+    if scaling.memory_per_worker_gb is not None:
+        problems.positive("scaling.memory_per_worker_gb", scaling.memory_per_worker_gb)
+    for name, amount in scaling.resources_per_worker.items():
+        key = f"scaling.resources_per_worker.{name}"
+        if name in RESERVED_RESOURCES:
+            problems.require(False, key, amount, f"set {name} through {RESERVED_RESOURCES[name]}")
+        else:
+            problems.positive(key, amount)
+    for name in scaling.nccl_env:
+        problems.require(bool(_ENV_NAME.match(name)), "scaling.nccl_env", name,
+                         "keys must be environment variable names such as NCCL_DEBUG")
+
+
+def _check_entrypoint(job: JobConfig, problems: _Problems) -> None:
+    problems.choice("entrypoint", job.entrypoint, ENTRYPOINTS)
+    if job.entrypoint != "script":
+        return
+    path = job.script.path
+    if path is None:
+        problems.require(False, "script.path", path, "entrypoint=script needs the script to run: set script.path=train.py")
+    elif not Path(path).is_file():
+        problems.require(False, "script.path", path, "no such file: give the path of a Python script")
 
 
 def _check_trainer(job: JobConfig, problems: _Problems) -> None:

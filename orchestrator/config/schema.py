@@ -8,7 +8,7 @@ that names the key, the value and the valid choices.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -18,6 +18,7 @@ AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 MODEL_FORMATS = ("pt2", "pickle")
+ENTRYPOINTS = ("builtin", "script")
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,14 @@ class ClusterConfig:
     """Which Ray cluster runs the job."""
 
     address: Optional[str] = None
-    """Ray cluster to connect to; null starts an embedded local Ray instance for this job."""
+    """Ray cluster to connect to (auto, HOST:6379 or ray://HOST:10001); null starts an embedded
+    local Ray instance for this job."""
     num_cpus: Optional[int] = None
     """CPUs the embedded instance offers; null = all CPUs of this machine."""
     dashboard: bool = False
     """Start the Ray dashboard with the embedded instance (costs start-up time)."""
+    runtime_env: Dict[str, Any] = field(default_factory=dict)
+    """Ray runtime_env for the job (env_vars, pip, ...); `orchestrator submit` adds the working_dir."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,16 @@ class ScalingConfig:
     """Ray placement group strategy: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD."""
     backend: str = "auto"
     """torch.distributed backend: auto (nccl when workers hold GPUs, else gloo), nccl or gloo."""
+    workers_per_node: Optional[int] = None
+    """Workers on every node (the "N nodes x G GPUs" shape): one bundle per node, nodes strictly
+    spread; null = bundles placed by placement_strategy."""
+    memory_per_worker_gb: Optional[float] = None
+    """Memory reserved per worker in GiB (Ray's `memory` resource); null = none reserved."""
+    resources_per_worker: Dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per worker, e.g. {"accelerator_type:H100": 0.001}."""
+    nccl_env: Dict[str, str] = field(default_factory=dict)
+    """Environment set in every worker before the process group starts (NCCL_IB_DISABLE, NCCL_DEBUG,
+    NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME, ...)."""
     placement_timeout_s: float = 60.0
     """How long to wait for the placement group (lets an autoscaler add nodes) before failing."""
     rendezvous_timeout_s: float = 300.0
@@ -186,9 +200,22 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class ScriptConfig:
+    """An unmodified torchrun-style script run on every worker (entrypoint=script)."""
+
+    path: Optional[str] = None
+    """The script; relative paths are taken from the working directory."""
+    args: List[str] = field(default_factory=list)
+    """Command-line arguments passed to the script."""
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """One training job: what runs, where, and how it is recorded."""
 
+    entrypoint: str = "builtin"
+    """What every worker runs: builtin (the training loop of this config) or script (script.path)."""
+    script: ScriptConfig = field(default_factory=ScriptConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -15,10 +15,10 @@ from orchestrator.train.loop import TrainContext, train
 from orchestrator.worker.ddp import pin_socket_interface, process_group
 
 
-def select_device(job: JobConfig) -> torch.device:
-    """cuda:0 for a GPU worker (Ray's CUDA_VISIBLE_DEVICES shows it only its own GPUs), else cpu."""
-    if job.scaling.gpus_per_worker > 0:
-        device = torch.device("cuda", 0)
+def select_device(spec: WorkerSpec) -> torch.device:
+    """The rank's own GPU (CUDA_VISIBLE_DEVICES lists the node's job GPUs in local-rank order), else cpu."""
+    if spec.cuda_device is not None:
+        device = torch.device("cuda", spec.cuda_device)
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
@@ -30,7 +30,7 @@ def run_worker(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     os.environ.update(spec.env)
     pin_socket_interface(spec.node_ip)
     torch.set_num_threads(spec.torch_threads)
-    device = select_device(job)
+    device = select_device(spec)
     with process_group(spec, device, job.scaling.rendezvous_timeout_s):
         context = TrainContext(spec=spec, device=device, emit=emit, stop_requested=stop_requested,
                                checkpoint_dir=checkpoint_dir)

@@ -83,3 +83,32 @@ def test_wrong_type_and_unknown_key_are_rejected_by_the_schema(tmp_path: Path):
         compose_job(["scaling.num_workers=two"], tmp_path)
     with pytest.raises(ConfigCompositionException):
         compose_job(["scaling.num_worker=2"], tmp_path)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["scaling.num_workers=6", "scaling.workers_per_node=4"],
+     "scaling.workers_per_node=4 is not valid: scaling.num_workers=6 must be a multiple of it"),
+    (["scaling.num_workers=4", "scaling.workers_per_node=2", "scaling.placement_strategy=STRICT_PACK"],
+     "scaling.placement_strategy=STRICT_PACK is not valid: with scaling.workers_per_node"),
+    (["scaling.memory_per_worker_gb=0"], "scaling.memory_per_worker_gb=0.0 is not valid: must be a number > 0"),
+    (["+scaling.resources_per_worker.GPU=1"], "scaling.resources_per_worker.GPU=1.0 is not valid: set GPU through scaling.gpus_per_worker"),
+    (["+scaling.resources_per_worker.tpu=-1"], "scaling.resources_per_worker.tpu=-1.0 is not valid: must be a number > 0"),
+    (["+scaling.nccl_env.BAD-NAME=1"], "scaling.nccl_env=BAD-NAME is not valid: keys must be environment variable names"),
+    (["entrypoint=notebook"], "entrypoint=notebook is not valid: use one of builtin, script"),
+    (["entrypoint=script"], "script.path=null is not valid: entrypoint=script needs the script to run"),
+    (["entrypoint=script", "script.path=missing.py"], "missing.py is not valid: no such file"),
+])
+def test_multi_node_and_script_settings_are_validated(tmp_path: Path, overrides, expected):
+    with pytest.raises(ConfigError) as raised:
+        compose_job(overrides, tmp_path)
+    assert expected in str(raised.value)
+
+
+def test_per_node_shape_custom_resources_and_script(tmp_path: Path):
+    (tmp_path / "train.py").write_text("print('hello')\n")
+    job = compose_job(["scaling.num_workers=8", "scaling.workers_per_node=4", "+scaling.resources_per_worker.fast=1",
+                       "+scaling.nccl_env.NCCL_DEBUG=INFO", "entrypoint=script", "script.path=train.py",
+                       "script.args=[--epochs,3]"], tmp_path)
+    assert job.scaling.workers_per_node == 4 and job.scaling.resources_per_worker == {"fast": 1.0}
+    assert job.scaling.nccl_env == {"NCCL_DEBUG": "INFO"}
+    assert job.script.path == str(tmp_path.resolve() / "train.py") and job.script.args == ["--epochs", "3"]
