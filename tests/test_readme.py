@@ -45,6 +45,9 @@ def expected_rows() -> list[str]:
     """One markdown row per key: `key` | `default` | description (group options get their own rows)."""
     docs, rows = field_docs(), []
     for section in dataclasses.fields(schema.JobConfig):
+        if section.name not in GROUP_OPTIONS and not dataclasses.is_dataclass(_default(section)):
+            rows.append(f"| `{section.name}` | `{_default(section)}` | {_doc(docs, schema.JobConfig, section.name)} |")
+            continue
         options = GROUP_OPTIONS.get(section.name)
         classes = list(options.items()) if options else [(None, section.default_factory)]
         for option, cls in classes:
