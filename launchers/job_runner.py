@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from orchestrator import __version__
 from orchestrator.config.export import config_yaml, flat_params
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import Controller, JobOutcome
-from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT
+from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, WORKERS_ARTIFACT
 from orchestrator.metrics.sink import NullSink
 from orchestrator.plan import JobPlan, plan_job
 from orchestrator.provenance import git_commit
@@ -74,8 +75,21 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str]):
     return sink
 
 
+def workers_table(outcome: JobOutcome) -> list[dict]:
+    """Where each rank ran, and the digest of its final parameters when it finished."""
+    return [
+        {"rank": spec.world_rank, "node_rank": spec.node_rank, "local_rank": spec.local_rank,
+         "node_id": spec.node_id, "node_ip": spec.node_ip,
+         "params_digest": outcome.rank_results[spec.world_rank].params_digest
+         if spec.world_rank in outcome.rank_results else None}
+        for spec in outcome.workers
+    ]
+
+
 def record_outcome(sink, job: JobConfig, outcome: JobOutcome) -> None:
-    """Log the trained model of a finished job, then the run's final status and error."""
+    """Log where the ranks ran and the trained model of a finished job, then the final status and error."""
+    if outcome.workers:
+        sink.log_text(json.dumps(workers_table(outcome), indent=2), WORKERS_ARTIFACT)
     result = outcome.result
     if outcome.status == "FINISHED" and job.tracking.log_model and result is not None and result.model_state:
         sink.log_model(trained_model(job, result.model_state), result.input_example)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Iterator
 
 from orchestrator.config.schema import ClusterConfig
@@ -39,13 +40,48 @@ def connect(cluster: ClusterConfig) -> Iterator[ClusterSnapshot]:
         ray.shutdown()
 
 
+AUTH_MARKERS = ("InvalidAuthToken", "AuthenticationError", "Authentication token is missing or incorrect")
+TOKEN_HOWTO = ("export RAY_AUTH_MODE=token and give this machine the cluster's token: copy the head node's "
+               "~/.ray/auth_token to ~/.ray/auth_token here, or export RAY_AUTH_TOKEN=<token> "
+               "(or RAY_AUTH_TOKEN_PATH=<file>)")
+
+
 def _connect_help(cluster: ClusterConfig, error: Exception) -> str:
-    where = "an embedded Ray instance" if cluster.address is None else f"the Ray cluster at cluster.address={cluster.address}"
-    return f"could not start or reach {where}: {type(error).__name__}: {error}"
+    if cluster.address is None:
+        return f"could not start an embedded Ray instance: {type(error).__name__}: {error}"
+    where = f"the Ray cluster at cluster.address={cluster.address}"
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    if any(marker in _error_chain_text(error) for marker in AUTH_MARKERS):
+        return (f"{where} refused this driver's authentication token (missing or wrong; RAY_AUTH_MODE is {mode}). "
+                f"Clusters started with `ray start` require a token by default (Ray 2.5x+): {TOKEN_HOWTO}")
+    message = (f"could not reach {where}: {type(error).__name__}: {error}. Check the address (auto, HOST:6379 "
+               f"or ray://HOST:10001) and that the head node is running")
+    if mode != "token":
+        message += f"; if the cluster uses token authentication (the default for `ray start`), {TOKEN_HOWTO}"
+    return message
+
+
+def _error_chain_text(error: BaseException) -> str:
+    # Ray wraps the GCS's InvalidAuthToken reply in a generic ConnectionError; the cause keeps the text
+    texts, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        texts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
 
 
 def cluster_snapshot(fixed_size: bool) -> ClusterSnapshot:
     """Alive nodes with their total and currently free resources."""
+    import ray
+
+    if ray.util.client.ray.is_connected():
+        # Ray Client (ray://) drivers cannot read the GCS tables; a zero-CPU task inside the cluster can
+        return ray.get(ray.remote(num_cpus=0)(_read_snapshot).remote(fixed_size))
+    return _read_snapshot(fixed_size)
+
+
+def _read_snapshot(fixed_size: bool) -> ClusterSnapshot:
     import ray
     from ray._private.state import available_resources_per_node  # DeveloperAPI: per-node free resources
 

@@ -14,8 +14,10 @@ from orchestrator.rendezvous import PlacedBundle, WorkerSpec, rank_slots, worker
 from launchers.ray_cluster import cluster_snapshot
 from launchers.worker_actor import WorkerActor
 
-# run(), stop() and the probes must be able to run at the same time on one actor
+# reports(), stop() and the probes must be able to run at the same time on one actor
 ACTOR_CONCURRENCY = 4
+LONG_POLL_S = 30.0
+"""How long one reports() call waits for the first report before returning empty (and being re-issued)."""
 
 
 class RayWorkerGroup:
@@ -28,7 +30,7 @@ class RayWorkerGroup:
         self.checkpoint_dir = checkpoint_dir
         self._placement_group = None
         self._actors: list = []
-        self._streams: dict = {}
+        self._pending: dict = {}
         self._specs: list[WorkerSpec] = []
 
     @property
@@ -37,7 +39,6 @@ class RayWorkerGroup:
 
     def start(self) -> None:
         """Place the bundles, start one actor per rank in rank order, and start every rank."""
-        import ray
         from ray.util.placement_group import placement_group
 
         self._placement_group = placement_group(list(self.plan.bundles), strategy=self.plan.strategy,
@@ -45,14 +46,16 @@ class RayWorkerGroup:
         if not self._placement_group.wait(timeout_seconds=self.job.scaling.placement_timeout_s):
             raise LaunchError(self._placement_failure())
         placed = self._placed_bundles()
-        self._actors = [self._start_actor(slot, rank) for rank, slot in enumerate(rank_slots(self.plan, placed))]
-        gpu_ids = ray.get([actor.gpu_ids.remote() for actor in self._actors]) if "GPU" in self.plan.worker_resources else None
-        master_port = ray.get(self._actors[0].free_port.remote())
+        slots = rank_slots(self.plan, placed)
+        self._actors = [self._start_actor(slot, rank) for rank, slot in enumerate(slots)]
+        gpu_ids = None
+        if "GPU" in self.plan.worker_resources:
+            gpu_ids = _gather([actor.gpu_ids.remote() for actor in self._actors], slots)
+        [master_port] = _gather([self._actors[0].free_port.remote()], slots)
         self._specs = worker_specs(self.plan, placed, master_port, gpu_ids)
-        self._streams = {
-            actor.run.remote(spec, self.job, self.checkpoint_dir): spec.world_rank
-            for spec, actor in zip(self._specs, self._actors)
-        }
+        _gather([actor.start.remote(spec, self.job, self.checkpoint_dir)
+                 for spec, actor in zip(self._specs, self._actors)], slots)
+        self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank for spec, actor in zip(self._specs, self._actors)}
 
     def _placed_bundles(self) -> list[PlacedBundle]:
         from ray.util.placement_group import placement_group_table
@@ -95,32 +98,32 @@ class RayWorkerGroup:
         """Reports, ends and deaths of ranks that arrived within `timeout_s`."""
         import ray
 
-        if not self._streams:
+        if not self._pending:
             return []
-        streams = list(self._streams)
-        ready, _ = ray.wait(streams, num_returns=1, timeout=timeout_s)
+        calls = list(self._pending)
+        ready, _ = ray.wait(calls, num_returns=1, timeout=timeout_s)
         if ready:  # take everything else that is ready as well
-            ready, _ = ray.wait(streams, num_returns=len(streams), timeout=0)
+            ready, _ = ray.wait(calls, num_returns=len(calls), timeout=0)
         events: list[GroupEvent] = []
-        for stream in ready:
-            events.extend(self._next_events(stream))
+        for call in ready:
+            events.extend(self._collect(call))
         return events
 
-    def _next_events(self, stream) -> list[GroupEvent]:
+    def _collect(self, call) -> list[GroupEvent]:
         import ray
         from ray.exceptions import RayActorError
 
-        world_rank = self._streams[stream]
+        world_rank = self._pending.pop(call)
         try:
-            batch = ray.get(next(stream))
-        except StopIteration:
-            del self._streams[stream]
-            return [RankExited(world_rank=world_rank)]
+            batch = ray.get(call)
         except RayActorError as error:
-            del self._streams[stream]
-            spec = self._specs[world_rank]
-            return [RankLost(world_rank=world_rank, node_ip=spec.node_ip, reason=_first_line(error))]
-        return [RankReport(world_rank=world_rank, report=report) for report in batch]
+            return [RankLost(world_rank=world_rank, node_ip=self._specs[world_rank].node_ip, reason=_first_line(error))]
+        events: list[GroupEvent] = [RankReport(world_rank=world_rank, report=report) for report in batch.reports]
+        if batch.done:
+            events.append(RankExited(world_rank=world_rank))
+        else:
+            self._pending[self._actors[world_rank].reports.remote(LONG_POLL_S)] = world_rank
+        return events
 
     def request_stop(self) -> None:
         """Ask every live rank to stop at the next step the ranks agree on."""
@@ -134,10 +137,25 @@ class RayWorkerGroup:
 
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
-        self._actors, self._streams = [], {}
+        self._actors, self._pending = [], {}
         if self._placement_group is not None:
             remove_placement_group(self._placement_group)
             self._placement_group = None
+
+
+def _gather(calls: list, slots: Sequence[PlacedBundle]) -> list:
+    """Results of one call per rank; a rank whose worker died becomes a LaunchError naming it."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    results = []
+    for world_rank, call in enumerate(calls):
+        try:
+            results.append(ray.get(call))
+        except RayActorError as error:
+            raise LaunchError(f"rank {world_rank} on {slots[world_rank].node_ip} died while the group was "
+                              f"starting: {_first_line(error)}") from error
+    return results
 
 
 def _first_line(error: Exception) -> str:

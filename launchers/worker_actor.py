@@ -7,26 +7,39 @@ import queue
 import socket
 import threading
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Optional
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.reports import ErrorReport
 from orchestrator.rendezvous import WorkerSpec
+from orchestrator.worker.stop import StopSignal
 
 _END = object()
 MAX_BATCH = 256
 
 
-class WorkerActor:
-    """One rank's process. `run` streams the rank's reports to the driver as a Ray generator.
+@dataclass(frozen=True)
+class ReportBatch:
+    """What one `reports()` call hands the driver: the reports queued so far, and whether the rank ended."""
 
-    Training runs on a thread of its own and hands reports to a local queue, so the loop never
-    waits for the driver; the generator side yields them as they come.
+    reports: list
+    done: bool
+
+
+class WorkerActor:
+    """One rank's process. `start` runs the rank on a thread; `reports` hands its reports over.
+
+    Training runs on a thread of its own and queues reports locally, so the loop never waits for the
+    driver. The driver keeps one `reports()` call outstanding per rank: the call returns as soon as
+    anything is queued (a long poll), which works over plain object refs, Ray Client included.
     """
 
     def __init__(self) -> None:
-        self._stop = threading.Event()
+        self._stop = StopSignal()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
 
     def node_ip(self) -> str:
         """The Ray node IP this actor runs on."""
@@ -54,30 +67,35 @@ class WorkerActor:
         """Ask the running rank to stop at the next step the ranks agree on."""
         self._stop.set()
 
-    def run(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str) -> Iterator[list]:
-        """Run the rank to its end, yielding lists of reports; the last is a ResultReport or ErrorReport."""
-        self._stop.clear()
-        outbox: queue.SimpleQueue = queue.SimpleQueue()
-        thread = threading.Thread(target=self._train, args=(spec, job, Path(checkpoint_dir), outbox),
-                                  name=f"rank-{spec.world_rank}", daemon=True)
-        thread.start()
-        finished = False
-        while not finished:
-            batch = [outbox.get()]
-            # whatever else is already queued travels in the same message: one yield per burst
-            while not outbox.empty() and len(batch) < MAX_BATCH:
-                batch.append(outbox.get())
-            finished = batch[-1] is _END
-            reports = [item for item in batch if item is not _END]
-            if reports:
-                yield reports
-        thread.join()
+    def start(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str) -> None:
+        """Start the rank on a thread of its own; its reports queue up for `reports()`."""
+        self._stop = StopSignal()
+        self._outbox = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._train, args=(spec, job, Path(checkpoint_dir), self._outbox),
+                                        name=f"rank-{spec.world_rank}", daemon=True)
+        self._thread.start()
+
+    def reports(self, timeout_s: float) -> ReportBatch:
+        """Queued reports: waits up to `timeout_s` for the first, then takes whatever else is queued."""
+        try:
+            batch = [self._outbox.get(timeout=timeout_s)]
+        except queue.Empty:
+            return ReportBatch(reports=[], done=False)
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._outbox.get_nowait())
+            except queue.Empty:
+                break
+        done = batch[-1] is _END
+        if done:
+            self._thread.join()
+        return ReportBatch(reports=[item for item in batch if item is not _END], done=done)
 
     def _train(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: Path, outbox: queue.SimpleQueue) -> None:
         from orchestrator.worker.entry import run_worker
 
         try:
-            outbox.put(run_worker(spec, job, outbox.put, self._stop.is_set, checkpoint_dir))
+            outbox.put(run_worker(spec, job, outbox.put, self._stop, checkpoint_dir))
         except BaseException as error:  # report everything, user code included, with its traceback
             outbox.put(ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type=type(error).__name__,
                                    message=str(error), traceback=traceback.format_exc()))

@@ -10,17 +10,12 @@ from typing import Callable, Optional, Sequence
 USAGE = """usage: orchestrator <command> [args]
 
 commands:
-  train [overrides]   run a training job (Hydra: --help, --cfg job, -m for sweeps)
+  train [overrides]          run a training job (Hydra: --help, --cfg job, -m for sweeps)
+  plan [--json] [overrides]  connect, plan and print bundles, nodes and each rank's environment;
+                             start nothing (exit 0 only if the job can be placed now)
+  submit --address URL [--no-wait] [--working-dir DIR] [overrides]
+                             run `orchestrator train` on a remote cluster (Ray Job Submission)
 """
-
-
-def conf_dir() -> Path:
-    """The YAML config groups: shipped inside the package, or `conf/` beside it in a source checkout."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "conf", package_dir.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"no conf/config.yaml near {package_dir}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -44,6 +39,8 @@ def train_command(overrides: Sequence[str]) -> int:
     from orchestrator.config.store import register_configs
 
     register_configs()
+    from orchestrator.config.compose import conf_dir
+
     hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_train_task)
     saved_argv = sys.argv
     sys.argv = ["orchestrator-train", *overrides]
@@ -135,6 +132,65 @@ def ui_hint(tracking_uri: str, experiment_id: Optional[str], run_id: str) -> str
     return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000, then http://127.0.0.1:5000/{page}"
 
 
+def plan_command(args: Sequence[str]) -> int:
+    """`orchestrator plan [--json] [overrides]`: connect, plan and print; start no worker.
+
+    Exit code 0 when the job can be placed now, 1 when it cannot, 2 for an invalid config.
+    """
+    import json
+
+    from launchers.ray_cluster import connect
+    from orchestrator.config.compose import compose_job
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.placement import predict_placement
+    from orchestrator.plan import plan_job
+    from orchestrator.preflight import predicted_specs, preflight_dict, render_preflight
+
+    as_json = "--json" in args
+    try:
+        job = compose_job([arg for arg in args if arg != "--json"], Path.cwd())
+        with connect(job.cluster) as cluster:
+            plan = plan_job(job, cluster)
+            prediction = predict_placement(plan, cluster)
+    except OrchestratorError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        return error.exit_code
+    specs = predicted_specs(plan, cluster, prediction)
+    if as_json:
+        print(json.dumps(preflight_dict(plan, cluster, prediction, specs), indent=2))
+    else:
+        print(render_preflight(plan, cluster, prediction, specs))
+    return 0 if prediction.placeable else 1
+
+
+def submit_command(args: Sequence[str]) -> int:
+    """`orchestrator submit --address http://HEAD:8265 [--no-wait] [--working-dir DIR] [overrides]`."""
+    import argparse
+
+    from launchers.submit import build_submission, local_store_warning, stdout_writer, submit
+    from orchestrator.config.compose import compose_job
+    from orchestrator.errors import OrchestratorError
+
+    parser = argparse.ArgumentParser(prog="orchestrator submit", description="Run `orchestrator train` on a "
+                                     "remote Ray cluster through Ray Job Submission, streaming its logs.")
+    parser.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    parser.add_argument("--no-wait", action="store_true", help="print the submission id and return")
+    parser.add_argument("--working-dir", default=".", help="uploaded as the job's working_dir (default: .)")
+    options, overrides = parser.parse_known_args(args)
+    try:
+        job = compose_job(overrides, Path.cwd())  # the same validation as train, before anything is sent
+        warning = local_store_warning(job)
+        if warning:
+            print(warning, file=sys.stderr)
+        submission = build_submission(job, overrides, Path(options.working_dir).resolve())
+        return submit(options.address, submission, wait=not options.no_wait, write=stdout_writer)
+    except OrchestratorError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        return error.exit_code
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train_command,
+    "plan": plan_command,
+    "submit": submit_command,
 }

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
-from orchestrator.reports import MetricsReport, StepReport
+from orchestrator.reports import LogReport, MetricsReport, StepReport
 
 LINE_INTERVAL_S = 10.0
 """Without a terminal (CI, log files) a progress line is printed at most this often."""
@@ -16,9 +16,11 @@ class Console:
     """Renders rank 0's progress; rewrites one line on a terminal, prints sparse lines elsewhere."""
 
     def __init__(self, stream: Optional[TextIO] = None, interactive: Optional[bool] = None,
-                 clock: Callable[[], float] = time.monotonic):
-        stream = sys.stderr if stream is None else stream  # looked up now: sys.stderr may have been replaced
+                 clock: Callable[[], float] = time.monotonic, out: Optional[TextIO] = None):
+        # looked up now, not at import: sys.stderr/sys.stdout may have been replaced since
+        stream = sys.stderr if stream is None else stream
         self.stream = stream
+        self.out = sys.stdout if out is None else out
         self.interactive = stream.isatty() if interactive is None else interactive
         self.clock = clock
         self.loss: Optional[float] = None
@@ -64,6 +66,13 @@ class Console:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+    def on_log(self, report: LogReport) -> None:
+        """A line a rank's script printed, prefixed with the rank (stderr lines go to our stderr)."""
+        self._end_line()
+        stream = self.stream if report.stream == "stderr" else self.out
+        stream.write(f"[rank {report.world_rank}] {report.line}\n")
+        stream.flush()
 
     def message(self, text: str) -> None:
         """Print a line of its own (ends the progress line first)."""

@@ -14,7 +14,8 @@ from typing import Callable, Mapping, Optional
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.group import GroupEvent, RankExited, RankLost, RankReport, WorkerGroup
-from orchestrator.reports import CheckpointReport, ErrorReport, MetricsReport, ResultReport, StepReport
+from orchestrator.rendezvous import WorkerSpec
+from orchestrator.reports import CheckpointReport, ErrorReport, LogReport, MetricsReport, ResultReport, StepReport
 
 WAIT_S = 1.0
 """Longest wait for worker events before the controller checks its deadlines again."""
@@ -38,6 +39,8 @@ class JobOutcome:
     result: Optional[ResultReport] = None
     """Rank 0's result (with the trained weights) when the job finished or stopped cleanly."""
     rank_results: Mapping[int, ResultReport] = field(default_factory=dict)
+    workers: tuple[WorkerSpec, ...] = ()
+    """Where each rank ran (rank order), as the last worker group started them."""
     error: Optional[str] = None
     traceback: str = ""
     last_checkpoint: Optional[str] = None
@@ -120,6 +123,8 @@ class Controller:
             self.console.on_metrics(report)
         elif isinstance(report, StepReport):
             self.console.on_step(report)
+        elif isinstance(report, LogReport):
+            self.console.on_log(report)
         elif isinstance(report, CheckpointReport):
             self.last_checkpoint = report.path
         elif isinstance(report, ResultReport):
@@ -154,6 +159,7 @@ class Controller:
 
     def _end(self, status: str, error: Optional[str] = None, traceback: str = "",
              result: Optional[ResultReport] = None) -> None:
+        workers = tuple(self.group.specs) if self.group is not None else ()
         self.outcome = JobOutcome(status=status, result=result, rank_results=dict(self.results), error=error,
-                                  traceback=traceback, last_checkpoint=self.last_checkpoint)
+                                  traceback=traceback, last_checkpoint=self.last_checkpoint, workers=workers)
         self.phase = Phase.DONE

@@ -63,3 +63,13 @@ class ErrorReport:
     error_type: str
     message: str
     traceback: str
+
+
+@dataclass(frozen=True)
+class LogReport:
+    """A line a rank's script printed (entrypoint=script); the driver prints it prefixed by the rank."""
+
+    world_rank: int
+    stream: str
+    """stdout or stderr."""
+    line: str

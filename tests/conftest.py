@@ -27,6 +27,7 @@ def ray_cluster(tmp_path_factory):
     temp_dir = tmp_path_factory.mktemp("ray")
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "include_dashboard": True, "dashboard_port": 0, "temp_dir": str(temp_dir),
+        "resources": {"head_node": 100},
     })
     ray.init(address=cluster.address, logging_level="WARNING")
     yield cluster

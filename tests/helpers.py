@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from orchestrator.config.schema import JobConfig
 
 
 def compose_job(overrides: Sequence[str], base_dir: Path) -> JobConfig:
     """Compose conf/ with Hydra exactly as `orchestrator train` does, then load and validate it."""
-    from hydra import compose, initialize_config_dir
+    from orchestrator.config.compose import compose_job as compose
 
-    from orchestrator.cli import conf_dir
-    from orchestrator.config.load import load_config
-    from orchestrator.config.store import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return load_config(cfg, base_dir)
+    return compose(overrides, base_dir)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -32,13 +25,32 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(0.2)
 
 
-def job_resources_left(prefix: str = "orchestrator-") -> tuple[list[str], list[str]]:
-    """Names of alive actors and live placement groups that belong to orchestrator jobs."""
-    from ray.util.state import list_actors, list_placement_groups
+def session_address() -> str:
+    """The GCS address of the cluster this test process is connected to.
 
-    actors = [a.name for a in list_actors(filters=[("state", "!=", "DEAD")], limit=1000)
-              if (a.name or "").startswith(prefix)]
-    groups = [g.name for g in list_placement_groups(limit=1000)
+    ray.util.state without an address looks for "the latest cluster on the machine", which is
+    another cluster whenever someone else runs one; tests always name theirs.
+    """
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def live_actors(address: Optional[str] = None) -> list:
+    """Actors of the cluster at `address` (default: this session's) that are not dead, with details."""
+    from ray.util.state import list_actors
+
+    return list_actors(address=address or session_address(), filters=[("state", "!=", "DEAD")], limit=1000,
+                       detail=True)
+
+
+def job_resources_left(prefix: str = "orchestrator-", address: Optional[str] = None) -> tuple[list[str], list[str]]:
+    """Names of alive actors and live placement groups that belong to orchestrator jobs."""
+    from ray.util.state import list_placement_groups
+
+    address = address or session_address()
+    actors = [a.name for a in live_actors(address) if (a.name or "").startswith(prefix)]
+    groups = [g.name for g in list_placement_groups(address=address, limit=1000)
               if (g.name or "").startswith(prefix) and g.state != "REMOVED"]
     return actors, groups
 

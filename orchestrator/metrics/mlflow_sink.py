@@ -17,6 +17,7 @@ from orchestrator.config.schema import TrackingConfig
 
 MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "config.yaml"
+WORKERS_ARTIFACT = "workers.json"
 ERROR_ARTIFACT = "error.txt"
 ERROR_TAG = "orchestrator.error"
 

@@ -1,22 +1,21 @@
-"""What one rank runs: its environment, its device, the process group, then the training loop."""
+"""What one rank runs: its environment, its device, then the built-in loop or the user's script."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import Callable, Union
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.reports import ResultReport
+from orchestrator.reports import ErrorReport, ResultReport
 from orchestrator.rendezvous import WorkerSpec
-from orchestrator.train.loop import TrainContext, train
-from orchestrator.worker.ddp import pin_socket_interface, process_group
+from orchestrator.worker.stop import StopSignal
 
 
-def select_device(spec: WorkerSpec) -> torch.device:
+def select_device(spec: WorkerSpec):
     """The rank's own GPU (CUDA_VISIBLE_DEVICES lists the node's job GPUs in local-rank order), else cpu."""
+    import torch
+
     if spec.cuda_device is not None:
         device = torch.device("cuda", spec.cuda_device)
         torch.cuda.set_device(device)
@@ -24,14 +23,27 @@ def select_device(spec: WorkerSpec) -> torch.device:
     return torch.device("cpu")
 
 
-def run_worker(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
-               stop_requested: Callable[[], bool], checkpoint_dir: Path) -> ResultReport:
+def run_worker(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
+               checkpoint_dir: Path) -> Union[ResultReport, ErrorReport]:
     """Run this rank of the job to its end and return its result."""
+    if job.entrypoint == "script":
+        from orchestrator.worker.script import run_script
+
+        return run_script(spec, job, emit, stop)
+    return _run_builtin(spec, job, emit, stop, checkpoint_dir)
+
+
+def _run_builtin(spec, job, emit, stop: StopSignal, checkpoint_dir: Path) -> ResultReport:
+    import torch
+
+    from orchestrator.train.loop import TrainContext, train
+    from orchestrator.worker.ddp import pin_socket_interface, process_group
+
     os.environ.update(spec.env)
     pin_socket_interface(spec.node_ip)
     torch.set_num_threads(spec.torch_threads)
     device = select_device(spec)
     with process_group(spec, device, job.scaling.rendezvous_timeout_s):
-        context = TrainContext(spec=spec, device=device, emit=emit, stop_requested=stop_requested,
+        context = TrainContext(spec=spec, device=device, emit=emit, stop_requested=stop.is_set,
                                checkpoint_dir=checkpoint_dir)
         return train(job, context)

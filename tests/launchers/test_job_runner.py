@@ -14,7 +14,7 @@ import torch
 from launchers.job_runner import run_job
 from orchestrator.config.export import flat_params
 from orchestrator.console import Console
-from tests.helpers import assert_no_job_resources, compose_job, job_resources_left, wait_until
+from tests.helpers import assert_no_job_resources, compose_job, live_actors, wait_until
 
 
 def _run(overrides, tmp_path):
@@ -83,16 +83,14 @@ def test_an_exception_on_a_rank_fails_the_run_with_its_traceback(ray_cluster, tm
 
 
 def test_a_killed_worker_process_fails_the_run_and_nothing_is_left(ray_cluster, tmp_path):
-    from ray.util.state import list_actors
-
     job = compose_job(["model=mlp", "trainer.max_steps=1000000", "tracking.log_model=false"], tmp_path)
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(summary=run_job(job, Console(io.StringIO(), False))))
     runner.start()
 
     def rank1_pid():
-        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-                 if (a.name or "").startswith("orchestrator-") and a.name.endswith("-rank1")]
+        alive = [a for a in live_actors() if a.state == "ALIVE"
+                 and (a.name or "").startswith("orchestrator-") and a.name.endswith("-rank1")]
         return alive[0].pid if alive and alive[0].pid else None
 
     wait_until(lambda: rank1_pid() is not None, 60, "rank 1's actor to run")
