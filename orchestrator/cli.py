@@ -11,6 +11,8 @@ USAGE = """usage: orchestrator <command> [args]
 
 commands:
   train [overrides]   run a training job (Hydra: --help, --cfg job, -m for sweeps)
+  k8s [overrides] [--image IMAGE] [--namespace NS] [--name NAME]
+                      print a KubeRay RayJob that runs `train` with these overrides on Kubernetes
 """
 
 
@@ -135,6 +137,60 @@ def ui_hint(tracking_uri: str, experiment_id: Optional[str], run_id: str) -> str
     return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000, then http://127.0.0.1:5000/{page}"
 
 
+# --- orchestrator k8s ------------------------------------------------------------------------------
+
+def k8s_command(args: Sequence[str]) -> int:
+    """`orchestrator k8s [overrides] [--image] [--namespace] [--name]`: print the job's RayJob as YAML."""
+    import argparse
+    from datetime import datetime, timezone
+
+    from orchestrator import manifests
+    from orchestrator.errors import OrchestratorError
+
+    parser = argparse.ArgumentParser(prog="orchestrator k8s", description="Print a KubeRay RayJob that runs "
+                                     "`orchestrator train OVERRIDES` on Kubernetes; pipe it to `kubectl apply -f -`.")
+    parser.add_argument("overrides", nargs="*", help="config overrides, exactly as for `orchestrator train`")
+    parser.add_argument("--image", default=manifests.DEFAULT_IMAGE, help="image of the head and worker pods")
+    parser.add_argument("--namespace", default=manifests.DEFAULT_NAMESPACE, help="namespace of k8s/base's MLflow")
+    parser.add_argument("--name", help="RayJob name (default: orchestrator-<UTC time>, new for every run)")
+    try:
+        options = parser.parse_intermixed_args(list(args))
+    except SystemExit as exit_request:  # --help, or a usage error (argparse exits 2)
+        return _exit_code(exit_request)
+    name = options.name or manifests.default_name(datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    target = manifests.RayJobTarget(image=options.image, namespace=options.namespace, name=name)
+    try:
+        job = _compose(options.overrides)
+        document = manifests.render_rayjob(job, options.overrides, target)
+    except OrchestratorError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        return error.exit_code
+    print(manifests.to_yaml(document), end="")
+    return 0
+
+
+def _compose(overrides: Sequence[str]):
+    """Compose conf/ with these overrides as `train` does and validate: a bad config never renders."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from orchestrator.config.store import register_configs
+    from orchestrator.errors import ConfigError
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:  # unknown key, malformed override, wrong type
+        message = " ".join(str(error).split())
+        if error.__cause__ is not None:  # OmegaConf's reason, e.g. "Value 'abc' ... could not be converted"
+            message += f" ({str(error.__cause__).splitlines()[0]})"
+        raise ConfigError([message]) from None
+    return _load(cfg)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train_command,
+    "k8s": k8s_command,
 }
