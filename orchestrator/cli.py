@@ -15,6 +15,8 @@ commands:
                              start nothing (exit 0 only if the job can be placed now)
   submit --address URL [--no-wait] [--working-dir DIR] [overrides]
                              run `orchestrator train` on a remote cluster (Ray Job Submission)
+  k8s [overrides] [--image IMAGE] [--namespace NS] [--name NAME]
+                             print a KubeRay RayJob that runs `train` with these overrides on Kubernetes
 """
 
 
@@ -189,8 +191,42 @@ def submit_command(args: Sequence[str]) -> int:
         return error.exit_code
 
 
+# --- orchestrator k8s ------------------------------------------------------------------------------
+
+def k8s_command(args: Sequence[str]) -> int:
+    """`orchestrator k8s [overrides] [--image] [--namespace] [--name]`: print the job's RayJob as YAML."""
+    import argparse
+    from datetime import datetime, timezone
+
+    from orchestrator import manifests
+    from orchestrator.config.compose import compose_job
+    from orchestrator.errors import OrchestratorError
+
+    parser = argparse.ArgumentParser(prog="orchestrator k8s", description="Print a KubeRay RayJob that runs "
+                                     "`orchestrator train OVERRIDES` on Kubernetes; pipe it to `kubectl apply -f -`.")
+    parser.add_argument("overrides", nargs="*", help="config overrides, exactly as for `orchestrator train`")
+    parser.add_argument("--image", default=manifests.DEFAULT_IMAGE, help="image of the head and worker pods")
+    parser.add_argument("--namespace", default=manifests.DEFAULT_NAMESPACE, help="namespace of k8s/base's MLflow")
+    parser.add_argument("--name", help="RayJob name (default: orchestrator-<UTC time>, new for every run)")
+    try:
+        options = parser.parse_intermixed_args(list(args))
+    except SystemExit as exit_request:  # --help, or a usage error (argparse exits 2)
+        return _exit_code(exit_request)
+    name = options.name or manifests.default_name(datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    target = manifests.RayJobTarget(image=options.image, namespace=options.namespace, name=name)
+    try:
+        job = compose_job(options.overrides, Path.cwd())
+        document = manifests.render_rayjob(job, options.overrides, target)
+    except OrchestratorError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        return error.exit_code
+    print(manifests.to_yaml(document), end="")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train_command,
     "plan": plan_command,
     "submit": submit_command,
+    "k8s": k8s_command,
 }

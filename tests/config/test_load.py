@@ -70,18 +70,14 @@ def test_cnn_needs_image_shaped_inputs(tmp_path: Path):
 
 
 def test_unknown_group_option_gets_hydras_error(tmp_path: Path):
-    from hydra.errors import MissingConfigException
-
-    with pytest.raises(MissingConfigException, match="transformer"):
+    with pytest.raises(ConfigError, match=r"Could not find 'model/transformer'.*Available options.*cnn.*mlp"):
         compose_job(["model=transformer"], tmp_path)
 
 
 def test_wrong_type_and_unknown_key_are_rejected_by_the_schema(tmp_path: Path):
-    from hydra.errors import ConfigCompositionException
-
-    with pytest.raises(ConfigCompositionException):
+    with pytest.raises(ConfigError, match=r"scaling.num_workers=two.*could not be converted to Integer"):
         compose_job(["scaling.num_workers=two"], tmp_path)
-    with pytest.raises(ConfigCompositionException):
+    with pytest.raises(ConfigError, match=r"Could not override 'scaling.num_worker'.*Key 'num_worker' is not in struct"):
         compose_job(["scaling.num_worker=2"], tmp_path)
 
 
