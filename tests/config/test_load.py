@@ -77,7 +77,7 @@ def test_unknown_group_option_gets_hydras_error(tmp_path: Path):
 def test_wrong_type_and_unknown_key_are_rejected_by_the_schema(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"scaling.num_workers=two.*could not be converted to Integer"):
         compose_job(["scaling.num_workers=two"], tmp_path)
-    with pytest.raises(ConfigError, match=r"Could not override 'scaling.num_worker'.*Key 'num_worker' is not in struct"):
+    with pytest.raises(ConfigError, match=r"Could not override 'scaling.num_worker'.*Key 'num_worker' not in 'ScalingConfig'"):
         compose_job(["scaling.num_worker=2"], tmp_path)
 
 
