@@ -130,7 +130,7 @@ def _check_capacity(job: JobConfig, cluster: ClusterSnapshot, resources: Mapping
 
 
 def _amount(name: str, amount: float) -> str:
-    return f"{amount / GIB:g} GiB" if name == "memory" else f"{amount:g}"
+    return f"{amount / GIB:.1f} GiB" if name == "memory" else f"{amount:g}"
 
 
 def format_resources(resources: Mapping[str, float]) -> str:

@@ -130,3 +130,24 @@ def test_a_resource_no_node_has_is_named_by_plan_and_by_the_timeout(three_nodes,
     outcome = _run(overrides, tmp_path)
     assert outcome.status == "FAILED" and "{CPU: 1, gpu_slot: 2}" in outcome.error
     assert_no_job_resources()
+
+
+def test_gpu_ranks_on_a_node_see_its_job_gpus_in_local_rank_order(three_nodes, tmp_path):
+    """Ray assigns each worker one GPU; both ranks must see both, so cuda:LOCAL_RANK is each one's own.
+
+    The node only advertises GPUs (this machine has none); the script does not touch CUDA.
+    """
+    gpu_node = three_nodes.add_node(num_cpus=2, num_gpus=2, resources={"node_gpu": 100})
+    try:
+        out = tmp_path / "weights.pt"
+        outcome = _run(["entrypoint=script", f"script.path={SCRIPT}", f"script.args=[--steps,2,--out,{out}]",
+                        "scaling.num_workers=2", "scaling.gpus_per_worker=1", "scaling.backend=gloo",
+                        "+scaling.resources_per_worker.node_gpu=1"], tmp_path)
+        assert outcome.status == "FINISHED", outcome.error
+        seen = [json.loads(Path(f"{out}.rank{rank}.json").read_text()) for rank in range(2)]
+        assert seen[0]["CUDA_VISIBLE_DEVICES"] == seen[1]["CUDA_VISIBLE_DEVICES"]
+        assert sorted(seen[0]["CUDA_VISIBLE_DEVICES"].split(",")) == ["0", "1"]
+        assert [env["LOCAL_RANK"] for env in seen] == ["0", "1"]
+        assert [worker.cuda_device for worker in outcome.workers] == [0, 1]
+    finally:
+        three_nodes.remove_node(gpu_node)
