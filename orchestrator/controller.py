@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.group import GroupEvent, RankExited, RankLost, RankReport, WorkerGroup
@@ -46,15 +46,29 @@ class JobOutcome:
     last_checkpoint: Optional[str] = None
 
 
+class JobObserver(Protocol):
+    """Something that follows the job (a monitor, a detector): told where ranks run and what they report."""
+
+    def group_started(self, specs: Sequence[WorkerSpec]) -> None:
+        """A worker group (the first, or one after a restart) is running with these ranks."""
+
+    def report(self, world_rank: int, report: object) -> None:
+        """A rank sent a report (orchestrator.reports)."""
+
+    def job_ended(self, outcome: "JobOutcome") -> None:
+        """The job has its outcome; stop whatever was started for it (called on every path)."""
+
+
 class Controller:
     """Runs one job to an outcome; `run()` always releases the group, whatever happens."""
 
     def __init__(self, group_factory: Callable[[], WorkerGroup], sink, console,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, observers: Sequence[JobObserver] = ()):
         self.group_factory = group_factory
         self.sink = sink
         self.console = console
         self.clock = clock
+        self.observers = tuple(observers)
         self.phase = Phase.PENDING
         self.group: Optional[WorkerGroup] = None
         self.outcome: Optional[JobOutcome] = None
@@ -72,6 +86,10 @@ class Controller:
                 except KeyboardInterrupt:
                     self.interrupt()
         finally:
+            if self.outcome is None:  # an unexpected error escaped the state machine
+                self.outcome = JobOutcome(status="FAILED", error="the controller stopped on an internal error")
+            for observer in self.observers:
+                observer.job_ended(self.outcome)
             if self.group is not None:
                 self.group.shutdown()
             self.console.close()
@@ -106,6 +124,8 @@ class Controller:
             self._end("FAILED", error=str(error))
             return
         self.phase = Phase.RUNNING
+        for observer in self.observers:
+            observer.group_started(self.group.specs)
 
     def _handle(self, event: GroupEvent) -> None:
         if isinstance(event, RankReport):
@@ -118,6 +138,8 @@ class Controller:
                 self._all_exited()
 
     def _route(self, world_rank: int, report: object) -> None:
+        for observer in self.observers:
+            observer.report(world_rank, report)
         if isinstance(report, MetricsReport):
             self.sink.log_metrics(report.metrics, report.step)
             self.console.on_metrics(report)

@@ -140,3 +140,26 @@ def test_ranks_that_ignore_a_stop_are_killed_after_the_grace_period():
     clock.now += STOP_GRACE_S
     controller.step()
     assert controller.phase is Phase.DONE and controller.outcome.status == "KILLED"
+
+
+class RecordingObserver:
+    def __init__(self):
+        self.calls = []
+
+    def group_started(self, specs):
+        self.calls.append(("started", [spec.world_rank for spec in specs]))
+
+    def report(self, world_rank, report):
+        self.calls.append(("report", world_rank, type(report).__name__))
+
+    def job_ended(self, outcome):
+        self.calls.append(("ended", outcome.status))
+
+
+def test_observers_see_the_group_every_report_and_the_end_even_on_failure():
+    observer = RecordingObserver()
+    group = FakeGroup([[RankReport(1, StepReport(1, 1, 3, 0, 0.2, 1))], [RankLost(0, "10.0.0.1", "gone")]])
+    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
+                            observers=[observer])
+    assert controller.run().status == "FAILED"
+    assert observer.calls == [("started", [0, 1]), ("report", 1, "StepReport"), ("ended", "FAILED")]
