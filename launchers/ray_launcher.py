@@ -52,7 +52,8 @@ class RayWorkerGroup:
         if "GPU" in self.plan.worker_resources:
             gpu_ids = _gather([actor.gpu_ids.remote() for actor in self._actors], slots)
         [master_port] = _gather([self._actors[0].free_port.remote()], slots)
-        self._specs = worker_specs(self.plan, placed, master_port, gpu_ids)
+        pids = _gather([actor.pid.remote() for actor in self._actors], slots)
+        self._specs = worker_specs(self.plan, placed, master_port, gpu_ids, pids)
         _gather([actor.start.remote(spec, self.job, self.checkpoint_dir)
                  for spec, actor in zip(self._specs, self._actors)], slots)
         self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank for spec, actor in zip(self._specs, self._actors)}

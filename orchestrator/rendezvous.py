@@ -37,6 +37,8 @@ class WorkerSpec:
     env: Mapping[str, str]
     cuda_device: Optional[int] = None
     """Index of this rank's GPU within its CUDA_VISIBLE_DEVICES; None for CPU workers."""
+    pid: Optional[int] = None
+    """The worker process the rank runs in (None in dry runs)."""
 
 
 def rank_order(placed: Sequence[PlacedBundle]) -> list[PlacedBundle]:
@@ -56,7 +58,8 @@ def rank_slots(plan: JobPlan, placed: Sequence[PlacedBundle]) -> list[PlacedBund
 
 
 def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int,
-                 gpu_ids: Optional[Sequence[Sequence[str]]] = None) -> list[WorkerSpec]:
+                 gpu_ids: Optional[Sequence[Sequence[str]]] = None,
+                 pids: Optional[Sequence[int]] = None) -> list[WorkerSpec]:
     """One spec per rank; MASTER_ADDR is rank 0's node, `master_port` was found free there.
 
     `gpu_ids[r]` are the GPU ids Ray assigned to rank r. Every rank on a node then sees all of the
@@ -80,7 +83,7 @@ def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int
             world_rank=world_rank, local_rank=local_ranks.index(world_rank), node_rank=node_ids.index(slot.node_id),
             world_size=plan.world_size, local_world_size=len(local_ranks), bundle_index=slot.bundle_index,
             node_id=slot.node_id, node_ip=slot.node_ip, backend=plan.backend, torch_threads=plan.torch_threads,
-            env=env, cuda_device=cuda_device,
+            env=env, cuda_device=cuda_device, pid=pids[world_rank] if pids is not None else None,
         ))
     return specs
 
