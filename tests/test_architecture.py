@@ -9,6 +9,7 @@ PURE_MODULES = [
     "orchestrator", "orchestrator.config.schema", "orchestrator.config.load", "orchestrator.config.export",
     "orchestrator.plan", "orchestrator.placement", "orchestrator.rendezvous", "orchestrator.controller", "orchestrator.group",
     "orchestrator.reports", "orchestrator.console", "orchestrator.metrics.sink", "orchestrator.errors",
+    "orchestrator.policies",
     "orchestrator.manifests",
 ]
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]

@@ -17,6 +17,7 @@ from orchestrator.config.schema import (
     MODEL_FORMATS,
     OPTIMIZERS,
     PLACEMENT_STRATEGIES,
+    RESTART_ON,
     SCHEDULES,
     CnnConfig,
     DataConfig,
@@ -248,3 +249,11 @@ def _check_tracking_and_checkpoint(job: JobConfig, problems: _Problems) -> None:
     if checkpoint.every_n_steps is not None:
         problems.at_least("checkpoint.every_n_steps", checkpoint.every_n_steps, 1)
     problems.at_least("checkpoint.keep_last", checkpoint.keep_last, 1)
+    failure = job.failure
+    restarts_ok = isinstance(failure.max_restarts, int) and failure.max_restarts >= -1
+    problems.require(restarts_ok, "failure.max_restarts", failure.max_restarts, "must be -1 (no limit) or a number >= 0")
+    problems.choice("failure.restart_on", failure.restart_on, RESTART_ON)
+    problems.positive("failure.hang_timeout_s", failure.hang_timeout_s)
+    if job.trainer.resume is not None:
+        problems.require(bool(job.trainer.resume.strip()), "trainer.resume", job.trainer.resume,
+                         "use latest, a checkpoint path or an MLflow run id")

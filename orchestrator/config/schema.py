@@ -19,6 +19,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 MODEL_FORMATS = ("pt2", "pickle")
 ENTRYPOINTS = ("builtin", "script")
+RESTART_ON = ("any", "infra_only")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class TrainerConfig:
     """Log train/loss and train/samples_per_s every this many optimizer steps."""
     eval_every_n_epochs: int = 1
     """Evaluate on the test split every this many epochs (and always at the end)."""
+    resume: Optional[str] = None
+    """Continue a stopped or failed run into the same MLflow run: latest, a checkpoint file or run
+    checkpoint directory, or an MLflow run id; null = start fresh."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,20 @@ class CheckpointConfig:
     """Also checkpoint every this many optimizer steps; null = only at each epoch end."""
     keep_last: int = 2
     """Complete checkpoints kept per run; older ones are deleted."""
+    upload: bool = False
+    """Also store each complete checkpoint in the run's MLflow artifacts (under checkpoints/)."""
+
+
+@dataclass(frozen=True)
+class FailureConfig:
+    """What happens when a worker dies, hangs or raises."""
+
+    max_restarts: int = 3
+    """Restarts from the newest checkpoint before the job fails; -1 = no limit."""
+    restart_on: str = "any"
+    """any (worker deaths, hangs and exceptions in user code) or infra_only (not exceptions)."""
+    hang_timeout_s: float = 300.0
+    """A rank that finishes no optimizer step for this long is treated as failed."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +244,7 @@ class JobConfig:
     """The `data` group option: DigitsConfig or SyntheticConfig."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
 
 
 MODEL_SCHEMAS = {"mlp": MlpConfig, "cnn": CnnConfig}

@@ -37,23 +37,49 @@ def local_artifact_root(tracking_uri: str) -> Optional[str]:
 class RunRecorder:
     """Writes one MLflow run: params, tags, metrics, artifacts, model and final status."""
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str, tracking: TrackingConfig):
+    def __init__(self, client: Any, run_id: str, experiment_id: str, tracking: TrackingConfig,
+                 upload_checkpoints: bool = False):
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.tracking = tracking
+        self.upload_checkpoints = upload_checkpoints
 
     @classmethod
-    def create(cls, tracking: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, str]) -> "RunRecorder":
+    def create(cls, tracking: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, str],
+               upload_checkpoints: bool = False) -> "RunRecorder":
         """Create the run in `tracking.experiment` (creating the experiment when missing)."""
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking.uri)
         experiment_id = _experiment_id(client, tracking)
         run = client.create_run(experiment_id, run_name=tracking.run_name, tags=_limited_tags(tags))
-        recorder = cls(client, run.info.run_id, experiment_id, tracking)
+        recorder = cls(client, run.info.run_id, experiment_id, tracking, upload_checkpoints)
         recorder.log_params(params)
         return recorder
+
+    @classmethod
+    def attach(cls, tracking: TrackingConfig, run_id: str, upload_checkpoints: bool = False) -> Optional["RunRecorder"]:
+        """Reopen an existing run (status RUNNING again) to continue it; None if the store has no such run."""
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient(tracking_uri=tracking.uri)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            return None
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, run_id, run.info.experiment_id, tracking, upload_checkpoints)
+
+    def logged_params(self) -> dict[str, str]:
+        """The params the run already has (to compare a resumed job's config with)."""
+        return dict(self.client.get_run(self.run_id).data.params)
+
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        """With checkpoint.upload=true, store the checkpoint under the run's `checkpoints/` artifacts."""
+        if self.upload_checkpoints:
+            self.client.log_artifact(self.run_id, path, artifact_path="checkpoints")
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log params in batches, values cut to MLflow's length limit."""

@@ -24,6 +24,9 @@ class MetricsSink(Protocol):
     def log_model(self, model: Any, input_example: Any) -> None:
         """Store the trained model so that it loads and serves."""
 
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        """A complete checkpoint exists at `path` (the recorder may upload it)."""
+
     def finish(self, status: str, error: Optional[str] = None) -> None:
         """End the run with FINISHED, FAILED or KILLED; a failed run carries its error."""
 
@@ -45,6 +48,9 @@ class NullSink:
     def log_model(self, model: Any, input_example: Any) -> None:
         pass
 
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        pass
+
     def finish(self, status: str, error: Optional[str] = None) -> None:
         pass
 
@@ -58,6 +64,7 @@ class InMemorySink:
         self.tags: dict[str, str] = {}
         self.texts: dict[str, str] = {}
         self.models: list[tuple[Any, Any]] = []
+        self.checkpoints: list[tuple[int, str]] = []
         self.status: Optional[str] = None
         self.error: Optional[str] = None
 
@@ -72,6 +79,9 @@ class InMemorySink:
 
     def log_model(self, model: Any, input_example: Any) -> None:
         self.models.append((model, input_example))
+
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        self.checkpoints.append((step, path))
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
         self.status, self.error = status, error
