@@ -32,13 +32,22 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(0.2)
 
 
+def state_address() -> str:
+    """The connected cluster's GCS address for ray.util.state: without one, the state API guesses from the
+    machine's session files and fails when other Ray instances run on the same machine."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def job_resources_left(prefix: str = "orchestrator-") -> tuple[list[str], list[str]]:
     """Names of alive actors and live placement groups that belong to orchestrator jobs."""
     from ray.util.state import list_actors, list_placement_groups
 
-    actors = [a.name for a in list_actors(filters=[("state", "!=", "DEAD")], limit=1000)
+    address = state_address()
+    actors = [a.name for a in list_actors(address=address, filters=[("state", "!=", "DEAD")], limit=1000)
               if (a.name or "").startswith(prefix)]
-    groups = [g.name for g in list_placement_groups(limit=1000)
+    groups = [g.name for g in list_placement_groups(address=address, limit=1000)
               if (g.name or "").startswith(prefix) and g.state != "REMOVED"]
     return actors, groups
 

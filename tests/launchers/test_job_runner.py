@@ -14,7 +14,7 @@ import torch
 from launchers.job_runner import run_job
 from orchestrator.config.export import flat_params
 from orchestrator.console import Console
-from tests.helpers import assert_no_job_resources, compose_job, job_resources_left, wait_until
+from tests.helpers import assert_no_job_resources, compose_job, job_resources_left, state_address, wait_until
 
 
 def _run(overrides, tmp_path):
@@ -91,7 +91,7 @@ def test_a_killed_worker_process_fails_the_run_and_nothing_is_left(ray_cluster, 
     runner.start()
 
     def rank1_pid():
-        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+        alive = [a for a in list_actors(address=state_address(), filters=[("state", "=", "ALIVE")], detail=True)
                  if (a.name or "").startswith("orchestrator-") and a.name.endswith("-rank1")]
         return alive[0].pid if alive and alive[0].pid else None
 
