@@ -23,6 +23,7 @@ from orchestrator.config.schema import (
     SyntheticConfig,
 )
 from orchestrator.errors import ConfigError
+from orchestrator.metrics.redact import redact_value
 
 DIGITS_INPUT_SHAPE = (1, 8, 8)
 DIGITS_CLASSES = 10
@@ -192,7 +193,18 @@ def _check_tracking_and_checkpoint(job: JobConfig, problems: _Problems) -> None:
     problems.require(bool(tracking.uri), "tracking.uri", tracking.uri, "must be a tracking URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
     problems.require(bool(tracking.experiment), "tracking.experiment", tracking.experiment, "must be a non-empty name")
     problems.choice("tracking.model_format", tracking.model_format, MODEL_FORMATS)
+    problems.at_least("tracking.max_outage_s", tracking.max_outage_s, 0)
+    problems.positive("tracking.flush_timeout_s", tracking.flush_timeout_s)
+    _check_tracking_credentials(tracking.uri, problems)
     checkpoint = job.checkpoint
     if checkpoint.every_n_steps is not None:
         problems.at_least("checkpoint.every_n_steps", checkpoint.every_n_steps, 1)
     problems.at_least("checkpoint.keep_last", checkpoint.keep_last, 1)
+
+
+def _check_tracking_credentials(uri: str, problems: _Problems) -> None:
+    """A password inside tracking.uri would land in the config, the run's params and every log."""
+    shown = redact_value(uri)
+    problems.require(shown == uri, "tracking.uri", shown, "credentials do not belong in the config: set "
+                     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a PostgreSQL store: PGPASSWORD) "
+                     "in the environment")

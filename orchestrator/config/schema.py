@@ -171,6 +171,12 @@ class TrackingConfig:
     """Log the trained model with mlflow.pytorch.log_model under the name `model`."""
     model_format: str = "pt2"
     """Serialization of the logged model: pt2 (torch.export, MLflow 3's default) or pickle."""
+    max_outage_s: float = 300.0
+    """While the tracking store is unreachable, metrics are buffered and retried with backoff for up to this
+    long; older ones are dropped (the console says which) and training goes on."""
+    flush_timeout_s: float = 30.0
+    """Longest wait at the end of the run for buffered metrics to reach the store; what is left is dropped
+    and reported."""
 
 
 @dataclass(frozen=True)
