@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,10 +13,14 @@ from orchestrator import __version__
 from orchestrator.config.export import config_yaml, flat_params
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import Controller, JobOutcome
-from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT
+from orchestrator.metrics.console_log import CONSOLE_ARTIFACT, ConsoleLog, captured
+from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, HYDRA_ARTIFACT_DIR
+from orchestrator.metrics.redact import redact_text
 from orchestrator.metrics.sink import NullSink
+from orchestrator.metrics.transport import check_server, is_server
 from orchestrator.plan import JobPlan, plan_job
 from orchestrator.provenance import git_commit
+from orchestrator.summary import summary_lines
 
 from launchers.ray_cluster import connect
 from launchers.ray_launcher import RayWorkerGroup
@@ -29,38 +34,48 @@ class JobSummary:
     run_id: Optional[str]
     experiment_id: Optional[str]
     duration_s: float
+    flush_s: Optional[float] = None
+    """How long the end of the run waited for buffered metrics to reach MLflow (None without tracking)."""
 
 
-def run_job(job: JobConfig, console, overrides: Sequence[str] = ()) -> JobSummary:
-    """Run a validated job on its cluster; PlanError is raised before any actor starts."""
+def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_dir: Optional[str] = None) -> JobSummary:
+    """Run a validated job on its cluster; PlanError is raised before any actor starts.
+
+    `output_dir` is Hydra's output directory: its `.hydra/` files are logged with the run.
+    """
     started = time.monotonic()
-    with connect(job.cluster) as cluster:
+    if job.tracking.enabled and is_server(job.tracking.uri):
+        check_server(job.tracking.uri, job.tracking.experiment)  # before the cluster is touched
+    with connect(job.cluster) as cluster, captured(console) as console_log:
         plan = plan_job(job, cluster)
-        sink = open_sink(job, plan, overrides)
+        sink = open_sink(job, plan, overrides, notify=console.message, output_dir=output_dir)
         name = f"orchestrator-{sink.run_id or uuid.uuid4().hex[:12]}"
         checkpoint_dir = str(Path(job.checkpoint.dir) / (sink.run_id or name))
         controller = Controller(lambda: RayWorkerGroup(plan, job, name, checkpoint_dir), sink, console)
         try:
             outcome = controller.run()
-            record_outcome(sink, job, outcome)
+            record_results(sink, job, outcome)
+            summary = JobSummary(outcome=outcome, run_id=sink.run_id, experiment_id=getattr(sink, "experiment_id", None),
+                                 duration_s=time.monotonic() - started, flush_s=getattr(sink, "flush_s", None))
+            console_log.extend(line for line, _ in summary_lines(job, summary))
+            finish_run(sink, outcome, console_log)
         except KeyboardInterrupt:
-            sink.finish("KILLED", error="interrupted by the user")
+            _abort(sink, console_log, "KILLED", "interrupted by the user")
             raise
         except BaseException as error:
-            sink.finish("FAILED", error=f"{type(error).__name__}: {error}")
+            _abort(sink, console_log, "FAILED", f"{type(error).__name__}: {error}")
             raise
-    return JobSummary(outcome=outcome, run_id=sink.run_id, experiment_id=getattr(sink, "experiment_id", None),
-                      duration_s=time.monotonic() - started)
+    return summary
 
 
-def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str]):
-    """The run's MLflow recorder with params, tags and the resolved config; NullSink when tracking is off."""
+def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=None, output_dir: Optional[str] = None):
+    """The run's MLflow recorder with params, tags, the resolved config and Hydra's files; NullSink when off."""
     if not job.tracking.enabled:
         return NullSink()
     from orchestrator.metrics.mlflow_sink import RunRecorder
 
     tags = {
-        "orchestrator.overrides": " ".join(overrides),
+        "orchestrator.overrides": redact_text(" ".join(overrides)),
         "orchestrator.world_size": str(plan.world_size),
         "orchestrator.backend": plan.backend,
         "orchestrator.version": __version__,
@@ -69,20 +84,54 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str]):
     commit = git_commit(Path.cwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    sink = RunRecorder.create(job.tracking, flat_params(job), tags)
-    sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
+    sink = RunRecorder.create(job.tracking, flat_params(job), tags, **({"notify": notify} if notify else {}))
+    try:
+        sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
+        for path in hydra_files(output_dir):
+            sink.log_text(path.read_text(), f"{HYDRA_ARTIFACT_DIR}/{path.name}")
+    except BaseException as error:  # the recorder's writer thread is running: stop it on every path
+        sink.finish("FAILED", error=f"{type(error).__name__}: {error}")
+        raise
     return sink
 
 
-def record_outcome(sink, job: JobConfig, outcome: JobOutcome) -> None:
-    """Log the trained model of a finished job, then the run's final status and error."""
+def hydra_files(output_dir: Optional[str]) -> list[Path]:
+    """The files Hydra wrote into `<output_dir>/.hydra/` (config, hydra, overrides); none without a dir."""
+    if output_dir is None or not (Path(output_dir) / ".hydra").is_dir():
+        return []
+    return sorted(path for path in (Path(output_dir) / ".hydra").iterdir() if path.is_file())
+
+
+def record_results(sink, job: JobConfig, outcome: JobOutcome) -> None:
+    """Wait (bounded) for the buffered metrics, then log the trained model of a finished job."""
+    sink.flush()
     result = outcome.result
     if outcome.status == "FINISHED" and job.tracking.log_model and result is not None and result.model_state:
         sink.log_model(trained_model(job, result.model_state), result.input_example)
+
+
+def finish_run(sink, outcome: JobOutcome, console_log: Optional[ConsoleLog] = None) -> None:
+    """Log the console log, then the run's final status and error."""
+    if console_log is not None:
+        sink.log_text(console_log.text(), CONSOLE_ARTIFACT)
     error = outcome.error
     if error and outcome.traceback:
         error = f"{error}\n\n{outcome.traceback}"
     sink.finish(outcome.status, error=error)
+
+
+def record_outcome(sink, job: JobConfig, outcome: JobOutcome) -> None:
+    """Metrics, model, final status and error of a job that reached an outcome (without a console log)."""
+    record_results(sink, job, outcome)
+    finish_run(sink, outcome)
+
+
+def _abort(sink, console_log: ConsoleLog, status: str, error: str) -> None:
+    """End the run of a job that raised: keep its console log if the store takes it, then the status."""
+    # the job's own error is what propagates; a store that refuses the log now is reported by finish()
+    with contextlib.suppress(Exception):
+        sink.log_text(console_log.text(), CONSOLE_ARTIFACT)
+    sink.finish(status, error=error)
 
 
 def trained_model(job: JobConfig, model_state):

@@ -9,6 +9,9 @@ PURE_MODULES = [
     "orchestrator", "orchestrator.config.schema", "orchestrator.config.load", "orchestrator.config.export",
     "orchestrator.plan", "orchestrator.rendezvous", "orchestrator.controller", "orchestrator.group",
     "orchestrator.reports", "orchestrator.console", "orchestrator.metrics.sink", "orchestrator.errors",
+    "orchestrator.summary", "orchestrator.metrics.writer", "orchestrator.metrics.redact",
+    "orchestrator.metrics.console_log", "orchestrator.metrics.store_guard", "orchestrator.metrics.transport",
+    "orchestrator.metrics.mlflow_sink",
 ]
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
 

@@ -62,9 +62,7 @@ class RunRecorder:
     def create(cls, tracking: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, str],
                parent_run_id: Optional[str] = None, notify: Notify = _print_notice) -> "RunRecorder":
         """Create the run in `tracking.experiment` (created when missing), as a child of `parent_run_id` if given."""
-        from mlflow import MlflowClient
-
-        client, guard = MlflowClient(tracking_uri=tracking.uri), StoreGuard.for_uri(tracking.uri)
+        client, guard = _open_store(tracking.uri)
         experiment_id = guard.call(lambda: _experiment_id(client, tracking))
         tags = dict(tags, **({PARENT_TAG: parent_run_id} if parent_run_id else {}))
         run = guard.call(lambda: client.create_run(experiment_id, run_name=tracking.run_name,
@@ -76,9 +74,7 @@ class RunRecorder:
     @classmethod
     def attach(cls, tracking: TrackingConfig, run_id: str, notify: Notify = _print_notice) -> "RunRecorder":
         """Continue an existing run (a resumed job): it is marked RUNNING again and takes further records."""
-        from mlflow import MlflowClient
-
-        client, guard = MlflowClient(tracking_uri=tracking.uri), StoreGuard.for_uri(tracking.uri)
+        client, guard = _open_store(tracking.uri)
         run = guard.call(lambda: client.get_run(run_id))
         guard.call(lambda: client.update_run(run_id, status="RUNNING"))
         return cls(client, run_id, run.info.experiment_id, tracking, guard, notify).start()
@@ -167,6 +163,15 @@ class RunRecorder:
     def _announce(self) -> None:
         for notice in self.writer.notices():
             self.notify(notice)
+
+
+def _open_store(tracking_uri: str) -> tuple[Any, StoreGuard]:
+    """A client and the store's guard; the client is made under the guard, since making one opens (and on
+    first use migrates) a SQLite database."""
+    from mlflow import MlflowClient
+
+    guard = StoreGuard.for_uri(tracking_uri)
+    return guard.call(lambda: MlflowClient(tracking_uri=tracking_uri)), guard
 
 
 def _experiment_id(client: Any, tracking: TrackingConfig) -> str:
