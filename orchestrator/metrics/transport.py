@@ -66,8 +66,11 @@ def _metric(value: MetricValue):
     return Metric(value.key, value.value, value.timestamp_ms, value.step)
 
 
-def check_server(tracking_uri: str, experiment: str) -> None:
-    """Fail fast, naming the fix, when a tracking server is unreachable or refuses our credentials."""
+def check_server(tracking_uri: str, experiment: str, setting: str = "tracking.uri") -> None:
+    """Fail fast, naming the fix, when a tracking server is unreachable or refuses our credentials.
+
+    `setting` is what the user set the URI with, for the message (a config key or a command option).
+    """
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -77,12 +80,12 @@ def check_server(tracking_uri: str, experiment: str) -> None:
                                 backoff_factor=0, timeout=CHECK_TIMEOUT_S, params={"experiment_name": experiment})
     except Exception as error:
         raise TrackingUnavailable(
-            f"the MLflow tracking server at tracking.uri={shown} is not reachable ({type(error).__name__}): "
-            f"start one with `orchestrator mlflow-server` (or `make mlflow`), or set tracking.uri to a running "
+            f"the MLflow tracking server at {setting}={shown} is not reachable ({type(error).__name__}): "
+            f"start one with `orchestrator mlflow-server` (or `make mlflow`), or set {setting} to a running "
             f"server or to sqlite:///mlflow.db") from None
     if response.status_code in (401, 403):
-        raise TrackingUnavailable(f"the MLflow tracking server at tracking.uri={shown} refused the login "
+        raise TrackingUnavailable(f"the MLflow tracking server at {setting}={shown} refused the login "
                                   f"(HTTP {response.status_code}): {CREDENTIALS_HINT}")
     if response.status_code >= 500:
-        raise TrackingUnavailable(f"the MLflow tracking server at tracking.uri={shown} answered HTTP "
+        raise TrackingUnavailable(f"the MLflow tracking server at {setting}={shown} answered HTTP "
                                   f"{response.status_code}: {response.text[:200]}")
