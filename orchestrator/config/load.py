@@ -25,6 +25,8 @@ from orchestrator.config.schema import (
 from orchestrator.errors import ConfigError
 from orchestrator.metrics.redact import redact_value
 
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+"""Stores MLflow 3 records into (a driver suffix such as postgresql+psycopg2 is allowed)."""
 DIGITS_INPUT_SHAPE = (1, 8, 8)
 DIGITS_CLASSES = 10
 
@@ -195,15 +197,20 @@ def _check_tracking_and_checkpoint(job: JobConfig, problems: _Problems) -> None:
     problems.choice("tracking.model_format", tracking.model_format, MODEL_FORMATS)
     problems.at_least("tracking.max_outage_s", tracking.max_outage_s, 0)
     problems.positive("tracking.flush_timeout_s", tracking.flush_timeout_s)
-    _check_tracking_credentials(tracking.uri, problems)
+    _check_tracking_uri(tracking.uri, problems)
     checkpoint = job.checkpoint
     if checkpoint.every_n_steps is not None:
         problems.at_least("checkpoint.every_n_steps", checkpoint.every_n_steps, 1)
     problems.at_least("checkpoint.keep_last", checkpoint.keep_last, 1)
 
 
-def _check_tracking_credentials(uri: str, problems: _Problems) -> None:
-    """A password inside tracking.uri would land in the config, the run's params and every log."""
+def _check_tracking_uri(uri: str, problems: _Problems) -> None:
+    """A store MLflow knows, and no password inside (it would land in the config, the params and every log)."""
+    scheme = uri.partition("://")[0].split("+", 1)[0].lower()  # a bare "databricks" is its own scheme
+    if uri and scheme not in TRACKING_SCHEMES:
+        problems.require(False, "tracking.uri", redact_value(uri), "use sqlite:///mlflow.db, "
+                         "http://127.0.0.1:5000 (a tracking server) or another MLflow store URI "
+                         f"({', '.join(TRACKING_SCHEMES)})")
     shown = redact_value(uri)
     problems.require(shown == uri, "tracking.uri", shown, "credentials do not belong in the config: set "
                      "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a PostgreSQL store: PGPASSWORD) "

@@ -162,7 +162,8 @@ class TrackingConfig:
     """Record the run in MLflow; false = no tracking at all."""
     uri: str = "sqlite:///mlflow.db"
     """MLflow tracking URI; the default is a SQLite file in the working directory, with artifacts
-    in the folder `mlartifacts` beside it."""
+    in the folder `mlartifacts` beside it; http://127.0.0.1:5000 sends runs to a tracking server
+    (`orchestrator mlflow-server`). Credentials come from the environment, never from here."""
     experiment: str = "orchestrator"
     """MLflow experiment name (created when missing)."""
     run_name: Optional[str] = None
