@@ -17,7 +17,7 @@ from orchestrator.config.schema import TrackingConfig
 from orchestrator.metrics import redact
 from orchestrator.metrics.model_log import MODEL_ARTIFACT, log_pytorch_model
 from orchestrator.metrics.store_guard import StoreGuard, is_transient, sqlite_path
-from orchestrator.metrics.transport import http_sender, is_server, store_sender
+from orchestrator.metrics.transport import http_sender, is_server, server_answers, store_sender
 from orchestrator.metrics.writer import MetricValue, MetricWriter, WriterReport
 
 CONFIG_ARTIFACT = "config.yaml"
@@ -154,10 +154,13 @@ class RunRecorder:
         return self.report
 
     def _store_down(self, what: str) -> bool:
-        """True (and said on the console) when the writer gave up on an unreachable store at the end."""
-        if self.report is None or self.report.reachable:
+        """True (and said on the console) when metric writes are failing and the server does not answer now.
+
+        Skipping then keeps the end of the run from hanging in MlflowClient's minutes of retries.
+        """
+        if self.writer.reachable or not is_server(self.tracking.uri) or server_answers(self.tracking.uri):
             return False
-        self.notify(f"MLflow: the store is still unreachable; {what} of run {self.run_id} is not recorded")
+        self.notify(f"MLflow: the tracking server does not answer; {what} of run {self.run_id} is not recorded")
         return True
 
     def _announce(self) -> None:

@@ -66,6 +66,19 @@ def _metric(value: MetricValue):
     return Metric(value.key, value.value, value.timestamp_ms, value.step)
 
 
+def server_answers(tracking_uri: str) -> bool:
+    """One quick look (no retries) whether the tracking server answers its health check."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(tracking_uri), "/health", "GET", max_retries=0,
+                                backoff_factor=0, timeout=CHECK_TIMEOUT_S)
+    except Exception:  # any failure to get an answer means: not now
+        return False
+    return response.status_code == 200
+
+
 def check_server(tracking_uri: str, experiment: str, setting: str = "tracking.uri") -> None:
     """Fail fast, naming the fix, when a tracking server is unreachable or refuses our credentials.
 

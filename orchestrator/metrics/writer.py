@@ -9,6 +9,7 @@ failing; older ones are dropped and reported. Pure: threading only, the store co
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -140,6 +141,12 @@ class MetricWriter:
             return WriterReport(written=self._written, dropped=self._dropped, flush_s=time.monotonic() - started,
                                 reachable=self._outage is None)
 
+    @property
+    def reachable(self) -> bool:
+        """False while writes are failing (an outage the writer has not seen the end of)."""
+        with self._cond:
+            return self._outage is None
+
     def notices(self) -> list[str]:
         """Messages for the console since the last call (outages, recoveries, drops); the caller prints them."""
         with self._cond:
@@ -242,6 +249,11 @@ class _Outage:
 
 
 def _short(error: BaseException) -> str:
+    """The error in a few words: an OS error buried in a wrapped HTTP error is what the user needs."""
     text = " ".join(str(error).split())
-    text = text if len(text) <= 300 else text[:297] + "..."
+    cause = re.search(r"\[Errno -?\d+\] [^'\"()]+", text)
+    if cause:
+        text = cause.group(0).strip()
+    elif len(text) > 200:
+        text = text[:197] + "..."
     return f"{type(error).__name__}: {text}"

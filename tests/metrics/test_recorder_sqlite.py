@@ -12,7 +12,7 @@ from orchestrator.config.schema import TrackingConfig
 from orchestrator.metrics.mlflow_sink import PARENT_TAG, RunRecorder
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 150
+STEPS = 60
 
 
 def record_runs(uri: str, label: str, count: int) -> list[str]:

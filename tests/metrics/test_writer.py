@@ -171,3 +171,17 @@ def test_close_stops_the_thread_whatever_is_buffered(count):
     report = writer.close(5)
     assert not writer._thread.is_alive()
     assert report.written == count and writer.close(5) is not None
+
+
+def test_a_wrapped_connection_error_is_reported_in_a_few_words():
+    def send(batch, timeout_s):
+        raise OSError("API request to http://h:5000/api/2.0/mlflow/runs/log-batch failed with exception "
+                      "HTTPConnectionPool(host='h', port=5000): Max retries exceeded (Caused by NewConnectionError("
+                      "\"HTTPConnection(host='h', port=5000): Failed to establish a new connection: [Errno 111] "
+                      "Connection refused\"))")
+
+    writer = MetricWriter(send, max_outage_s=60.0, is_transient=lambda error: True, first_retry_s=10.0).start()
+    writer.put(values("a", [1]))
+    report = writer.close(0.2)
+    assert writer.notices()[0].startswith("MLflow: cannot write metrics (OSError: [Errno 111] Connection refused); ")
+    assert report.dropped.total == 1 and not report.reachable
