@@ -11,6 +11,9 @@ PURE_MODULES = [
     "orchestrator.reports", "orchestrator.console", "orchestrator.metrics.sink", "orchestrator.errors",
     "orchestrator.policies",
     "orchestrator.manifests",
+    "orchestrator.summary", "orchestrator.metrics.writer", "orchestrator.metrics.redact",
+    "orchestrator.metrics.console_log", "orchestrator.metrics.store_guard", "orchestrator.metrics.transport",
+    "orchestrator.metrics.mlflow_sink", "orchestrator.compare_table", "orchestrator.compare", "orchestrator.compare_plot",
 ]
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
 

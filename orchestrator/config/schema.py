@@ -180,7 +180,8 @@ class TrackingConfig:
     """Record the run in MLflow; false = no tracking at all."""
     uri: str = "sqlite:///mlflow.db"
     """MLflow tracking URI; the default is a SQLite file in the working directory, with artifacts
-    in the folder `mlartifacts` beside it."""
+    in the folder `mlartifacts` beside it; http://127.0.0.1:5000 sends runs to a tracking server
+    (`orchestrator mlflow-server`). Credentials come from the environment, never from here."""
     experiment: str = "orchestrator"
     """MLflow experiment name (created when missing)."""
     run_name: Optional[str] = None
@@ -189,6 +190,12 @@ class TrackingConfig:
     """Log the trained model with mlflow.pytorch.log_model under the name `model`."""
     model_format: str = "pt2"
     """Serialization of the logged model: pt2 (torch.export, MLflow 3's default) or pickle."""
+    max_outage_s: float = 300.0
+    """While the tracking store is unreachable, metrics are buffered and retried with backoff for up to this
+    long; older ones are dropped (the console says which) and training goes on."""
+    flush_timeout_s: float = 30.0
+    """Longest wait at the end of the run for buffered metrics to reach the store; what is left is dropped
+    and reported."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ class MetricsSink(Protocol):
     def checkpoint_saved(self, path: str, step: int) -> None:
         """A complete checkpoint exists at `path` (the recorder may upload it)."""
 
+    def flush(self) -> None:
+        """Wait (bounded) until buffered metrics are written; the end of the run calls it before the model."""
+
     def finish(self, status: str, error: Optional[str] = None) -> None:
         """End the run with FINISHED, FAILED or KILLED; a failed run carries its error."""
 
@@ -51,6 +54,9 @@ class NullSink:
     def checkpoint_saved(self, path: str, step: int) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def finish(self, status: str, error: Optional[str] = None) -> None:
         pass
 
@@ -67,6 +73,7 @@ class InMemorySink:
         self.checkpoints: list[tuple[int, str]] = []
         self.status: Optional[str] = None
         self.error: Optional[str] = None
+        self.flushed = False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.metrics.extend((step, key, float(value)) for key, value in metrics.items())
@@ -82,6 +89,9 @@ class InMemorySink:
 
     def checkpoint_saved(self, path: str, step: int) -> None:
         self.checkpoints.append((step, path))
+
+    def flush(self) -> None:
+        self.flushed = True
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
         self.status, self.error = status, error
