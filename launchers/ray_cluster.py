@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Iterator
 
@@ -26,6 +28,7 @@ def connect(cluster: ClusterConfig) -> Iterator[ClusterSnapshot]:
         yield cluster_snapshot(fixed_size=False)
         return
     options = {"logging_level": logging.WARNING, "configure_logging": True}
+    sigterm = _SigtermKeeper()
     try:
         if cluster.address is None:
             # "local" always starts a new instance: with no address, ray.init() would instead join the
@@ -35,10 +38,31 @@ def connect(cluster: ClusterConfig) -> Iterator[ClusterSnapshot]:
             _init_with_retries(cluster.address, options)
     except Exception as error:  # Ray raises ConnectionError, RuntimeError, AuthenticationError...
         raise LaunchError(_connect_help(cluster, error)) from error
+    finally:
+        sigterm.restore()
     try:
         yield cluster_snapshot(fixed_size=cluster.address is None)
     finally:
         ray.shutdown()
+
+
+class _SigtermKeeper:
+    """Keeps the caller's SIGTERM handler across ray.init.
+
+    ray.init replaces the driver's SIGTERM handling (Python's with an exit, and the core worker's
+    crash handler, which aborts the process): a SIGTERM would then kill the driver with its ranks
+    still running and its run unrecorded. A Python handler the caller set (the CLI turns SIGTERM
+    into the same stop as Ctrl-C) is put back; a caller that set none is left to Ray's.
+    """
+
+    def __init__(self):
+        in_main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if in_main else None
+        self.handler = handler if callable(handler) else None
+
+    def restore(self) -> None:
+        if self.handler is not None:
+            signal.signal(signal.SIGTERM, self.handler)
 
 
 CLIENT_START_ATTEMPTS = 3

@@ -62,6 +62,8 @@ class RestartRecord:
     failure: Failure
     resumed_from_step: int
     began_at: float
+    began_wall: float
+    """The same moment as `began_at` in wall-clock seconds, comparable with other processes' clocks."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -85,11 +87,13 @@ class Controller:
                  clock: Callable[[], float] = time.monotonic, observers: Sequence[JobObserver] = (),
                  failure_policy: FailureConfig = FailureConfig(max_restarts=0), resume_from: Optional[str] = None,
                  resumed_step: int = 0, watch_hangs: bool = True,
-                 find_checkpoint: Callable[[], Optional[tuple[str, int]]] = lambda: None):
+                 find_checkpoint: Callable[[], Optional[tuple[str, int]]] = lambda: None,
+                 wall_clock: Callable[[], float] = time.time):
         self.group_factory = group_factory
         self.sink = sink
         self.console = console
         self.clock = clock
+        self.wall_clock = wall_clock  # only for records read outside this process (restart.N.began_at)
         self.observers = tuple(observers)
         self.policy = failure_policy
         self.watch_hangs = watch_hangs
@@ -248,7 +252,8 @@ class Controller:
         lost = set(self.lost)
         if self.failure.kind is FailureKind.HANG and self.failure.world_rank is not None:
             lost.add(self.failure.world_rank)
-        record = RestartRecord(len(self.restarts) + 1, self.failure, self.checkpoint_step, self.clock())
+        record = RestartRecord(len(self.restarts) + 1, self.failure, self.checkpoint_step, self.clock(),
+                               self.wall_clock())
         self.restarts.append(record)
         try:
             record.timings.update(self._relaunch(lost))
@@ -327,7 +332,8 @@ class Controller:
 
 def _restart_tags(record: RestartRecord) -> dict[str, str]:
     failure = record.failure
-    tags = {"reason": failure.summary, "kind": failure.kind.value, "resumed_from_step": str(record.resumed_from_step)}
+    tags = {"reason": failure.summary, "kind": failure.kind.value, "resumed_from_step": str(record.resumed_from_step),
+            "began_at": f"{record.began_wall:.3f}"}
     if failure.world_rank is not None:
         tags["rank"] = str(failure.world_rank)
     if failure.node_ip is not None:

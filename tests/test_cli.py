@@ -111,7 +111,11 @@ def test_the_default_job_end_to_end_on_an_embedded_cluster(ray_cluster, tmp_path
     assert reloaded == pytest.approx(run.data.metrics["eval/accuracy"], abs=1e-6)
 
 
-def test_ctrl_c_stops_the_ranks_marks_the_run_killed_and_releases_the_cluster(ray_cluster, tmp_path):
+def test_sigterm_stops_the_ranks_marks_the_run_killed_and_releases_the_cluster(ray_cluster, tmp_path):
+    """SIGTERM (what schedulers and `kill` send) must act like Ctrl-C, whose own test is in test_restarts.
+
+    ray.init replaces the driver's SIGTERM handler with one that aborts the process mid-run.
+    """
     from mlflow import MlflowClient
 
     process = _orchestrator("train", "model=mlp", "trainer.max_steps=1000000", "tracking.log_model=false",
@@ -120,7 +124,7 @@ def test_ctrl_c_stops_the_ranks_marks_the_run_killed_and_releases_the_cluster(ra
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), name="test-stderr-reader")
     reader.start()
     wait_until(lambda: any("| step " in line for line in lines), 120, "the job to report progress")
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
     reader.join()
     assert process.returncode == 130, "".join(lines)

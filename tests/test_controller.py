@@ -73,7 +73,7 @@ class FakeClock:
 def _controller(group, clock=None, policy=FailureConfig(max_restarts=0)):
     sink = InMemorySink()
     controller = Controller(lambda: group, sink, Console(io.StringIO(), interactive=False), clock or FakeClock(),
-                            failure_policy=policy)
+                            failure_policy=policy, wall_clock=lambda: 1_800_000_000.25)
     return controller, sink
 
 
@@ -195,6 +195,7 @@ def test_a_dead_worker_is_replaced_and_the_job_resumes_from_the_last_checkpoint(
     assert sink.tags["restart.1.rank"] == "1" and sink.tags["restart.1.kind"] == "worker died"
     assert sink.tags["restart.1.resumed_from_step"] == "20" and sink.tags["restart.1.teardown"] == "0.500"
     assert sink.tags["restart.1.process_group_s"] == "0.200" and "restart.1.to_first_step_s" in sink.tags
+    assert sink.tags["restart.1.began_at"] == "1800000000.250"  # wall clock: comparable with the killer's time
     assert sink.checkpoints == [(20, "/ckpt/run/step_000000020.pt")]
 
 

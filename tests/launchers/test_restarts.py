@@ -122,7 +122,7 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(r
 
 def test_a_hung_rank_is_detected_killed_and_replaced(ray_cluster, tmp_path):
     overrides = ["model=mlp", "trainer.max_steps=400", "checkpoint.every_n_steps=20", "tracking.log_model=false",
-                 "failure.hang_timeout_s=20", "scaling.rendezvous_timeout_s=60"]
+                 "failure.hang_timeout_s=10", "scaling.rendezvous_timeout_s=60"]
     job, thread, holder = _start(overrides, tmp_path)
     wait_until(lambda: any(_checkpoints(d) for d in (tmp_path / "checkpoints").glob("*")), 120, "a checkpoint")
     os.kill(worker_pid(), signal.SIGSTOP)  # alive but frozen: no death notice, only silence

@@ -48,7 +48,8 @@ def test_the_same_script_reaches_the_same_weights_under_torchrun_and_the_orchest
 
 
 def test_a_rank_that_exits_non_zero_fails_the_job_with_its_output(ray_cluster, tmp_path):
-    job = _script_job(tmp_path, "--out", str(tmp_path / "x.pt"), "--fail-rank", "1")
+    # no restarts: retrying a script that fails on purpose only repeats this (restarts have their own tests)
+    job = _script_job(tmp_path, "--out", str(tmp_path / "x.pt"), "--fail-rank", "1", extra=["failure.max_restarts=0"])
     summary = run_job(job, Console(io.StringIO(), interactive=False, out=io.StringIO()))
     outcome = summary.outcome
     assert outcome.status == "FAILED"
