@@ -10,6 +10,9 @@ PURE_MODULES = [
     "orchestrator.plan", "orchestrator.placement", "orchestrator.rendezvous", "orchestrator.controller", "orchestrator.group",
     "orchestrator.reports", "orchestrator.console", "orchestrator.metrics.sink", "orchestrator.errors",
     "orchestrator.manifests",
+    "orchestrator.monitor", "orchestrator.monitor.devices", "orchestrator.monitor.probe", "orchestrator.monitor.detect",
+    "orchestrator.monitor.summarize", "orchestrator.monitor.records", "orchestrator.monitor.recorder",
+    "orchestrator.monitor.sampler",
 ]
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
 
