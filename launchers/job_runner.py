@@ -18,6 +18,7 @@ from orchestrator.metrics.sink import NullSink
 from orchestrator.plan import JobPlan, plan_job
 from orchestrator.provenance import git_commit
 
+from launchers.monitoring import job_observers
 from launchers.ray_cluster import connect
 from launchers.ray_launcher import RayWorkerGroup
 
@@ -40,7 +41,8 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = ()) -> JobSummar
         sink = open_sink(job, plan, overrides)
         name = f"orchestrator-{sink.run_id or uuid.uuid4().hex[:12]}"
         checkpoint_dir = str(Path(job.checkpoint.dir) / (sink.run_id or name))
-        controller = Controller(lambda: RayWorkerGroup(plan, job, name, checkpoint_dir), sink, console)
+        controller = Controller(lambda: RayWorkerGroup(plan, job, name, checkpoint_dir), sink, console,
+                                observers=job_observers(job, sink, console, name))
         try:
             outcome = controller.run()
             record_outcome(sink, job, outcome)
