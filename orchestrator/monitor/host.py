@@ -29,6 +29,7 @@ class HostProbe:
     def __init__(self, ranks: Mapping[int, int]):
         self.ranks = dict(ranks)
         self._processes: dict[int, Any] = {}
+        self._children: dict[int, list[int]] = {}
 
     def start(self) -> None:
         """Take the baseline that the first CPU percentages are measured against."""
@@ -36,28 +37,32 @@ class HostProbe:
 
         psutil.cpu_percent(interval=None)
         for pid in self.ranks.values():
-            for process in self._tree(pid):
+            for process in self._tree(pid, refresh=True):
                 process.cpu_percent(interval=None)
 
-    def sample(self) -> HostSample:
-        """CPU, RAM and, per rank, RSS and CPU of the worker's process tree (ranks that exited are left out)."""
+    def sample(self, refresh_children: bool = True) -> HostSample:
+        """CPU, RAM and, per rank, RSS and CPU of the worker's process tree (ranks that exited are left out).
+
+        Finding a worker's children scans every process of the node (milliseconds), so the caller may
+        keep the children found last time (`refresh_children=False`).
+        """
         import psutil
 
         memory = psutil.virtual_memory()
         rss, cpu = {}, {}
         for world_rank, pid in self.ranks.items():
-            reading = self._read_tree(pid)
+            reading = self._read_tree(pid, refresh_children)
             if reading is not None:
                 rss[world_rank], cpu[world_rank] = reading
         return HostSample(time_s=time.monotonic(), cpu_percent=psutil.cpu_percent(interval=None),
                           ram_used_bytes=int(memory.total - memory.available), ram_total_bytes=int(memory.total),
                           rank_rss_bytes=rss, rank_cpu_percent=cpu)
 
-    def _read_tree(self, pid: int):
+    def _read_tree(self, pid: int, refresh: bool):
         import psutil
 
         rss, cpu, alive = 0, 0.0, False
-        for process in self._tree(pid):
+        for process in self._tree(pid, refresh):
             try:
                 rss += process.memory_info().rss
                 cpu += process.cpu_percent(interval=None)
@@ -66,18 +71,19 @@ class HostProbe:
                 continue
         return (rss, cpu) if alive else None
 
-    def _tree(self, pid: int) -> list:
+    def _tree(self, pid: int, refresh: bool) -> list:
         # the same Process objects every time: cpu_percent() measures against that object's last call
         import psutil
 
         root = self._process(pid)
         if root is None:
             return []
-        try:
-            children = root.children(recursive=True)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return []
-        return [root] + [self._process(child.pid) or child for child in children]
+        if refresh or pid not in self._children:
+            try:
+                self._children[pid] = [child.pid for child in root.children(recursive=True)]
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                self._children[pid] = []
+        return [root] + [process for process in map(self._process, self._children[pid]) if process is not None]
 
     def _process(self, pid: int):
         import psutil

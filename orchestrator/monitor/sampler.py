@@ -91,7 +91,8 @@ def targets_by_node(specs: Sequence[WorkerSpec]) -> dict[str, tuple[str, NodeTar
 
 
 class NodeSampler:
-    """Takes NodeSamples: the host probe every time, the slow GPU readings every `detail_every`-th time."""
+    """Takes NodeSamples: host and GPUs every time; the slow readings (GPU process lists, ECC, PCIe, the
+    workers' child processes) every `detail_every`-th time."""
 
     def __init__(self, targets: NodeTargets, host: HostProbe, gpu: GpuProbe, gpus: Sequence[GpuInfo],
                  detail_every: int):
@@ -107,7 +108,8 @@ class NodeSampler:
         detail = self.taken % self.detail_every == 0
         readings = {reading.uuid: reading for reading in self.gpu.sample([g.uuid for g in self.gpus], detail)}
         gpus = {gpu.index: readings[gpu.uuid] for gpu in self.gpus if gpu.uuid in readings}
-        sample = NodeSample(node=self.targets.node, index=self.taken, host=self.host.sample(), gpus=gpus)
+        sample = NodeSample(node=self.targets.node, index=self.taken, host=self.host.sample(refresh_children=detail),
+                            gpus=gpus)
         self.taken += 1
         return sample
 
