@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class HostSample:
     """world_rank -> resident memory of the rank's worker process plus its children (a script's python)."""
     rank_cpu_percent: Mapping[int, float]
     """world_rank -> CPU use of the worker and its children since the previous reading (100 = one core)."""
+    monitor_cpu_s: Optional[float] = None
+    """CPU seconds the monitor's own process has used since it started (start-up included): monitoring's cost."""
 
 
 class HostProbe:
@@ -30,12 +32,14 @@ class HostProbe:
         self.ranks = dict(ranks)
         self._processes: dict[int, Any] = {}
         self._children: dict[int, list[int]] = {}
+        self._own: Any = None
 
     def start(self) -> None:
         """Take the baseline that the first CPU percentages are measured against."""
         import psutil
 
         psutil.cpu_percent(interval=None)
+        self._own = psutil.Process()
         for pid in self.ranks.values():
             for process in self._tree(pid, refresh=True):
                 process.cpu_percent(interval=None)
@@ -54,9 +58,11 @@ class HostProbe:
             reading = self._read_tree(pid, refresh_children)
             if reading is not None:
                 rss[world_rank], cpu[world_rank] = reading
+        own = None if self._own is None else self._own.cpu_times()
         return HostSample(time_s=time.monotonic(), cpu_percent=psutil.cpu_percent(interval=None),
                           ram_used_bytes=int(memory.total - memory.available), ram_total_bytes=int(memory.total),
-                          rank_rss_bytes=rss, rank_cpu_percent=cpu)
+                          rank_rss_bytes=rss, rank_cpu_percent=cpu,
+                          monitor_cpu_s=None if own is None else own.user + own.system)
 
     def _read_tree(self, pid: int, refresh: bool):
         import psutil

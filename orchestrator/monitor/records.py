@@ -59,6 +59,8 @@ def host_metrics(node: str, host: HostSample) -> dict[str, float]:
         metrics[f"{prefix}rank{world_rank}_rss_mib"] = rss / MIB
     for world_rank, cpu in host.rank_cpu_percent.items():
         metrics[f"{prefix}rank{world_rank}_cpu_percent"] = cpu
+    if host.monitor_cpu_s is not None:
+        metrics[prefix + "monitor_cpu_s"] = host.monitor_cpu_s
     return metrics
 
 
@@ -104,11 +106,11 @@ def summary_table(hosts: Mapping[str, HostSummary], gpus: Mapping[tuple[str, int
                          f"{_num(gpu.memory_used_peak_mib, 0):>12} {_num(gpu.power_mean_w, 1):>8} "
                          f"{gpu.energy_wh:>9.3f}")
     lines.append(f"{'node':<12} {'samples':>7} {'cpu mean':>9} {'cpu peak':>9} {'RAM peak MiB':>12} "
-                 f"{'rank RSS peak MiB':<30}")
+                 f"{'monitor CPU s':>13}  rank: RSS peak MiB")
     for node, host in sorted(hosts.items()):
         rss = ", ".join(f"{rank}: {peak:,.0f}" for rank, peak in host.rank_rss_peak_mib.items()) or "-"
         lines.append(f"{node:<12} {host.samples:>7} {_pct(host.cpu_mean_percent):>9} {_pct(host.cpu_peak_percent):>9} "
-                     f"{_num(host.ram_used_peak_mib, 0):>12} {rss:<30}")
+                     f"{_num(host.ram_used_peak_mib, 0):>12} {_num(host.monitor_cpu_s, 2):>13}  {rss}")
     return lines
 
 

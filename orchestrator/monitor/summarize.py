@@ -40,6 +40,8 @@ class HostSummary:
     cpu_peak_percent: Optional[float]
     ram_used_peak_mib: Optional[float]
     rank_rss_peak_mib: Mapping[int, float] = field(default_factory=dict)
+    monitor_cpu_s: Optional[float] = None
+    """CPU seconds the node's monitor used, start-up included (its last reading)."""
 
 
 def energy_wh(points: Sequence[tuple[float, float]]) -> float:
@@ -110,10 +112,12 @@ class HostTally:
         self.samples = 0
         self.cpu, self.ram = _Stat(), _Stat()
         self.rss: dict[int, _Stat] = {}
+        self.monitor_cpu_s: Optional[float] = None
 
     def add(self, sample: HostSample) -> None:
         """Fold in one reading."""
         self.samples += 1
+        self.monitor_cpu_s = sample.monitor_cpu_s if sample.monitor_cpu_s is not None else self.monitor_cpu_s
         self.cpu.add(sample.cpu_percent)
         self.ram.add(sample.ram_used_bytes / MIB)
         for world_rank, rss in sample.rank_rss_bytes.items():
@@ -123,7 +127,8 @@ class HostTally:
         """The node's summary so far."""
         return HostSummary(samples=self.samples, cpu_mean_percent=self.cpu.mean, cpu_peak_percent=self.cpu.peak,
                            ram_used_peak_mib=self.ram.peak,
-                           rank_rss_peak_mib={rank: stat.peak for rank, stat in sorted(self.rss.items())})
+                           rank_rss_peak_mib={rank: stat.peak for rank, stat in sorted(self.rss.items())},
+                           monitor_cpu_s=self.monitor_cpu_s)
 
 
 def summarize_gpu(samples: Iterable[GpuSample]) -> GpuSummary:

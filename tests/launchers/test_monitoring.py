@@ -112,6 +112,8 @@ def test_scripted_gpus_through_the_monitor_actor_into_mlflow_with_warnings_and_a
     assert metrics["system/node0/gpu0/memory_used_mib_peak"] == 15 * 1024
     assert metrics["system/node0/rank0_rss_mib"] > 0 and metrics["system/node0/rank1_rss_mib_peak"] > 0
     assert len(_history(client, run_id, "system/node0/cpu_percent")) >= TICKS
+    monitor_cpu = _history(client, run_id, "system/node0/monitor_cpu_s")  # the actor's own cost, start-up included
+    assert monitor_cpu == sorted(monitor_cpu) and monitor_cpu[-1] > 0.1
 
     console = stream.getvalue()
     assert console.count("warning: low GPU utilization: node0/gpu1 (rank 1) averaged 10.0% utilization") == 1

@@ -22,6 +22,8 @@ def test_a_ranks_rss_includes_its_children_found_at_the_slow_cadence_and_exited_
     assert 0 <= alone.cpu_percent <= 100
     assert 0 < alone.ram_used_bytes < alone.ram_total_bytes == psutil.virtual_memory().total
     assert set(alone.rank_rss_bytes) == {0} and alone.rank_rss_bytes[0] == psutil.Process().memory_info().rss
+    own = psutil.Process().cpu_times()
+    assert 0 < alone.monitor_cpu_s <= own.user + own.system  # this process is the "monitor" here
     code = f"import sys; block = bytearray({CHILD_MIB} * 2**20); block[::4096] = b'x' * len(block[::4096]); sys.stdin.read()"
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
     try:

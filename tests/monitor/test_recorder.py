@@ -17,7 +17,7 @@ from orchestrator.monitor.summarize import MIB
 from orchestrator.reports import StepReport
 
 HOST = HostSample(time_s=1.0, cpu_percent=55.5, ram_used_bytes=3000 * MIB, ram_total_bytes=8000 * MIB,
-                  rank_rss_bytes={4: 700 * MIB}, rank_cpu_percent={4: 98.0})
+                  rank_rss_bytes={4: 700 * MIB}, rank_cpu_percent={4: 98.0}, monitor_cpu_s=1.25)
 FULL = GpuSample(uuid="GPU-a", time_s=1.0, utilization_percent=87, memory_utilization_percent=40,
                  memory_used_bytes=2048 * MIB, memory_total_bytes=81559 * MIB, power_w=350.5, power_limit_w=700,
                  temperature_c=61, sm_clock_mhz=1980, throttle_reasons=4, ecc_corrected_errors=2,
@@ -40,7 +40,7 @@ def test_a_sample_becomes_system_metrics_with_units_in_their_names_at_the_latest
     assert logged == {
         "system/node1/cpu_percent": (120, 55.5), "system/node1/ram_used_mib": (120, 3000),
         "system/node1/ram_total_mib": (120, 8000), "system/node1/rank4_rss_mib": (120, 700),
-        "system/node1/rank4_cpu_percent": (120, 98), gpu + "utilization_percent": (120, 87),
+        "system/node1/rank4_cpu_percent": (120, 98), "system/node1/monitor_cpu_s": (120, 1.25), gpu + "utilization_percent": (120, 87),
         gpu + "memory_utilization_percent": (120, 40), gpu + "memory_used_mib": (120, 2048),
         gpu + "memory_total_mib": (120, 81559), gpu + "power_w": (120, 350.5), gpu + "power_limit_w": (120, 700),
         gpu + "temperature_c": (120, 61), gpu + "sm_clock_mhz": (120, 1980), gpu + "throttle_reasons": (120, 4),
@@ -81,5 +81,5 @@ def test_the_summary_is_logged_per_node_printed_as_a_table_and_stored_as_an_arti
     assert final["system/node0/gpu0/memory_used_mib_peak"] == 1001 and final["system/node0/cpu_percent_peak"] == 55.5
     assert final["system/node0/rank4_rss_mib_peak"] == 700 and final["monitor/straggler_episodes"] == 0
     table = recorder.sink.texts[SUMMARY_ARTIFACT]
-    assert "node0/gpu0" in table and "400.000" in table and "4: 700" in table
+    assert "node0/gpu0" in table and "400.000" in table and "1.25  4: 700" in table
     assert stream.getvalue().startswith("system summary:\n  GPU ")
