@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
 from orchestrator.monitor.devices import DeviceMappingError, resolve_visible
 from orchestrator.monitor.host import HostProbe, HostSample
 from orchestrator.monitor.probe import GpuProbe, GpuSample, NullProbe, ProbeFactory
-from orchestrator.rendezvous import WorkerSpec
+
+if TYPE_CHECKING:  # only a type here: the monitor actor then does not import the planning core (omegaconf)
+    from orchestrator.rendezvous import WorkerSpec
 
 DETAIL_INTERVAL_S = 30.0
 """How often the slow GPU readings (processes, ECC, PCIe) are taken, at most."""
