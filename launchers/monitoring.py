@@ -4,7 +4,8 @@ It owns the monitor actors: started when the worker group starts (and re-targete
 stopped and killed in `job_ended`, which the controller calls on every path. Everything it does
 runs on the controller's thread: it never blocks there while the job runs (it checks its monitors'
 outstanding `take()` calls with a zero timeout when a report comes in), so the sink and the console
-keep their single writer. A fault in monitoring is printed and ends monitoring, never the job.
+keep their single writer. A monitor that fails is reported and dropped; any other fault in monitoring
+is printed and ends monitoring; neither ends the job.
 """
 
 from __future__ import annotations
@@ -119,12 +120,12 @@ class JobMonitor:
 
     def _handle(self, node: str, kind: str, call) -> None:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayError
 
         try:
             result = ray.get(call)
-        except RayActorError as error:
-            self.console.warning(f"the monitor of {node} died, {node} is no longer monitored: {_first_line(error)}")
+        except RayError as error:  # the actor died, or raised (a probe that fails on its node): drop that node
+            self.console.warning(f"{node} is no longer monitored: its monitor failed: {_cause(error)}")
             self._kill([node])
             return
         if kind == "start":
@@ -167,6 +168,9 @@ class JobMonitor:
         self._pending = {call: where for call, where in self._pending.items() if where[0] in self.actors}
 
 
-def _first_line(error: Exception) -> str:
+def _cause(error: Exception) -> str:
+    cause = getattr(error, "cause", None)  # a RayTaskError carries the exception raised in the actor
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
