@@ -44,7 +44,7 @@ def open_nvml_probe() -> GpuProbe:
         pynvml.nvmlInit()
     except pynvml.NVMLError as error:
         return _off(f"NVML is not available on this node ({error})")
-    probe = NvmlProbe(pynvml)
+    probe = NvmlProbe.connected(pynvml)
     atexit.register(probe.close)  # the actor may be killed before close(); exit still shuts NVML down
     return probe
 
@@ -58,13 +58,18 @@ def _off(reason: str) -> NullProbe:
 class NvmlProbe:
     """Reads GPUs through an initialised NVML: by UUID, never by index."""
 
-    def __init__(self, nvml: Any):
+    def __init__(self, nvml: Any, note: str = "NVML"):
         self.nvml = nvml
-        self.note = f"NVML driver {_text(nvml.nvmlSystemGetDriverVersion())}"
+        self.note = note
         self._handles: dict[str, Any] = {}
         self._gpm: dict[str, _GpmReader] = {}
         self._absent = tuple(getattr(nvml, name) for name in _ABSENT if hasattr(nvml, name))
         self._closed = False
+
+    @classmethod
+    def connected(cls, nvml: Any) -> "NvmlProbe":
+        """A probe over an initialised NVML (the pynvml module); its note names the driver."""
+        return cls(nvml, note=f"NVML driver {_text(nvml.nvmlSystemGetDriverVersion())}")
 
     def devices(self) -> Sequence[GpuDevice]:
         """Every GPU the driver lists, with MIG instances where MIG is on."""

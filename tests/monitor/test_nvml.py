@@ -148,7 +148,7 @@ class StandInNvml:
 
 
 def test_devices_are_listed_with_bus_ids_models_and_mig_instances():
-    probe = NvmlProbe(StandInNvml())
+    probe = NvmlProbe.connected(StandInNvml())
     h100, v100, a100 = probe.devices()
     assert (h100.uuid, h100.pci_bus_id, h100.name, h100.compute_capability, h100.cores) == \
         ("GPU-0000", "00000000:1B:00.0", "NVIDIA H100 80GB HBM3", (9, 0), 16896)
@@ -159,7 +159,7 @@ def test_devices_are_listed_with_bus_ids_models_and_mig_instances():
 
 def test_readings_in_our_units_absent_ones_empty_and_gpm_between_consecutive_samples():
     nvml = StandInNvml()
-    probe = NvmlProbe(nvml)
+    probe = NvmlProbe.connected(nvml)
     h100, v100 = probe.sample(["GPU-0000", "GPU-1111"], detail=False)
     assert (h100.utilization_percent, h100.memory_utilization_percent, h100.memory_used_bytes) == (97, 41, 60 << 30)
     assert (h100.power_w, h100.power_limit_w, h100.temperature_c, h100.sm_clock_mhz) == (612.345, 700.0, 64, 1980)
@@ -189,7 +189,7 @@ def test_mig_instances_are_read_by_uuid_and_gpm_goes_through_the_parent():
         nvml.nvmlGpmSampleGet(parent, sample)
 
     nvml.nvmlGpmMigSampleGet = mig_sample
-    probe = NvmlProbe(nvml)
+    probe = NvmlProbe.connected(nvml)
     [first] = probe.sample(["MIG-2222-a"], detail=False)
     assert first.uuid == "MIG-2222-a" and probe.gpm_supported("MIG-2222-a") and first.gpm == {}
     [second] = probe.sample(["MIG-2222-a"], detail=False)
@@ -198,7 +198,7 @@ def test_mig_instances_are_read_by_uuid_and_gpm_goes_through_the_parent():
 
 def test_an_nvml_error_that_is_not_a_missing_feature_propagates_and_close_shuts_nvml_down_once():
     nvml = StandInNvml()
-    probe = NvmlProbe(nvml)
+    probe = NvmlProbe.connected(nvml)
     probe.sample(["GPU-0000"], detail=False)
     nvml.nvmlDeviceGetUtilizationRates = lambda handle: nvml._fail(pynvml.NVML_ERROR_GPU_IS_LOST)
     with pytest.raises(pynvml.NVMLError_GpuIsLost):
