@@ -48,6 +48,7 @@ class JobMonitor:
         self.clock = clock
         self.recorder = SystemRecorder(config, sink, console)
         self.actors: dict[str, object] = {}
+        self._node_ids: dict[str, str] = {}  # node name -> the Ray node its monitor is pinned to
         self._pending: dict = {}  # outstanding call -> (node, "start" | "take")
         self._last_poll = float("-inf")
         self.failure: Optional[str] = None
@@ -80,7 +81,8 @@ class JobMonitor:
     def _start(self, specs: Sequence[WorkerSpec]) -> None:
         targets = targets_by_node(specs)
         self.recorder.on_group(specs)
-        gone = [node for node in self.actors if node not in targets]
+        # after a restart a node name may stand for another machine: its old monitor goes as well
+        gone = [node for node in self.actors if node not in targets or targets[node][0] != self._node_ids[node]]
         if gone:
             self._collect(self._stop_calls(gone))
             self._kill(gone)
@@ -90,6 +92,7 @@ class JobMonitor:
     def _watch(self, node: str, node_id: str, targets: NodeTargets) -> None:
         fresh = node not in self.actors
         if fresh:
+            self._node_ids[node] = node_id
             self.actors[node] = start_monitor_actor(node_id, f"{self.job_name}-monitor-{node}", self.probe_factory,
                                                     self.config.interval_s)
         actor = self.actors[node]

@@ -147,6 +147,41 @@ def test_a_probe_that_fails_on_its_node_drops_that_monitor_with_a_warning_not_th
     wait_until(lambda: not [a for a in live_actors() if (a.name or "").startswith(name)], 15, "the monitor to die")
 
 
+def test_a_restarted_group_keeps_the_monitors_of_its_nodes_and_stops_those_of_nodes_it_left(ray_cluster):
+    import dataclasses
+
+    import ray
+
+    name = f"orchestrator-monitor-test-{uuid.uuid4().hex[:8]}"
+    sink = InMemorySink()
+    monitor = JobMonitor(MonitorConfig(interval_s=0.1), sink, Console(io.StringIO(), interactive=False), name)
+    cpu_specs = [dataclasses.replace(spec, env={}, cuda_device=None)
+                 for spec in _specs(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())]
+    step = 0
+
+    def samples_of(node: str, count: int) -> bool:
+        nonlocal step
+        step += 1
+        monitor.report(0, _step(0, step, 0.1))
+        return len(sink.series(f"system/{node}/cpu_percent")) >= count
+
+    try:
+        monitor.group_started(cpu_specs)
+        first = monitor.actors["node0"]
+        wait_until(lambda: samples_of("node0", 3), 60, "samples from node0")
+        monitor.group_started(cpu_specs)  # a restart on the same node: the monitor stays and is re-targeted
+        assert monitor.actors["node0"] is first
+        moved = [dataclasses.replace(spec, node_rank=1) for spec in cpu_specs]  # now only "node1" is used
+        monitor.group_started(moved)
+        assert list(monitor.actors) == ["node1"]
+        wait_until(lambda: samples_of("node1", 3), 60, "samples from node1")
+    finally:
+        monitor.job_ended(JobOutcome(status="FINISHED"))
+    assert monitor.failure is None and monitor.actors == {}
+    assert sink.tags["monitor.node1.ranks"] == "0,1"
+    wait_until(lambda: not [a for a in live_actors() if (a.name or "").startswith(name)], 15, "the monitors to die")
+
+
 def test_a_cpu_job_logs_node_and_worker_memory_and_its_monitor_goes_with_it(ray_cluster, tmp_path):
     from mlflow import MlflowClient
 
