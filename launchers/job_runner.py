@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -13,10 +14,16 @@ from orchestrator import __version__
 from orchestrator.config.export import config_yaml, flat_params
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import Controller, JobOutcome
-from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, WORKERS_ARTIFACT
+from orchestrator.metrics.console_log import CONSOLE_ARTIFACT, ConsoleLog, captured
+from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, HYDRA_ARTIFACT_DIR, WORKERS_ARTIFACT
+from orchestrator.metrics.redact import redact_text
 from orchestrator.metrics.sink import NullSink
+from orchestrator.metrics.transport import check_server, is_server
 from orchestrator.plan import JobPlan, plan_job
 from orchestrator.provenance import git_commit
+from orchestrator.resume import ResumeTarget, resolve_resume
+from orchestrator.summary import summary_lines
+from orchestrator.train.checkpoint import checkpoint_step, latest_checkpoint
 
 from launchers.monitoring import job_observers
 from launchers.ray_cluster import connect
@@ -31,39 +38,95 @@ class JobSummary:
     run_id: Optional[str]
     experiment_id: Optional[str]
     duration_s: float
+    flush_s: Optional[float] = None
+    """How long the end of the run waited for buffered metrics to reach MLflow (None without tracking)."""
 
 
-def run_job(job: JobConfig, console, overrides: Sequence[str] = ()) -> JobSummary:
-    """Run a validated job on its cluster; PlanError is raised before any actor starts."""
+def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_dir: Optional[str] = None) -> JobSummary:
+    """Run a validated job on its cluster; PlanError is raised before any actor starts.
+
+    `output_dir` is Hydra's output directory: its `.hydra/` files are logged with the run.
+    """
     started = time.monotonic()
-    with connect(job.cluster) as cluster:
+    target = resolve_resume(job.trainer.resume, Path(job.checkpoint.dir)) if job.trainer.resume else None
+    if job.tracking.enabled and is_server(job.tracking.uri):
+        check_server(job.tracking.uri, job.tracking.experiment)  # before the cluster is touched
+    with connect(job.cluster) as cluster, captured(console) as console_log:
         plan = plan_job(job, cluster)
-        sink = open_sink(job, plan, overrides)
-        name = f"orchestrator-{sink.run_id or uuid.uuid4().hex[:12]}"
-        checkpoint_dir = str(Path(job.checkpoint.dir) / (sink.run_id or name))
+        sink = open_run(job, plan, overrides, target, console, output_dir)
+        name = f"orchestrator-{(sink.run_id or '')[:12]}-{uuid.uuid4().hex[:8]}".replace("--", "-")
+        checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
         controller = Controller(lambda: RayWorkerGroup(plan, job, name, checkpoint_dir), sink, console,
+                                failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
+                                resume_from=str(target.checkpoint) if target else None,
+                                resumed_step=target.step if target else 0,
+                                find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
                                 observers=job_observers(job, sink, console, name))
         try:
             outcome = controller.run()
-            record_outcome(sink, job, outcome)
+            record_results(sink, job, outcome)
+            summary = JobSummary(outcome=outcome, run_id=sink.run_id, experiment_id=getattr(sink, "experiment_id", None),
+                                 duration_s=time.monotonic() - started, flush_s=getattr(sink, "flush_s", None))
+            console_log.extend(line for line, _ in summary_lines(job, summary))
+            finish_run(sink, outcome, console_log)
         except KeyboardInterrupt:
-            sink.finish("KILLED", error="interrupted by the user")
+            _abort(sink, console_log, "KILLED", "interrupted by the user")
             raise
         except BaseException as error:
-            sink.finish("FAILED", error=f"{type(error).__name__}: {error}")
+            _abort(sink, console_log, "FAILED", f"{type(error).__name__}: {error}")
             raise
-    return JobSummary(outcome=outcome, run_id=sink.run_id, experiment_id=getattr(sink, "experiment_id", None),
-                      duration_s=time.monotonic() - started)
+    return summary
 
 
-def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str]):
-    """The run's MLflow recorder with params, tags and the resolved config; NullSink when tracking is off."""
+def newest_checkpoint(directory: Path) -> Optional[tuple[str, int]]:
+    """The newest complete checkpoint of the job and its step (None if none, or the folder is not visible here)."""
+    path = latest_checkpoint(directory)
+    return (str(path), checkpoint_step(path)) if path is not None else None
+
+
+def checkpoint_directory(job: JobConfig, run_id: Optional[str], target: Optional[ResumeTarget], name: str) -> str:
+    """Where the job's checkpoints go: its run's folder (a resumed run keeps writing into its own)."""
+    if target is not None and (run_id is None or target.checkpoint.parent.name == run_id):
+        return str(target.checkpoint.parent)
+    return str(Path(job.checkpoint.dir) / (run_id or name))
+
+
+def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Optional[ResumeTarget], console,
+             output_dir: Optional[str] = None):
+    """The run to record into: the resumed one when its store has it, else a new one."""
+    if job.tracking.enabled and target is not None and target.run_id is not None:
+        from orchestrator.metrics.mlflow_sink import RunRecorder
+
+        sink = RunRecorder.attach(job.tracking, target.run_id, notify=console.message,
+                                  upload_checkpoints=job.checkpoint.upload)
+        if sink is not None:
+            _warn_config_changes(sink.logged_params(), flat_params(job), console)
+            sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
+            console.message(f"resuming MLflow run {target.run_id} from step {target.step} ({target.checkpoint})")
+            return sink
+    sink = open_sink(job, plan, overrides, notify=console.message, output_dir=output_dir)
+    if target is not None:
+        sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
+        console.message(f"resuming from step {target.step} ({target.checkpoint}) in a new run")
+    return sink
+
+
+def _warn_config_changes(logged: dict[str, str], current: dict[str, str], console) -> None:
+    changed = [f"{key}: {logged[key]} -> {value}" for key, value in current.items()
+               if key in logged and logged[key] != value and key != "trainer.resume"]
+    if changed:
+        console.message("warning: the resumed run was trained with a different config; exact continuation is "
+                        "not guaranteed: " + "; ".join(changed))
+
+
+def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=None, output_dir: Optional[str] = None):
+    """The run's MLflow recorder with params, tags, the resolved config and Hydra's files; NullSink when off."""
     if not job.tracking.enabled:
         return NullSink()
     from orchestrator.metrics.mlflow_sink import RunRecorder
 
     tags = {
-        "orchestrator.overrides": " ".join(overrides),
+        "orchestrator.overrides": redact_text(" ".join(overrides)),
         "orchestrator.world_size": str(plan.world_size),
         "orchestrator.backend": plan.backend,
         "orchestrator.version": __version__,
@@ -72,9 +135,23 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str]):
     commit = git_commit(Path.cwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    sink = RunRecorder.create(job.tracking, flat_params(job), tags)
-    sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
+    sink = RunRecorder.create(job.tracking, flat_params(job), tags, upload_checkpoints=job.checkpoint.upload,
+                              **({"notify": notify} if notify else {}))
+    try:
+        sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
+        for path in hydra_files(output_dir):
+            sink.log_text(path.read_text(), f"{HYDRA_ARTIFACT_DIR}/{path.name}")
+    except BaseException as error:  # the recorder's writer thread is running: stop it on every path
+        sink.finish("FAILED", error=f"{type(error).__name__}: {error}")
+        raise
     return sink
+
+
+def hydra_files(output_dir: Optional[str]) -> list[Path]:
+    """The files Hydra wrote into `<output_dir>/.hydra/` (config, hydra, overrides); none without a dir."""
+    if output_dir is None or not (Path(output_dir) / ".hydra").is_dir():
+        return []
+    return sorted(path for path in (Path(output_dir) / ".hydra").iterdir() if path.is_file())
 
 
 def workers_table(outcome: JobOutcome) -> list[dict]:
@@ -88,17 +165,38 @@ def workers_table(outcome: JobOutcome) -> list[dict]:
     ]
 
 
-def record_outcome(sink, job: JobConfig, outcome: JobOutcome) -> None:
-    """Log where the ranks ran and the trained model of a finished job, then the final status and error."""
+def record_results(sink, job: JobConfig, outcome: JobOutcome) -> None:
+    """Wait (bounded) for the buffered metrics, then log where the ranks ran and the trained model."""
+    sink.flush()
     if outcome.workers:
         sink.log_text(json.dumps(workers_table(outcome), indent=2), WORKERS_ARTIFACT)
     result = outcome.result
     if outcome.status == "FINISHED" and job.tracking.log_model and result is not None and result.model_state:
         sink.log_model(trained_model(job, result.model_state), result.input_example)
+
+
+def finish_run(sink, outcome: JobOutcome, console_log: Optional[ConsoleLog] = None) -> None:
+    """Log the console log, then the run's final status and error."""
+    if console_log is not None:
+        sink.log_text(console_log.text(), CONSOLE_ARTIFACT)
     error = outcome.error
     if error and outcome.traceback:
         error = f"{error}\n\n{outcome.traceback}"
     sink.finish(outcome.status, error=error)
+
+
+def record_outcome(sink, job: JobConfig, outcome: JobOutcome) -> None:
+    """Metrics, model, final status and error of a job that reached an outcome (without a console log)."""
+    record_results(sink, job, outcome)
+    finish_run(sink, outcome)
+
+
+def _abort(sink, console_log: ConsoleLog, status: str, error: str) -> None:
+    """End the run of a job that raised: keep its console log if the store takes it, then the status."""
+    # the job's own error is what propagates; a store that refuses the log now is reported by finish()
+    with contextlib.suppress(Exception):
+        sink.log_text(console_log.text(), CONSOLE_ARTIFACT)
+    sink.finish(status, error=error)
 
 
 def trained_model(job: JobConfig, model_state):

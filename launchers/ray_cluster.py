@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from typing import Iterator
 
 from orchestrator.config.schema import ClusterConfig
@@ -31,13 +32,40 @@ def connect(cluster: ClusterConfig) -> Iterator[ClusterSnapshot]:
             # latest cluster someone started on this machine with `ray start`
             ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, **options)
         else:
-            ray.init(address=cluster.address, **options)
+            _init_with_retries(cluster.address, options)
     except Exception as error:  # Ray raises ConnectionError, RuntimeError, AuthenticationError...
         raise LaunchError(_connect_help(cluster, error)) from error
     try:
         yield cluster_snapshot(fixed_size=cluster.address is None)
     finally:
         ray.shutdown()
+
+
+CLIENT_START_ATTEMPTS = 3
+CLIENT_START_BACKOFF_S = 2.0
+TRANSIENT_CLIENT_MARKER = "Starting Ray client server failed"
+
+
+def _init_with_retries(address: str, options: dict) -> None:
+    """ray.init, retried when a Ray Client proxy fails to start this driver's server process.
+
+    The proxy on the head starts one server process per client; on a busy head that start can fail
+    once and succeed on the next connection, so a ray:// driver tries a few times before giving up.
+    """
+    import ray
+
+    log = logging.getLogger(__name__)
+    for attempt in range(1, CLIENT_START_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **options)
+            return
+        except Exception as error:
+            transient = address.startswith("ray://") and TRANSIENT_CLIENT_MARKER in _error_chain_text(error)
+            if not transient or attempt == CLIENT_START_ATTEMPTS:
+                raise
+            log.warning("the Ray Client proxy at %s could not start a server for this driver (attempt %d of %d); "
+                        "connecting again", address, attempt, CLIENT_START_ATTEMPTS)
+            time.sleep(CLIENT_START_BACKOFF_S * attempt)
 
 
 AUTH_MARKERS = ("InvalidAuthToken", "AuthenticationError", "Authentication token is missing or incorrect")

@@ -1,8 +1,14 @@
-"""The job's worker group on Ray: a placement group, one actor per rank, their report streams."""
+"""The job's worker group on Ray: a placement group, one actor per rank, their report calls.
+
+Restarts replace only what failed: surviving workers keep their processes (imports, data set and
+model already built), the lost ones are replaced inside their bundles (Ray reschedules the bundles
+of a lost node), and every rank starts a new attempt from the checkpoint.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import time
+from typing import Optional, Sequence
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import LaunchError
@@ -18,6 +24,8 @@ from launchers.worker_actor import WorkerActor
 ACTOR_CONCURRENCY = 4
 LONG_POLL_S = 30.0
 """How long one reports() call waits for the first report before returning empty (and being re-issued)."""
+ABORT_GRACE_S = 20.0
+"""How long surviving ranks get to leave a failed attempt (their collectives fail once a peer is gone)."""
 
 
 class RayWorkerGroup:
@@ -29,34 +37,87 @@ class RayWorkerGroup:
         self.name = name
         self.checkpoint_dir = checkpoint_dir
         self._placement_group = None
+        self._by_bundle: dict[int, list] = {}
         self._actors: list = []
         self._pending: dict = {}
         self._specs: list[WorkerSpec] = []
+        self._spawned = 0
 
     @property
     def specs(self) -> Sequence[WorkerSpec]:
         return self._specs
 
-    def start(self) -> None:
-        """Place the bundles, start one actor per rank in rank order, and start every rank."""
+    def start(self, resume_from: Optional[str] = None) -> None:
+        """Place the bundles, start one actor per rank, and start every rank's first attempt."""
         from ray.util.placement_group import placement_group
 
         self._placement_group = placement_group(list(self.plan.bundles), strategy=self.plan.strategy,
                                                 name=self.name)
+        self._wait_placed()
+        self._launch(resume_from)
+
+    def restart(self, lost_ranks: set[int], resume_from: Optional[str]) -> dict[str, float]:
+        """End the failed attempt everywhere, replace lost workers, start a new attempt from `resume_from`."""
+        started = time.perf_counter()
+        lost = self._end_attempt(set(lost_ranks))
+        for world_rank in sorted(lost):
+            self._discard(self._actors[world_rank])
+        ended = time.perf_counter()
+        self._wait_placed()  # a lost node's bundles are being placed elsewhere
+        self._launch(resume_from)
+        return {"teardown": ended - started, "placement_and_start": time.perf_counter() - ended}
+
+    def _wait_placed(self) -> None:
         if not self._placement_group.wait(timeout_seconds=self.job.scaling.placement_timeout_s):
             raise LaunchError(self._placement_failure())
+
+    def _launch(self, resume_from: Optional[str]) -> None:
+        """Fill every bundle with its workers, order them by rank, and start an attempt on each."""
         placed = self._placed_bundles()
         slots = rank_slots(self.plan, placed)
-        self._actors = [self._start_actor(slot, rank) for rank, slot in enumerate(slots)]
+        pools = {index: list(actors) for index, actors in self._by_bundle.items()}
+        for bundle in placed:
+            missing = self.plan.workers_per_bundle - len(self._by_bundle.setdefault(bundle.bundle_index, []))
+            new = [self._start_actor(bundle) for _ in range(missing)]
+            self._by_bundle[bundle.bundle_index].extend(new)
+            pools.setdefault(bundle.bundle_index, []).extend(new)
+        self._actors = [pools[slot.bundle_index].pop(0) for slot in slots]
         gpu_ids = None
         if "GPU" in self.plan.worker_resources:
             gpu_ids = _gather([actor.gpu_ids.remote() for actor in self._actors], slots)
         [master_port] = _gather([self._actors[0].free_port.remote()], slots)
         pids = _gather([actor.pid.remote() for actor in self._actors], slots)
         self._specs = worker_specs(self.plan, placed, master_port, gpu_ids, pids)
-        _gather([actor.start.remote(spec, self.job, self.checkpoint_dir)
+        _gather([actor.start.remote(spec, self.job, self.checkpoint_dir, resume_from)
                  for spec, actor in zip(self._specs, self._actors)], slots)
-        self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank for spec, actor in zip(self._specs, self._actors)}
+        self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank
+                         for spec, actor in zip(self._specs, self._actors)}
+
+    def _end_attempt(self, lost: set[int]) -> set[int]:
+        """Stop the attempt on every survivor and drain its reports; a survivor that will not end is lost too."""
+        import ray
+
+        for world_rank, actor in enumerate(self._actors):
+            if world_rank in lost:
+                ray.kill(actor, no_restart=True)  # hung or dead: its thread cannot be recovered
+            else:
+                actor.stop.remote()
+        deadline = time.monotonic() + ABORT_GRACE_S
+        while self._pending and time.monotonic() < deadline:
+            for event in self.wait(max(0.0, deadline - time.monotonic())):
+                if isinstance(event, RankLost):
+                    lost.add(event.world_rank)
+        lost.update(self._pending.values())  # still inside the old attempt after the grace period
+        self._pending = {}
+        return lost
+
+    def _discard(self, actor) -> None:
+        import ray
+
+        ray.kill(actor, no_restart=True)
+        for actors in self._by_bundle.values():
+            if actor in actors:
+                actors.remove(actor)
 
     def _placed_bundles(self) -> list[PlacedBundle]:
         from ray.util.placement_group import placement_group_table
@@ -68,13 +129,14 @@ class RayWorkerGroup:
             for index, node_id in sorted(table["bundles_to_node_id"].items())
         ]
 
-    def _start_actor(self, bundle: PlacedBundle, world_rank: int):
+    def _start_actor(self, bundle: PlacedBundle):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         resources = dict(self.plan.worker_resources)
         strategy = PlacementGroupSchedulingStrategy(placement_group=self._placement_group,
                                                     placement_group_bundle_index=bundle.bundle_index)
+        self._spawned += 1
         return ray.remote(WorkerActor).options(
             num_cpus=resources.pop("CPU", 0.0),
             num_gpus=resources.pop("GPU", 0.0),
@@ -83,7 +145,7 @@ class RayWorkerGroup:
             scheduling_strategy=strategy,
             max_concurrency=ACTOR_CONCURRENCY,
             max_restarts=0,
-            name=f"{self.name}-rank{world_rank}",
+            name=f"{self.name}-worker{self._spawned}",
         ).remote()
 
     def _placement_failure(self) -> str:
@@ -136,9 +198,10 @@ class RayWorkerGroup:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        for actor in self._actors:
-            ray.kill(actor, no_restart=True)
-        self._actors, self._pending = [], {}
+        for actors in self._by_bundle.values():
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+        self._by_bundle, self._actors, self._pending = {}, [], {}
         if self._placement_group is not None:
             remove_placement_group(self._placement_group)
             self._placement_group = None
@@ -155,7 +218,7 @@ def _gather(calls: list, slots: Sequence[PlacedBundle]) -> list:
             results.append(ray.get(call))
         except RayActorError as error:
             raise LaunchError(f"rank {world_rank} on {slots[world_rank].node_ip} died while the group was "
-                              f"starting: {_first_line(error)}") from error
+                              f"starting: {_first_line(error)}", retryable=True) from error
     return results
 
 

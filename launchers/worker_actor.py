@@ -40,6 +40,7 @@ class WorkerActor:
         self._stop = StopSignal()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
+        self._cache = None  # data set and model kept for the next attempt of the same job
 
     def node_ip(self) -> str:
         """The Ray node IP this actor runs on."""
@@ -67,11 +68,20 @@ class WorkerActor:
         """Ask the running rank to stop at the next step the ranks agree on."""
         self._stop.set()
 
-    def start(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str) -> None:
-        """Start the rank on a thread of its own; its reports queue up for `reports()`."""
+    def start(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str, resume_from: Optional[str] = None) -> None:
+        """Start an attempt of the rank on a thread of its own; its reports queue up for `reports()`."""
+        from orchestrator.train.loop import WorkerCache
+        from orchestrator.worker.entry import Attempt
+
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the previous attempt of this worker is still running")
+        if self._cache is None:
+            self._cache = WorkerCache()
+        attempt = Attempt(checkpoint_dir=Path(checkpoint_dir), cache=self._cache,
+                          resume_from=Path(resume_from) if resume_from else None)
         self._stop = StopSignal()
         self._outbox = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._train, args=(spec, job, Path(checkpoint_dir), self._outbox),
+        self._thread = threading.Thread(target=self._train, args=(spec, job, attempt, self._outbox),
                                         name=f"rank-{spec.world_rank}", daemon=True)
         self._thread.start()
 
@@ -91,11 +101,11 @@ class WorkerActor:
             self._thread.join()
         return ReportBatch(reports=[item for item in batch if item is not _END], done=done)
 
-    def _train(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: Path, outbox: queue.SimpleQueue) -> None:
+    def _train(self, spec: WorkerSpec, job: JobConfig, attempt, outbox: queue.SimpleQueue) -> None:
         from orchestrator.worker.entry import run_worker
 
         try:
-            outbox.put(run_worker(spec, job, outbox.put, self._stop, checkpoint_dir))
+            outbox.put(run_worker(spec, job, outbox.put, self._stop, attempt))
         except BaseException as error:  # report everything, user code included, with its traceback
             outbox.put(ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type=type(error).__name__,
                                    message=str(error), traceback=traceback.format_exc()))

@@ -17,6 +17,8 @@ commands:
                              run `orchestrator train` on a remote cluster (Ray Job Submission)
   k8s [overrides] [--image IMAGE] [--namespace NS] [--name NAME]
                              print a KubeRay RayJob that runs `train` with these overrides on Kubernetes
+  compare [options]          compare runs: differing params, final/best metric, curves (compare --help)
+  mlflow-server              run a local MLflow tracking server until Ctrl-C (mlflow-server --help)
 """
 
 
@@ -90,7 +92,8 @@ def _train_task(cfg) -> Optional[float]:
         from launchers.job_runner import run_job
 
         console = Console()
-        summary = run_job(job, console, HydraConfig.get().overrides.task)
+        hydra = HydraConfig.get()
+        summary = run_job(job, console, hydra.overrides.task, output_dir=hydra.runtime.output_dir)
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
@@ -111,27 +114,25 @@ def _load(cfg):
 
 def print_summary(job, summary) -> None:
     """The end of a train command: accuracy, the run id, and how to open the run in the MLflow UI."""
-    outcome = summary.outcome
-    if outcome.status == "FINISHED":
-        metrics = outcome.result.metrics
-        print(f"run FINISHED in {summary.duration_s:.1f} s after {outcome.result.step} steps")
-        if "eval/accuracy" in metrics:
-            print(f"test accuracy: {metrics['eval/accuracy']:.2%} (eval/loss {metrics['eval/loss']:.4f})")
-    else:
-        print(f"run {outcome.status} after {summary.duration_s:.1f} s: {outcome.error}", file=sys.stderr)
-        if outcome.traceback:
-            print(outcome.traceback, file=sys.stderr)
-    if summary.run_id:
-        print(f"MLflow run: {summary.run_id} (experiment {job.tracking.experiment!r})")
-        print(f"open it: {ui_hint(job.tracking.uri, summary.experiment_id, summary.run_id)}")
+    from orchestrator.summary import summary_lines
+
+    for line, to_stderr in summary_lines(job, summary):
+        print(line, file=sys.stderr if to_stderr else sys.stdout)
 
 
-def ui_hint(tracking_uri: str, experiment_id: Optional[str], run_id: str) -> str:
-    """The command (or URL) that shows this run in the MLflow UI."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000, then http://127.0.0.1:5000/{page}"
+def compare_command(args: Sequence[str]) -> int:
+    """`orchestrator compare ...`: a table (or CSV/JSON, and a plot) of runs side by side."""
+    from orchestrator.compare import compare_main
+
+    return compare_main(args)
+
+
+def mlflow_server_command(args: Sequence[str]) -> int:
+    """`orchestrator mlflow-server ...`: a local MLflow tracking server in the foreground, until Ctrl-C."""
+    from launchers.mlflow_server import mlflow_server_main
+
+    with _sigterm_as_interrupt():
+        return mlflow_server_main(args)
 
 
 def plan_command(args: Sequence[str]) -> int:
@@ -229,4 +230,6 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "plan": plan_command,
     "submit": submit_command,
     "k8s": k8s_command,
+    "compare": compare_command,
+    "mlflow-server": mlflow_server_command,
 }

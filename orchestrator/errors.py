@@ -27,9 +27,17 @@ class PlanError(OrchestratorError, ValueError):
 
 
 class LaunchError(OrchestratorError):
-    """The job could not be started on the cluster (connection, placement, rendezvous)."""
+    """The job could not be started on the cluster (connection, placement, rendezvous).
+
+    `retryable` marks launches that failed for a passing reason (a worker died while starting) and
+    may be tried again under the failure policy; a placement timeout is final.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, retryable: bool = False):
+        self.retryable = retryable
+        super().__init__(message)
 
 
 class WorkerFailed(OrchestratorError):

@@ -6,7 +6,7 @@ The Ray implementation lives in `launchers/ray_launcher.py`; tests drive the con
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, Union
+from typing import Mapping, Optional, Protocol, Sequence, Union
 
 from orchestrator.rendezvous import WorkerSpec
 
@@ -45,8 +45,14 @@ class WorkerGroup(Protocol):
     def specs(self) -> Sequence[WorkerSpec]:
         """The ranks of this group (empty before `start`)."""
 
-    def start(self) -> None:
+    def start(self, resume_from: Optional[str] = None) -> None:
         """Reserve resources, start one worker per rank and set every rank running."""
+
+    def restart(self, lost_ranks: set[int], resume_from: Optional[str]) -> Mapping[str, float]:
+        """End the current attempt on every rank, replace the lost ones, start again from `resume_from`.
+
+        Returns how long the phases took, in seconds (e.g. teardown, placement_and_start).
+        """
 
     def wait(self, timeout_s: float) -> list[GroupEvent]:
         """Events that arrived within `timeout_s` (an empty list when none did)."""

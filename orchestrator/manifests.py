@@ -32,8 +32,6 @@ CHECKPOINT_CLAIM = "orchestrator-checkpoints"
 CHECKPOINT_MOUNT = "/mnt/checkpoints"
 TTL_SECONDS_AFTER_FINISHED = 600
 """How long the finished job's Ray cluster stays up (logs, dashboard) before KubeRay deletes it."""
-DEFAULT_MAX_RESTARTS = 3
-"""failure.max_restarts until that key exists in the config (issue #4); -1 = unlimited."""
 POD_CPU_HEADROOM = 1
 """CPUs per worker pod on top of its workers' share: raylet, object store and the actors' I/O."""
 POD_MEMORY_HEADROOM_GB = 2
@@ -90,9 +88,8 @@ def _whole(amount: float) -> int:
 
 
 def max_restarts(job: JobConfig) -> int:
-    """The job's in-cluster restart budget (failure.max_restarts once that key lands; 3 until then)."""
-    failure = getattr(job, "failure", None)
-    return getattr(failure, "max_restarts", DEFAULT_MAX_RESTARTS) if failure is not None else DEFAULT_MAX_RESTARTS
+    """The job's in-cluster restart budget (failure.max_restarts)."""
+    return job.failure.max_restarts
 
 
 def backoff_limit(restart_budget: int) -> int:

@@ -78,3 +78,16 @@ class LogReport:
     stream: str
     """stdout or stderr."""
     line: str
+
+
+@dataclass(frozen=True)
+class AttemptStartReport:
+    """A rank finished the first optimizer step of an attempt (the first run or one after a restart)."""
+
+    world_rank: int
+    resumed_step: int
+    """The global step the attempt started from (0 for a fresh start)."""
+    timings: Mapping[str, float]
+    """Seconds spent in: process_group, build (data + model), checkpoint_load, first_step."""
+    wall_time: float
+    """time.time() when that first step finished."""

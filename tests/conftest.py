@@ -1,4 +1,4 @@
-"""Session fixtures: one real Ray cluster for the whole session, and a leak check around every test."""
+"""Session fixtures: one real Ray cluster and one MLflow server for the session, and a leak check around every test."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def ray_cluster(tmp_path_factory):
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite store, served artifacts) on a free loopback port, stopped by its PID."""
+    from launchers.mlflow_server import MlflowServer, free_port, local_spec
+
+    data_dir = tmp_path_factory.mktemp("mlflow-server")
+    server = MlflowServer(local_spec(data_dir, port=free_port()), log_path=data_dir / "server.log").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)

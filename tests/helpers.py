@@ -59,3 +59,10 @@ def assert_no_job_resources(prefix: str = "orchestrator-", timeout_s: float = 15
     """Every actor and placement group of orchestrator jobs is gone (Ray reports deaths eventually)."""
     wait_until(lambda: job_resources_left(prefix) == ([], []), timeout_s,
                f"no actors/placement groups named {prefix}* (left: {job_resources_left(prefix)})")
+
+
+def worker_pid(address: Optional[str] = None) -> Optional[int]:
+    """The PID of some alive worker actor of an orchestrator job, or None while there is none."""
+    alive = [a for a in live_actors(address) if a.state == "ALIVE" and a.class_name == "WorkerActor"
+             and (a.name or "").startswith("orchestrator-") and a.pid]
+    return alive[0].pid if alive else None

@@ -9,10 +9,14 @@ PURE_MODULES = [
     "orchestrator", "orchestrator.config.schema", "orchestrator.config.load", "orchestrator.config.export",
     "orchestrator.plan", "orchestrator.placement", "orchestrator.rendezvous", "orchestrator.controller", "orchestrator.group",
     "orchestrator.reports", "orchestrator.console", "orchestrator.metrics.sink", "orchestrator.errors",
+    "orchestrator.policies",
     "orchestrator.manifests",
     "orchestrator.monitor", "orchestrator.monitor.devices", "orchestrator.monitor.probe", "orchestrator.monitor.detect",
     "orchestrator.monitor.summarize", "orchestrator.monitor.records", "orchestrator.monitor.recorder",
     "orchestrator.monitor.sampler",
+    "orchestrator.summary", "orchestrator.metrics.writer", "orchestrator.metrics.redact",
+    "orchestrator.metrics.console_log", "orchestrator.metrics.store_guard", "orchestrator.metrics.transport",
+    "orchestrator.metrics.mlflow_sink", "orchestrator.compare_table", "orchestrator.compare", "orchestrator.compare_plot",
 ]
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 
+from orchestrator.config.schema import FailureConfig
 from orchestrator.console import Console
-from orchestrator.controller import Controller, Phase, STOP_GRACE_S
+from orchestrator.controller import SETTLE_S, STOP_GRACE_S, Controller, Phase
 from orchestrator.errors import LaunchError
 from orchestrator.group import RankExited, RankLost, RankReport
 from orchestrator.metrics.sink import InMemorySink
-from orchestrator.reports import CheckpointReport, ErrorReport, MetricsReport, ResultReport, StepReport
+from orchestrator.reports import (
+    AttemptStartReport, CheckpointReport, ErrorReport, MetricsReport, ResultReport, StepReport,
+)
 from orchestrator.rendezvous import WorkerSpec
 
 
@@ -21,9 +24,11 @@ def _spec(rank: int) -> WorkerSpec:
 class FakeGroup:
     """Plays back scripted event batches; an exception in the script is raised from wait()."""
 
-    def __init__(self, script, start_error=None):
+    def __init__(self, script, start_error=None, restart_errors=()):
         self.script = list(script)
         self.start_error = start_error
+        self.restart_errors = list(restart_errors)
+        self.restarts = []
         self.stop_requests = 0
         self.shutdowns = 0
         self._specs = []
@@ -32,10 +37,17 @@ class FakeGroup:
     def specs(self):
         return self._specs
 
-    def start(self):
+    def start(self, resume_from=None):
+        self.started_from = resume_from
         if self.start_error:
             raise self.start_error
         self._specs = [_spec(0), _spec(1)]
+
+    def restart(self, lost_ranks, resume_from):
+        self.restarts.append((set(lost_ranks), resume_from))
+        if self.restart_errors:
+            raise self.restart_errors.pop(0)
+        return {"teardown": 0.5, "placement_and_start": 1.5}
 
     def wait(self, timeout_s):
         item = self.script.pop(0) if self.script else []
@@ -58,9 +70,10 @@ class FakeClock:
         return self.now
 
 
-def _controller(group, clock=None):
+def _controller(group, clock=None, policy=FailureConfig(max_restarts=0)):
     sink = InMemorySink()
-    controller = Controller(lambda: group, sink, Console(io.StringIO(), interactive=False), clock or FakeClock())
+    controller = Controller(lambda: group, sink, Console(io.StringIO(), interactive=False), clock or FakeClock(),
+                            failure_policy=policy)
     return controller, sink
 
 
@@ -163,3 +176,118 @@ def test_observers_see_the_group_every_report_and_the_end_even_on_failure():
                             observers=[observer])
     assert controller.run().status == "FAILED"
     assert observer.calls == [("started", [0, 1]), ("report", 1, "StepReport"), ("ended", "FAILED")]
+
+
+CHECKPOINT = RankReport(0, CheckpointReport(20, "/ckpt/run/step_000000020.pt"))
+GLOO_ERROR = ErrorReport(world_rank=0, node_ip="10.0.0.1", error_type="RuntimeError",
+                         message="[gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.1]:4711", traceback="")
+
+
+def test_a_dead_worker_is_replaced_and_the_job_resumes_from_the_last_checkpoint():
+    group = FakeGroup([[CHECKPOINT], [RankLost(1, "10.0.0.1", "killed")],
+                       [RankReport(0, AttemptStartReport(0, 20, {"process_group": 0.2, "first_step": 0.1}, 1e9))],
+                       _results()])
+    controller, sink = _controller(group, policy=FailureConfig(max_restarts=2))
+    outcome = controller.run()
+    assert outcome.status == "FINISHED" and outcome.restarts == 1
+    assert group.restarts == [({1}, "/ckpt/run/step_000000020.pt")]
+    assert sink.series("restarts") == [(20, 1.0)]
+    assert sink.tags["restart.1.rank"] == "1" and sink.tags["restart.1.kind"] == "worker died"
+    assert sink.tags["restart.1.resumed_from_step"] == "20" and sink.tags["restart.1.teardown"] == "0.500"
+    assert sink.tags["restart.1.process_group_s"] == "0.200" and "restart.1.to_first_step_s" in sink.tags
+    assert sink.checkpoints == [(20, "/ckpt/run/step_000000020.pt")]
+
+
+def test_when_the_budget_is_spent_the_job_fails_with_the_last_error():
+    group = FakeGroup([[RankLost(1, "10.0.0.1", "killed")], [RankLost(0, "10.0.0.1", "oom")]])
+    outcome = _controller(group, policy=FailureConfig(max_restarts=1))[0].run()
+    assert outcome.status == "FAILED" and len(group.restarts) == 1
+    assert outcome.error == "rank 0 on 10.0.0.1 died: oom (gave up after 1 restarts (failure.max_restarts=1))"
+
+
+def test_infra_only_fails_on_an_exception_in_user_code():
+    error = ErrorReport(world_rank=0, node_ip="10.0.0.1", error_type="ValueError", message="bad", traceback="tb")
+    group = FakeGroup([[RankReport(0, error)]])
+    outcome = _controller(group, policy=FailureConfig(max_restarts=3, restart_on="infra_only"))[0].run()
+    assert outcome.status == "FAILED" and group.restarts == [] and "raised ValueError: bad" in outcome.error
+
+
+def test_a_broken_collective_waits_for_the_death_that_caused_it():
+    clock = FakeClock()
+    group = FakeGroup([[RankReport(0, GLOO_ERROR)], [RankLost(1, "10.0.0.2", "killed")], _results()])
+    controller, sink = _controller(group, clock, FailureConfig(max_restarts=1, restart_on="infra_only"))
+    controller.step()
+    controller.step()
+    assert controller.phase is Phase.RUNNING  # settling: the gloo error alone is not the cause
+    controller.step()
+    assert controller.phase is Phase.RESTARTING and sink.tags == {}
+    assert controller.run().status == "FINISHED"
+    assert sink.tags["restart.1.kind"] == "worker died" and sink.tags["restart.1.rank"] == "1"
+
+
+def test_a_broken_collective_with_no_death_is_retried_as_infrastructure_after_settling():
+    clock = FakeClock()
+    group = FakeGroup([[RankReport(0, GLOO_ERROR)]])
+    controller, sink = _controller(group, clock, FailureConfig(max_restarts=1, restart_on="infra_only"))
+    controller.step()
+    controller.step()
+    clock.now += SETTLE_S
+    controller.step()
+    assert controller.phase is Phase.RESTARTING and controller.failure.kind.value == "communication"
+
+
+def test_a_rank_that_makes_no_progress_is_treated_as_hung_and_replaced():
+    clock = FakeClock()
+    group = FakeGroup([])
+    controller, sink = _controller(group, clock, FailureConfig(max_restarts=1, hang_timeout_s=60))
+    controller.step()
+    controller._route(0, StepReport(0, 5, 100, 0, 0.1, 5))
+    clock.now += 61
+    controller._route(0, StepReport(0, 6, 100, 0, 0.1, 1))
+    controller.step()
+    assert controller.phase is Phase.RESTARTING and "rank 1 on 10.0.0.1 finished no step for 61 s" in controller.failure.summary
+    controller.step()
+    assert group.restarts == [({1}, None)] and controller.phase is Phase.RUNNING
+
+
+def test_a_restart_that_cannot_be_placed_fails_the_job():
+    group = FakeGroup([[RankLost(1, "10.0.0.1", "node lost")]], restart_errors=[LaunchError("not placed in 60 s")])
+    outcome = _controller(group, policy=FailureConfig(max_restarts=3))[0].run()
+    assert outcome.status == "FAILED" and "restart 1 failed: not placed in 60 s" in outcome.error
+
+
+def test_a_failed_partial_restart_falls_back_to_a_whole_new_group():
+    first = FakeGroup([[RankLost(1, "10.0.0.1", "killed")]],
+                      restart_errors=[LaunchError("rank 0 died while the group was starting", retryable=True)])
+    second = FakeGroup([_results()])
+    groups = [first, second]
+    controller = Controller(lambda: groups.pop(0), InMemorySink(), Console(io.StringIO(), interactive=False),
+                            FakeClock(), failure_policy=FailureConfig(max_restarts=3))
+    outcome = controller.run()
+    assert outcome.status == "FINISHED" and outcome.restarts == 2
+    assert first.shutdowns == 1 and second.started_from is None and second.shutdowns == 1
+
+
+def test_a_worker_that_dies_while_the_first_group_starts_is_retried():
+    first = FakeGroup([], start_error=LaunchError("rank 1 died while the group was starting", retryable=True))
+    second = FakeGroup([_results()])
+    groups = [first, second]
+    controller = Controller(lambda: groups.pop(0), InMemorySink(), Console(io.StringIO(), interactive=False),
+                            FakeClock(), failure_policy=FailureConfig(max_restarts=1))
+    assert controller.run().status == "FINISHED" and first.shutdowns == 1
+
+
+def test_a_resumed_job_starts_from_its_checkpoint():
+    group = FakeGroup([_results()])
+    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
+                            resume_from="/ckpt/run/step_000000040.pt", resumed_step=40)
+    assert controller.run().status == "FINISHED" and group.started_from == "/ckpt/run/step_000000040.pt"
+
+
+def test_a_restart_takes_the_newest_checkpoint_on_disk_even_if_its_report_is_still_in_flight():
+    group = FakeGroup([[CHECKPOINT], [RankLost(1, "10.0.0.1", "killed")], _results()])
+    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
+                            failure_policy=FailureConfig(max_restarts=1),
+                            find_checkpoint=lambda: ("/ckpt/run/step_000000030.pt", 30))
+    assert controller.run().status == "FINISHED"
+    assert group.restarts == [({1}, "/ckpt/run/step_000000030.pt")]

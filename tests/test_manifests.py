@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -117,11 +116,10 @@ def test_a_pod_one_cpu_smaller_would_not_hold_a_node_of_workers(tmp_path):
 
 # --- restarts, entrypoint, overrides ---------------------------------------------------------------
 
-def test_backoff_limit_follows_the_restart_budget():
+def test_backoff_limit_follows_the_restart_budget(tmp_path):
     assert [manifests.backoff_limit(budget) for budget in (0, 1, 3, -1)] == [0, 1, 1, 1]
-    assert manifests.max_restarts(SimpleNamespace()) == manifests.DEFAULT_MAX_RESTARTS == 3
-    assert manifests.max_restarts(SimpleNamespace(failure=SimpleNamespace(max_restarts=0))) == 0
-    assert manifests.max_restarts(SimpleNamespace(failure=SimpleNamespace(max_restarts=-1))) == -1
+    assert _render(["failure.max_restarts=0"], tmp_path)["spec"]["backoffLimit"] == 0
+    assert _render(["failure.max_restarts=-1"], tmp_path)["spec"]["backoffLimit"] == 1
 
 
 def test_rayjob_cleans_up_after_itself(tmp_path):

@@ -17,6 +17,7 @@ from orchestrator.config.schema import (
     MODEL_FORMATS,
     OPTIMIZERS,
     PLACEMENT_STRATEGIES,
+    RESTART_ON,
     SCHEDULES,
     CnnConfig,
     DataConfig,
@@ -26,11 +27,14 @@ from orchestrator.config.schema import (
     SyntheticConfig,
 )
 from orchestrator.errors import ConfigError
+from orchestrator.metrics.redact import redact_value
 
 PER_NODE_STRATEGIES = ("PACK", "STRICT_SPREAD")
 RESERVED_RESOURCES = {"CPU": "scaling.cpus_per_worker", "GPU": "scaling.gpus_per_worker",
                       "memory": "scaling.memory_per_worker_gb"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+"""Stores MLflow 3 records into (a driver suffix such as postgresql+psycopg2 is allowed)."""
 DIGITS_INPUT_SHAPE = (1, 8, 8)
 DIGITS_CLASSES = 10
 
@@ -245,10 +249,34 @@ def _check_tracking_and_checkpoint(job: JobConfig, problems: _Problems) -> None:
     problems.require(bool(tracking.uri), "tracking.uri", tracking.uri, "must be a tracking URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
     problems.require(bool(tracking.experiment), "tracking.experiment", tracking.experiment, "must be a non-empty name")
     problems.choice("tracking.model_format", tracking.model_format, MODEL_FORMATS)
+    problems.at_least("tracking.max_outage_s", tracking.max_outage_s, 0)
+    problems.positive("tracking.flush_timeout_s", tracking.flush_timeout_s)
+    _check_tracking_uri(tracking.uri, problems)
     checkpoint = job.checkpoint
     if checkpoint.every_n_steps is not None:
         problems.at_least("checkpoint.every_n_steps", checkpoint.every_n_steps, 1)
     problems.at_least("checkpoint.keep_last", checkpoint.keep_last, 1)
+    failure = job.failure
+    restarts_ok = isinstance(failure.max_restarts, int) and failure.max_restarts >= -1
+    problems.require(restarts_ok, "failure.max_restarts", failure.max_restarts, "must be -1 (no limit) or a number >= 0")
+    problems.choice("failure.restart_on", failure.restart_on, RESTART_ON)
+    problems.positive("failure.hang_timeout_s", failure.hang_timeout_s)
+    if job.trainer.resume is not None:
+        problems.require(bool(job.trainer.resume.strip()), "trainer.resume", job.trainer.resume,
+                         "use latest, a checkpoint path or an MLflow run id")
+
+
+def _check_tracking_uri(uri: str, problems: _Problems) -> None:
+    """A store MLflow knows, and no password inside (it would land in the config, the params and every log)."""
+    scheme = uri.partition("://")[0].split("+", 1)[0].lower()  # a bare "databricks" is its own scheme
+    if uri and scheme not in TRACKING_SCHEMES:
+        problems.require(False, "tracking.uri", redact_value(uri), "use sqlite:///mlflow.db, "
+                         "http://127.0.0.1:5000 (a tracking server) or another MLflow store URI "
+                         f"({', '.join(TRACKING_SCHEMES)})")
+    shown = redact_value(uri)
+    problems.require(shown == uri, "tracking.uri", shown, "credentials do not belong in the config: set "
+                     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a PostgreSQL store: PGPASSWORD) "
+                     "in the environment")
 
 
 MIN_MONITOR_INTERVAL_S = 0.1

@@ -19,6 +19,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 MODEL_FORMATS = ("pt2", "pickle")
 ENTRYPOINTS = ("builtin", "script")
+RESTART_ON = ("any", "infra_only")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class TrainerConfig:
     """Log train/loss and train/samples_per_s every this many optimizer steps."""
     eval_every_n_epochs: int = 1
     """Evaluate on the test split every this many epochs (and always at the end)."""
+    resume: Optional[str] = None
+    """Continue a stopped or failed run into the same MLflow run: latest, a checkpoint file or run
+    checkpoint directory, or an MLflow run id; null = start fresh."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,8 @@ class TrackingConfig:
     """Record the run in MLflow; false = no tracking at all."""
     uri: str = "sqlite:///mlflow.db"
     """MLflow tracking URI; the default is a SQLite file in the working directory, with artifacts
-    in the folder `mlartifacts` beside it."""
+    in the folder `mlartifacts` beside it; http://127.0.0.1:5000 sends runs to a tracking server
+    (`orchestrator mlflow-server`). Credentials come from the environment, never from here."""
     experiment: str = "orchestrator"
     """MLflow experiment name (created when missing)."""
     run_name: Optional[str] = None
@@ -185,6 +190,12 @@ class TrackingConfig:
     """Log the trained model with mlflow.pytorch.log_model under the name `model`."""
     model_format: str = "pt2"
     """Serialization of the logged model: pt2 (torch.export, MLflow 3's default) or pickle."""
+    max_outage_s: float = 300.0
+    """While the tracking store is unreachable, metrics are buffered and retried with backoff for up to this
+    long; older ones are dropped (the console says which) and training goes on."""
+    flush_timeout_s: float = 30.0
+    """Longest wait at the end of the run for buffered metrics to reach the store; what is left is dropped
+    and reported."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,20 @@ class CheckpointConfig:
     """Also checkpoint every this many optimizer steps; null = only at each epoch end."""
     keep_last: int = 2
     """Complete checkpoints kept per run; older ones are deleted."""
+    upload: bool = False
+    """Also store each complete checkpoint in the run's MLflow artifacts (under checkpoints/)."""
+
+
+@dataclass(frozen=True)
+class FailureConfig:
+    """What happens when a worker dies, hangs or raises."""
+
+    max_restarts: int = 3
+    """Restarts from the newest checkpoint before the job fails; -1 = no limit."""
+    restart_on: str = "any"
+    """any (worker deaths, hangs and exceptions in user code) or infra_only (not exceptions)."""
+    hang_timeout_s: float = 300.0
+    """A rank that finishes no optimizer step for this long is treated as failed."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +269,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    failure: FailureConfig = field(default_factory=FailureConfig)
 
 
 MODEL_SCHEMAS = {"mlp": MlpConfig, "cnn": CnnConfig}

@@ -1,116 +1,216 @@
-"""The run recorder: the run's single MLflow writer, through an explicit MlflowClient.
+"""The run recorder: the run's single MLflow writer, through an explicit MlflowClient and run id.
 
-No fluent global run state is used except around `mlflow.pytorch.log_model`, which only offers the
-fluent API; there the run is activated for the call alone.
+Metrics go through a MetricWriter (a background thread sending batches), so the driver loop never
+waits on the store. Everything else (params, tags, artifacts, the model, the final status) is written
+synchronously at the start and the end of the run. Writes to a SQLite store go through a StoreGuard,
+so several runs or processes on one file take turns. Secret-looking keys never reach the store, and
+credentials in values and texts are masked (`redact.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
+import sys
 import time
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping, Optional
 
 from orchestrator.config.schema import TrackingConfig
+from orchestrator.metrics import redact
+from orchestrator.metrics.model_log import MODEL_ARTIFACT, log_pytorch_model
+from orchestrator.metrics.store_guard import StoreGuard, is_transient, sqlite_path
+from orchestrator.metrics.transport import http_sender, is_server, server_answers, store_sender
+from orchestrator.metrics.writer import MetricValue, MetricWriter, WriterReport
 
-MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "config.yaml"
 WORKERS_ARTIFACT = "workers.json"
+CHECKPOINT_ARTIFACT_DIR = "checkpoints"
+HYDRA_ARTIFACT_DIR = ".hydra"
 ERROR_ARTIFACT = "error.txt"
 ERROR_TAG = "orchestrator.error"
+PARENT_TAG = "mlflow.parentRunId"
+__all__ = ["RunRecorder", "MODEL_ARTIFACT", "CONFIG_ARTIFACT", "WORKERS_ARTIFACT", "CHECKPOINT_ARTIFACT_DIR",
+           "HYDRA_ARTIFACT_DIR", "ERROR_ARTIFACT", "ERROR_TAG", "PARENT_TAG"]
+
+Notify = Callable[[str], None]
 
 
-SQLITE_PREFIX = "sqlite:///"
+def _print_notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def local_artifact_root(tracking_uri: str) -> Optional[str]:
     """For a SQLite store, the `mlartifacts` folder beside the database file; else None (server decides)."""
-    if not tracking_uri.startswith(SQLITE_PREFIX):
-        return None
-    # sqlite:////abs/path.db names /abs/path.db; sqlite:///rel.db a path relative to the working directory
-    database = Path(tracking_uri[len(SQLITE_PREFIX):]).resolve()
-    return str(database.parent / "mlartifacts")
+    database = sqlite_path(tracking_uri)
+    return None if database is None else str(database.parent / "mlartifacts")
 
 
 class RunRecorder:
     """Writes one MLflow run: params, tags, metrics, artifacts, model and final status."""
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str, tracking: TrackingConfig):
+    def __init__(self, client: Any, run_id: str, experiment_id: str, tracking: TrackingConfig,
+                 guard: StoreGuard, notify: Notify = _print_notice, upload_checkpoints: bool = False):
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.tracking = tracking
+        self.guard = guard
+        self.notify = notify
+        self.upload_checkpoints = upload_checkpoints
+        self.uploads: Optional[ThreadPoolExecutor] = None
+        self.writer: Optional[MetricWriter] = None
+        self.flush_deadline: Optional[float] = None
+        self.flush_s: Optional[float] = None
+        """How long the final flush of buffered metrics took (None before it)."""
+        self.report: Optional[WriterReport] = None
 
     @classmethod
-    def create(cls, tracking: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, str]) -> "RunRecorder":
-        """Create the run in `tracking.experiment` (creating the experiment when missing)."""
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking.uri)
-        experiment_id = _experiment_id(client, tracking)
-        run = client.create_run(experiment_id, run_name=tracking.run_name, tags=_limited_tags(tags))
-        recorder = cls(client, run.info.run_id, experiment_id, tracking)
+    def create(cls, tracking: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, str],
+               parent_run_id: Optional[str] = None, notify: Notify = _print_notice,
+               upload_checkpoints: bool = False) -> "RunRecorder":
+        """Create the run in `tracking.experiment` (created when missing), as a child of `parent_run_id` if given."""
+        client, guard = _open_store(tracking.uri)
+        experiment_id = guard.call(lambda: _experiment_id(client, tracking))
+        tags = dict(tags, **({PARENT_TAG: parent_run_id} if parent_run_id else {}))
+        run = guard.call(lambda: client.create_run(experiment_id, run_name=tracking.run_name,
+                                                   tags=_limited_tags(redact.safe_items(tags))))
+        recorder = cls(client, run.info.run_id, experiment_id, tracking, guard, notify, upload_checkpoints)
         recorder.log_params(params)
-        return recorder
+        return recorder.start()
+
+    @classmethod
+    def attach(cls, tracking: TrackingConfig, run_id: str, notify: Notify = _print_notice,
+               upload_checkpoints: bool = False) -> Optional["RunRecorder"]:
+        """Continue an existing run (a resumed job): marked RUNNING again; None if the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        client, guard = _open_store(tracking.uri)
+        try:
+            run = guard.call(lambda: client.get_run(run_id))
+        except MlflowException:
+            return None
+        guard.call(lambda: client.update_run(run_id, status="RUNNING"))
+        return cls(client, run_id, run.info.experiment_id, tracking, guard, notify, upload_checkpoints).start()
+
+    def logged_params(self) -> dict[str, str]:
+        """The params the run already has (to compare a resumed job's config with)."""
+        return dict(self.guard.call(lambda: self.client.get_run(self.run_id)).data.params)
+
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        """With checkpoint.upload=true, copy the checkpoint to the run's `checkpoints/` artifacts.
+
+        Uploads run one at a time on the recorder's own thread, so a large file never stalls the driver;
+        `finish()` waits for the last one.
+        """
+        if not self.upload_checkpoints:
+            return
+        if self.uploads is None:
+            self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-upload")
+        self.uploads.submit(self._upload, path)
+
+    def _upload(self, path: str) -> None:
+        try:
+            self.guard.call(lambda: self.client.log_artifact(self.run_id, path, CHECKPOINT_ARTIFACT_DIR))
+        except Exception as error:  # the run goes on; the checkpoint is still on disk
+            self.notify(f"MLflow: checkpoint {path} was not uploaded: {type(error).__name__}: {error}")
+
+    def start(self) -> "RunRecorder":
+        """Start the metric writer's thread; `finish()` stops it."""
+        uri = self.tracking.uri
+        send = http_sender(uri, self.run_id) if is_server(uri) else store_sender(self.client, self.run_id, self.guard)
+        self.writer = MetricWriter(send, self.tracking.max_outage_s, is_transient).start()
+        return self
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        """Log params in batches, values cut to MLflow's length limit."""
+        """Log params in batches, secret-looking keys left out, values cut to MLflow's length limit."""
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-        items = [Param(key, _cut(str(value), MAX_PARAM_VAL_LENGTH)) for key, value in params.items()]
+        safe = redact.safe_items(params)
+        items = [Param(key, _cut(value, MAX_PARAM_VAL_LENGTH)) for key, value in safe.items()]
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[start:start + MAX_PARAMS_TAGS_PER_BATCH])
+            batch = items[start:start + MAX_PARAMS_TAGS_PER_BATCH]
+            self.guard.call(lambda: self.client.log_batch(self.run_id, params=batch))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log all metrics of one step in a single request."""
-        from mlflow.entities import Metric
-
-        timestamp = int(time.time() * 1000)
-        batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        """Buffer one step's metrics for the background writer; returns at once unless the buffer is full."""
+        timestamp_ms = int(time.time() * 1000)
+        self.writer.put([MetricValue(key, float(value), timestamp_ms, step) for key, value in metrics.items()])
+        self._announce()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Add or overwrite run tags (values cut to MLflow's limit)."""
+        """Add or overwrite run tags (secret-looking keys left out, values cut to MLflow's limit)."""
         from mlflow.entities import RunTag
 
-        batch = [RunTag(key, value) for key, value in _limited_tags(tags).items()]
-        self.client.log_batch(self.run_id, tags=batch)
+        batch = [RunTag(key, value) for key, value in _limited_tags(redact.safe_items(tags)).items()]
+        self.guard.call(lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        """Store `text` as a run artifact."""
-        self.client.log_text(self.run_id, text, artifact_file)
+        """Store `text` as a run artifact, with credentials and secret-named values masked."""
+        if self._store_down(f"the artifact {artifact_file}"):
+            return
+        self.guard.call(lambda: self.client.log_text(self.run_id, redact.redact_text(text), artifact_file))
 
     def log_model(self, model: Any, input_example: Any) -> None:
         """Log the model under the name `model` with its signature and input example."""
-        import mlflow
-        import numpy as np
-        import torch
-        from mlflow.models import infer_signature
+        if self._store_down("the model"):
+            return
+        self.guard.attempt(lambda: log_pytorch_model(self.tracking.uri, self.run_id, model, input_example,
+                                                     self.tracking.model_format))
 
-        model.eval()
-        input_example = np.array(input_example)  # Ray hands arrays over read-only; torch wants to own a copy
-        with torch.no_grad():
-            output = model(torch.from_numpy(input_example)).numpy()
-        with _active_run(self.tracking.uri, self.run_id):
-            mlflow.pytorch.log_model(
-                model,
-                name=MODEL_ARTIFACT,
-                input_example=input_example,
-                signature=infer_signature(input_example, output),
-                serialization_format=self.tracking.model_format,
-                # explicit requirements: inferring them costs ~10 s of subprocesses on a small machine
-                pip_requirements=_model_requirements(),
-            )
+    def flush(self) -> None:
+        """Wait until buffered metrics are written, at most `tracking.flush_timeout_s` for the whole run."""
+        started = time.monotonic()
+        if self.flush_deadline is None:
+            self.flush_deadline = started + self.tracking.flush_timeout_s
+        self.writer.flush(max(self.flush_deadline - started, 0.0))
+        self.flush_s = time.monotonic() - started
+        self._announce()
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
-        """Set the final status; a failed or killed run carries its error as a tag and an artifact."""
+        """Stop the writer (bounded), then set the final status; a failed run carries its error."""
+        if self.uploads is not None:
+            self.uploads.shutdown(wait=True)
+        report = self._close_writer()
+        if report.dropped.total:
+            self.notify(f"MLflow: {report.dropped.total} metric values were not recorded "
+                        f"({report.dropped.describe()})")
+        if self._store_down(f"the final status {status}"):
+            return
         if error:
-            self.set_tags({ERROR_TAG: error})
+            self.set_tags({ERROR_TAG: redact.redact_text(error)})
             self.log_text(error, ERROR_ARTIFACT)
-        self.client.set_terminated(self.run_id, status=status)
+        self.guard.call(lambda: self.client.set_terminated(self.run_id, status=status))
+
+    def _close_writer(self) -> WriterReport:
+        if self.report is None:
+            now = time.monotonic()
+            deadline = self.flush_deadline if self.flush_deadline is not None else now + self.tracking.flush_timeout_s
+            self.report = self.writer.close(max(deadline - now, 0.0))
+            self._announce()
+        return self.report
+
+    def _store_down(self, what: str) -> bool:
+        """True (and said on the console) when metric writes are failing and the server does not answer now.
+
+        Skipping then keeps the end of the run from hanging in MlflowClient's minutes of retries.
+        """
+        if self.writer.reachable or not is_server(self.tracking.uri) or server_answers(self.tracking.uri):
+            return False
+        self.notify(f"MLflow: the tracking server does not answer; {what} of run {self.run_id} is not recorded")
+        return True
+
+    def _announce(self) -> None:
+        for notice in self.writer.notices():
+            self.notify(notice)
+
+
+def _open_store(tracking_uri: str) -> tuple[Any, StoreGuard]:
+    """A client and the store's guard; the client is made under the guard, since making one opens (and on
+    first use migrates) a SQLite database."""
+    from mlflow import MlflowClient
+
+    guard = StoreGuard.for_uri(tracking_uri)
+    return guard.call(lambda: MlflowClient(tracking_uri=tracking_uri)), guard
 
 
 def _experiment_id(client: Any, tracking: TrackingConfig) -> str:
@@ -137,37 +237,3 @@ def _limited_tags(tags: Mapping[str, str]) -> dict[str, str]:
 def _cut(text: str, limit: int) -> str:
     marker = "...[truncated]"
     return text if len(text) <= limit else text[:limit - len(marker)] + marker
-
-
-def _model_requirements() -> list[str]:
-    import cloudpickle
-    import mlflow
-    import torch
-
-    torch_version = torch.__version__.split("+")[0]  # a local tag such as +cpu is not on PyPI
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch_version}", f"cloudpickle=={cloudpickle.__version__}"]
-
-
-# MLflow's fluent API keeps one process-wide tracking URI and run stack; runs recorded from several
-# threads (a sweep's trials) take turns while they hold it.
-_FLUENT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
-    import mlflow
-
-    with _FLUENT_LOCK:
-        # set_tracking_uri also writes MLFLOW_TRACKING_URI; restoring the variable's previous value
-        # (None unsets both) leaves the process environment as it was
-        previous = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(tracking_uri)
-        try:
-            mlflow.start_run(run_id=run_id)
-            try:
-                yield
-            finally:
-                # the caller sets the real final status right after; this only pops the fluent run
-                mlflow.end_run()
-        finally:
-            mlflow.set_tracking_uri(previous)

@@ -24,6 +24,12 @@ class MetricsSink(Protocol):
     def log_model(self, model: Any, input_example: Any) -> None:
         """Store the trained model so that it loads and serves."""
 
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        """A complete checkpoint exists at `path` (the recorder may upload it)."""
+
+    def flush(self) -> None:
+        """Wait (bounded) until buffered metrics are written; the end of the run calls it before the model."""
+
     def finish(self, status: str, error: Optional[str] = None) -> None:
         """End the run with FINISHED, FAILED or KILLED; a failed run carries its error."""
 
@@ -45,6 +51,12 @@ class NullSink:
     def log_model(self, model: Any, input_example: Any) -> None:
         pass
 
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
     def finish(self, status: str, error: Optional[str] = None) -> None:
         pass
 
@@ -58,8 +70,10 @@ class InMemorySink:
         self.tags: dict[str, str] = {}
         self.texts: dict[str, str] = {}
         self.models: list[tuple[Any, Any]] = []
+        self.checkpoints: list[tuple[int, str]] = []
         self.status: Optional[str] = None
         self.error: Optional[str] = None
+        self.flushed = False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.metrics.extend((step, key, float(value)) for key, value in metrics.items())
@@ -72,6 +86,12 @@ class InMemorySink:
 
     def log_model(self, model: Any, input_example: Any) -> None:
         self.models.append((model, input_example))
+
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        self.checkpoints.append((step, path))
+
+    def flush(self) -> None:
+        self.flushed = True
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
         self.status, self.error = status, error

@@ -7,10 +7,12 @@ A crash mid-write leaves only a temporary file, which `latest_checkpoint` never 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import threading
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -25,6 +27,7 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 def save_checkpoint(state: Mapping[str, Any], directory: Path, step: int, keep_last: int) -> Path:
     """Atomically write `state` as the checkpoint of `step`, then keep only the newest `keep_last`."""
     directory.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(directory)
     final = checkpoint_path(directory, step)
     temporary = directory / f".{final.name}.{os.getpid()}.tmp"
     try:
@@ -47,6 +50,20 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def remove_temporaries(directory: Path) -> None:
+    """Delete half-written files left by a writer that died mid-write (only rank 0 writes here)."""
+    for path in directory.glob(".step_*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint file holds, from its name."""
+    matched = _NAME.match(path.name)
+    if matched is None:
+        raise ValueError(f"{path} is not a checkpoint file (step_<N>.pt)")
+    return int(matched.group(1))
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -72,3 +89,54 @@ def prune_checkpoints(directory: Path, keep_last: int) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint onto the CPU (the caller moves tensors where they belong)."""
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of `value` whose tensors are detached CPU copies: safe to write while training goes on."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(item) for item in value)
+    return copy.deepcopy(value)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread: rank 0 pays only for the in-memory copy.
+
+    One write at a time: a new checkpoint first waits for the previous write, and `close()` waits for
+    the last one, so the training loop never outruns the disk by more than one checkpoint.
+    """
+
+    def __init__(self, directory: Path, keep_last: int, on_complete: Callable[[int, Path], None]):
+        self.directory = directory
+        self.keep_last = keep_last
+        self.on_complete = on_complete
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def submit(self, state: Mapping[str, Any], step: int) -> None:
+        """Write `state` (already a snapshot) as the checkpoint of `step`, in the background."""
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(state, step), daemon=True,
+                                        name="orchestrator-checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, state: Mapping[str, Any], step: int) -> None:
+        try:
+            path = save_checkpoint(state, self.directory, step, self.keep_last)
+            self.on_complete(step, path)
+        except BaseException as error:  # surfaced to the training loop by wait()
+            self._error = error
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is complete; re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    close = wait

@@ -9,31 +9,63 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
-import random
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from orchestrator.config.schema import JobConfig, TrainerConfig
-from orchestrator.reports import CheckpointReport, MetricsReport, ResultReport, StepReport
+from orchestrator.reports import AttemptStartReport, CheckpointReport, MetricsReport, ResultReport, StepReport
 from orchestrator.rendezvous import WorkerSpec
-from orchestrator.train.checkpoint import save_checkpoint
+from orchestrator.train.checkpoint import CheckpointWriter, load_checkpoint, snapshot
 from orchestrator.train.data import Dataset, ShardedBatches, load_dataset
 from orchestrator.train.evaluate import evaluate
 from orchestrator.train.models import build_model
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.precision import autocast, grad_scaler
 from orchestrator.train.timing import SyncTimer
+from orchestrator.train.rng import capture_rng, restore_rng, seed_everything
 
 HEARTBEAT_INTERVAL_S = 1.0
 """A rank between log steps still sends a StepReport this often, so the driver sees it alive."""
+
+
+@dataclass
+class WorkerCache:
+    """What a worker process keeps between attempts of a job: the data set and the built model.
+
+    A rank whose process survived a failure resumes without reloading data or rebuilding the model;
+    the checkpoint then overwrites every parameter, so the result is the same as in a new process.
+    """
+
+    key: tuple = ()
+    dataset: Optional[Dataset] = None
+    module: Optional[torch.nn.Module] = None
+    wrapper: Optional[weakref.ref] = None
+    """The DDP wrapper of the previous attempt: the module is only reused once that wrapper is gone."""
+
+    def reusable_module(self) -> Optional[torch.nn.Module]:
+        """The cached module, cleaned for a new attempt, or None if it cannot be proven clean.
+
+        A failed attempt can leave partial gradients on the parameters, and a DDP wrapper that is still
+        alive keeps its reducer's autograd hooks on them: both would silently change the next steps.
+        """
+        if self.module is None:
+            return None
+        if self.wrapper is not None and self.wrapper() is not None:
+            gc.collect()  # the failed attempt's frames may hold the wrapper in a reference cycle
+            if self.wrapper() is not None:
+                return None
+        for parameter in self.module.parameters():
+            parameter.grad = None
+        return self.module.train()
 
 
 @dataclass(frozen=True)
@@ -45,6 +77,10 @@ class TrainContext:
     emit: Callable[[object], None]
     stop_requested: Callable[[], bool]
     checkpoint_dir: Path
+    resume_from: Optional[Path] = None
+    cache: WorkerCache = field(default_factory=WorkerCache)
+    timings: dict = field(default_factory=dict)
+    """Seconds already spent by the worker in this attempt (process_group), extended by the loop."""
 
 
 def total_steps(trainer: TrainerConfig, steps_per_epoch: int) -> int:
@@ -52,36 +88,51 @@ def total_steps(trainer: TrainerConfig, steps_per_epoch: int) -> int:
     return trainer.max_steps if trainer.max_steps is not None else trainer.max_epochs * steps_per_epoch
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices) in this process."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def train(job: JobConfig, ctx: TrainContext) -> ResultReport:
     """Train this rank to the configured end, or to a stop all ranks agreed on."""
-    return build_trainer(job, ctx).fit()
+    trainer = build_trainer(job, ctx)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.writer.close()
 
 
 def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
-    """Data, model (identical on every rank), DDP wrapper, optimizer, schedule and scaler."""
+    """Data, model (identical on every rank), DDP wrapper, optimizer, schedule, scaler; resumed if asked."""
+    started = time.perf_counter()
     spec, seed = ctx.spec, job.trainer.seed
     seed_everything(seed)
-    dataset = _on_device(load_dataset(job.data, seed), ctx.device)
+    dataset, module = _data_and_model(job, ctx)
+    seed_everything(seed + 1 + spec.world_rank)  # per-rank randomness (dropout) after the shared init
     batches = ShardedBatches(dataset.train_x, dataset.train_y, spec.world_size, spec.world_rank,
                              job.data.batch_size, job.trainer.grad_accum_steps, seed)
-    module = build_model(job.model, dataset.input_shape, dataset.num_classes).to(ctx.device)
-    seed_everything(seed + 1 + spec.world_rank)  # per-rank randomness (dropout) after the shared init
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     model = DistributedDataParallel(module, device_ids=device_ids)
+    ctx.cache.wrapper = weakref.ref(model)
     optimizer = build_optimizer(job.optim, module.parameters())
     steps = total_steps(job.trainer, batches.steps_per_epoch)
-    scheduler = build_scheduler(job.optim, optimizer, steps)
-    scaler = grad_scaler(ctx.device, job.trainer.amp)
-    trainer = Trainer(job, ctx, dataset, batches, model, optimizer, scheduler, scaler, steps)
+    trainer = Trainer(job, ctx, dataset, batches, model, optimizer, build_scheduler(job.optim, optimizer, steps),
+                      grad_scaler(ctx.device, job.trainer.amp), steps)
     trainer.sync_timer.attach(model)  # each rank's time to reach gradient sync: the straggler signal
+    ctx.timings["build"] = time.perf_counter() - started
+    if ctx.resume_from is not None:
+        loaded = time.perf_counter()
+        trainer.restore(load_checkpoint(ctx.resume_from))
+        ctx.timings["checkpoint_load"] = time.perf_counter() - loaded
     return trainer
+
+
+def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Dataset, torch.nn.Module]:
+    cache = ctx.cache
+    key = (repr(job.data), repr(job.model), job.trainer.seed, str(ctx.device))
+    if cache.key != key:
+        cache.key, cache.dataset, cache.module = key, _on_device(load_dataset(job.data, job.trainer.seed), ctx.device), None
+    # a fresh start builds a fresh model (its init must match a new process); a resume overwrites it
+    reused = cache.reusable_module() if ctx.resume_from is not None else None
+    if reused is None:
+        dataset = cache.dataset
+        cache.module = build_model(job.model, dataset.input_shape, dataset.num_classes).to(ctx.device)
+    return cache.dataset, cache.module
 
 
 def _on_device(dataset: Dataset, device: torch.device) -> Dataset:
@@ -105,6 +156,16 @@ class _Window:
         self.steps = 0
         self.started = time.perf_counter()
 
+    def state(self) -> dict[str, Any]:
+        """The sums so far: a resumed run logs the same mean loss at the next log step."""
+        return {"loss_sum": self.loss_sum.item(), "micro_batches": self.micro_batches, "samples": self.samples,
+                "steps": self.steps}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.reset()
+        self.loss_sum += state["loss_sum"]
+        self.micro_batches, self.samples, self.steps = state["micro_batches"], state["samples"], state["steps"]
+
 
 class Trainer:
     """Runs optimizer steps, logging, checkpoints and evaluation for one rank."""
@@ -113,14 +174,13 @@ class Trainer:
         self.job, self.ctx, self.dataset, self.batches = job, ctx, dataset, batches
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.total_steps = steps
-        self.step = 0
-        self.epoch = 0
-        self.steps_in_epoch = 0
+        self.step = self.epoch = self.steps_in_epoch = 0
+        self.resumed_step = 0
         self.window = _Window(ctx.device)
         self.last_heartbeat = time.monotonic()
         self.eval_metrics: dict[str, float] = {}
-        self.evaluated_at = -1
-        self.checkpointed_at = -1
+        self.evaluated_at = self.checkpointed_at = -1
+        self.writer = CheckpointWriter(ctx.checkpoint_dir, job.checkpoint.keep_last, self._checkpoint_done)
         self.sync_timer = SyncTimer(ctx.device)
 
     def fit(self) -> ResultReport:
@@ -128,6 +188,8 @@ class Trainer:
         while self.step < self.total_steps:
             for micro_batches in self.batches.epoch(self.epoch, skip_steps=self.steps_in_epoch):
                 self._optimizer_step(micro_batches)
+                if self.step == self.resumed_step + 1:
+                    self._attempt_started()
                 if self._after_step():
                     return self._finish(stopped=True)
                 if self.step >= self.total_steps:
@@ -158,6 +220,11 @@ class Trainer:
         self.steps_in_epoch += 1
         self.window.steps += 1
 
+    def _attempt_started(self) -> None:
+        self.ctx.timings["first_step"] = time.perf_counter() - self.window.started
+        self.ctx.emit(AttemptStartReport(world_rank=self.ctx.spec.world_rank, resumed_step=self.resumed_step,
+                                         timings=dict(self.ctx.timings), wall_time=time.time()))
+
     def _after_step(self) -> bool:
         """Log, heartbeat and checkpoint as due; True when the ranks agreed to stop here."""
         trainer, stop = self.job.trainer, False
@@ -174,12 +241,9 @@ class Trainer:
         """All-reduce the window's loss, samples and stop votes; rank 0 reports; True = stop."""
         elapsed = time.perf_counter() - self.window.started
         vote = 1.0 if self.ctx.stop_requested() else 0.0
-        totals = torch.stack([
-            self.window.loss_sum,
-            torch.tensor(float(self.window.micro_batches), dtype=torch.float64, device=self.ctx.device),
-            torch.tensor(float(self.window.samples), dtype=torch.float64, device=self.ctx.device),
-            torch.tensor(vote, dtype=torch.float64, device=self.ctx.device),
-        ])
+        values = [float(self.window.micro_batches), float(self.window.samples), vote]
+        totals = torch.cat([self.window.loss_sum.reshape(1),
+                            torch.tensor(values, dtype=torch.float64, device=self.ctx.device)])
         if self.ctx.spec.world_size > 1:
             dist.all_reduce(totals)
         loss_sum, micro_batches, samples, votes = totals.tolist()
@@ -217,24 +281,54 @@ class Trainer:
             self.ctx.emit(MetricsReport(step=self.step, metrics=self.eval_metrics))
 
     def _checkpoint(self) -> None:
-        if self.ctx.spec.world_rank != 0 or self.checkpointed_at == self.step:
+        """Every rank hands over its RNG states; rank 0 snapshots everything and writes in the background."""
+        if self.checkpointed_at == self.step:
             return
         self.checkpointed_at = self.step
-        state = {
-            "model": self.model.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+        spec = self.ctx.spec
+        states = [None] * spec.world_size if spec.world_rank == 0 else None
+        if spec.world_size > 1:
+            dist.gather_object(capture_rng(), states, dst=0)
+        elif states is not None:
+            states[0] = capture_rng()
+        if spec.world_rank == 0:
+            self.writer.submit(self._state(states), self.step)
+
+    def _state(self, rng_states: list) -> dict[str, Any]:
+        return {
+            "model": snapshot(self.model.module.state_dict()),
+            "optimizer": snapshot(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "steps_in_epoch": self.steps_in_epoch,
+            "step": self.step, "epoch": self.epoch, "steps_in_epoch": self.steps_in_epoch,
+            "window": self.window.state(),
+            "rng": rng_states,
+            "world_size": self.ctx.spec.world_size,
         }
-        path = save_checkpoint(state, self.ctx.checkpoint_dir, self.step, self.job.checkpoint.keep_last)
-        self.ctx.emit(CheckpointReport(step=self.step, path=str(path)))
+
+    def _checkpoint_done(self, step: int, path: Path) -> None:
+        self.ctx.emit(CheckpointReport(step=step, path=str(path)))
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the checkpoint's run stopped (weights, optimizer, data position, RNG)."""
+        self.model.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.steps_in_epoch = state["step"], state["epoch"], state["steps_in_epoch"]
+        self.resumed_step = self.checkpointed_at = self.step
+        self.window.restore(state["window"])
+        rng = state["rng"]
+        if self.ctx.spec.world_rank < len(rng):
+            restore_rng(rng[self.ctx.spec.world_rank])
+        else:  # the world grew: a new rank has no saved stream, give it a distinct reproducible one
+            seed_everything(self.job.trainer.seed + 1 + self.ctx.spec.world_rank + self.step)
 
     def _finish(self, stopped: bool) -> ResultReport:
         if not stopped and self.evaluated_at != self.step:
             self._evaluate()
+        self._checkpoint()  # the end state is always on disk (a no-op when this step is saved already)
+        self.writer.wait()
         weights = {name: tensor.detach().cpu() for name, tensor in self.model.module.state_dict().items()}
         result = ResultReport(world_rank=self.ctx.spec.world_rank, step=self.step, stopped=stopped,
                               metrics=self.eval_metrics, params_digest=state_digest(weights))

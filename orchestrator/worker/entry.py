@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Optional, Union
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.reports import ErrorReport, ResultReport
@@ -23,27 +25,40 @@ def select_device(spec: WorkerSpec):
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a rank: where checkpoints go, the checkpoint to resume from, the process's cache."""
+
+    checkpoint_dir: Path
+    resume_from: Optional[Path] = None
+    cache: Any = None
+    """orchestrator.train.loop.WorkerCache kept by the worker process across attempts."""
+
+
 def run_worker(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
-               checkpoint_dir: Path) -> Union[ResultReport, ErrorReport]:
+               attempt: Attempt) -> Union[ResultReport, ErrorReport]:
     """Run this rank of the job to its end and return its result."""
     if job.entrypoint == "script":
         from orchestrator.worker.script import run_script
 
         return run_script(spec, job, emit, stop)
-    return _run_builtin(spec, job, emit, stop, checkpoint_dir)
+    return _run_builtin(spec, job, emit, stop, attempt)
 
 
-def _run_builtin(spec, job, emit, stop: StopSignal, checkpoint_dir: Path) -> ResultReport:
+def _run_builtin(spec, job, emit, stop: StopSignal, attempt: Attempt) -> ResultReport:
     import torch
 
-    from orchestrator.train.loop import TrainContext, train
+    from orchestrator.train.loop import TrainContext, WorkerCache, train
     from orchestrator.worker.ddp import pin_socket_interface, process_group
 
     os.environ.update(spec.env)
     pin_socket_interface(spec.node_ip)
     torch.set_num_threads(spec.torch_threads)
     device = select_device(spec)
+    started = time.perf_counter()
     with process_group(spec, device, job.scaling.rendezvous_timeout_s):
         context = TrainContext(spec=spec, device=device, emit=emit, stop_requested=stop.is_set,
-                               checkpoint_dir=checkpoint_dir)
+                               checkpoint_dir=attempt.checkpoint_dir, resume_from=attempt.resume_from,
+                               cache=attempt.cache if attempt.cache is not None else WorkerCache(),
+                               timings={"process_group": time.perf_counter() - started})
         return train(job, context)

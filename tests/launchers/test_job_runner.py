@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -14,7 +15,7 @@ import torch
 from launchers.job_runner import run_job
 from orchestrator.config.export import flat_params
 from orchestrator.console import Console
-from tests.helpers import assert_no_job_resources, compose_job, live_actors, wait_until
+from tests.helpers import assert_no_job_resources, compose_job, wait_until, worker_pid
 
 
 def _run(overrides, tmp_path):
@@ -83,21 +84,17 @@ def test_an_exception_on_a_rank_fails_the_run_with_its_traceback(ray_cluster, tm
 
 
 def test_a_killed_worker_process_fails_the_run_and_nothing_is_left(ray_cluster, tmp_path):
-    job = compose_job(["model=mlp", "trainer.max_steps=1000000", "tracking.log_model=false"], tmp_path)
+    job = compose_job(["model=mlp", "trainer.max_steps=1000000", "tracking.log_model=false", "failure.max_restarts=0"],
+                      tmp_path)
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(summary=run_job(job, Console(io.StringIO(), False))))
     runner.start()
 
-    def rank1_pid():
-        alive = [a for a in live_actors() if a.state == "ALIVE"
-                 and (a.name or "").startswith("orchestrator-") and a.name.endswith("-rank1")]
-        return alive[0].pid if alive and alive[0].pid else None
-
-    wait_until(lambda: rank1_pid() is not None, 60, "rank 1's actor to run")
-    os.kill(rank1_pid(), signal.SIGKILL)
+    wait_until(lambda: worker_pid() is not None, 60, "a worker of the job to run")
+    os.kill(worker_pid(), signal.SIGKILL)
     runner.join(timeout=120)
     assert not runner.is_alive()
     summary = outcome["summary"]
-    assert summary.outcome.status == "FAILED" and "rank 1" in summary.outcome.error and "died" in summary.outcome.error
+    assert summary.outcome.status == "FAILED" and re.match(r"rank \d on [\d.]+ died", summary.outcome.error)
     assert _client(job).get_run(summary.run_id).info.status == "FAILED"
     assert_no_job_resources()

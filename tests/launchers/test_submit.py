@@ -54,7 +54,7 @@ def token_head():
     try:
         wait_until(lambda: "Ray runtime started" in log.read_text() or head.poll() is not None, 120, "the Ray head")
         assert head.poll() is None, log.read_text()[-2000:]
-        yield ports
+        yield {**ports, "logs": temp / "session_latest" / "logs"}
     finally:
         head.terminate()
         head.wait(timeout=60)
@@ -126,5 +126,8 @@ def test_a_missing_or_wrong_token_says_how_to_provide_it(token_head, tmp_path):
 def test_a_job_runs_through_ray_client(token_head, tmp_path):
     done = _orchestrator(["train", f"cluster.address=ray://127.0.0.1:{token_head['client']}", "model=mlp",
                           "trainer.max_steps=3", "tracking.log_model=false"], tmp_path, _env())
-    assert done.returncode == 0, done.stderr[-3000:]
+    # the proxy's own error only points at its log files on the head: show them when this fails
+    server_logs = "".join(f"\n--- {path.name}\n{path.read_text()[-3000:]}"
+                          for path in sorted(token_head["logs"].glob("ray_client_server*")))
+    assert done.returncode == 0, done.stderr[-3000:] + server_logs
     assert "run FINISHED" in done.stdout

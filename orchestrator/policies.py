@@ -1,0 +1,72 @@
+"""Pure failure decisions: given what failed and how many restarts were spent, restart or give up."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional
+
+from orchestrator.config.schema import FailureConfig
+
+
+class FailureKind(enum.Enum):
+    """Why a rank is considered failed."""
+
+    WORKER_DIED = "worker died"
+    """Its process ended without finishing: killed, out of memory, its node lost."""
+    HANG = "hang"
+    """It finished no optimizer step within failure.hang_timeout_s."""
+    USER_ERROR = "exception"
+    """Code on the rank raised (the training loop, the model, the user's script)."""
+    COMMUNICATION = "communication"
+    """A collective failed because a peer went away or stopped answering (a consequence, usually)."""
+    LAUNCH = "launch"
+    """Its group could not be (re)started: placement timed out, a worker died while starting."""
+
+    @property
+    def is_infra(self) -> bool:
+        """True for failures of the machinery rather than of the code being trained."""
+        return self is not FailureKind.USER_ERROR
+
+
+# what gloo, NCCL and torch.distributed say when a peer crashed, vanished or stopped answering
+_COMMUNICATION_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Connection refused",
+                          "Broken pipe", "remote worker crashing", "NCCL error", "ncclRemoteError",
+                          "ProcessGroupNCCL", "ProcessGroupGloo", "Socket Timeout", "timed out after")
+_COMMUNICATION_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError")
+
+
+def classify_error(error_type: str, message: str) -> "FailureKind":
+    """COMMUNICATION for collectives broken by a lost peer, else USER_ERROR."""
+    if error_type in _COMMUNICATION_TYPES or any(marker in message for marker in _COMMUNICATION_MARKERS):
+        return FailureKind.COMMUNICATION
+    return FailureKind.USER_ERROR
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failure of the job, as the controller saw it."""
+
+    kind: FailureKind
+    summary: str
+    world_rank: Optional[int] = None
+    node_ip: Optional[str] = None
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Restart from the newest checkpoint, or fail the job; `reason` says why in words."""
+
+    restart: bool
+    reason: str
+
+
+def decide(failure: Failure, restarts_done: int, policy: FailureConfig) -> Decision:
+    """Restart unless the failure kind is excluded or the restart budget is spent."""
+    if not failure.kind.is_infra and policy.restart_on == "infra_only":
+        return Decision(False, "failure.restart_on=infra_only: exceptions raised by the code are not retried")
+    if policy.max_restarts != -1 and restarts_done >= policy.max_restarts:
+        return Decision(False, f"gave up after {restarts_done} restarts (failure.max_restarts={policy.max_restarts})")
+    budget = "no limit" if policy.max_restarts == -1 else f"{policy.max_restarts - restarts_done} left"
+    return Decision(True, f"restart {restarts_done + 1} ({budget})")

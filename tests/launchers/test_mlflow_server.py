@@ -1,0 +1,97 @@
+"""`orchestrator mlflow-server`: bad input refused before anything starts; a basic-auth server end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from launchers.mlflow_server import free_port
+from orchestrator.cli import main
+from orchestrator.config.schema import TrackingConfig
+from orchestrator.metrics.mlflow_sink import RunRecorder
+from orchestrator.metrics.transport import TrackingUnavailable, check_server
+from tests.helpers import wait_until
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend-store-uri", "mysql://db/mlflow"],
+     "--backend-store-uri=mysql://db/mlflow is not valid: use sqlite:///path/to/mlflow.db or postgresql://"),
+    (["--backend-store-uri", "postgresql://mlflow:pw@db/mlflow"], "a PostgreSQL store needs the psycopg2 driver"),
+    (["--port", "70000"], "--port=70000 is not valid: use a port in 1-65535"),
+    (["--workers", "0"], "--workers=0 is not valid: use 1 or more"),
+])
+def test_bad_options_exit_2_naming_the_value(args, message, tmp_path, capsys):
+    assert main(["mlflow-server", "--dir", str(tmp_path / "server"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "pw@" not in err
+    assert not (tmp_path / "server").exists()
+
+
+def test_a_port_in_use_and_basic_auth_without_its_settings_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_FLASK_SERVER_SECRET_KEY", raising=False)
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["mlflow-server", "--dir", str(tmp_path / "server"), "--port", str(port), "--basic-auth"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--port={port} is not valid: 127.0.0.1:{port} is already in use" in err
+    assert "--basic-auth needs MLFLOW_FLASK_SERVER_SECRET_KEY in the environment" in err
+    assert "set MLFLOW_AUTH_ADMIN_PASSWORD in the environment for the first start" in err
+
+
+def test_the_command_serves_with_basic_auth_taking_logins_from_the_environment_and_stops_on_ctrl_c(
+        tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    admin_password = "Orchestrator-Test-Admin-2026!"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, MLFLOW_FLASK_SERVER_SECRET_KEY="a-test-secret-key-for-csrf-0123456789",
+               MLFLOW_AUTH_ADMIN_PASSWORD=admin_password)
+    command = [sys.executable, "-m", "orchestrator", "mlflow-server", "--port", str(port), "--dir",
+               str(tmp_path / "server"), "--basic-auth"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), name="test-server-output")
+    reader.start()
+    try:
+        wait_until(lambda: any(line.startswith(f"MLflow tracking server: {url}") for line in lines)
+                   or process.poll() is not None, 180, "the server to be up")
+        assert process.poll() is None, "".join(lines)
+        with pytest.raises(TrackingUnavailable, match=r"refused the login \(HTTP 401\): set MLFLOW_TRACKING_USERNAME"):
+            check_server(url, "auth")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
+        check_server(url, "auth")
+        notices: list[str] = []
+        recorder = RunRecorder.create(TrackingConfig(uri=url, experiment="auth"), {"optim.lr": "0.1"},
+                                      {"orchestrator.overrides": "optim.lr=0.1"}, notify=notices.append)
+        for step in range(1, 4):
+            recorder.log_metrics({"train/loss": 1.0 / step}, step)
+        recorder.flush()
+        recorder.finish("FINISHED")
+        client = MlflowClient(url)
+        run = client.get_run(recorder.run_id)
+        assert run.info.status == "FINISHED" and run.data.params == {"optim.lr": "0.1"}
+        assert [m.value for m in client.get_metric_history(recorder.run_id, "train/loss")] == [1.0, 0.5, 1 / 3]
+        assert not notices and admin_password not in repr(run.data)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(timeout=30)
+    # the server ran in its own process group, which the command stopped: nothing listens any more
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    assert "stopping the MLflow server" in "".join(lines)

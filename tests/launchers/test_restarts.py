@@ -1,0 +1,181 @@
+"""Surviving failures on the real cluster: exact continuation after a SIGKILL, a kill mid-checkpoint,
+a hung rank, an exhausted restart budget, and resuming a run stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launchers.job_runner import run_job
+from orchestrator.console import Console
+from tests.helpers import assert_no_job_resources, compose_job, wait_until, worker_pid
+
+# dropout makes the run depend on every rank's RNG stream, so exactness also proves the RNG restore
+EXACT = ["model=mlp", "model.dropout=0.1", "trainer.max_steps=300", "trainer.log_every_n_steps=1",
+         "checkpoint.every_n_steps=25", "tracking.log_model=false", "data.batch_size=16"]
+
+
+def _start(overrides, tmp_path):
+    """Run the job on a thread of the test; returns (job, thread, holder of the summary)."""
+    job = compose_job(overrides, tmp_path)
+    holder: dict = {}
+    thread = threading.Thread(target=lambda: holder.update(summary=run_job(job, Console(io.StringIO(), False))),
+                              name="test-job")
+    thread.start()
+    return job, thread, holder
+
+
+def _finish(thread, holder, timeout_s=300):
+    thread.join(timeout=timeout_s)
+    assert not thread.is_alive(), "the job did not end"
+    return holder["summary"]
+
+
+def _losses(job, run_id) -> dict[int, float]:
+    from mlflow import MlflowClient
+
+    history = MlflowClient(job.tracking.uri).get_metric_history(run_id, "train/loss")
+    return {metric.step: metric.value for metric in sorted(history, key=lambda m: m.timestamp)}
+
+
+def _tags(job, run_id) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return MlflowClient(job.tracking.uri).get_run(run_id).data.tags
+
+
+def _checkpoints(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.glob("step_*.pt")) if directory.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, tmp_path_factory):
+    """The reference: the same config, never interrupted."""
+    base = tmp_path_factory.mktemp("reference")
+    job = compose_job(EXACT, base)
+    summary = run_job(job, Console(io.StringIO(), False))
+    assert summary.outcome.status == "FINISHED"
+    return summary, _losses(job, summary.run_id)
+
+
+def test_sigkill_of_a_worker_continues_bit_for_bit_from_the_checkpoint(uninterrupted, tmp_path):
+    reference, reference_losses = uninterrupted
+    job, thread, holder = _start(EXACT, tmp_path)
+    runs = tmp_path / "checkpoints"
+    wait_until(lambda: any(_checkpoints(d) for d in runs.glob("*")), 120, "a first checkpoint")
+    killed_at = time.time()
+    os.kill(worker_pid(), signal.SIGKILL)
+    summary = _finish(thread, holder)
+    outcome = summary.outcome
+    assert outcome.status == "FINISHED", outcome.error
+    assert outcome.restarts == 1
+    tags = _tags(job, summary.run_id)
+    resumed = int(tags["restart.1.resumed_from_step"])
+    assert resumed >= 25 and resumed % 25 == 0 and tags["restart.1.kind"] == "worker died"
+    assert float(tags["restart.1.first_step_at"]) > killed_at
+    for rank, result in outcome.rank_results.items():
+        assert result.params_digest == reference.outcome.rank_results[rank].params_digest
+    for name, weight in outcome.result.model_state.items():
+        assert torch.equal(weight, reference.outcome.result.model_state[name])
+    losses = _losses(job, summary.run_id)
+    after = [step for step in reference_losses if step > resumed]
+    assert after and [losses[step] for step in after] == [reference_losses[step] for step in after]
+    assert_no_job_resources()
+
+
+def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(ray_cluster, tmp_path):
+    # a big model makes each write take long enough to kill the writer (rank 0) in the middle of it
+    overrides = ["model=mlp", "model.hidden_sizes=[2048,2048]", "trainer.max_steps=80", "checkpoint.every_n_steps=10",
+                 "tracking.log_model=false", "checkpoint.keep_last=5"]
+    job, thread, holder = _start(overrides, tmp_path)
+    runs = tmp_path / "checkpoints"
+
+    def writing():
+        for temporary in runs.glob("*/.step_*.tmp"):
+            step = int(re.search(r"step_(\d+)", temporary.name).group(1))
+            if step >= 20:
+                return temporary
+        return None
+
+    wait_until(lambda: writing() is not None, 120, "a checkpoint write in progress")
+    temporary = writing()
+    writer_pid = int(temporary.name.split(".")[-2])
+    os.kill(writer_pid, signal.SIGKILL)
+    interrupted_step = int(re.search(r"step_(\d+)", temporary.name).group(1))
+    summary = _finish(thread, holder)
+    assert summary.outcome.status == "FINISHED", summary.outcome.error
+    resumed = int(_tags(job, summary.run_id)["restart.1.resumed_from_step"])
+    assert resumed == interrupted_step - 10, "resume must take the last complete checkpoint"
+    assert not list(runs.glob("*/.step_*.tmp")), "half-written files must not survive"
+    assert_no_job_resources()
+
+
+def test_a_hung_rank_is_detected_killed_and_replaced(ray_cluster, tmp_path):
+    overrides = ["model=mlp", "trainer.max_steps=400", "checkpoint.every_n_steps=20", "tracking.log_model=false",
+                 "failure.hang_timeout_s=20", "scaling.rendezvous_timeout_s=60"]
+    job, thread, holder = _start(overrides, tmp_path)
+    wait_until(lambda: any(_checkpoints(d) for d in (tmp_path / "checkpoints").glob("*")), 120, "a checkpoint")
+    os.kill(worker_pid(), signal.SIGSTOP)  # alive but frozen: no death notice, only silence
+    summary = _finish(thread, holder)
+    assert summary.outcome.status == "FINISHED", summary.outcome.error
+    tags = _tags(job, summary.run_id)
+    assert tags["restart.1.kind"] == "hang" and "finished no step for" in tags["restart.1.reason"]
+    assert_no_job_resources()
+
+
+def test_when_restarts_run_out_the_run_fails_with_the_last_error(ray_cluster, tmp_path):
+    from mlflow import MlflowClient
+
+    overrides = ["model=mlp", "trainer.max_steps=1000000", "checkpoint.every_n_steps=20", "tracking.log_model=false",
+                 "failure.max_restarts=1", "checkpoint.keep_last=10"]
+    job, thread, holder = _start(overrides, tmp_path)
+    runs = tmp_path / "checkpoints"
+    for round_ in range(2):
+        # kill only once this attempt trains: each round waits for a checkpoint the round before did not have
+        wait_until(lambda: sum(len(_checkpoints(d)) for d in runs.glob("*")) > round_, 120, "training to go on")
+        seen: list = []
+        wait_until(lambda: seen.append(worker_pid()) or seen[-1] is not None, 120, "a running worker")
+        os.kill(seen[-1], signal.SIGKILL)
+        wait_until(lambda: worker_pid() != seen[-1] or not thread.is_alive(), 120, "the worker to be replaced")
+    summary = _finish(thread, holder)
+    outcome = summary.outcome
+    assert outcome.status == "FAILED" and outcome.restarts == 1
+    assert "gave up after 1 restarts (failure.max_restarts=1)" in outcome.error and "died" in outcome.error
+    run = MlflowClient(job.tracking.uri).get_run(summary.run_id)
+    assert run.info.status == "FAILED" and "gave up after 1 restarts" in run.data.tags["orchestrator.error"]
+    assert_no_job_resources()
+
+
+def test_a_run_stopped_with_ctrl_c_resumes_into_the_same_run_and_ends_identical(uninterrupted, ray_cluster, tmp_path):
+    from mlflow import MlflowClient
+
+    reference, _ = uninterrupted
+    command = [sys.executable, "-m", "orchestrator", "train", *EXACT, f"cluster.address={ray_cluster.address}"]
+    first = subprocess.Popen(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    runs = tmp_path / "checkpoints"
+    wait_until(lambda: any(_checkpoints(d) for d in runs.glob("*")), 120, "a first checkpoint")
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=120)
+    assert first.returncode == 130
+    second = subprocess.run(command + ["trainer.resume=latest"], cwd=tmp_path, text=True, capture_output=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("orchestrator").experiment_id])
+    assert run.info.status == "FINISHED" and "orchestrator.resumed_from" in run.data.tags
+    workers = client.download_artifacts(run.info.run_id, "workers.json", str(tmp_path))
+    import json
+
+    digests = {worker["rank"]: worker["params_digest"] for worker in json.loads(Path(workers).read_text())}
+    assert digests == {rank: result.params_digest for rank, result in reference.outcome.rank_results.items()}
+    assert_no_job_resources()

@@ -1,0 +1,168 @@
+"""`orchestrator compare` on planted runs: rows, order, differing params, csv/json, the plot, errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.compare_table import RunRecord, build_rows, differing_params
+
+ACCURACY = {
+    "alpha": [(100, 0.80), (200, 0.90), (300, 0.88)],
+    "beta": [(100, 0.70), (200, 0.85), (300, 0.95)],
+    "gamma": [(100, 0.50), (200, 0.60)],
+}
+PARAMS = {
+    "alpha": {"model.name": "cnn", "optim.lr": "0.01", "trainer.seed": "0"},
+    "beta": {"model.name": "cnn", "optim.lr": "0.001", "trainer.seed": "0"},
+    "gamma": {"model.name": "mlp", "optim.lr": "0.01", "trainer.seed": "0"},
+    "delta": {"model.name": "mlp", "optim.lr": "0.1", "trainer.seed": "0"},
+}
+
+
+def plant(client, experiment_id, name, tags=None, start_ms=1_000_000, seconds=60.0):
+    """A finished run with PARAMS[name], eval/accuracy from ACCURACY and a train/loss curve."""
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(experiment_id, start_time=start_ms, run_name=name, tags=tags or {})
+    run_id = run.info.run_id
+    points = ACCURACY.get(name, [])
+    metrics = [Metric("eval/accuracy", value, start_ms + step, step) for step, value in points]
+    metrics += [Metric("train/loss", 2.0 / (1 + step / 50) + len(name) / 100, start_ms + step, step)
+                for step in range(10, 310, 10)]
+    params = [Param(key, value) for key, value in PARAMS.get(name, {}).items()]
+    client.log_batch(run_id, metrics=metrics, params=params)
+    client.set_terminated(run_id, "FINISHED", end_time=start_ms + int(seconds * 1000))
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A SQLite store with experiment `cmp`: four runs, and a sweep `sw1` whose children are beta and gamma."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('compare') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("cmp")
+    parent = client.create_run(experiment_id, run_name="sweep-sw1", tags={"orchestrator.sweep_id": "sw1"}).info.run_id
+    ids = {name: plant(client, experiment_id, name, tags={"mlflow.parentRunId": parent} if name in ("beta", "gamma")
+                       else None, seconds=60.0 + index) for index, name in enumerate(PARAMS)}
+    return uri, ids
+
+
+def compare(capsys, uri, *args):
+    capsys.readouterr()  # MLflow prints "View run ..." links while runs are planted on a server
+    code = main(["compare", "--tracking-uri", uri, "--experiment", "cmp", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_table_ranks_runs_best_first_and_shows_only_differing_params(store, capsys):
+    uri, ids = store
+    code, out, err = compare(capsys, uri)
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split() == ["run", "id", "name", "status", "duration", "model.name", "optim.lr", "final",
+                              "eval/accuracy", "best", "eval/accuracy", "(max)"]
+    assert [line.split()[1] for line in lines] == ["beta", "alpha", "gamma", "delta"]  # the sweep parent left out
+    assert lines[0].split() == [ids["beta"][:12], "beta", "FINISHED", "1", "min", "01", "s", "cnn", "0.001", "0.95",
+                                "0.95", "@300"]
+    assert lines[1].split()[-3:] == ["0.88", "0.9", "@200"]  # final differs from best
+    assert lines[3].split()[-2:] == ["-", "-"]  # no eval/accuracy: last, without values
+
+
+def test_a_sweep_selects_its_children_and_runs_and_filters_narrow_the_selection(store, capsys):
+    uri, ids = store
+    _, out, _ = compare(capsys, uri, "--sweep", "sw1", "--format", "json")
+    assert [run["run_name"] for run in json.loads(out)["runs"]] == ["beta", "gamma"]
+    _, out, _ = compare(capsys, uri, "--runs", ids["gamma"], ids["alpha"], "--format", "json")
+    assert [run["run_name"] for run in json.loads(out)["runs"]] == ["alpha", "gamma"]
+    _, out, _ = compare(capsys, uri, "--filter", "params.model.name = 'cnn'", "--format", "json")
+    report = json.loads(out)
+    assert [run["run_name"] for run in report["runs"]] == ["beta", "alpha"]
+    assert report["differing_params"] == ["optim.lr"]
+
+
+def test_csv_and_json_shapes(store, capsys):
+    uri, ids = store
+    _, out, _ = compare(capsys, uri, "--metric", "train/loss", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["run_id", "run_name", "status", "duration_s", "params.model.name", "params.optim.lr",
+                             "final", "best", "best_step"]
+    assert [row["run_name"] for row in rows] == ["beta", "alpha", "delta", "gamma"]  # min: lowest loss first
+    assert rows[0]["run_id"] == ids["beta"] and rows[0]["best_step"] == "300"
+    assert float(rows[0]["best"]) == pytest.approx(2.0 / 7 + 0.04) and float(rows[0]["duration_s"]) == 61.0
+
+    _, out, _ = compare(capsys, uri, "--format", "json", "--mode", "min")
+    report = json.loads(out)
+    assert set(report) == {"metric", "mode", "differing_params", "runs"}
+    assert (report["metric"], report["mode"], report["differing_params"]) == ("eval/accuracy", "min",
+                                                                              ["model.name", "optim.lr"])
+    gamma = report["runs"][0]
+    assert gamma == {"run_id": ids["gamma"], "run_name": "gamma", "status": "FINISHED", "duration_s": 62.0,
+                     "params": {"model.name": "mlp", "optim.lr": "0.01"}, "final": 0.6, "best": 0.5,
+                     "best_step": 100}
+
+
+def test_the_plot_is_a_png_of_the_expected_size_with_one_curve_per_run(store, capsys, tmp_path):
+    from matplotlib.image import imread
+
+    uri, _ = store
+    path = tmp_path / "accuracy.png"
+    code, _, err = compare(capsys, uri, "--plot", str(path))
+    assert code == 0 and f"plot: {path} (3 curves of eval/accuracy)" in err
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (1000, 600)
+    pixels = imread(path)
+    assert pixels.shape[:2] == (600, 1000) and pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--experiment", "nope"], "--experiment 'nope' does not exist; experiments: cmp, Default"),
+    (["--sweep", "sw9"], "--sweep 'sw9' is not in experiment 'cmp'; sweeps there: sw1"),
+    (["--metric", "eval/f1"], "--metric 'eval/f1': none of the 4 selected runs has it; their metrics: "
+                              "eval/accuracy, train/loss"),
+    (["--runs", "0123456789abcdef"], "--runs: no run with id '0123456789abcdef'"),
+    (["--filter", "params.model = 'cnn'"], "no runs match in experiment 'cmp' with --filter \"params.model = 'cnn'\" "
+                                           "(4 runs without it; their params: model.name, optim.lr, trainer.seed)"),
+    (["--filter", "bogus ="], "--filter 'bogus =' is not valid: Invalid clause(s) in filter string"),
+])
+def test_unknown_names_exit_2_saying_what_exists(store, capsys, args, message):
+    uri, _ = store
+    code, out, err = compare(capsys, uri, *args)
+    assert code == 2 and out == ""
+    assert message in err
+
+
+def test_a_missing_store_is_an_error_and_is_not_created(tmp_path, capsys):
+    missing = tmp_path / "absent.db"
+    assert main(["compare", "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert f"no MLflow store at {missing}" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_compare_reads_runs_from_a_tracking_server(mlflow_server, capsys):
+    from mlflow import MlflowClient
+
+    url = mlflow_server.spec.url
+    client = MlflowClient(url)
+    experiment_id = client.create_experiment("cmp")
+    ids = {name: plant(client, experiment_id, name) for name in ("alpha", "gamma")}
+    code, out, err = compare(capsys, url, "--format", "json")
+    assert code == 0, err
+    assert [(run["run_id"], run["best"]) for run in json.loads(out)["runs"]] == [(ids["alpha"], 0.9),
+                                                                                (ids["gamma"], 0.6)]
+
+
+def test_runs_lacking_a_param_count_as_differing_and_nan_never_wins():
+    records = [RunRecord("a", "a", "FINISHED", 0, 1000, {"x": "1", "y": "2"}, ((1, float("nan")), (2, 0.5))),
+               RunRecord("b", "b", "FINISHED", 0, None, {"x": "1"}, ((1, 0.4),))]
+    assert differing_params(records) == ["y"]
+    rows = build_rows(records, "max")
+    assert [(row.run_id, row.best, row.duration_s) for row in rows] == [("a", 0.5, 1.0), ("b", 0.4, None)]
