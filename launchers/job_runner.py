@@ -25,6 +25,7 @@ from orchestrator.resume import ResumeTarget, resolve_resume
 from orchestrator.summary import summary_lines
 from orchestrator.train.checkpoint import checkpoint_step, latest_checkpoint
 
+from launchers.monitoring import job_observers
 from launchers.ray_cluster import connect
 from launchers.ray_launcher import RayWorkerGroup
 
@@ -59,7 +60,8 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                                 failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
                                 resume_from=str(target.checkpoint) if target else None,
                                 resumed_step=target.step if target else 0,
-                                find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)))
+                                find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
+                                observers=job_observers(job, sink, console, name))
         try:
             outcome = controller.run()
             record_results(sink, job, outcome)

@@ -80,6 +80,10 @@ class Console:
         self.stream.write(text + "\n")
         self.stream.flush()
 
+    def warning(self, text: str) -> None:
+        """Print a warning line of its own (monitoring: stragglers, idle GPUs)."""
+        self.message(f"warning: {text}")
+
     def close(self) -> None:
         """Leave the terminal on a fresh line."""
         self._end_line()

@@ -21,6 +21,11 @@ class StepReport:
     step_time_s: float
     """Mean wall time per optimizer step since this rank's previous StepReport."""
     steps_timed: int
+    reach_sync_s: Optional[float] = None
+    """Mean time per optimizer step this rank took to reach gradient synchronisation (forward and
+    backward up to its first all-reduce bucket) since its previous StepReport. Under DDP step_time_s
+    is nearly equal on all ranks because fast ranks wait inside the all-reduce for the slow one; this
+    is not, so it shows stragglers. None where not measured (script entrypoint, no step finished)."""
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ def validate(job: JobConfig) -> None:
     _check_data(job, problems)
     _check_model(job, problems)
     _check_tracking_and_checkpoint(job, problems)
+    _check_monitor(job, problems)
     if problems.messages:
         raise ConfigError(problems.messages)
 
@@ -276,3 +277,18 @@ def _check_tracking_uri(uri: str, problems: _Problems) -> None:
     problems.require(shown == uri, "tracking.uri", shown, "credentials do not belong in the config: set "
                      "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a PostgreSQL store: PGPASSWORD) "
                      "in the environment")
+
+
+MIN_MONITOR_INTERVAL_S = 0.1
+"""NVML's GPM metrics need samples at least 100 ms apart."""
+
+
+def _check_monitor(job: JobConfig, problems: _Problems) -> None:
+    monitor = job.monitor
+    problems.at_least("monitor.interval_s", monitor.interval_s, MIN_MONITOR_INTERVAL_S)
+    ratio = monitor.straggler_ratio
+    problems.require(_is_number(ratio) and ratio > 1, "monitor.straggler_ratio", ratio,
+                     "must be a number > 1 (a rank this many times slower than the median is a straggler)")
+    percent = monitor.low_util_percent
+    problems.require(_is_number(percent) and 0 <= percent <= 100, "monitor.low_util_percent", percent,
+                     "must be a percentage in [0, 100] (0 turns the low-utilization warning off)")

@@ -235,6 +235,23 @@ class ScriptConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """One monitor per node of the job: GPUs (NVML), CPU and memory into MLflow, stragglers and idle GPUs."""
+
+    enabled: bool = True
+    """Monitor the job's nodes and GPUs; false = no monitor actors and no system/ metrics."""
+    interval_s: float = 5.0
+    """Seconds between two samples of a node (at least 0.1); the slow GPU readings (process lists, ECC
+    and PCIe counters) are taken about every 30 s, or every sample when the interval is longer."""
+    straggler_ratio: float = 1.2
+    """Warn about a rank whose median step time over its last 5 reports exceeds the median over ranks by
+    more than this factor (must be > 1)."""
+    low_util_percent: float = 30.0
+    """Warn about a GPU whose mean utilization over its last 6 samples, after 6 warm-up samples from the
+    first training step, is below this percentage (0 = never)."""
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """One training job: what runs, where, and how it is recorded."""
 
@@ -251,6 +268,7 @@ class JobConfig:
     """The `data` group option: DigitsConfig or SyntheticConfig."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     failure: FailureConfig = field(default_factory=FailureConfig)
 
 

@@ -30,6 +30,7 @@ from orchestrator.train.evaluate import evaluate
 from orchestrator.train.models import build_model
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.precision import autocast, grad_scaler
+from orchestrator.train.timing import SyncTimer
 from orchestrator.train.rng import capture_rng, restore_rng, seed_everything
 
 HEARTBEAT_INTERVAL_S = 1.0
@@ -112,6 +113,7 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
     steps = total_steps(job.trainer, batches.steps_per_epoch)
     trainer = Trainer(job, ctx, dataset, batches, model, optimizer, build_scheduler(job.optim, optimizer, steps),
                       grad_scaler(ctx.device, job.trainer.amp), steps)
+    trainer.sync_timer.attach(model)  # each rank's time to reach gradient sync: the straggler signal
     ctx.timings["build"] = time.perf_counter() - started
     if ctx.resume_from is not None:
         loaded = time.perf_counter()
@@ -179,6 +181,7 @@ class Trainer:
         self.eval_metrics: dict[str, float] = {}
         self.evaluated_at = self.checkpointed_at = -1
         self.writer = CheckpointWriter(ctx.checkpoint_dir, job.checkpoint.keep_last, self._checkpoint_done)
+        self.sync_timer = SyncTimer(ctx.device)
 
     def fit(self) -> ResultReport:
         """Run epochs until the last step; returns this rank's result."""
@@ -197,6 +200,7 @@ class Trainer:
 
     def _optimizer_step(self, micro_batches) -> None:
         amp = self.job.trainer.amp
+        self.sync_timer.step_started()
         for index, (inputs, labels) in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             # gradients are all-reduced once per optimizer step, on its last micro-batch
@@ -257,7 +261,8 @@ class Trainer:
     def _heartbeat(self, elapsed: float) -> None:
         steps = max(self.window.steps, 1)
         self.ctx.emit(StepReport(world_rank=self.ctx.spec.world_rank, step=self.step, total_steps=self.total_steps,
-                                 epoch=self.epoch, step_time_s=elapsed / steps, steps_timed=self.window.steps))
+                                 epoch=self.epoch, step_time_s=elapsed / steps, steps_timed=self.window.steps,
+                                 reach_sync_s=self.sync_timer.take_mean()))
         self.last_heartbeat = time.monotonic()
 
     def _end_epoch(self) -> None:

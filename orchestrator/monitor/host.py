@@ -1,0 +1,102 @@
+"""The node's CPU and memory and the job's worker processes, read with psutil (imported lazily)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """One reading of a node and of the job's workers on it."""
+
+    time_s: float
+    """Monotonic clock of the node, in seconds."""
+    cpu_percent: float
+    """Whole-node CPU use since the previous reading, 0-100."""
+    ram_used_bytes: int
+    ram_total_bytes: int
+    rank_rss_bytes: Mapping[int, int]
+    """world_rank -> resident memory of the rank's worker process plus its children (a script's python)."""
+    rank_cpu_percent: Mapping[int, float]
+    """world_rank -> CPU use of the worker and its children since the previous reading (100 = one core)."""
+    monitor_cpu_s: Optional[float] = None
+    """CPU seconds the monitor's own process has used since it started (start-up included): monitoring's cost."""
+
+
+class HostProbe:
+    """Reads psutil for a set of ranks (world_rank -> worker pid) on this node."""
+
+    def __init__(self, ranks: Mapping[int, int]):
+        self.ranks = dict(ranks)
+        self._processes: dict[int, Any] = {}
+        self._children: dict[int, list[int]] = {}
+        self._own: Any = None
+
+    def start(self) -> None:
+        """Take the baseline that the first CPU percentages are measured against."""
+        import psutil
+
+        psutil.cpu_percent(interval=None)
+        self._own = psutil.Process()
+        for pid in self.ranks.values():
+            for process in self._tree(pid, refresh=True):
+                process.cpu_percent(interval=None)
+
+    def sample(self, refresh_children: bool = True) -> HostSample:
+        """CPU, RAM and, per rank, RSS and CPU of the worker's process tree (ranks that exited are left out).
+
+        Finding a worker's children scans every process of the node (milliseconds), so the caller may
+        keep the children found last time (`refresh_children=False`).
+        """
+        import psutil
+
+        memory = psutil.virtual_memory()
+        rss, cpu = {}, {}
+        for world_rank, pid in self.ranks.items():
+            reading = self._read_tree(pid, refresh_children)
+            if reading is not None:
+                rss[world_rank], cpu[world_rank] = reading
+        own = None if self._own is None else self._own.cpu_times()
+        return HostSample(time_s=time.monotonic(), cpu_percent=psutil.cpu_percent(interval=None),
+                          ram_used_bytes=int(memory.total - memory.available), ram_total_bytes=int(memory.total),
+                          rank_rss_bytes=rss, rank_cpu_percent=cpu,
+                          monitor_cpu_s=None if own is None else own.user + own.system)
+
+    def _read_tree(self, pid: int, refresh: bool):
+        import psutil
+
+        rss, cpu, alive = 0, 0.0, False
+        for process in self._tree(pid, refresh):
+            try:
+                rss += process.memory_info().rss
+                cpu += process.cpu_percent(interval=None)
+                alive = True
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return (rss, cpu) if alive else None
+
+    def _tree(self, pid: int, refresh: bool) -> list:
+        # the same Process objects every time: cpu_percent() measures against that object's last call
+        import psutil
+
+        root = self._process(pid)
+        if root is None:
+            return []
+        if refresh or pid not in self._children:
+            try:
+                self._children[pid] = [child.pid for child in root.children(recursive=True)]
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                self._children[pid] = []
+        return [root] + [process for process in map(self._process, self._children[pid]) if process is not None]
+
+    def _process(self, pid: int):
+        import psutil
+
+        if pid not in self._processes:
+            try:
+                self._processes[pid] = psutil.Process(pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                return None
+        return self._processes[pid]

@@ -1,0 +1,66 @@
+"""Straggler and low-utilization detection over windows, as episodes that start once and end."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.monitor.detect import LowUtilDetector, StragglerDetector
+
+
+def _feed(detector, readings):
+    """(world_rank, seconds) in order -> every episode the detector answered with."""
+    return [episode for rank, seconds in readings for episode in detector.observe(rank, seconds)]
+
+
+def test_a_rank_over_the_ratio_starts_one_episode_that_ends_when_it_is_back():
+    detector = StragglerDetector(ratio=1.2, window=3)
+    normal = [(0, 0.10), (1, 0.11), (2, 0.10), (3, 0.10)]
+    slow = [(0, 0.10), (1, 0.10), (2, 0.10), (3, 0.16)]
+    assert _feed(detector, normal * 3) == []
+    started = _feed(detector, slow * 2)
+    assert [(e.world_rank, e.started) for e in started] == [(3, True)]  # rank 3's median reaches 0.16 on its 2nd
+    assert started[0].rank_median_s == pytest.approx(0.16) and started[0].median_s == pytest.approx(0.10)
+    assert started[0].ratio == pytest.approx(1.6)
+    assert _feed(detector, slow * 5) == []  # still slow: no second warning
+    assert detector.straggling == {3}
+    ended = _feed(detector, normal * 2)
+    assert [(e.world_rank, e.started) for e in ended] == [(3, False)]
+    assert _feed(detector, slow * 2)[0].started  # a new episode
+
+
+def test_no_verdict_before_two_ranks_have_a_full_window_and_the_median_resists_one_spike():
+    detector = StragglerDetector(ratio=1.2, window=3)
+    assert _feed(detector, [(0, 0.1), (0, 0.1), (0, 0.1), (1, 9.0), (1, 9.0)]) == []
+    detector = StragglerDetector(ratio=1.2, window=3)
+    assert _feed(detector, [(0, 0.1), (1, 0.1), (0, 0.1), (1, 5.0), (0, 0.1), (1, 0.1)]) == []
+
+
+def test_just_over_the_ratio_is_a_straggler_and_exactly_at_it_is_not():
+    at = StragglerDetector(ratio=1.5, window=1)
+    assert _feed(at, [(0, 1.0), (1, 1.0), (2, 1.5)]) == []
+    over = StragglerDetector(ratio=1.5, window=1)
+    assert [e.world_rank for e in _feed(over, [(0, 1.0), (1, 1.0), (2, 1.51)])] == [2]
+
+
+def test_low_utilization_waits_for_warm_up_and_a_full_window_then_warns_once_per_episode():
+    detector = LowUtilDetector(threshold_percent=30, window=3, warmup=2)
+    gpu = ("node0", 1)
+    answers = [detector.observe(gpu, value) for value in [0, 0, 10, 10]]  # warm-up, then 2 of 3 in the window
+    assert answers == [None] * 4
+    started = detector.observe(gpu, 20)
+    assert started.started and started.mean_percent == pytest.approx(40 / 3) and started.samples == 3
+    assert [detector.observe(gpu, 25) for _ in range(3)] == [None] * 3  # still low, same episode
+    ended = detector.observe(gpu, 90)  # (25 + 25 + 90) / 3: back over 30
+    assert not ended.started and ended.mean_percent == pytest.approx(140 / 3)
+    assert detector.observe(gpu, 90) is None
+
+
+def test_low_utilization_episode_ends_on_the_reading_that_lifts_the_mean():
+    detector = LowUtilDetector(threshold_percent=30, window=2, warmup=0)
+    gpu = ("node1", 0)
+    assert detector.observe(gpu, 10) is None
+    assert detector.observe(gpu, 10).started
+    ended = detector.observe(gpu, 60)  # mean 35
+    assert ended is not None and not ended.started and ended.mean_percent == pytest.approx(35)
+    other = ("node1", 1)
+    assert detector.observe(other, 100) is None and detector.observe(other, 100) is None  # busy GPUs stay quiet
