@@ -56,7 +56,8 @@ class RunRecorder:
         self.guard = guard
         self.notify = notify
         self.upload_checkpoints = upload_checkpoints
-        self.uploads: Optional[ThreadPoolExecutor] = None
+        self.background: Optional[ThreadPoolExecutor] = None
+        """Tag writes and checkpoint uploads during the run, in order, off the caller's thread."""
         self.writer: Optional[MetricWriter] = None
         self.flush_deadline: Optional[float] = None
         self.flush_s: Optional[float] = None
@@ -101,11 +102,13 @@ class RunRecorder:
         Uploads run one at a time on the recorder's own thread, so a large file never stalls the driver;
         `finish()` waits for the last one.
         """
-        if not self.upload_checkpoints:
-            return
-        if self.uploads is None:
-            self.uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-upload")
-        self.uploads.submit(self._upload, path)
+        if self.upload_checkpoints:
+            self._in_background(self._upload, path)
+
+    def _in_background(self, call: Callable[..., None], *args: Any) -> None:
+        if self.background is None:
+            self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-mlflow-io")
+        self.background.submit(call, *args)
 
     def _upload(self, path: str) -> None:
         try:
@@ -131,24 +134,60 @@ class RunRecorder:
             batch = items[start:start + MAX_PARAMS_TAGS_PER_BATCH]
             self.guard.call(lambda: self.client.log_batch(self.run_id, params=batch))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_s: Optional[float] = None) -> None:
         """Buffer one step's metrics for the background writer; returns at once unless the buffer is full."""
-        timestamp_ms = int(time.time() * 1000)
+        timestamp_ms = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
         self.writer.put([MetricValue(key, float(value), timestamp_ms, step) for key, value in metrics.items()])
         self._announce()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Add or overwrite run tags (secret-looking keys left out, values cut to MLflow's limit)."""
+        """Add or overwrite run tags (secret-looking keys left out, values cut to MLflow's limit).
+
+        Once the metric writer runs, tags are written on the recorder's background thread: the
+        controller and the monitors set tags during training, and a tracking server that is down
+        must not stall them for MLflow's minutes of retries. `finish()` waits for them.
+        """
+        if self.writer is None:
+            self._write_tags(tags)
+        else:
+            self._in_background(self._write_tags_or_notify, dict(tags))
+
+    def _write_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
         batch = [RunTag(key, value) for key, value in _limited_tags(redact.safe_items(tags)).items()]
         self.guard.call(lambda: self.client.log_batch(self.run_id, tags=batch))
 
+    def _write_tags_or_notify(self, tags: Mapping[str, str]) -> None:
+        try:
+            self._write_tags(tags)
+        except Exception as error:  # the run goes on without these tags; say which
+            self.notify(f"MLflow: tags {', '.join(sorted(tags))} were not recorded: {type(error).__name__}: {error}")
+
     def log_text(self, text: str, artifact_file: str) -> None:
-        """Store `text` as a run artifact, with credentials and secret-named values masked."""
+        """Store `text` as a run artifact, with credentials and secret-named values masked.
+
+        While the run is on, the write happens on the background thread, after the buffered metrics
+        reach the store (so during an outage it waits, up to `tracking.flush_timeout_s`, for the server
+        to come back instead of being skipped); `finish()` waits for it.
+        """
+        if self.writer is None or self.report is not None:
+            self._write_text(text, artifact_file)
+        else:
+            self._in_background(self._write_text_when_up, text, artifact_file)
+
+    def _write_text(self, text: str, artifact_file: str) -> None:
         if self._store_down(f"the artifact {artifact_file}"):
             return
         self.guard.call(lambda: self.client.log_text(self.run_id, redact.redact_text(text), artifact_file))
+
+    def _write_text_when_up(self, text: str, artifact_file: str) -> None:
+        if not self.writer.reachable:
+            self.writer.flush(self.tracking.flush_timeout_s)
+        try:
+            self._write_text(text, artifact_file)
+        except Exception as error:  # the run goes on without this artifact; say so
+            self.notify(f"MLflow: the artifact {artifact_file} was not recorded: {type(error).__name__}: {error}")
 
     def log_model(self, model: Any, input_example: Any) -> None:
         """Log the model under the name `model` with its signature and input example."""
@@ -168,17 +207,19 @@ class RunRecorder:
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
         """Stop the writer (bounded), then set the final status; a failed run carries its error."""
-        if self.uploads is not None:
-            self.uploads.shutdown(wait=True)
         report = self._close_writer()
+        if self.background is not None:
+            # with the server gone, queued tags and uploads would each wait out MLflow's retries
+            self.background.shutdown(wait=True, cancel_futures=not self.writer.reachable)
+            self.background = None
         if report.dropped.total:
             self.notify(f"MLflow: {report.dropped.total} metric values were not recorded "
                         f"({report.dropped.describe()})")
         if self._store_down(f"the final status {status}"):
             return
         if error:
-            self.set_tags({ERROR_TAG: redact.redact_text(error)})
-            self.log_text(error, ERROR_ARTIFACT)
+            self._write_tags({ERROR_TAG: redact.redact_text(error)})
+            self._write_text(error, ERROR_ARTIFACT)
         self.guard.call(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def _close_writer(self) -> WriterReport:

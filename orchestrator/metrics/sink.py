@@ -12,8 +12,8 @@ class MetricsSink(Protocol):
     def run_id(self) -> Optional[str]:
         """The tracking run's id, or None where nothing is tracked."""
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Record scalar metrics at a global step."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_s: Optional[float] = None) -> None:
+        """Record scalar metrics at a global step, taken at `timestamp_s` (seconds since the epoch; None = now)."""
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Add or overwrite run tags."""
@@ -39,7 +39,7 @@ class NullSink:
 
     run_id: Optional[str] = None
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_s: Optional[float] = None) -> None:
         pass
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -75,7 +75,7 @@ class InMemorySink:
         self.error: Optional[str] = None
         self.flushed = False
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_s: Optional[float] = None) -> None:
         self.metrics.extend((step, key, float(value)) for key, value in metrics.items())
 
     def set_tags(self, tags: Mapping[str, str]) -> None:

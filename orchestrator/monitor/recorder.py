@@ -84,7 +84,7 @@ class SystemRecorder:
             self._note(f"{item.node}: {item.text}")
             return
         self.samples += 1
-        self.sink.log_metrics(sample_metrics(item), self.step)
+        self.sink.log_metrics(sample_metrics(item), self.step, timestamp_s=item.wall_time_s)
         self.hosts.setdefault(item.node, HostTally()).add(item.host)
         for index, reading in item.gpus.items():
             self.gpus.setdefault((item.node, index), GpuTally()).add(reading)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 
 from orchestrator.monitor.devices import DeviceMappingError, resolve_visible
 from orchestrator.monitor.host import HostProbe, HostSample
@@ -60,6 +61,9 @@ class NodeSample:
     """Counts this node monitor's samples from 0."""
     host: HostSample
     gpus: Mapping[int, GpuSample] = field(default_factory=dict)
+    wall_time_s: Optional[float] = None
+    """When it was taken (seconds since the epoch): each sample keeps its own MLflow timestamp, because
+    MLflow stores equal (value, step, timestamp) points of a metric once and samples share the step axis."""
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,9 @@ class NodeSampler:
     workers' child processes) every `detail_every`-th time."""
 
     def __init__(self, targets: NodeTargets, host: HostProbe, gpu: GpuProbe, gpus: Sequence[GpuInfo],
-                 detail_every: int):
+                 detail_every: int, wall_clock: Callable[[], float] = time.time):
         self.targets = targets
+        self.wall_clock = wall_clock
         self.host = host
         self.gpu = gpu
         self.gpus = tuple(gpus)
@@ -111,7 +116,7 @@ class NodeSampler:
         readings = {reading.uuid: reading for reading in self.gpu.sample([g.uuid for g in self.gpus], detail)}
         gpus = {gpu.index: readings[gpu.uuid] for gpu in self.gpus if gpu.uuid in readings}
         sample = NodeSample(node=self.targets.node, index=self.taken, host=self.host.sample(refresh_children=detail),
-                            gpus=gpus)
+                            gpus=gpus, wall_time_s=self.wall_clock())
         self.taken += 1
         return sample
 
