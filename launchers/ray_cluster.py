@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Iterator
 
@@ -27,18 +29,36 @@ def connect(cluster: ClusterConfig) -> Iterator[ClusterSnapshot]:
         return
     options = {"logging_level": logging.WARNING, "configure_logging": True}
     try:
-        if cluster.address is None:
-            # "local" always starts a new instance: with no address, ray.init() would instead join the
-            # latest cluster someone started on this machine with `ray start`
-            ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, **options)
-        else:
-            _init_with_retries(cluster.address, options)
+        with _keeping_sigterm_handler():
+            if cluster.address is None:
+                # "local" always starts a new instance: with no address, ray.init() would instead join the
+                # latest cluster someone started on this machine with `ray start`
+                ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, **options)
+            else:
+                _init_with_retries(cluster.address, options)
     except Exception as error:  # Ray raises ConnectionError, RuntimeError, AuthenticationError...
         raise LaunchError(_connect_help(cluster, error)) from error
     try:
         yield cluster_snapshot(fixed_size=cluster.address is None)
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """Put back a SIGTERM handler of the caller's that ray.init replaced.
+
+    A driver's ray.init installs `sys.exit(15)` for SIGTERM; `orchestrator train` handles SIGTERM like
+    Ctrl-C (the ranks stop and the run is KILLED), which that would bypass. A process without a
+    handler of its own (SIG_DFL) keeps Ray's.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 CLIENT_START_ATTEMPTS = 3

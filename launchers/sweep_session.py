@@ -117,8 +117,9 @@ class SweepSession:
     def run(self, trials: Sequence[TrialSpec]) -> list[TrialRecord]:
         """Run a batch of trials to their ends; their records in the order given.
 
-        Every trial is checked and planned before any of them starts. Ctrl-C asks the running trials to
-        stop (a second one kills them), waits for them, and is raised again.
+        Every trial is checked and planned before any of them starts. Ctrl-C (or anything else that
+        ends the loop) asks the running trials to stop (a second Ctrl-C kills them), waits for them, and
+        is raised again.
         """
         plans = {spec.number: self._plan(spec) for spec in trials}
         pending = collections.deque(trials)
@@ -132,7 +133,7 @@ class SweepSession:
                 except queue.Empty:
                     continue
                 self._ended(record, running)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM, or an error in the driver itself: no trial is left running
             self._interrupt(pending, running, ended)
             raise
         return [self.records[spec.number] for spec in trials]
