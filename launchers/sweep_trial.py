@@ -36,7 +36,9 @@ class LinePrefixer:
 
     def write(self, text: str) -> int:
         """Keep a partial line; write every complete one with the prefix."""
-        *lines, self.partial = (self.partial + text).replace("\r", "\n").split("\n")
+        # a terminal's redrawn progress line ("\r" + erase line) becomes a line of its own
+        text = text.replace("\r\x1b[K", "\n").replace("\r", "\n")
+        *lines, self.partial = (self.partial + text).split("\n")
         lines = [line for line in lines if line]
         if lines:
             with self.lock:

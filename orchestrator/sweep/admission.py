@@ -57,24 +57,33 @@ class Admission:
         self.baseline = baseline
         self.max_concurrent = max_concurrent
         self.bookings: dict[Hashable, Booking] = {}
+        self.alone: Optional[Hashable] = None
+        """A trial that did not fit what was free when it started: it runs alone (see `admit`)."""
 
     def admit(self, key: Hashable, plan: JobPlan, now: ClusterSnapshot) -> Optional[str]:
         """Book and return None when the trial may start now, else say why it waits.
 
         With nothing of the sweep running, a trial starts even if it does not fit what is free: its own
-        placement wait (scaling.placement_timeout_s) then decides, as for a single job.
+        placement wait (scaling.placement_timeout_s, time for an autoscaler to add nodes) then decides,
+        as for a single job. No other trial starts beside it, which would take what it waits for.
         """
+        if self.alone is not None:
+            return f"trial {self.alone} needs more than was free when it started and runs alone"
         if self.max_concurrent is not None and len(self.bookings) >= self.max_concurrent:
             return f"{len(self.bookings)} of hydra.launcher.max_concurrent={self.max_concurrent} trials are running"
         prediction = predict_placement(plan, free_for_trials(self.baseline, now, list(self.bookings.values())))
-        if not prediction.placeable and self.bookings:
-            return prediction.problems[0] if prediction.problems else "its bundles do not fit what is free now"
-        self.bookings[key] = booking(plan, prediction.nodes)
+        if not prediction.placeable:
+            if self.bookings:
+                return prediction.problems[0] if prediction.problems else "its bundles do not fit what is free now"
+            self.alone = key
+        self.bookings[key] = booking(plan, prediction.nodes) if prediction.placeable else {}
         return None
 
     def release(self, key: Hashable) -> None:
         """The trial ended: what it booked is free again."""
         self.bookings.pop(key, None)
+        if self.alone == key:
+            self.alone = None
 
     @property
     def running(self) -> int:
