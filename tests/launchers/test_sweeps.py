@@ -8,7 +8,6 @@ share one SQLite store (creating one costs seconds), each in an experiment of it
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
@@ -60,10 +59,8 @@ def test_a_four_trial_sweep_runs_two_trials_at_a_time_as_children_of_one_parent(
     from hydra.plugins.launcher import Launcher
 
     assert "RayLauncher" in [plugin.__name__ for plugin in Plugins.instance().discover(Launcher)]
-    started = time.monotonic()
     code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "optim.lr=1e-3,3e-3", "optim.name=adamw,sgd",
                   "hydra.launcher.max_concurrent=2")
-    wall_s = time.monotonic() - started
     out = capsys.readouterr().out
     assert code == 0, out
 
@@ -89,7 +86,6 @@ def test_a_four_trial_sweep_runs_two_trials_at_a_time_as_children_of_one_parent(
     trials_s = sum(run.info.end_time - run.info.start_time for run in runs) / 1000
     first_to_last_s = (max(run.info.end_time for run in runs) - min(run.info.start_time for run in runs)) / 1000
     assert first_to_last_s < 0.75 * trials_s, "two trials at a time should overlap, not run one after the other"
-    assert wall_s < trials_s + 30  # the sweep's own cost on top: one connection, one parent run, Hydra
     assert f"sweep {sweep_id}: 4 trials" in out and out.count(" FINISHED ") == 4
 
     assert main(["compare", "--sweep", sweep_id, "--tracking-uri", store, "--experiment", tmp_path.name,
