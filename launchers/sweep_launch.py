@@ -16,12 +16,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from orchestrator.config.load import load_config
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.sweep.trials import FINISHED, STOPPED, TrialRecord, TrialSpec, override_key
+from orchestrator.sweep.trials import FINISHED, STOPPED, TrialRecord, TrialSpec, override_key, shared_key_problems
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +47,28 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     from hydra.core.utils import setup_globals
 
     setup_globals()
-    session = None
     try:
-        session = _session(launcher)
-        log.info(f"Launching {len(job_overrides)} trials on Ray")
+        # every trial of the batch is composed and checked before the cluster or the store is touched
+        problems = _hydra_problems(launcher)
+        if problems:
+            raise ConfigError(problems)
+        sweep_job = _job(launcher.config)
         trials = [_prepare(launcher, list(overrides), initial_job_idx + index)
                   for index, overrides in enumerate(job_overrides)]
+        problems = [f"trial {trial.spec.number}: {problem}" for trial in trials
+                    for problem in shared_key_problems(sweep_job, trial.spec.job)]
+        if problems:
+            raise ConfigError(problems)
+        session = _session(launcher, sweep_job)
+        log.info(f"Launching {len(job_overrides)} trials on Ray")
         for trial in trials:
             launcher.hydra_context.callbacks.on_job_start(config=trial.config, task_function=launcher.task_function)
         records = session.run([trial.spec for trial in trials])
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
-        if session is not None:
-            session.fail(str(error))
+        opened = getattr(launcher.task_function, "sweep", None)  # by this batch or an earlier one
+        if opened is not None:
+            opened.fail(str(error))
         raise SystemExit(error.exit_code) from None
     returns = [_job_return(trial, record) for trial, record in zip(trials, records)]
     for trial, job_return in zip(trials, returns):
@@ -67,7 +76,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     return returns
 
 
-def _session(launcher):
+def _session(launcher, sweep_job: JobConfig):
     """The sweep's session, opened by the first batch and kept by the task function for the next ones."""
     from launchers.sweep_session import SweepSession, SweepSettings, new_sweep_id
 
@@ -76,16 +85,13 @@ def _session(launcher):
         raise ConfigError(["hydra/launcher=ray runs orchestrator trials: start the sweep with "
                            "`orchestrator train -m ...`"])
     config = launcher.config
-    problems = _hydra_problems(config, launcher.max_concurrent)
-    if problems:
-        raise ConfigError(problems)
 
     def open_session():
         overrides = tuple(config.hydra.overrides.task)
         settings = SweepSettings(sweep_id=new_sweep_id(), sweeper=str(config.hydra.runtime.choices["hydra/sweeper"]),
                                  overrides=overrides, fixed_keys=_fixed_keys(overrides),
                                  max_concurrent=launcher.max_concurrent)
-        return SweepSession.open(_job(config), settings)
+        return SweepSession.open(sweep_job, settings)
 
     return keeper(open_session)
 
@@ -98,9 +104,9 @@ def _fixed_keys(overrides: Sequence[str]) -> frozenset[str]:
     return frozenset(override_key(override.input_line) for override in parsed if not override.is_sweep_override())
 
 
-def _hydra_problems(config, max_concurrent: Optional[int]) -> list[str]:
+def _hydra_problems(launcher) -> list[str]:
     """Hydra settings this launcher cannot honour, each with what to do instead."""
-    problems = []
+    config, max_concurrent, problems = launcher.config, launcher.max_concurrent, []
     if max_concurrent is not None and (isinstance(max_concurrent, bool) or max_concurrent < 1):
         problems.append(f"hydra.launcher.max_concurrent={max_concurrent} is not valid: must be null (as many as "
                         f"the cluster's free resources allow) or a number >= 1")

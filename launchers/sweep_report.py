@@ -29,7 +29,8 @@ def parent_results(records: Sequence[TrialRecord], sweep: SweepConfig, status: s
         error = error or "interrupted by the user"
     elif status == FAILED and error is None:
         failed = [str(record.number) for record in records if record.status == FAILED]
-        error = f"trial{'s' if len(failed) != 1 else ''} {', '.join(failed)} failed"
+        error = (f"trial{'s' if len(failed) != 1 else ''} {', '.join(failed)} failed" if failed
+                 else "the sweep stopped on an error (see the console)")
     return metrics, tags, error
 
 

@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import queue
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 from orchestrator import __version__
 from orchestrator.config.export import flat_params
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import USER_STOP
 from orchestrator.errors import ConfigError
+from orchestrator.metrics.redact import redact_text
 from orchestrator.metrics.sink import NullSink
 from orchestrator.metrics.transport import check_server, is_server
 from orchestrator.plan import JobPlan, plan_job
@@ -48,7 +49,7 @@ RECHECK_S = 0.5
 resources of a trial that just ended lags a little behind."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SweepSettings:
     """What the sweep is, as Hydra gives it: its id, sweeper, command-line overrides and concurrency cap."""
 
@@ -66,27 +67,30 @@ def new_sweep_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
+@dataclasses.dataclass(eq=False)
 class SweepSession:
     """Runs a sweep's batches of trials on one cluster, recorded under one parent run; `close` ends it."""
 
-    def __init__(self, job: JobConfig, settings: SweepSettings, baseline, parent, exits: contextlib.ExitStack,
-                 stderr: TextIO, stdout: TextIO):
-        self.job = job
-        self.settings = settings
-        self.parent = parent
-        self.exits = exits
-        self.stderr = stderr
-        self.stdout = stdout
-        self.admission = Admission(baseline, settings.max_concurrent)
-        sweep = job.sweep
-        self.rule = (MedianStoppingRule(sweep.objective, sweep.direction, sweep.early_stop_min_trials)
-                     if sweep.early_stop == "median" else None)
-        self.records: dict[int, TrialRecord] = {}
-        self.lines = threading.Lock()  # one line at a time from the trials and the driver
-        self.started = time.monotonic()
-        self.interrupted = False
-        self.error: Optional[str] = None
-        self.waiting: set[int] = set()
+    job: JobConfig
+    """The sweep's own config (its command line without the swept values): cluster, store, sweep.*."""
+    settings: SweepSettings
+    admission: Admission
+    rule: Optional[MedianStoppingRule]
+    """sweep.early_stop=median's rule, shared by the trials; None without early stopping."""
+    parent: Any
+    """The parent run's recorder (a NullSink without tracking)."""
+    exits: contextlib.ExitStack
+    """What `close` releases: the Ray connection."""
+    stderr: TextIO
+    stdout: TextIO
+    records: dict[int, TrialRecord] = dataclasses.field(default_factory=dict)
+    lines: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    """One line at a time from the trials and the driver."""
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    interrupted: bool = False
+    error: Optional[str] = None
+    waiting: set[int] = dataclasses.field(default_factory=set)
+    """Trials whose wait for resources was already said."""
 
     @classmethod
     def open(cls, job: JobConfig, settings: SweepSettings, stderr: Optional[TextIO] = None,
@@ -101,7 +105,11 @@ class SweepSession:
         except BaseException:
             exits.close()
             raise
-        session = cls(job, settings, baseline, parent, exits, stderr or sys.stderr, stdout or sys.stdout)
+        sweep = job.sweep
+        rule = (MedianStoppingRule(sweep.objective, sweep.direction, sweep.early_stop_min_trials)
+                if sweep.early_stop == "median" else None)
+        session = cls(job, settings, Admission(baseline, settings.max_concurrent), rule, parent, exits,
+                      stderr or sys.stderr, stdout or sys.stdout)
         where = f"; MLflow parent run {parent.run_id}" if parent.run_id else ""
         at_once = settings.max_concurrent or "as many as the free resources allow"
         session.say(f"id {settings.sweep_id}, sweeper {settings.sweeper}, hydra/launcher=ray (trials at once: "
@@ -235,8 +243,6 @@ def open_parent_run(job: JobConfig, settings: SweepSettings):
     """The sweep's parent run: the sweep's own settings as params, its id, sweeper and overrides as tags."""
     if not job.tracking.enabled:
         return NullSink()
-    import dataclasses
-
     from orchestrator.metrics.mlflow_sink import RunRecorder
 
     params = {key: value for key, value in flat_params(job).items() if key.startswith("sweep.")}
@@ -244,7 +250,7 @@ def open_parent_run(job: JobConfig, settings: SweepSettings):
     tags = {
         SWEEP_TAG: settings.sweep_id,
         "orchestrator.sweeper": settings.sweeper,
-        "orchestrator.sweep.overrides": " ".join(settings.overrides),
+        "orchestrator.sweep.overrides": redact_text(" ".join(settings.overrides)),
         "orchestrator.launcher": "ray",
         "orchestrator.version": __version__,
         "mlflow.source.name": "orchestrator train -m",
