@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
 from orchestrator import __version__
+from orchestrator.compare import SWEEP_TAG  # the parent run's tag that `orchestrator compare --sweep ID` looks for
 from orchestrator.config.export import flat_params
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import USER_STOP
@@ -42,8 +43,6 @@ from launchers.ray_cluster import cluster_snapshot, connect
 from launchers.sweep_report import parent_results, print_summary
 from launchers.sweep_trial import TrialWatch, run_trial, trial_console, trial_tags
 
-SWEEP_TAG = "orchestrator.sweep_id"
-"""The parent run's tag that `orchestrator compare --sweep ID` looks for."""
 RECHECK_S = 0.5
 """While trials wait for resources, how often the driver looks at the cluster again: Ray's view of the
 resources of a trial that just ended lags a little behind."""
