@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from orchestrator import __version__
 from orchestrator.config.export import config_yaml, flat_params
 from orchestrator.config.schema import JobConfig
-from orchestrator.controller import Controller, JobOutcome
+from orchestrator.controller import Controller, JobObserver, JobOutcome, StopRequests
 from orchestrator.metrics.console_log import CONSOLE_ARTIFACT, ConsoleLog, captured
 from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, HYDRA_ARTIFACT_DIR, WORKERS_ARTIFACT
 from orchestrator.metrics.redact import redact_text
@@ -42,18 +43,37 @@ class JobSummary:
     """How long the end of the run waited for buffered metrics to reach MLflow (None without tracking)."""
 
 
-def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_dir: Optional[str] = None) -> JobSummary:
+@dataclass(frozen=True)
+class TrialLink:
+    """What a sweep hands one of its trials: its parent run, tags, observers and a way to stop it."""
+
+    parent_run_id: Optional[str] = None
+    """The sweep's parent run: the trial's run becomes its child (mlflow.parentRunId)."""
+    run_name: Optional[str] = None
+    """The trial run's name (instead of tracking.run_name; the logged params keep the config as composed)."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags added to the trial's run."""
+    observers: Callable[[Any], Sequence[JobObserver]] = lambda sink: ()
+    """Given the trial's sink, the observers that follow the trial besides its monitoring."""
+    stop_requests: StopRequests = field(default_factory=StopRequests)
+    """Where the sweep asks the trial to stop (early stopping, Ctrl-C), from any thread."""
+
+
+def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_dir: Optional[str] = None,
+            link: Optional[TrialLink] = None) -> JobSummary:
     """Run a validated job on its cluster; PlanError is raised before any actor starts.
 
-    `output_dir` is Hydra's output directory: its `.hydra/` files are logged with the run.
+    `output_dir` is Hydra's output directory: its `.hydra/` files are logged with the run. A sweep's
+    trial comes with its `link` to the sweep.
     """
+    link = link if link is not None else TrialLink()
     started = time.monotonic()
     target = resolve_resume(job.trainer.resume, Path(job.checkpoint.dir)) if job.trainer.resume else None
     if job.tracking.enabled and is_server(job.tracking.uri):
         check_server(job.tracking.uri, job.tracking.experiment)  # before the cluster is touched
     with connect(job.cluster) as cluster, captured(console) as console_log:
         plan = plan_job(job, cluster)
-        sink = open_run(job, plan, overrides, target, console, output_dir)
+        sink = open_run(job, plan, overrides, target, console, output_dir, link)
         name = f"orchestrator-{(sink.run_id or '')[:12]}-{uuid.uuid4().hex[:8]}".replace("--", "-")
         checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
         controller = Controller(lambda: RayWorkerGroup(plan, job, name, checkpoint_dir), sink, console,
@@ -61,7 +81,8 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                                 resume_from=str(target.checkpoint) if target else None,
                                 resumed_step=target.step if target else 0,
                                 find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
-                                observers=job_observers(job, sink, console, name))
+                                observers=[*job_observers(job, sink, console, name), *link.observers(sink)],
+                                stop_requests=link.stop_requests)
         try:
             outcome = controller.run()
             record_results(sink, job, outcome)
@@ -92,8 +113,8 @@ def checkpoint_directory(job: JobConfig, run_id: Optional[str], target: Optional
 
 
 def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Optional[ResumeTarget], console,
-             output_dir: Optional[str] = None):
-    """The run to record into: the resumed one when its store has it, else a new one."""
+             output_dir: Optional[str] = None, link: Optional[TrialLink] = None):
+    """The run to record into: the resumed one when its store has it, else a new one (a sweep's child)."""
     if job.tracking.enabled and target is not None and target.run_id is not None:
         from orchestrator.metrics.mlflow_sink import RunRecorder
 
@@ -104,7 +125,7 @@ def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Op
             sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
             console.message(f"resuming MLflow run {target.run_id} from step {target.step} ({target.checkpoint})")
             return sink
-    sink = open_sink(job, plan, overrides, notify=console.message, output_dir=output_dir)
+    sink = open_sink(job, plan, overrides, notify=console.message, output_dir=output_dir, link=link)
     if target is not None:
         sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
         console.message(f"resuming from step {target.step} ({target.checkpoint}) in a new run")
@@ -119,7 +140,8 @@ def _warn_config_changes(logged: dict[str, str], current: dict[str, str], consol
                         "not guaranteed: " + "; ".join(changed))
 
 
-def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=None, output_dir: Optional[str] = None):
+def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=None, output_dir: Optional[str] = None,
+              link: Optional[TrialLink] = None):
     """The run's MLflow recorder with params, tags, the resolved config and Hydra's files; NullSink when off."""
     if not job.tracking.enabled:
         return NullSink()
@@ -135,8 +157,11 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=No
     commit = git_commit(Path.cwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    sink = RunRecorder.create(job.tracking, flat_params(job), tags, upload_checkpoints=job.checkpoint.upload,
-                              **({"notify": notify} if notify else {}))
+    link = link if link is not None else TrialLink()
+    tags.update(link.tags)
+    tracking = dataclasses.replace(job.tracking, run_name=link.run_name) if link.run_name else job.tracking
+    sink = RunRecorder.create(tracking, flat_params(job), tags, parent_run_id=link.parent_run_id,
+                              upload_checkpoints=job.checkpoint.upload, **({"notify": notify} if notify else {}))
     try:
         sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
         for path in hydra_files(output_dir):

@@ -28,41 +28,37 @@ def connect(cluster: ClusterConfig) -> Iterator[ClusterSnapshot]:
         yield cluster_snapshot(fixed_size=False)
         return
     options = {"logging_level": logging.WARNING, "configure_logging": True}
-    sigterm = _SigtermKeeper()
     try:
-        if cluster.address is None:
-            # "local" always starts a new instance: with no address, ray.init() would instead join the
-            # latest cluster someone started on this machine with `ray start`
-            ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, **options)
-        else:
-            _init_with_retries(cluster.address, options)
+        with _keeping_sigterm_handler():
+            if cluster.address is None:
+                # "local" always starts a new instance: with no address, ray.init() would instead join the
+                # latest cluster someone started on this machine with `ray start`
+                ray.init(address="local", num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard, **options)
+            else:
+                _init_with_retries(cluster.address, options)
     except Exception as error:  # Ray raises ConnectionError, RuntimeError, AuthenticationError...
         raise LaunchError(_connect_help(cluster, error)) from error
-    finally:
-        sigterm.restore()
     try:
         yield cluster_snapshot(fixed_size=cluster.address is None)
     finally:
         ray.shutdown()
 
 
-class _SigtermKeeper:
-    """Keeps the caller's SIGTERM handler across ray.init.
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """Put back a SIGTERM handler of the caller's that ray.init replaced.
 
-    ray.init replaces the driver's SIGTERM handling (Python's with an exit, and the core worker's
-    crash handler, which aborts the process): a SIGTERM would then kill the driver with its ranks
-    still running and its run unrecorded. A Python handler the caller set (the CLI turns SIGTERM
-    into the same stop as Ctrl-C) is put back; a caller that set none is left to Ray's.
+    A driver's ray.init installs `sys.exit(15)` for SIGTERM; `orchestrator train` handles SIGTERM like
+    Ctrl-C (the ranks stop and the run is KILLED), which that would bypass. A process without a
+    handler of its own (SIG_DFL) keeps Ray's.
     """
-
-    def __init__(self):
-        in_main = threading.current_thread() is threading.main_thread()
-        handler = signal.getsignal(signal.SIGTERM) if in_main else None
-        self.handler = handler if callable(handler) else None
-
-    def restore(self) -> None:
-        if self.handler is not None:
-            signal.signal(signal.SIGTERM, self.handler)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 CLIENT_START_ATTEMPTS = 3

@@ -37,7 +37,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def train_command(overrides: Sequence[str]) -> int:
-    """`orchestrator train [overrides]`: Hydra composes the config and calls `_train_task`."""
+    """`orchestrator train [overrides]`: Hydra composes the config and calls a TrainTask.
+
+    With -m the sweep's session (opened by hydra/launcher=ray) is closed here, whatever ended the
+    sweep: its parent run gets its status and the summary table is printed.
+    """
     import hydra
 
     from orchestrator.config.store import register_configs
@@ -45,17 +49,45 @@ def train_command(overrides: Sequence[str]) -> int:
     register_configs()
     from orchestrator.config.compose import conf_dir
 
-    hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_train_task)
+    task = TrainTask()
+    hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)
     saved_argv = sys.argv
     sys.argv = ["orchestrator-train", *overrides]
+    code = 0
     try:
         with _sigterm_as_interrupt():
             hydra_main()
     except SystemExit as exit_request:
-        return _exit_code(exit_request)
+        code = _exit_code(exit_request)
+    except KeyboardInterrupt:  # a sweep's (a single job turns Ctrl-C into SystemExit(130) itself)
+        print("orchestrator: interrupted; the running trials are recorded as KILLED", file=sys.stderr)
+        code = 130
     finally:
         sys.argv = saved_argv
-    return 0
+        if task.sweep is not None:
+            code = task.sweep.close(code)
+    return code
+
+
+class TrainTask:
+    """What Hydra calls: one job per call; under -m with hydra/launcher=ray it also keeps the sweep's session.
+
+    The launcher runs the trials itself and opens the session on its first batch (`sweep_session`);
+    the command closes it when Hydra is done.
+    """
+
+    def __init__(self) -> None:
+        self.sweep = None
+
+    def sweep_session(self, open_session: Callable[[], object]):
+        """The sweep's session, opened by `open_session` on the first call."""
+        if self.sweep is None:
+            self.sweep = open_session()
+        return self.sweep
+
+    def __call__(self, cfg) -> Optional[float]:
+        """Run one job (`orchestrator train`, or a trial under hydra/launcher=basic); returns sweep.objective."""
+        return _train_task(cfg)
 
 
 def _exit_code(exit_request: SystemExit) -> int:
@@ -103,7 +135,7 @@ def _train_task(cfg) -> Optional[float]:
     print_summary(job, summary)
     if summary.outcome.status != "FINISHED":
         raise SystemExit(130 if summary.outcome.status == "KILLED" else 1)
-    return summary.outcome.result.metrics.get("eval/accuracy")
+    return summary.outcome.result.metrics.get(job.sweep.objective)
 
 
 def _load(cfg):

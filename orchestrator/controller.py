@@ -8,6 +8,7 @@ the clock, the failure policy and observers.
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Protocol, Sequence
@@ -27,6 +28,8 @@ SETTLE_S = 3.0
 """After a broken collective, how long to wait for the death notice that usually explains it."""
 STOP_GRACE_S = 30.0
 """After a stop request, how long ranks get to reach an agreed step before they are killed."""
+USER_STOP = "interrupted by the user"
+"""The reason of a stop the user asked for (Ctrl-C, SIGTERM)."""
 
 
 class Phase(enum.Enum):
@@ -80,6 +83,29 @@ class JobObserver(Protocol):
         """The job has its outcome; stop whatever was started for it (called on every path)."""
 
 
+class StopRequests:
+    """Requests to stop the job that come from other threads (a sweep's driver, its early-stopping rule).
+
+    Thread-safe. The controller takes them between two steps and handles each like a Ctrl-C: the
+    first asks the ranks to stop at their next agreed step, a later one ends the job at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reasons: list[str] = []
+
+    def request(self, reason: str) -> None:
+        """Ask the job to stop; `reason` becomes the KILLED run's error."""
+        with self._lock:
+            self._reasons.append(reason)
+
+    def take(self) -> list[str]:
+        """The requests made since the last call, oldest first."""
+        with self._lock:
+            reasons, self._reasons = self._reasons, []
+        return reasons
+
+
 class Controller:
     """Runs one job to an outcome; `run()` always releases the group, whatever happens."""
 
@@ -88,7 +114,8 @@ class Controller:
                  failure_policy: FailureConfig = FailureConfig(max_restarts=0), resume_from: Optional[str] = None,
                  resumed_step: int = 0, watch_hangs: bool = True,
                  find_checkpoint: Callable[[], Optional[tuple[str, int]]] = lambda: None,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time,
+                 stop_requests: Optional[StopRequests] = None):
         self.group_factory = group_factory
         self.sink = sink
         self.console = console
@@ -106,6 +133,8 @@ class Controller:
         self.last_checkpoint: Optional[str] = resume_from
         self.checkpoint_step = resumed_step
         self.stop_deadline: Optional[float] = None
+        self.stop_requests = stop_requests if stop_requests is not None else StopRequests()
+        self.stop_reason = USER_STOP
         self.last_progress: dict[int, float] = {}
         self.restarts: list[RestartRecord] = []
         self.failure: Optional[Failure] = None
@@ -119,7 +148,11 @@ class Controller:
         try:
             while self.phase is not Phase.DONE:
                 try:
-                    self.step()
+                    for reason in self.stop_requests.take():
+                        if self.phase is not Phase.DONE:
+                            self.interrupt(reason)
+                    if self.phase is not Phase.DONE:
+                        self.step()
                 except KeyboardInterrupt:
                     self.interrupt()
         finally:
@@ -150,15 +183,19 @@ class Controller:
             if self.phase in (Phase.RUNNING, Phase.STOPPING):
                 self._check_deadlines()
 
-    def interrupt(self) -> None:
-        """The user asked to stop: first ask the ranks, and if asked again, kill them."""
+    def interrupt(self, reason: str = USER_STOP) -> None:
+        """Stop the job (the user asked, or `reason`): first ask the ranks, and if asked again, kill them."""
         if self.phase is Phase.RUNNING:
-            self.console.message("stopping: the ranks finish their current step (Ctrl-C again to kill them)")
+            if reason == USER_STOP:
+                self.console.message("stopping: the ranks finish their current step (Ctrl-C again to kill them)")
+            else:
+                self.console.message(f"stopping: {reason}; the ranks finish their current step")
             self.group.request_stop()
             self.phase = Phase.STOPPING
+            self.stop_reason = reason
             self.stop_deadline = self.clock() + STOP_GRACE_S
         else:
-            self._end("KILLED", error="interrupted by the user")
+            self._end("KILLED", error=self.stop_reason if self.phase is Phase.STOPPING else reason)
 
     def _start(self) -> None:
         self.group = self.group_factory()
@@ -227,7 +264,7 @@ class Controller:
 
     def _fail(self, failure: Failure, settled: bool = False) -> None:
         if self.phase is Phase.STOPPING:
-            self._end("KILLED", error="interrupted by the user")
+            self._end("KILLED", error=self.stop_reason)
             return
         if failure.kind is FailureKind.COMMUNICATION and not settled:
             if self.suspect is not None:
@@ -291,7 +328,7 @@ class Controller:
         result = self.results.get(0)
         digests = {rank: report.params_digest for rank, report in self.results.items()}
         if self.phase is Phase.STOPPING:
-            self._end("KILLED", error="interrupted by the user", result=result)
+            self._end("KILLED", error=self.stop_reason, result=result)
         elif result is None:
             self._end("FAILED", error="every rank exited but rank 0 sent no result")
         elif len(set(digests.values())) > 1:
@@ -299,7 +336,7 @@ class Controller:
             self._end("FAILED", error=f"the ranks ended with different parameters (ranks {differing} differ from "
                       f"rank 0): the DDP replicas diverged, so the trained model is not trustworthy")
         elif result.stopped:
-            self._end("KILLED", error="interrupted by the user", result=result)
+            self._end("KILLED", error=self.stop_reason, result=result)
         else:
             self._end("FINISHED", result=result)
 
@@ -309,7 +346,7 @@ class Controller:
             self._fail(self.suspect, settled=True)  # no death explained it: the collective itself failed
             return
         if self.phase is Phase.STOPPING and now >= self.stop_deadline:
-            self._end("KILLED", error=f"interrupted by the user; ranks did not stop within {STOP_GRACE_S:g} s")
+            self._end("KILLED", error=f"{self.stop_reason}; ranks did not stop within {STOP_GRACE_S:g} s")
             return
         if self.phase is not Phase.RUNNING or not self.watch_hangs:
             return

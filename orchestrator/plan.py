@@ -6,6 +6,7 @@ placement group.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -133,8 +134,14 @@ def _amount(name: str, amount: float) -> str:
     return f"{amount / GIB:.1f} GiB" if name == "memory" else f"{amount:g}"
 
 
+_PLACEMENT_GROUP_RESOURCE = re.compile(r"_group_(\d+_)?[0-9a-f]{16,}$")
+"""Ray's own per-placement-group resources (CPU_group_<id>, bundle_group_0_<id>), which no one asks for."""
+
+
 def format_resources(resources: Mapping[str, float]) -> str:
-    """`{CPU: 2, GPU: 1, memory: 4 GiB}`: resources as users write them (Ray's node: markers left out)."""
+    """`{CPU: 2, GPU: 1, memory: 4 GiB}`: resources as users write them (Ray's node: markers and placement
+    groups' own resources left out)."""
     shown = [f"{name}: {_amount(name, amount)}" for name, amount in sorted(resources.items())
-             if not name.startswith("node:") and not name.endswith("object_store_memory")]
+             if not name.startswith("node:") and not name.endswith("object_store_memory")
+             and not _PLACEMENT_GROUP_RESOURCE.search(name)]
     return "{" + ", ".join(shown) + "}"

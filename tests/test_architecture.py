@@ -17,6 +17,7 @@ PURE_MODULES = [
     "orchestrator.summary", "orchestrator.metrics.writer", "orchestrator.metrics.redact",
     "orchestrator.metrics.console_log", "orchestrator.metrics.store_guard", "orchestrator.metrics.transport",
     "orchestrator.metrics.mlflow_sink", "orchestrator.compare_table", "orchestrator.compare", "orchestrator.compare_plot",
+    "orchestrator.sweep", "orchestrator.sweep.trials", "orchestrator.sweep.early_stop", "orchestrator.sweep.admission",
 ]
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
 
@@ -26,3 +27,11 @@ def test_pure_modules_import_no_ray_mlflow_pynvml_or_torch():
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"pure modules pulled in: {loaded}"
+
+
+def test_the_hydra_launcher_plugin_imports_nothing_heavy():
+    """Hydra imports every plugin module whenever it composes a config: ours defers the sweep's code."""
+    code = ("import sys, hydra_plugins.orchestrator_ray_launcher.ray_launcher\n"
+            "print(','.join(m for m in ['ray', 'mlflow', 'torch', 'launchers.sweep_session'] if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"the launcher plugin pulled in: {loaded}"

@@ -6,7 +6,7 @@ import io
 
 from orchestrator.config.schema import FailureConfig
 from orchestrator.console import Console
-from orchestrator.controller import SETTLE_S, STOP_GRACE_S, Controller, Phase
+from orchestrator.controller import SETTLE_S, STOP_GRACE_S, Controller, Phase, StopRequests
 from orchestrator.errors import LaunchError
 from orchestrator.group import RankExited, RankLost, RankReport
 from orchestrator.metrics.sink import InMemorySink
@@ -153,6 +153,55 @@ def test_ranks_that_ignore_a_stop_are_killed_after_the_grace_period():
     clock.now += STOP_GRACE_S
     controller.step()
     assert controller.phase is Phase.DONE and controller.outcome.status == "KILLED"
+
+
+class StoppingObserver:
+    """Asks for a stop when the first metrics arrive, as a sweep's early-stopping rule does."""
+
+    def __init__(self, requests):
+        self.requests = requests
+
+    def group_started(self, specs):
+        pass
+
+    def report(self, world_rank, report):
+        if isinstance(report, MetricsReport):
+            self.requests.request("stopped early: worse than the median")
+
+    def job_ended(self, outcome):
+        pass
+
+
+def test_a_stop_request_stops_the_ranks_and_its_reason_is_the_killed_runs_error():
+    requests = StopRequests()
+    group = FakeGroup([[RankReport(0, MetricsReport(1, {"eval/accuracy": 0.1}))], [], _results(stopped=True)])
+    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
+                            observers=[StoppingObserver(requests)], stop_requests=requests)
+    controller.step()
+    controller.step()
+    assert group.stop_requests == 0  # taken between steps, never in the middle of one
+    outcome = controller.run()
+    assert group.stop_requests == 1
+    assert outcome.status == "KILLED" and outcome.error == "stopped early: worse than the median"
+    assert outcome.result.stopped and group.shutdowns == 1
+
+
+def test_a_second_stop_request_ends_the_job_at_once_and_one_before_the_start_never_starts_it():
+    requests = StopRequests()
+    group = FakeGroup([[], [], []])
+    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
+                            stop_requests=requests)
+    controller.step()
+    requests.request("the sweep was interrupted")
+    requests.request("the sweep was interrupted")
+    outcome = controller.run()
+    assert outcome.status == "KILLED" and outcome.error == "the sweep was interrupted" and group.stop_requests == 1
+    unstarted = FakeGroup([])
+    early = StopRequests()
+    early.request("the sweep was interrupted")
+    outcome = Controller(lambda: unstarted, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
+                         stop_requests=early).run()
+    assert outcome.status == "KILLED" and unstarted.specs == [] and unstarted.shutdowns == 0
 
 
 class RecordingObserver:

@@ -62,3 +62,12 @@ def test_busy_nodes_block_now_and_the_message_shows_what_is_free():
     assert not prediction.placeable
     assert "1 of 2 bundles {CPU: 1} cannot be placed with strategy PACK on what is free now: 10.0.0.1 (a): {CPU: 1}" \
         == prediction.problems[0]
+
+
+def test_resources_are_shown_as_users_write_them_without_rays_own_placement_group_resources():
+    from orchestrator.plan import format_resources
+
+    free = {"CPU": 0.0, "memory": 16 * 1024**3, "node:10.0.0.1": 1.0, "object_store_memory": 1e9,
+            "CPU_group_5368d33a648f0f1da228b6aa87290100": 0.0, "bundle_group_0_5368d33a648f0f1da228b6aa87290100": 0.0,
+            "my_group_x": 2.0}
+    assert format_resources(free) == "{CPU: 0, memory: 16.0 GiB, my_group_x: 2}"

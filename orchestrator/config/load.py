@@ -13,12 +13,15 @@ from omegaconf import DictConfig, OmegaConf
 from orchestrator.config.schema import (
     AMP_MODES,
     BACKENDS,
+    EARLY_STOP_RULES,
     ENTRYPOINTS,
     MODEL_FORMATS,
     OPTIMIZERS,
     PLACEMENT_STRATEGIES,
     RESTART_ON,
     SCHEDULES,
+    SWEEP_DIRECTIONS,
+    SWEEP_OBJECTIVES,
     CnnConfig,
     DataConfig,
     JobConfig,
@@ -127,6 +130,7 @@ def validate(job: JobConfig) -> None:
     _check_model(job, problems)
     _check_tracking_and_checkpoint(job, problems)
     _check_monitor(job, problems)
+    _check_sweep(job, problems)
     if problems.messages:
         raise ConfigError(problems.messages)
 
@@ -292,3 +296,16 @@ def _check_monitor(job: JobConfig, problems: _Problems) -> None:
     percent = monitor.low_util_percent
     problems.require(_is_number(percent) and 0 <= percent <= 100, "monitor.low_util_percent", percent,
                      "must be a percentage in [0, 100] (0 turns the low-utilization warning off)")
+
+
+def _check_sweep(job: JobConfig, problems: _Problems) -> None:
+    sweep = job.sweep
+    if job.entrypoint == "builtin":
+        problems.require(sweep.objective in SWEEP_OBJECTIVES, "sweep.objective", sweep.objective,
+                         f"the built-in loop reports {', '.join(SWEEP_OBJECTIVES)}")
+    elif sweep.early_stop == "median":  # a script reports no metrics of its own through the orchestrator
+        problems.require(False, "sweep.early_stop", sweep.early_stop,
+                         "entrypoint=script reports no metrics to compare: use sweep.early_stop=none")
+    problems.choice("sweep.direction", sweep.direction, SWEEP_DIRECTIONS)
+    problems.choice("sweep.early_stop", sweep.early_stop, EARLY_STOP_RULES)
+    problems.at_least("sweep.early_stop_min_trials", sweep.early_stop_min_trials, 1)

@@ -20,6 +20,10 @@ SCHEDULES = ("constant", "cosine")
 MODEL_FORMATS = ("pt2", "pickle")
 ENTRYPOINTS = ("builtin", "script")
 RESTART_ON = ("any", "infra_only")
+SWEEP_DIRECTIONS = ("maximize", "minimize")
+EARLY_STOP_RULES = ("none", "median")
+SWEEP_OBJECTIVES = ("eval/accuracy", "eval/loss", "train/loss", "train/samples_per_s")
+"""Metrics the built-in loop reports that a sweep can optimize."""
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,32 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """A hyperparameter sweep (`orchestrator train -m`): what each trial returns and when one stops early."""
+
+    objective: str = "eval/accuracy"
+    """The metric a trial returns to the sweeper (its last reported value) and early stopping compares:
+    eval/accuracy, eval/loss, train/loss or train/samples_per_s."""
+    direction: str = "maximize"
+    """Whether a higher (maximize) or a lower (minimize) objective is better; hydra/sweeper=optuna optimizes
+    in this direction."""
+    early_stop: str = "none"
+    """none, or median: stop a trial whose objective at an evaluation is worse than the median of the
+    completed trials' values at the same step (recorded KILLED with the tag orchestrator.early_stopped)."""
+    early_stop_min_trials: int = 2
+    """Completed trials with a value at that step that the median rule needs before it stops a trial."""
+
+
+@dataclass(frozen=True)
+class RayLauncherConfig:
+    """hydra/launcher=ray (the default for -m): every trial a DDP job of its own on one shared Ray cluster."""
+
+    _target_: str = "hydra_plugins.orchestrator_ray_launcher.ray_launcher.RayLauncher"
+    max_concurrent: Optional[int] = None
+    """Trials running at once at most; null = as many as the cluster's free resources allow."""
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """One training job: what runs, where, and how it is recorded."""
 
@@ -270,6 +300,7 @@ class JobConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     failure: FailureConfig = field(default_factory=FailureConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 MODEL_SCHEMAS = {"mlp": MlpConfig, "cnn": CnnConfig}

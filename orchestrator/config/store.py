@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from orchestrator.config.schema import DATA_SCHEMAS, MODEL_SCHEMAS, JobConfig
+from orchestrator.config.schema import DATA_SCHEMAS, MODEL_SCHEMAS, JobConfig, RayLauncherConfig
 
 PRIMARY_SCHEMA = "orchestrator_schema"
 
@@ -33,13 +33,45 @@ def _clear_readonly(node: DictConfig | ListConfig) -> None:
 
 
 def register_configs() -> None:
-    """Register the job schema and the `model` / `data` group schemas (idempotent)."""
+    """Register the job schema, the `model` / `data` group schemas and the sweep plugins' configs (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
+    # the launcher's config names its class by a string: registering it imports nothing from launchers/
+    store.store(group="hydra/launcher", name="ray", node=_writable(RayLauncherConfig), provider="orchestrator")
+    store.store(group="hydra/sweeper", name="optuna", node=_optuna_config(), provider="orchestrator")
     store.store(name=PRIMARY_SCHEMA, node=_writable(JobConfig))
     # the group schemas live under schema/, so `model` and `data` list only the YAML options users pick
     for name, schema in MODEL_SCHEMAS.items():
         store.store(group="schema/model", name=name, node=_writable(schema))
     for name, schema in DATA_SCHEMAS.items():
         store.store(group="schema/data", name=name, node=_writable(schema))
+
+
+class OptunaMissing:
+    """Stands in for the Optuna sweeper when its package is not installed: says how to install it."""
+
+    def __init__(self, **_config) -> None:
+        from orchestrator.errors import ConfigError
+
+        raise ConfigError(["hydra/sweeper=optuna needs the hydra-optuna-sweeper package: "
+                           "pip install 'orchestrator[sweep]' (make install-dev installs it)"])
+
+
+def _optuna_config() -> DictConfig:
+    """hydra/sweeper=optuna: the plugin's own config, optimizing in the direction of sweep.direction.
+
+    The plugin registers its own entry whenever Hydra scans the plugins (the scan runs every plugin
+    module again), which happens once per process, in Plugins.instance(): scanning first makes this
+    entry the one that stays.
+    """
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+    try:
+        from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+    except ImportError:  # the optional `sweep` extra is not installed
+        return OmegaConf.create({"_target_": f"{__name__}.{OptunaMissing.__name__}"})
+    node = OmegaConf.structured(OptunaSweeperConf)
+    node.direction = "${sweep.direction}"
+    return node

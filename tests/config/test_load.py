@@ -48,6 +48,11 @@ def test_absolute_sqlite_uri_is_kept(tmp_path: Path):
     ("scaling.gpus_per_worker=1.5", "must be 0, a fraction in (0, 1] or a whole number"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last=0 is not valid"),
     ("trainer.max_steps=0", "trainer.max_steps=0 is not valid"),
+    ("sweep.objective=eval/acc", "sweep.objective=eval/acc is not valid: the built-in loop reports eval/accuracy, "
+                                 "eval/loss, train/loss, train/samples_per_s"),
+    ("sweep.direction=up", "sweep.direction=up is not valid: use one of maximize, minimize"),
+    ("sweep.early_stop=asha", "sweep.early_stop=asha is not valid: use one of none, median"),
+    ("sweep.early_stop_min_trials=0", "sweep.early_stop_min_trials=0 is not valid: must be a number >= 1"),
 ])
 def test_invalid_values_name_the_key_the_value_and_what_is_valid(tmp_path: Path, override: str, expected: str):
     with pytest.raises(ConfigError) as raised:

@@ -1,0 +1,183 @@
+"""The Hydra side of hydra/launcher=ray: each trial's config and output directory, and the sweeper's answers.
+
+Hydra's own launchers run a trial through `hydra.core.utils.run_job`, which sets process-wide state
+(the HydraConfig singleton, the working directory, logging, environment variables) for the whole
+trial. Trials here run side by side on threads, so this module does that job's preparation on the
+driver's thread, one trial at a time: compose the trial's config, resolve its output directory,
+write its `.hydra/` files and build its JobConfig. The working directory stays put and per-trial
+log files and `hydra.job.env_set` are not supported (rejected with a message when set).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from orchestrator.config.load import load_config
+from orchestrator.config.schema import JobConfig
+from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.sweep.trials import FINISHED, STOPPED, TrialRecord, TrialSpec, override_key, shared_key_problems
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedTrial:
+    """A trial ready to run, with what Hydra's JobReturn carries about it."""
+
+    spec: TrialSpec
+    config: Any
+    """The trial's whole config (DictConfig, with its `hydra` node), for Hydra's callbacks."""
+    task_cfg: Any
+    hydra_cfg: Any
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Run one batch of trials (as many at once as the cluster allows); one JobReturn per trial, in order.
+
+    A trial that failed or was stopped still gives a COMPLETED JobReturn, so that the sweeper goes on:
+    its value is None for a failed trial (Optuna records that trial as failed) and the objective's
+    last value for a stopped one.
+    """
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    try:
+        # every trial of the batch is composed and checked before the cluster or the store is touched
+        problems = _hydra_problems(launcher)
+        if problems:
+            raise ConfigError(problems)
+        sweep_job = _job(launcher.config)
+        trials = [_prepare(launcher, list(overrides), initial_job_idx + index)
+                  for index, overrides in enumerate(job_overrides)]
+        problems = [f"trial {trial.spec.number}: {problem}" for trial in trials
+                    for problem in shared_key_problems(sweep_job, trial.spec.job)]
+        if problems:
+            raise ConfigError(problems)
+        session = _session(launcher, sweep_job)
+        log.info(f"Launching {len(job_overrides)} trials on Ray")
+        for trial in trials:
+            launcher.hydra_context.callbacks.on_job_start(config=trial.config, task_function=launcher.task_function)
+        records = session.run([trial.spec for trial in trials])
+    except OrchestratorError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        opened = getattr(launcher.task_function, "sweep", None)  # by this batch or an earlier one
+        if opened is not None:
+            opened.fail(str(error))
+        raise SystemExit(error.exit_code) from None
+    returns = [_job_return(trial, record) for trial, record in zip(trials, records)]
+    for trial, job_return in zip(trials, returns):
+        launcher.hydra_context.callbacks.on_job_end(config=trial.config, job_return=job_return)
+    return returns
+
+
+def _session(launcher, sweep_job: JobConfig):
+    """The sweep's session, opened by the first batch and kept by the task function for the next ones."""
+    from launchers.sweep_session import SweepSession, SweepSettings, new_sweep_id
+
+    keeper = getattr(launcher.task_function, "sweep_session", None)
+    if keeper is None:
+        raise ConfigError(["hydra/launcher=ray runs orchestrator trials: start the sweep with "
+                           "`orchestrator train -m ...`"])
+    config = launcher.config
+
+    def open_session():
+        overrides = tuple(config.hydra.overrides.task)
+        settings = SweepSettings(sweep_id=new_sweep_id(), sweeper=str(config.hydra.runtime.choices["hydra/sweeper"]),
+                                 overrides=overrides, fixed_keys=_fixed_keys(overrides),
+                                 max_concurrent=launcher.max_concurrent)
+        return SweepSession.open(sweep_job, settings)
+
+    return keeper(open_session)
+
+
+def _fixed_keys(overrides: Sequence[str]) -> frozenset[str]:
+    """Keys the command line sets to one value (`model=mlp`), as opposed to sweeps (`optim.lr=1e-3,1e-2`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return frozenset(override_key(override.input_line) for override in parsed if not override.is_sweep_override())
+
+
+def _hydra_problems(launcher) -> list[str]:
+    """Hydra settings this launcher cannot honour, each with what to do instead."""
+    config, max_concurrent, problems = launcher.config, launcher.max_concurrent, []
+    if max_concurrent is not None and (isinstance(max_concurrent, bool) or max_concurrent < 1):
+        problems.append(f"hydra.launcher.max_concurrent={max_concurrent} is not valid: must be null (as many as "
+                        f"the cluster's free resources allow) or a number >= 1")
+    if config.hydra.job.chdir:
+        problems.append("hydra.job.chdir=true is not valid with hydra/launcher=ray: trials run side by side in one "
+                        "process, which has one working directory; leave it false (each trial's outputs go to its "
+                        "own directory anyway) or use hydra/launcher=basic")
+    if config.hydra.job.env_set:
+        problems.append(f"hydra.job.env_set={dict(config.hydra.job.env_set)} is not valid with hydra/launcher=ray: "
+                        f"trials share one process environment; set worker variables in "
+                        f"cluster.runtime_env.env_vars instead")
+    return problems
+
+
+def _job(config) -> JobConfig:
+    """The JobConfig of a composed config (its `hydra` node left out)."""
+    from omegaconf import open_dict, read_write
+
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return load_config(task_cfg, Path.cwd())
+
+
+def _prepare(launcher, overrides: list[str], number: int) -> PreparedTrial:
+    """Compose the trial's config, resolve and create its output directory, write its .hydra/ files."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import filter_overrides
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    with open_dict(config):
+        config.hydra.job.id = number
+        config.hydra.job.num = number
+    previous = HydraConfig.instance().cfg
+    try:
+        HydraConfig.instance().set_config(config)  # ${hydra:...} in the trial's config resolves against the trial
+        output_dir = os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                                                  str(OmegaConf.select(config, "hydra.sweep.subdir"))))
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = output_dir
+        HydraConfig.instance().set_config(config)
+        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        task_cfg = copy.deepcopy(config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        if config.hydra.output_subdir is not None:
+            _save(Path(output_dir) / str(config.hydra.output_subdir),
+                  {"config.yaml": task_cfg, "hydra.yaml": hydra_cfg, "overrides.yaml": config.hydra.overrides.task})
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        job = load_config(task_cfg, Path.cwd())
+    finally:
+        HydraConfig.instance().cfg = previous
+    spec = TrialSpec(number=number, overrides=tuple(overrides), job=job, output_dir=output_dir)
+    return PreparedTrial(spec=spec, config=config, task_cfg=task_cfg, hydra_cfg=hydra_cfg)
+
+
+def _save(directory: Path, files: dict) -> None:
+    from omegaconf import OmegaConf
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, node in files.items():
+        (directory / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+
+def _job_return(trial: PreparedTrial, record: TrialRecord):
+    from hydra.core.utils import JobReturn, JobRuntime, JobStatus
+
+    job_return = JobReturn(overrides=list(trial.spec.overrides), cfg=trial.task_cfg, hydra_cfg=trial.hydra_cfg,
+                           working_dir=os.getcwd(), task_name=JobRuntime.instance().get("name"),
+                           status=JobStatus.COMPLETED)
+    job_return.return_value = record.objective if record.status in (FINISHED, STOPPED) else None
+    return job_return

@@ -1,0 +1,149 @@
+"""Sweeps through `orchestrator train -m` on the session's Ray cluster, checked in the MLflow store they write.
+
+Each test runs the command in this process (the CLI's `main`, so Hydra's multirun, the launcher plugin
+and the exit code are the real ones); the sweep's driver reuses the session's Ray connection. The tests
+share one SQLite store (creating one costs seconds), each in an experiment of its own.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from tests.helpers import assert_no_job_resources
+
+TINY = ["model=mlp", "scaling.num_workers=1", "trainer.max_epochs=1", "tracking.log_model=false",
+        "monitor.enabled=false", "failure.max_restarts=0"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """The tracking URI of the module's MLflow store."""
+    return f"sqlite:///{tmp_path_factory.mktemp('sweeps')}/mlflow.db"
+
+
+def _sweep(cluster, store, tmp_path, monkeypatch, *overrides: str) -> int:
+    monkeypatch.chdir(tmp_path)
+    return main(["train", "-m", *TINY, f"cluster.address={cluster.address}", f"hydra.sweep.dir={tmp_path}/sweep",
+                 f"tracking.uri={store}", f"tracking.experiment={tmp_path.name}", *overrides])
+
+
+def _runs(store, tmp_path):
+    """(client, parent, children by trial number) of the one sweep in the test's experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])
+    [parent] = [run for run in runs if "orchestrator.sweep_id" in run.data.tags]
+    children = {int(run.data.tags["orchestrator.trial"]): run for run in runs
+                if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(runs) == 1 + len(children), "every run of the sweep is its parent or a child of it"
+    return client, parent, children
+
+
+def _most_at_once(children) -> int:
+    events = sorted([(run.info.start_time, 1) for run in children] + [(run.info.end_time, -1) for run in children])
+    running = most = 0
+    for _, change in events:  # an end at the same millisecond as a start comes first
+        running += change
+        most = max(most, running)
+    return most
+
+
+def test_a_four_trial_sweep_runs_two_trials_at_a_time_as_children_of_one_parent(ray_cluster, store, tmp_path,
+                                                                               monkeypatch, capsys):
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    assert "RayLauncher" in [plugin.__name__ for plugin in Plugins.instance().discover(Launcher)]
+    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "optim.lr=1e-3,3e-3", "optim.name=adamw,sgd",
+                  "hydra.launcher.max_concurrent=2")
+    out = capsys.readouterr().out
+    assert code == 0, out
+
+    client, parent, children = _runs(store, tmp_path)
+    sweep_id = parent.data.tags["orchestrator.sweep_id"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["orchestrator.sweeper"] == "basic"
+    assert "optim.lr=1e-3,3e-3 optim.name=adamw,sgd" in parent.data.tags["orchestrator.sweep.overrides"]
+    assert sorted(children) == [0, 1, 2, 3]
+    chosen = set()
+    for run in children.values():
+        params, tags = run.data.params, run.data.tags
+        assert run.info.status == "FINISHED" and 0 < run.data.metrics["eval/accuracy"] <= 1
+        assert tags["orchestrator.override.optim.lr"] == params["optim.lr"]
+        assert tags["orchestrator.override.optim.name"] == params["optim.name"]
+        assert params["model.name"] == "mlp" and "orchestrator.override.model" not in tags  # fixed, not swept
+        assert tags["orchestrator.trial.sweep_id"] == sweep_id
+        chosen.add((params["optim.lr"], params["optim.name"]))
+    assert chosen == {("0.001", "adamw"), ("0.001", "sgd"), ("0.003", "adamw"), ("0.003", "sgd")}
+
+    runs = list(children.values())
+    assert _most_at_once(runs) == 2
+    trials_s = sum(run.info.end_time - run.info.start_time for run in runs) / 1000
+    first_to_last_s = (max(run.info.end_time for run in runs) - min(run.info.start_time for run in runs)) / 1000
+    assert first_to_last_s < 0.75 * trials_s, "two trials at a time should overlap, not run one after the other"
+    assert f"sweep {sweep_id}: 4 trials" in out and out.count(" FINISHED ") == 4
+
+    assert main(["compare", "--sweep", sweep_id, "--tracking-uri", store, "--experiment", tmp_path.name,
+                 "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["runs"]
+    assert sorted(row["run_id"] for row in listed) == sorted(run.info.run_id for run in runs)
+    assert_no_job_resources()
+
+
+def test_a_failing_trial_is_recorded_failed_the_others_finish_and_the_exit_code_says_so(ray_cluster, store, tmp_path,
+                                                                                       monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("checkpoints cannot go below a regular file")
+    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, f"checkpoint.dir=checkpoints,{blocker}/checkpoints")
+    out = capsys.readouterr().out
+    assert code == 1, out
+    _, parent, children = _runs(store, tmp_path)
+    assert children[0].info.status == "FINISHED"
+    assert children[1].info.status == "FAILED"
+    assert "NotADirectoryError" in children[1].data.tags["orchestrator.error"]
+    assert parent.info.status == "FAILED" and parent.data.tags["orchestrator.error"] == "trial 1 failed"
+    assert parent.data.metrics["sweep/finished"] == 1 and parent.data.metrics["sweep/failed"] == 1
+    assert_no_job_resources()
+
+
+def test_the_optuna_sweeper_gets_each_trials_objective_and_it_is_recorded(ray_cluster, store, tmp_path,
+                                                                        monkeypatch):
+    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4",
+                  "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler.seed=0", "optim.lr=tag(log,interval(1e-4,1e-1))")
+    assert code == 0
+    _, parent, children = _runs(store, tmp_path)
+    assert sorted(children) == [0, 1, 2, 3] and parent.data.tags["orchestrator.sweeper"] == "optuna"
+    accuracy = {run.info.run_id: run.data.metrics["eval/accuracy"] for run in children.values()}
+    assert len({float(run.data.params["optim.lr"]) for run in children.values()}) == 4
+    # what Optuna was told: its best trial is the child with the highest recorded accuracy (sweep.direction=maximize)
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    best_run = parent.data.tags["orchestrator.sweep.best_run_id"]
+    assert results["best_value"] == pytest.approx(max(accuracy.values())) == pytest.approx(accuracy[best_run])
+    best_child = next(run for run in children.values() if run.info.run_id == best_run)
+    assert results["best_params"]["optim.lr"] == pytest.approx(float(best_child.data.params["optim.lr"]))
+    assert parent.data.metrics["sweep/best_objective"] == pytest.approx(results["best_value"])
+    assert_no_job_resources()
+
+
+def test_median_early_stopping_stops_a_trial_that_does_worse_than_the_completed_ones(ray_cluster, store, tmp_path,
+                                                                                    monkeypatch):
+    # one at a time: the good trial (0) completes first; the planted bad one (1, lr=1e-6) hardly learns
+    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "optim.lr=3e-3,1e-6", "trainer.max_epochs=2",
+                  "sweep.early_stop=median", "sweep.early_stop_min_trials=1", "hydra.launcher.max_concurrent=1")
+    assert code == 0  # a stopped trial is no failure
+    client, parent, children = _runs(store, tmp_path)
+    good, bad = children[0], children[1]
+    assert good.info.status == "FINISHED" and "orchestrator.early_stopped" not in good.data.tags
+    assert [m.step for m in client.get_metric_history(good.info.run_id, "eval/accuracy")] == [45, 90]
+    assert bad.info.status == "KILLED"
+    reason = bad.data.tags["orchestrator.early_stopped"]
+    assert "at step 45 is worse than the median" in reason and "sweep.early_stop=median" in reason
+    assert [m.step for m in client.get_metric_history(bad.info.run_id, "eval/accuracy")] == [45]
+    assert max(m.step for m in client.get_metric_history(bad.info.run_id, "train/loss")) < 90
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/stopped"] == 1
+    assert_no_job_resources()
