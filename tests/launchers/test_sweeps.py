@@ -114,7 +114,7 @@ def test_a_failing_trial_is_recorded_failed_the_others_finish_and_the_exit_code_
 def test_the_optuna_sweeper_gets_each_trials_objective_and_it_is_recorded(ray_cluster, store, tmp_path,
                                                                         monkeypatch):
     code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4",
-                  "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler.seed=0", "optim.lr=tag(log,interval(1e-4,1e-1))")
+                  "hydra.sweeper.n_jobs=4", "hydra.sweeper.sampler.seed=0", "optim.lr=tag(log,interval(1e-4,1e-1))")
     assert code == 0
     _, parent, children = _runs(store, tmp_path)
     assert sorted(children) == [0, 1, 2, 3] and parent.data.tags["orchestrator.sweeper"] == "optuna"
