@@ -20,6 +20,11 @@ the same fields, taken from its reports by a JobObserver (benchmarks/overhead/bu
 
     .venv/bin/python benchmarks/bench_overhead.py                      # every mode, 3 repetitions
     .venv/bin/python benchmarks/bench_overhead.py --reps 5 --modes torchrun,script,builtin
+
+Before/after a change, in the same run: `git archive <commit> | tar -x -C /tmp/base`, then
+`--base-src /tmp/base --modes torchrun,script,script@base,builtin,builtin@base`: an `@base` mode runs
+with that checkout's orchestrator first on PYTHONPATH (embedded modes only: a running cluster's
+workers import whatever its `ray start` found).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ BUILTIN = ["model=mlp", "model.hidden_sizes=[1024,1024]", "data=synthetic", "dat
            "trainer.max_steps=300", "optim.lr=0.001", "optim.schedule=constant"]
 OFF = ["tracking.enabled=false", "monitor.enabled=false"]
 MODES = ["torchrun", "script", "builtin", "builtin-off", "raytrain", "script-warm", "builtin-warm"]
+BASE_MODES = ["script@base", "builtin@base", "builtin-off@base"]
 
 
 def command(mode: str, result: Path, run_dir: Path, head: "RayHead | None") -> list[str]:
@@ -67,14 +73,17 @@ def command(mode: str, result: Path, run_dir: Path, head: "RayHead | None") -> l
     return [PYTHON, str(HERE / "overhead" / "builtin.py"), str(result), *overrides]
 
 
-def run_once(mode: str, run_dir: Path, tracking_uri: str, head) -> dict:
+def run_once(mode: str, run_dir: Path, tracking_uri: str, head, base_src: "Path | None") -> dict:
     """One cold run of `mode`: its wall time, time to first step and steady-state samples/s."""
     run_dir.mkdir(parents=True)
     result = run_dir / "result.json"
-    argv = command(mode, result, run_dir, head)
-    if mode not in ("torchrun", "raytrain"):
+    plain_mode, _, base = mode.partition("@")
+    argv = command(plain_mode, result, run_dir, head)
+    if plain_mode not in ("torchrun", "raytrain"):
         argv += [f"tracking.uri={tracking_uri}", "tracking.experiment=overhead", f"checkpoint.dir={run_dir / 'ckpt'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(head.driver_env() if mode.endswith("-warm") else {})}
+    if base:
+        env["PYTHONPATH"] = str(base_src)
     with open(run_dir / "output.log", "w") as log:
         launched_at, started = time.time(), time.monotonic()
         code = subprocess.run(argv, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -98,11 +107,14 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
     parser.add_argument("--work-dir", help="where runs, logs and the MLflow store go (default: a new temp dir)")
+    parser.add_argument("--base-src", type=Path, help="a checkout of the orchestrator for the @base modes")
     args = parser.parse_args()
     modes = args.modes.split(",")
-    unknown = sorted(set(modes) - set(MODES))
+    unknown = sorted(set(modes) - set(MODES) - set(BASE_MODES))
     if unknown:
-        parser.error(f"unknown modes {unknown}: use {', '.join(MODES)}")
+        parser.error(f"unknown modes {unknown}: use {', '.join(MODES + BASE_MODES)}")
+    if any("@" in mode for mode in modes) and args.base_src is None:
+        parser.error("@base modes need --base-src")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-overhead-")).resolve()
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
     create_store(tracking_uri)
@@ -114,7 +126,7 @@ def main() -> int:
             head.start()
         for rep in range(args.reps):
             for mode in modes if rep % 2 == 0 else list(reversed(modes)):
-                result = run_once(mode, work / f"{rep}-{mode}", tracking_uri, head)
+                result = run_once(mode, work / f"{rep}-{mode}", tracking_uri, head, args.base_src)
                 results[mode].append(result)
                 print(f"rep {rep + 1} {mode:13s} wall {result['wall_s']:6.1f} s  first step {result['first_step_s']:5.1f} s"
                       f"  {result['samples_per_s']:8,.0f} samples/s", flush=True)

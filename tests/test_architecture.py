@@ -26,3 +26,12 @@ def test_pure_modules_import_no_ray_mlflow_pynvml_or_torch():
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"pure modules pulled in: {loaded}"
+
+
+def test_a_script_worker_imports_no_torch():
+    # a script-mode rank's actor only runs the user's script, which imports torch in its own process: a
+    # second torch import in the actor costs every rank seconds of CPU at job start on a small machine
+    code = ("import sys\nimport launchers.worker_actor, orchestrator.worker.entry, orchestrator.worker.script\n"
+            "print('torch' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"
