@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
+
+from tests.helpers import free_ports  # the benchmark runs from a source checkout (its sys.path holds the root)
 
 PORT_OPTIONS = ("--port", "--node-manager-port", "--object-manager-port", "--ray-client-server-port",
                 "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -22,17 +23,6 @@ PORT_OPTIONS = ("--port", "--node-manager-port", "--object-manager-port", "--ray
 WORKER_PORTS = 16
 STARTED_MARKER = "Ray runtime started"
 STOP_TIMEOUT_S = 30.0
-
-
-def _free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 class RayHead:
@@ -47,7 +37,7 @@ class RayHead:
     def start(self) -> "RayHead":
         """Start the head and return once `ray start` says the runtime is up."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(len(PORT_OPTIONS) + WORKER_PORTS)
+        ports = free_ports(len(PORT_OPTIONS) + WORKER_PORTS)
         options = [f"{option}={port}" for option, port in zip(PORT_OPTIONS, ports)]
         self.address = f"127.0.0.1:{ports[0]}"
         ray = str(Path(sys.executable).with_name("ray"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Optional
 
@@ -13,23 +12,12 @@ from orchestrator.config.schema import JobConfig
 from orchestrator.rendezvous import WorkerSpec
 from orchestrator.train.loop import TrainContext, train
 from orchestrator.worker.ddp import process_group
+from tests.helpers import free_ports
 
 
 def free_port() -> int:
     """A TCP port free on the loopback interface right now (for MASTER_PORT)."""
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on the loopback interface right now (all bound at once, so distinct)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def rank_spec(world_rank: int, world_size: int) -> WorkerSpec:

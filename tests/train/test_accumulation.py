@@ -17,7 +17,8 @@ import torch
 from orchestrator.config.load import validate
 from orchestrator.config.schema import CheckpointConfig, JobConfig, MlpConfig, SyntheticConfig, TrackingConfig, TrainerConfig
 from orchestrator.reports import MetricsReport
-from tests.train.ranks import free_ports, set_master_in_child, train_here
+from tests.helpers import free_ports
+from tests.train.ranks import set_master_in_child, train_here
 
 REPO = Path(__file__).resolve().parents[2]
 
