@@ -24,10 +24,6 @@ REQUEST_TIMEOUT_S = 10.0
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 10.0
 """Backoff between failed attempts doubles from FIRST_RETRY_S up to MAX_RETRY_S."""
-WRITE_INTERVAL_S = 1.0
-"""Least time between two writes while the run goes on (a flush or the close writes at once): every write is
-a transaction (with SQLite a commit and an fsync) in the driver, on the cores the ranks train on, and its cost
-hardly depends on how many values it carries."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +82,7 @@ class MetricWriter:
 
     def __init__(self, send: Send, max_outage_s: float, is_transient: Callable[[BaseException], bool],
                  buffer_limit: int = BUFFER_LIMIT, first_retry_s: float = FIRST_RETRY_S,
-                 max_retry_s: float = MAX_RETRY_S, name: str = "orchestrator-metric-writer",
-                 write_interval_s: float = WRITE_INTERVAL_S):
+                 max_retry_s: float = MAX_RETRY_S, name: str = "orchestrator-metric-writer"):
         self.send = send
         self.max_outage_s = max_outage_s
         self.is_transient = is_transient
@@ -95,7 +90,6 @@ class MetricWriter:
         self.first_retry_s = first_retry_s
         self.max_retry_s = max_retry_s
         self.name = name
-        self.write_interval_s = write_interval_s
         self._cond = threading.Condition()
         self._pending: Deque[tuple[float, MetricValue]] = collections.deque()
         self._accepted = 0
@@ -105,8 +99,6 @@ class MetricWriter:
         self._notices: list[str] = []
         self._outage: Optional[_Outage] = None
         self._retry_at = 0.0
-        self._write_at = 0.0
-        self._flushes = 0
         self._deadline: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -133,12 +125,7 @@ class MetricWriter:
         """Wait until every value put so far is written or dropped; False if `timeout_s` passed first."""
         with self._cond:
             target = self._accepted
-            self._flushes += 1  # the writer does not wait out its write interval for a flush
-            self._cond.notify_all()
-            try:
-                return self._cond.wait_for(lambda: self._resolved >= target, timeout=timeout_s)
-            finally:
-                self._flushes -= 1
+            return self._cond.wait_for(lambda: self._resolved >= target, timeout=timeout_s)
 
     def close(self, timeout_s: float) -> WriterReport:
         """Write what is buffered within `timeout_s`, drop the rest, stop the thread; idempotent."""
@@ -180,7 +167,6 @@ class MetricWriter:
             else:
                 with self._cond:
                     self._delivered(len(batch))
-                    self._write_at = time.monotonic() + self.write_interval_s
                     self._cond.notify_all()
 
     def _next_batch(self) -> tuple[list[MetricValue], float]:
@@ -191,13 +177,11 @@ class MetricWriter:
                 if self._deadline is not None and (now >= self._deadline or not self._pending):
                     self._drop(len(self._pending))
                     return [], 0.0
-                urgent = self._flushes > 0 or self._deadline is not None
-                ready_at = self._retry_at if urgent else max(self._retry_at, self._write_at)
-                if self._pending and now >= ready_at:
+                if self._pending and now >= self._retry_at:
                     count = min(len(self._pending), BATCH_LIMIT)
                     batch = [self._pending[index][1] for index in range(count)]
                     return batch, self._request_timeout(now)
-                wake_at = [t for t in (ready_at if self._pending else None, self._deadline) if t is not None]
+                wake_at = [t for t in (self._retry_at if self._pending else None, self._deadline) if t is not None]
                 self._cond.wait(timeout=max(min(wake_at) - now, 0.0) if wake_at else None)
 
     def _request_timeout(self, now: float) -> float:

@@ -185,16 +185,3 @@ def test_a_wrapped_connection_error_is_reported_in_a_few_words():
     report = writer.close(0.2)
     assert writer.notices()[0].startswith("MLflow: cannot write metrics (OSError: [Errno 111] Connection refused); ")
     assert report.dropped.total == 1 and not report.reachable
-
-
-def test_writes_are_spaced_by_the_interval_unless_a_flush_asks():
-    store = ScriptedStore()
-    writer = writer_for(store, write_interval_s=60.0)
-    writer.put(values("train/loss", [1]))
-    assert store.entered.wait(5)  # the first value goes out at once
-    store.entered.clear()
-    writer.put(values("train/loss", [2]))
-    assert not store.entered.wait(0.5), "a second write came before the write interval was over"
-    assert writer.flush(5)  # a flush (and the close) does not wait for the interval
-    writer.close(5)
-    assert [len(batch) for batch in store.batches] == [1, 1]
