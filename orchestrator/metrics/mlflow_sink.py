@@ -212,8 +212,11 @@ def store_opened_early(tracking: TrackingConfig) -> Iterator[Callable[[], None]]
 
     Importing MLflow and opening a SQLite store (SQLAlchemy's engine, the schema check) take seconds
     that would otherwise come before the workers start; MLflow keeps the engine, so the run's recorder
-    then opens the store at once. Yields `wait()`, which returns once the thread is done; leaving the
-    block waits too. Errors are left to the recorder, which opens the store again and reports them.
+    then opens the store at once. Only a store that already exists is opened (a SQLite file that is
+    there, or a tracking server, which check_server found answering): opening creates a missing store,
+    and a job that fails its planning must leave none behind. Yields `wait()`, which returns once the
+    thread is done; leaving the block waits too. Errors are left to the recorder, which opens the store
+    again and reports them.
     """
     if not tracking.enabled:
         yield lambda: None
@@ -221,7 +224,11 @@ def store_opened_early(tracking: TrackingConfig) -> Iterator[Callable[[], None]]
 
     def open_quietly() -> None:
         with contextlib.suppress(Exception):
-            _open_store(tracking.uri)
+            import mlflow  # noqa: F401  (most of the time: the import)
+
+            database = sqlite_path(tracking.uri)
+            if is_server(tracking.uri) or (database is not None and database.is_file()):
+                _open_store(tracking.uri)
 
     thread = threading.Thread(target=open_quietly, name="orchestrator-store-opener", daemon=True)
     thread.start()
