@@ -7,16 +7,17 @@ import dataclasses
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from orchestrator import __version__
 from orchestrator.config.export import config_yaml, flat_params
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import Controller, JobObserver, JobOutcome, StopRequests
 from orchestrator.metrics.console_log import CONSOLE_ARTIFACT, ConsoleLog, captured
-from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, HYDRA_ARTIFACT_DIR, WORKERS_ARTIFACT
+from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, HYDRA_ARTIFACT_DIR, WORKERS_ARTIFACT, store_opened_early
 from orchestrator.metrics.redact import redact_text
 from orchestrator.metrics.sink import NullSink
 from orchestrator.metrics.transport import check_server, is_server
@@ -71,32 +72,73 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
     target = resolve_resume(job.trainer.resume, Path(job.checkpoint.dir)) if job.trainer.resume else None
     if job.tracking.enabled and is_server(job.tracking.uri):
         check_server(job.tracking.uri, job.tracking.experiment)  # before the cluster is touched
-    with connect(job.cluster) as cluster, captured(console) as console_log:
-        plan = plan_job(job, cluster)
-        sink = open_run(job, plan, overrides, target, console, output_dir, link)
-        name = f"orchestrator-{(sink.run_id or '')[:12]}-{uuid.uuid4().hex[:8]}".replace("--", "-")
-        checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
-        controller = Controller(lambda: RayWorkerGroup(plan, job, name, checkpoint_dir), sink, console,
-                                failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
-                                resume_from=str(target.checkpoint) if target else None,
-                                resumed_step=target.step if target else 0,
-                                find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
-                                observers=[*job_observers(job, sink, console, name), *link.observers(sink)],
-                                stop_requests=link.stop_requests)
+    # MLflow's import and the store's opening overlap Ray's start; the model is logged while Ray shuts down
+    model_logged: Callable[[], None] = lambda: None
+    with store_opened_early(job.tracking) as store_opened, captured(console) as console_log:
         try:
-            outcome = controller.run()
-            record_results(sink, job, outcome)
-            summary = JobSummary(outcome=outcome, run_id=sink.run_id, experiment_id=getattr(sink, "experiment_id", None),
-                                 duration_s=time.monotonic() - started, flush_s=getattr(sink, "flush_s", None))
-            console_log.extend(line for line, _ in summary_lines(job, summary))
-            finish_run(sink, outcome, console_log)
-        except KeyboardInterrupt:
-            _abort(sink, console_log, "KILLED", "interrupted by the user")
-            raise
-        except BaseException as error:
-            _abort(sink, console_log, "FAILED", f"{type(error).__name__}: {error}")
-            raise
+            with connect(job.cluster) as cluster:
+                plan = plan_job(job, cluster)
+                store_opened()
+                sink = open_run(job, plan, overrides, target, console, output_dir, link)
+                name = f"orchestrator-{(sink.run_id or '')[:12]}-{uuid.uuid4().hex[:8]}".replace("--", "-")
+                checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
+                controller = Controller(lambda: RayWorkerGroup(plan, job, name, checkpoint_dir), sink, console,
+                                        failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
+                                        resume_from=str(target.checkpoint) if target else None,
+                                        resumed_step=target.step if target else 0,
+                                        find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
+                                        observers=[*job_observers(job, sink, console, name),
+                                                   *link.observers(sink)],
+                                        stop_requests=link.stop_requests)
+                with _aborting_on_error(sink, console_log):
+                    outcome = controller.run()
+                model_logged = log_model_in_background(sink, job, outcome)
+            with _aborting_on_error(sink, console_log):
+                record_results(sink, job, outcome, model_logged)
+                summary = JobSummary(outcome=outcome, run_id=sink.run_id,
+                                     experiment_id=getattr(sink, "experiment_id", None),
+                                     duration_s=time.monotonic() - started, flush_s=getattr(sink, "flush_s", None))
+                console_log.extend(line for line, _ in summary_lines(job, summary))
+                finish_run(sink, outcome, console_log)
+        finally:
+            # on an error before record_results the thread is still ours to join; its own error is secondary then
+            with contextlib.suppress(Exception):
+                model_logged()
     return summary
+
+
+@contextlib.contextmanager
+def _aborting_on_error(sink, console_log: ConsoleLog) -> Iterator[None]:
+    """A job that raises ends its run as KILLED (Ctrl-C) or FAILED, keeping its console log."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _abort(sink, console_log, "KILLED", "interrupted by the user")
+        raise
+    except BaseException as error:
+        _abort(sink, console_log, "FAILED", f"{type(error).__name__}: {error}")
+        raise
+
+
+def log_model_in_background(sink, job: JobConfig, outcome: JobOutcome) -> Callable[[], None]:
+    """Start logging the trained model (if it is to be logged) on a thread; returns wait(), which re-raises its error.
+
+    It needs no Ray, so the embedded instance shuts down meanwhile. Exporting the model (torch.export)
+    and MLflow's requirement checks take seconds of one core, while shutting Ray down mostly waits for
+    its processes to exit. wait() must be called on every path: it owns the thread.
+    """
+    result = outcome.result
+    wanted = job.tracking.enabled and job.tracking.log_model and outcome.status == "FINISHED"
+    if not (wanted and result is not None and result.model_state):
+        return lambda: None
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-model-log")
+    logged = executor.submit(sink.log_model, trained_model(job, result.model_state), result.input_example)
+    executor.shutdown(wait=False)  # the submitted call still runs; wait() below joins it
+
+    def wait() -> None:
+        logged.result()
+
+    return wait
 
 
 def newest_checkpoint(directory: Path) -> Optional[tuple[str, int]]:
@@ -190,14 +232,21 @@ def workers_table(outcome: JobOutcome) -> list[dict]:
     ]
 
 
-def record_results(sink, job: JobConfig, outcome: JobOutcome) -> None:
-    """Wait (bounded) for the buffered metrics, then log where the ranks ran and the trained model."""
-    sink.flush()
-    if outcome.workers:
-        sink.log_text(json.dumps(workers_table(outcome), indent=2), WORKERS_ARTIFACT)
-    result = outcome.result
-    if outcome.status == "FINISHED" and job.tracking.log_model and result is not None and result.model_state:
-        sink.log_model(trained_model(job, result.model_state), result.input_example)
+def record_results(sink, job: JobConfig, outcome: JobOutcome, model_logged: Optional[Callable[[], None]] = None) -> None:
+    """Wait (bounded) for the buffered metrics, then log where the ranks ran and the trained model.
+
+    `model_logged` waits for a model already being logged by log_model_in_background; without it the
+    model is logged here.
+    """
+    try:
+        sink.flush()
+        if outcome.workers:
+            sink.log_text(json.dumps(workers_table(outcome), indent=2), WORKERS_ARTIFACT)
+    finally:
+        if model_logged is not None:
+            model_logged()
+    if model_logged is None:
+        log_model_in_background(sink, job, outcome)()
 
 
 def finish_run(sink, outcome: JobOutcome, console_log: Optional[ConsoleLog] = None) -> None:

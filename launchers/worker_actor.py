@@ -70,12 +70,15 @@ class WorkerActor:
 
     def start(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str, resume_from: Optional[str] = None) -> None:
         """Start an attempt of the rank on a thread of its own; its reports queue up for `reports()`."""
-        from orchestrator.train.loop import WorkerCache
         from orchestrator.worker.entry import Attempt
 
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("the previous attempt of this worker is still running")
-        if self._cache is None:
+        if self._cache is None and job.entrypoint == "builtin":
+            # only the built-in loop needs it: importing it imports torch, which a script's worker never needs
+            # (the script imports its own, in its own process)
+            from orchestrator.train.loop import WorkerCache
+
             self._cache = WorkerCache()
         attempt = Attempt(checkpoint_dir=Path(checkpoint_dir), cache=self._cache,
                           resume_from=Path(resume_from) if resume_from else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -66,3 +67,15 @@ def worker_pid(address: Optional[str] = None) -> Optional[int]:
     alive = [a for a in live_actors(address) if a.state == "ALIVE" and a.class_name == "WorkerActor"
              and (a.name or "").startswith("orchestrator-") and a.pid]
     return alive[0].pid if alive else None
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on the loopback interface right now (all bound at once, so distinct)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()

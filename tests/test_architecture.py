@@ -35,3 +35,12 @@ def test_the_hydra_launcher_plugin_imports_nothing_heavy():
             "print(','.join(m for m in ['ray', 'mlflow', 'torch', 'launchers.sweep_session'] if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"the launcher plugin pulled in: {loaded}"
+
+
+def test_a_script_worker_imports_no_torch():
+    # a script-mode rank's actor only runs the user's script, which imports torch in its own process: a
+    # second torch import in the actor costs every rank seconds of CPU at job start on a small machine
+    code = ("import sys\nimport launchers.worker_actor, orchestrator.worker.entry, orchestrator.worker.script\n"
+            "print('torch' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"

@@ -14,6 +14,7 @@ from orchestrator.config.schema import (
     AMP_MODES,
     BACKENDS,
     EARLY_STOP_RULES,
+    COMPILE_MODES,
     ENTRYPOINTS,
     MODEL_FORMATS,
     OPTIMIZERS,
@@ -24,10 +25,12 @@ from orchestrator.config.schema import (
     SWEEP_OBJECTIVES,
     CnnConfig,
     DataConfig,
+    GptConfig,
     JobConfig,
     MlpConfig,
     ScalingConfig,
     SyntheticConfig,
+    TokensConfig,
 )
 from orchestrator.errors import ConfigError
 from orchestrator.metrics.redact import redact_value
@@ -71,6 +74,8 @@ def data_input_shape(data: DataConfig) -> tuple[int, ...]:
     """Shape of one input sample of the configured data set."""
     if isinstance(data, SyntheticConfig):
         return tuple(data.input_shape)
+    if isinstance(data, TokensConfig):
+        return (data.seq_len,)
     return DIGITS_INPUT_SHAPE
 
 
@@ -78,6 +83,8 @@ def data_num_classes(data: DataConfig) -> int:
     """Number of classes of the configured data set."""
     if isinstance(data, SyntheticConfig):
         return data.num_classes
+    if isinstance(data, TokensConfig):
+        return data.vocab_size
     return DIGITS_CLASSES
 
 
@@ -203,6 +210,10 @@ def _check_trainer(job: JobConfig, problems: _Problems) -> None:
     problems.at_least("trainer.grad_accum_steps", trainer.grad_accum_steps, 1)
     problems.at_least("trainer.log_every_n_steps", trainer.log_every_n_steps, 1)
     problems.at_least("trainer.eval_every_n_epochs", trainer.eval_every_n_epochs, 1)
+    problems.choice("trainer.compile_mode", trainer.compile_mode, COMPILE_MODES)
+    if trainer.peak_tflops is not None:
+        problems.positive("trainer.peak_tflops", trainer.peak_tflops)
+    problems.positive("ddp.bucket_cap_mb", job.ddp.bucket_cap_mb)
 
 
 def _check_optim(job: JobConfig, problems: _Problems) -> None:
@@ -224,6 +235,10 @@ def _check_data(job: JobConfig, problems: _Problems) -> None:
         problems.at_least("data.num_samples", data.num_samples, 2)
         problems.sizes("data.input_shape", data.input_shape)
         problems.at_least("data.num_classes", data.num_classes, 2)
+    if isinstance(data, TokensConfig):
+        problems.at_least("data.num_sequences", data.num_sequences, 2)
+        problems.at_least("data.seq_len", data.seq_len, 1)
+        problems.at_least("data.vocab_size", data.vocab_size, 2)
 
 
 def _check_model(job: JobConfig, problems: _Problems) -> None:
@@ -233,8 +248,28 @@ def _check_model(job: JobConfig, problems: _Problems) -> None:
     elif isinstance(model, CnnConfig):
         problems.sizes("model.channels", model.channels)
         problems.at_least("model.hidden", model.hidden, 1)
-        _check_cnn_input(job, model, problems)
+        if not isinstance(job.data, TokensConfig):  # reported below, as the wrong pairing it is
+            _check_cnn_input(job, model, problems)
+    elif isinstance(model, GptConfig):
+        _check_gpt(job, model, problems)
+    if not isinstance(model, GptConfig) and isinstance(job.data, TokensConfig):
+        problems.require(False, "data", "tokens", f"token sequences need model=gpt (model={model.name} classifies "
+                         "tensors): set model=gpt, or data=synthetic")
     problems.fraction("model.dropout", model.dropout)
+
+
+def _check_gpt(job: JobConfig, model: GptConfig, problems: _Problems) -> None:
+    problems.at_least("model.layers", model.layers, 1)
+    problems.at_least("model.heads", model.heads, 1)
+    problems.at_least("model.width", model.width, 1)
+    problems.at_least("model.context", model.context, 1)
+    if all(_is_number(value) and value >= 1 for value in (model.width, model.heads)) and model.width % model.heads:
+        problems.require(False, "model.width", model.width, f"must be a multiple of model.heads={model.heads}")
+    data = job.data
+    if not isinstance(data, TokensConfig):
+        problems.require(False, "data", data.name, "model=gpt predicts tokens: set data=tokens")
+    elif _is_number(data.seq_len) and _is_number(model.context) and data.seq_len > model.context:
+        problems.require(False, "data.seq_len", data.seq_len, f"must be at most model.context={model.context}")
 
 
 def _check_cnn_input(job: JobConfig, model: CnnConfig, problems: _Problems) -> None:

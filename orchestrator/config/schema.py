@@ -24,6 +24,7 @@ SWEEP_DIRECTIONS = ("maximize", "minimize")
 EARLY_STOP_RULES = ("none", "median")
 SWEEP_OBJECTIVES = ("eval/accuracy", "eval/loss", "train/loss", "train/samples_per_s")
 """Metrics the built-in loop reports that a sweep can optimize."""
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,30 @@ class TrainerConfig:
     resume: Optional[str] = None
     """Continue a stopped or failed run into the same MLflow run: latest, a checkpoint file or run
     checkpoint directory, or an MLflow run id; null = start fresh."""
+    compile: bool = False
+    """Compile the model with torch.compile, inside DDP (on CPU this needs a C++ compiler; the first steps compile)."""
+    compile_mode: str = "default"
+    """torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune (slow compile, fastest kernels)."""
+    tf32: bool = False
+    """Allow TF32 tensor cores for float32 matmuls and convolutions on CUDA (Ampere and newer): faster, about
+    1e-3 relative precision."""
+    peak_tflops: Optional[float] = None
+    """Peak TFLOP/s of one worker's device (e.g. 989 for an H100 SXM in bf16), for the train/mfu metric of
+    model=gpt; null = no train/mfu."""
+
+
+@dataclass(frozen=True)
+class DdpConfig:
+    """Options of torch's DistributedDataParallel wrapper."""
+
+    bucket_cap_mb: float = 25.0
+    """Size of the gradient buckets all-reduced together, in MiB (DDP's default: 25)."""
+    gradient_as_bucket_view: bool = False
+    """Gradients are views into the all-reduce buckets: saves one gradient-sized copy and its memory."""
+    static_graph: bool = False
+    """The set of parameters used and the graph are the same every step: lets DDP skip per-step checks."""
+    find_unused_parameters: bool = False
+    """Search each step's graph for parameters that got no gradient (needed only by models that skip some)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +142,7 @@ class ModelConfig:
     """Base of the `model` group; `name` selects the architecture."""
 
     name: str = MISSING
-    """Architecture; set by the group option (mlp, cnn)."""
+    """Architecture; set by the group option (mlp, cnn, gpt)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,25 @@ class CnnConfig(ModelConfig):
     """Width of the fully connected layer before the classifier."""
     dropout: float = 0.0
     """Dropout before the classifier."""
+    channels_last: bool = False
+    """Keep conv weights and inputs in the channels_last memory format (faster on CUDA tensor cores, with amp)."""
+
+
+@dataclass(frozen=True)
+class GptConfig(ModelConfig):
+    """A small decoder-only transformer (pre-norm blocks, causal attention, tied embeddings) for data=tokens."""
+
+    name: str = "gpt"
+    layers: int = 4
+    """Transformer blocks."""
+    heads: int = 4
+    """Attention heads per block (width must be a multiple of heads)."""
+    width: int = 256
+    """Model width (embedding size); the MLP is 4x wider."""
+    context: int = 128
+    """Longest sequence the model takes (its position embeddings); data.seq_len must not exceed it."""
+    dropout: float = 0.0
+    """Dropout on attention weights and after each residual branch."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +193,7 @@ class DataConfig:
     """Base of the `data` group; `name` selects the data set."""
 
     name: str = MISSING
-    """Data set; set by the group option (digits, synthetic)."""
+    """Data set; set by the group option (digits, synthetic, tokens)."""
     batch_size: int = 32
     """Samples per worker per micro-batch (the global batch is batch_size x num_workers)."""
     test_fraction: float = 0.2
@@ -174,6 +218,19 @@ class SyntheticConfig(DataConfig):
     """Shape of one input: [features] for the mlp, [channels, height, width] for the cnn."""
     num_classes: int = 10
     """Number of classes."""
+
+
+@dataclass(frozen=True)
+class TokensConfig(DataConfig):
+    """Synthetic token sequences from a fixed random sparse bigram chain: next-token prediction for model=gpt."""
+
+    name: str = "tokens"
+    num_sequences: int = 4096
+    """Sequences generated (train + test)."""
+    seq_len: int = 128
+    """Tokens the model reads per sequence (at most model.context)."""
+    vocab_size: int = 256
+    """Distinct tokens."""
 
 
 @dataclass(frozen=True)
@@ -291,11 +348,12 @@ class JobConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ddp: DdpConfig = field(default_factory=DdpConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: Any = MISSING
-    """The `model` group option: MlpConfig or CnnConfig."""
+    """The `model` group option: MlpConfig, CnnConfig or GptConfig."""
     data: Any = MISSING
-    """The `data` group option: DigitsConfig or SyntheticConfig."""
+    """The `data` group option: DigitsConfig, SyntheticConfig or TokensConfig."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
@@ -303,5 +361,5 @@ class JobConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
-MODEL_SCHEMAS = {"mlp": MlpConfig, "cnn": CnnConfig}
-DATA_SCHEMAS = {"digits": DigitsConfig, "synthetic": SyntheticConfig}
+MODEL_SCHEMAS = {"mlp": MlpConfig, "cnn": CnnConfig, "gpt": GptConfig}
+DATA_SCHEMAS = {"digits": DigitsConfig, "synthetic": SyntheticConfig, "tokens": TokensConfig}

@@ -9,10 +9,12 @@ credentials in values and texts are masked (`redact.py`).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.metrics import redact
@@ -243,6 +245,38 @@ class RunRecorder:
     def _announce(self) -> None:
         for notice in self.writer.notices():
             self.notify(notice)
+
+
+@contextlib.contextmanager
+def store_opened_early(tracking: TrackingConfig) -> Iterator[Callable[[], None]]:
+    """Import MLflow and open the tracking store on a thread of its own while the caller does other work.
+
+    Importing MLflow and opening a SQLite store (SQLAlchemy's engine, the schema check) take seconds
+    that would otherwise come before the workers start; MLflow keeps the engine, so the run's recorder
+    then opens the store at once. Only a store that already exists is opened (a SQLite file that is
+    there, or a tracking server, which check_server found answering): opening creates a missing store,
+    and a job that fails its planning must leave none behind. Yields `wait()`, which returns once the
+    thread is done; leaving the block waits too. Errors are left to the recorder, which opens the store
+    again and reports them.
+    """
+    if not tracking.enabled:
+        yield lambda: None
+        return
+
+    def open_quietly() -> None:
+        with contextlib.suppress(Exception):
+            import mlflow  # noqa: F401  (most of the time: the import)
+
+            database = sqlite_path(tracking.uri)
+            if is_server(tracking.uri) or (database is not None and database.is_file()):
+                _open_store(tracking.uri)
+
+    thread = threading.Thread(target=open_quietly, name="orchestrator-store-opener", daemon=True)
+    thread.start()
+    try:
+        yield thread.join
+    finally:
+        thread.join()
 
 
 def _open_store(tracking_uri: str) -> tuple[Any, StoreGuard]:

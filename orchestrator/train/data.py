@@ -9,7 +9,11 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from orchestrator.config.load import data_num_classes
-from orchestrator.config.schema import DataConfig, SyntheticConfig
+from orchestrator.config.schema import DataConfig, SyntheticConfig, TokensConfig
+
+SUCCESSORS = 4
+"""Tokens that may follow each token in the synthetic chain: a model that learns the chain reaches a loss
+near the chain's entropy (under log 4 nats), far below the log(vocab_size) of guessing."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ def load_dataset(data: DataConfig, seed: int) -> Dataset:
     """The configured data set, split into train/test by `seed` (identical on every rank)."""
     if isinstance(data, SyntheticConfig):
         inputs, labels = _synthetic(data, seed)
+    elif isinstance(data, TokensConfig):
+        inputs, labels = _tokens(data, seed)
     else:
         inputs, labels = _digits()
     generator = torch.Generator().manual_seed(seed)
@@ -63,6 +69,28 @@ def _synthetic(data: SyntheticConfig, seed: int) -> tuple[torch.Tensor, torch.Te
     return inputs, labels
 
 
+def _tokens(data: TokensConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences walked through a fixed random chain; inputs are tokens 0..T-1, labels tokens 1..T."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    vocab = data.vocab_size
+    successors = torch.randint(0, vocab, (vocab, SUCCESSORS), generator=generator)
+    weights = torch.softmax(torch.randn(vocab, SUCCESSORS, generator=generator), dim=1)
+    sequences = torch.empty((data.num_sequences, data.seq_len + 1), dtype=torch.long)
+    sequences[:, 0] = torch.randint(0, vocab, (data.num_sequences,), generator=generator)
+    for position in range(1, data.seq_len + 1):
+        previous = sequences[:, position - 1]
+        choice = torch.multinomial(weights[previous], 1, generator=generator).squeeze(1)
+        sequences[:, position] = successors[previous, choice]
+    return sequences[:, :-1], sequences[:, 1:]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; to a GPU through pinned memory, so the copy is one DMA that does not stall the host."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class ShardedBatches:
     """This rank's micro-batches, grouped per optimizer step, in a global order fixed by the seed.
 
@@ -73,6 +101,8 @@ class ShardedBatches:
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, world_size: int, world_rank: int,
                  batch_size: int, accum_steps: int, seed: int):
+        # inputs and labels live where the model runs (the whole set is moved once, see loop._on_device):
+        # each micro-batch is then one gather on the device, with no per-step host-to-device copy
         self.inputs = inputs
         self.labels = labels
         self.batch_size = batch_size
@@ -93,7 +123,9 @@ class ShardedBatches:
     def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
         """Yield one list of (inputs, labels) micro-batches per optimizer step, after `skip_steps`."""
         self.sampler.set_epoch(epoch)
-        indices = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        # the epoch's order goes to the device once: indexing a GPU tensor with CPU indices would copy them
+        # (from pageable memory, synchronously) on every micro-batch
+        indices = to_device(torch.tensor(list(iter(self.sampler)), dtype=torch.long), self.inputs.device)
         step_samples = self.batch_size * self.accum_steps
         for start in range(skip_steps * step_samples, len(indices), step_samples):
             chunk = indices[start:start + step_samples]

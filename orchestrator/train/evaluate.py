@@ -9,10 +9,15 @@ from torch import nn
 from orchestrator.train.precision import autocast
 
 
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over every prediction: one per sample (classes), or one per token (gpt: batch x length)."""
+    return nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction=reduction)
+
+
 @torch.no_grad()
 def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, world_rank: int, world_size: int,
              batch_size: int, amp: str) -> dict[str, float]:
-    """Loss and accuracy over every test sample exactly once (rank r takes samples r, r+W, ...).
+    """Loss and accuracy over every test sample exactly once (rank r takes samples r, r+W, ...); per token for gpt.
 
     DistributedSampler would pad the split with repeated samples to even out the shards, which makes
     the reported accuracy slightly wrong; summing exact counts over ranks keeps it true.
@@ -26,9 +31,9 @@ def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, worl
         with autocast(device, amp):
             logits = module(inputs[part])
         target = labels[part]
-        totals[0] += nn.functional.cross_entropy(logits.float(), target, reduction="sum").double()
-        totals[1] += (logits.argmax(dim=1) == target).sum()
-        totals[2] += len(part)
+        totals[0] += token_loss(logits.float(), target, reduction="sum").double()
+        totals[1] += (logits.argmax(dim=-1) == target).sum()
+        totals[2] += target.numel()
     if world_size > 1:
         dist.all_reduce(totals)
     module.train(was_training)

@@ -21,15 +21,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from orchestrator.config.schema import JobConfig, TrainerConfig
+from orchestrator.config.schema import DdpConfig, GptConfig, JobConfig, TrainerConfig
 from orchestrator.reports import AttemptStartReport, CheckpointReport, MetricsReport, ResultReport, StepReport
 from orchestrator.rendezvous import WorkerSpec
 from orchestrator.train.checkpoint import CheckpointWriter, load_checkpoint, snapshot
-from orchestrator.train.data import Dataset, ShardedBatches, load_dataset
-from orchestrator.train.evaluate import evaluate
+from orchestrator.train.data import Dataset, ShardedBatches, load_dataset, to_device
+from orchestrator.train.evaluate import evaluate, token_loss
+from orchestrator.train.flops import training_flops_per_token
 from orchestrator.train.models import build_model
 from orchestrator.train.optim import build_optimizer, build_scheduler
-from orchestrator.train.precision import autocast, grad_scaler
+from orchestrator.train.precision import autocast, grad_scaler, set_tf32
 from orchestrator.train.timing import SyncTimer
 from orchestrator.train.rng import capture_rng, restore_rng, seed_everything
 
@@ -101,18 +102,18 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
     """Data, model (identical on every rank), DDP wrapper, optimizer, schedule, scaler; resumed if asked."""
     started = time.perf_counter()
     spec, seed = ctx.spec, job.trainer.seed
+    set_tf32(ctx.device, job.trainer.tf32)
     seed_everything(seed)
     dataset, module = _data_and_model(job, ctx)
     seed_everything(seed + 1 + spec.world_rank)  # per-rank randomness (dropout) after the shared init
     batches = ShardedBatches(dataset.train_x, dataset.train_y, spec.world_size, spec.world_rank,
                              job.data.batch_size, job.trainer.grad_accum_steps, seed)
-    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    model = DistributedDataParallel(module, device_ids=device_ids)
+    model = wrap_ddp(compiled(module, job.trainer), ctx.device, job.ddp)
     ctx.cache.wrapper = weakref.ref(model)
     optimizer = build_optimizer(job.optim, module.parameters())
     steps = total_steps(job.trainer, batches.steps_per_epoch)
-    trainer = Trainer(job, ctx, dataset, batches, model, optimizer, build_scheduler(job.optim, optimizer, steps),
-                      grad_scaler(ctx.device, job.trainer.amp), steps)
+    trainer = Trainer(job, ctx, dataset, batches, model, module, optimizer,
+                      build_scheduler(job.optim, optimizer, steps), grad_scaler(ctx.device, job.trainer.amp), steps)
     trainer.sync_timer.attach(model)  # each rank's time to reach gradient sync: the straggler signal
     ctx.timings["build"] = time.perf_counter() - started
     if ctx.resume_from is not None:
@@ -120,6 +121,24 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
         trainer.restore(load_checkpoint(ctx.resume_from))
         ctx.timings["checkpoint_load"] = time.perf_counter() - loaded
     return trainer
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device, ddp: DdpConfig) -> DistributedDataParallel:
+    """The DDP wrapper with the `ddp` config's bucket size, bucket views, static graph and unused-parameter search."""
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   bucket_cap_mb=ddp.bucket_cap_mb, gradient_as_bucket_view=ddp.gradient_as_bucket_view,
+                                   static_graph=ddp.static_graph, find_unused_parameters=ddp.find_unused_parameters)
+
+
+def compiled(module: torch.nn.Module, trainer: TrainerConfig) -> torch.nn.Module:
+    """`module` under torch.compile when trainer.compile (the parameters stay the module's own), else `module`.
+
+    DDP wraps the compiled module, not the other way round: compiling the DDP wrapper (which would let
+    TorchDynamo split the graph at bucket boundaries) compiles nothing for modules whose forward is
+    torch.nn's own, such as nn.Sequential (torch 2.13 skips those frames inside DDP's forward). The
+    price: a compiled backward hands DDP all gradients at its end, so all-reduces do not overlap it.
+    """
+    return torch.compile(module, mode=trainer.compile_mode) if trainer.compile else module
 
 
 def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Dataset, torch.nn.Module]:
@@ -138,7 +157,8 @@ def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Dataset, torch.n
 def _on_device(dataset: Dataset, device: torch.device) -> Dataset:
     if device.type == "cpu":
         return dataset
-    tensors = {name: getattr(dataset, name).to(device) for name in ("train_x", "train_y", "test_x", "test_y")}
+    # the whole in-memory set moves to the device once, so steps index it there without copies
+    tensors = {name: to_device(getattr(dataset, name), device) for name in ("train_x", "train_y", "test_x", "test_y")}
     return Dataset(**tensors, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
 
 
@@ -170,9 +190,11 @@ class _Window:
 class Trainer:
     """Runs optimizer steps, logging, checkpoints and evaluation for one rank."""
 
-    def __init__(self, job, ctx, dataset, batches, model, optimizer, scheduler, scaler, steps):
+    def __init__(self, job, ctx, dataset, batches, model, module, optimizer, scheduler, scaler, steps):
         self.job, self.ctx, self.dataset, self.batches = job, ctx, dataset, batches
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.module = module
+        """The plain model inside DDP (and torch.compile): its state_dict names are the checkpoint's and MLflow's."""
         self.total_steps = steps
         self.step = self.epoch = self.steps_in_epoch = 0
         self.resumed_step = 0
@@ -207,7 +229,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last else self.model.no_sync()
             with sync:
                 with autocast(self.ctx.device, amp):
-                    loss = torch.nn.functional.cross_entropy(self.model(inputs), labels)
+                    loss = token_loss(self.model(inputs), labels)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             self.window.loss_sum += loss.detach().double()
             self.window.samples += len(labels)
@@ -251,6 +273,7 @@ class Trainer:
             self.ctx.emit(MetricsReport(step=self.step, metrics={
                 "train/loss": loss_sum / micro_batches,
                 "train/samples_per_s": samples / elapsed,
+                **token_metrics(self.job, samples / elapsed, self.ctx.spec.world_size),
                 "train/lr": self.scheduler.get_last_lr()[0],
                 "train/epoch": float(self.epoch),
             }))
@@ -274,7 +297,7 @@ class Trainer:
 
     def _evaluate(self) -> None:
         spec = self.ctx.spec
-        self.eval_metrics = evaluate(self.model.module, self.dataset.test_x, self.dataset.test_y, spec.world_rank,
+        self.eval_metrics = evaluate(self.module, self.dataset.test_x, self.dataset.test_y, spec.world_rank,
                                      spec.world_size, self.job.data.batch_size, self.job.trainer.amp)
         self.evaluated_at = self.step
         if spec.world_rank == 0:
@@ -296,7 +319,7 @@ class Trainer:
 
     def _state(self, rng_states: list) -> dict[str, Any]:
         return {
-            "model": snapshot(self.model.module.state_dict()),
+            "model": snapshot(self.module.state_dict()),
             "optimizer": snapshot(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -311,7 +334,7 @@ class Trainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue exactly where the checkpoint's run stopped (weights, optimizer, data position, RNG)."""
-        self.model.module.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -329,12 +352,25 @@ class Trainer:
             self._evaluate()
         self._checkpoint()  # the end state is always on disk (a no-op when this step is saved already)
         self.writer.wait()
-        weights = {name: tensor.detach().cpu() for name, tensor in self.model.module.state_dict().items()}
+        weights = {name: tensor.detach().cpu() for name, tensor in self.module.state_dict().items()}
         result = ResultReport(world_rank=self.ctx.spec.world_rank, step=self.step, stopped=stopped,
                               metrics=self.eval_metrics, params_digest=state_digest(weights))
         if self.ctx.spec.world_rank != 0:
             return result
         return dataclasses.replace(result, model_state=weights, input_example=self.dataset.test_x[:4].cpu().numpy())
+
+
+def token_metrics(job: JobConfig, samples_per_s: float, world_size: int) -> dict[str, float]:
+    """For model=gpt: tokens/s, model TFLOP/s (6N + attention per token) and, with trainer.peak_tflops, MFU."""
+    if not isinstance(job.model, GptConfig):
+        return {}
+    seq_len = job.data.seq_len
+    tokens_per_s = samples_per_s * seq_len
+    tflops = tokens_per_s * training_flops_per_token(job.model, job.data.vocab_size, seq_len) / 1e12
+    metrics = {"train/tokens_per_s": tokens_per_s, "train/model_tflops": tflops}
+    if job.trainer.peak_tflops is not None:
+        metrics["train/mfu"] = tflops / (job.trainer.peak_tflops * world_size)
+    return metrics
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:

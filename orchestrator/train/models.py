@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
-from orchestrator.config.schema import CnnConfig, MlpConfig, ModelConfig
+from orchestrator.config.schema import CnnConfig, GptConfig, MlpConfig, ModelConfig
 
 
 def build_model(model: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The network for `model` (mlp or cnn) sized for the data set's inputs and classes."""
+    """The network for `model` (mlp, cnn or gpt) sized for the data set's inputs and classes (gpt: tokens)."""
     if isinstance(model, MlpConfig):
         return _mlp(model, input_shape, num_classes)
     if isinstance(model, CnnConfig):
         return _cnn(model, input_shape, num_classes)
-    raise ValueError(f"model={model.name} is not a built-in model: use mlp or cnn")
+    if isinstance(model, GptConfig):
+        from orchestrator.train.gpt import Gpt
+
+        return Gpt(model, vocab_size=num_classes)
+    raise ValueError(f"model={model.name} is not a built-in model: use mlp, cnn or gpt")
+
+
+class ChannelsLastSequential(nn.Sequential):
+    """nn.Sequential over (N, C, H, W) inputs that runs every conv in the channels_last (NHWC) memory format.
+
+    A conv whose weight and input are both channels_last skips the layout transposes around cuDNN's
+    NHWC tensor-core kernels. The input is converted here (a no-op when it already is), so evaluation
+    and the logged model get it too; the layers and their state_dict names are nn.Sequential's.
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(inputs.contiguous(memory_format=torch.channels_last))
 
 
 def _mlp(model: MlpConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -43,4 +60,6 @@ def _cnn(model: CnnConfig, input_shape: tuple[int, ...], num_classes: int) -> nn
     if model.dropout > 0:
         layers.append(nn.Dropout(model.dropout))
     layers.append(nn.Linear(model.hidden, num_classes))
+    if model.channels_last:
+        return ChannelsLastSequential(*layers).to(memory_format=torch.channels_last)
     return nn.Sequential(*layers)

@@ -49,7 +49,8 @@ def _run_builtin(spec, job, emit, stop: StopSignal, attempt: Attempt) -> ResultR
     import torch
 
     from orchestrator.train.loop import TrainContext, WorkerCache, train
-    from orchestrator.worker.ddp import pin_socket_interface, process_group
+    from orchestrator.worker.ddp import process_group
+    from orchestrator.worker.network import pin_socket_interface
 
     os.environ.update(spec.env)
     pin_socket_interface(spec.node_ip)

@@ -17,7 +17,7 @@ from typing import Callable, TextIO
 from orchestrator.config.schema import JobConfig
 from orchestrator.reports import ErrorReport, LogReport, ResultReport
 from orchestrator.rendezvous import WorkerSpec
-from orchestrator.worker.ddp import SOCKET_IFNAME_VARIABLES, interface_holding
+from orchestrator.worker.network import SOCKET_IFNAME_VARIABLES, interface_holding
 from orchestrator.worker.stop import StopSignal
 
 STDERR_TAIL_LINES = 40

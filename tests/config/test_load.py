@@ -53,6 +53,12 @@ def test_absolute_sqlite_uri_is_kept(tmp_path: Path):
     ("sweep.direction=up", "sweep.direction=up is not valid: use one of maximize, minimize"),
     ("sweep.early_stop=asha", "sweep.early_stop=asha is not valid: use one of none, median"),
     ("sweep.early_stop_min_trials=0", "sweep.early_stop_min_trials=0 is not valid: must be a number >= 1"),
+    ("trainer.compile_mode=fast", "trainer.compile_mode=fast is not valid: use one of default, reduce-overhead, "
+     "max-autotune"),
+    ("trainer.peak_tflops=0", "trainer.peak_tflops=0.0 is not valid: must be a number > 0"),
+    ("ddp.bucket_cap_mb=0", "ddp.bucket_cap_mb=0.0 is not valid: must be a number > 0"),
+    ("model=gpt", "data=digits is not valid: model=gpt predicts tokens: set data=tokens"),
+    ("data=tokens", "data=tokens is not valid: token sequences need model=gpt"),
 ])
 def test_invalid_values_name_the_key_the_value_and_what_is_valid(tmp_path: Path, override: str, expected: str):
     with pytest.raises(ConfigError) as raised:
@@ -113,3 +119,11 @@ def test_per_node_shape_custom_resources_and_script(tmp_path: Path):
     assert job.scaling.workers_per_node == 4 and job.scaling.resources_per_worker == {"fast": 1.0}
     assert job.scaling.nccl_env == {"NCCL_DEBUG": "INFO"}
     assert job.script.path == str(tmp_path.resolve() / "train.py") and job.script.args == ["--epochs", "3"]
+
+
+def test_gpt_shape_rules_name_the_keys(tmp_path: Path):
+    with pytest.raises(ConfigError) as raised:
+        compose_job(["model=gpt", "data=tokens", "model.width=30", "model.heads=4", "data.seq_len=200",
+                     "model.context=128"], tmp_path)
+    assert "model.width=30 is not valid: must be a multiple of model.heads=4" in str(raised.value)
+    assert "data.seq_len=200 is not valid: must be at most model.context=128" in str(raised.value)

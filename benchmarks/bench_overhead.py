@@ -1,0 +1,165 @@
+"""What the orchestrator costs against bare torchrun: one workload, every launcher, interleaved, in one run.
+
+The workload (benchmarks/overhead/workload.py): a 1.3M-parameter MLP on synthetic tensors, global
+batch 256, 300 steps, 2 gloo workers with one thread each. Each repetition runs every mode once, in
+alternating order, each as a fresh command (a cold start, as a user pays it):
+
+  torchrun          torchrun --standalone --nproc_per_node=2 workload.py
+  script            orchestrator train entrypoint=script script.path=workload.py (embedded Ray, tracking and
+                    monitoring on)
+  builtin           orchestrator train model=mlp data=synthetic with the same model, batch, steps and optimizer
+  builtin-off       the same with tracking.enabled=false monitor.enabled=false
+  raytrain          Ray Train's TorchTrainer running the workload's train_loop (pip install -e '.[bench]')
+  script-warm,      script and builtin with cluster.address=<a Ray head this benchmark starts with
+  builtin-warm      `ray start --head` (explicit ports, its own --temp-dir) and stops by PID at the end>
+
+Measured per run: total wall (launch to exit), time to the first optimizer step (launch to rank 0's
+time.time() after its first step) and the steady-state rate (samples of steps 61..300 over rank 0's
+time for them). The script modes report through the workload's own JSON; the built-in loop through
+the same fields, taken from its reports by a JobObserver (benchmarks/overhead/builtin.py).
+
+    .venv/bin/python benchmarks/bench_overhead.py                      # every mode, 3 repetitions
+    .venv/bin/python benchmarks/bench_overhead.py --reps 5 --modes torchrun,script,builtin
+
+Before/after a change, in the same run: `git archive <commit> | tar -x -C /tmp/base`, then
+`--base-src /tmp/base --modes torchrun,script,script@base,builtin,builtin@base`: an `@base` mode runs
+with that checkout's orchestrator first on PYTHONPATH (embedded modes only: a running cluster's
+workers import whatever its `ray start` found).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE / "overhead"))
+
+from ray_head import RayHead  # noqa: E402
+
+WORKLOAD = HERE / "overhead" / "workload.py"
+PYTHON = sys.executable
+ORCHESTRATOR = [PYTHON, "-m", "orchestrator"]
+# the built-in loop's equivalent of the workload: 256 -> 1024 -> 1024 -> 10, AdamW at 1e-3, 128 per worker
+# per step, one pass over 76,800 training samples (the 776 held out make the end-of-run evaluation small)
+BUILTIN = ["model=mlp", "model.hidden_sizes=[1024,1024]", "data=synthetic", "data.input_shape=[256]",
+           "data.num_classes=10", "data.batch_size=128", "data.num_samples=77576", "data.test_fraction=0.01",
+           "trainer.max_steps=300", "optim.lr=0.001", "optim.schedule=constant"]
+OFF = ["tracking.enabled=false", "monitor.enabled=false"]
+MODES = ["torchrun", "script", "builtin", "builtin-off", "raytrain", "script-warm", "builtin-warm"]
+BASE_MODES = ["script@base", "builtin@base", "builtin-off@base"]
+
+
+def command(mode: str, result: Path, run_dir: Path, head: "RayHead | None") -> list[str]:
+    """The command line of one run of `mode`, writing its timings to `result`."""
+    if mode == "torchrun":
+        return [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKLOAD),
+                "--result", str(result)]
+    if mode == "raytrain":
+        return [PYTHON, str(HERE / "overhead" / "raytrain.py"), str(result), str(run_dir / "ray-train")]
+    warm = [f"cluster.address={head.address}"] if mode.endswith("-warm") else []
+    if mode.startswith("script"):
+        return [*ORCHESTRATOR, "train", "entrypoint=script", f"script.path={WORKLOAD}",
+                f"script.args=[--result,{result}]", *warm]
+    overrides = BUILTIN + (OFF if mode == "builtin-off" else []) + warm
+    return [PYTHON, str(HERE / "overhead" / "builtin.py"), str(result), *overrides]
+
+
+def run_once(mode: str, run_dir: Path, tracking_uri: str, head, base_src: "Path | None") -> dict:
+    """One cold run of `mode`: its wall time, time to first step and steady-state samples/s."""
+    run_dir.mkdir(parents=True)
+    result = run_dir / "result.json"
+    plain_mode, _, base = mode.partition("@")
+    argv = command(plain_mode, result, run_dir, head)
+    if plain_mode not in ("torchrun", "raytrain"):
+        argv += [f"tracking.uri={tracking_uri}", "tracking.experiment=overhead", f"checkpoint.dir={run_dir / 'ckpt'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(head.driver_env() if mode.endswith("-warm") else {})}
+    if base:
+        env["PYTHONPATH"] = str(base_src)
+    with open(run_dir / "output.log", "w") as log:
+        launched_at, started = time.time(), time.monotonic()
+        code = subprocess.run(argv, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        wall_s = time.monotonic() - started
+    if code != 0 or not result.exists():
+        raise RuntimeError(f"{mode} failed (exit code {code}); see {run_dir / 'output.log'}")
+    timings = json.loads(result.read_text())
+    return {"wall_s": wall_s, "first_step_s": timings["first_step_at"] - launched_at,
+            "samples_per_s": timings["steady_samples_per_s"]}
+
+
+def create_store(tracking_uri: str) -> None:
+    """Create the SQLite store once, so no run pays MLflow's first-use migration (a user pays it once, ever)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).search_experiments()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
+    parser.add_argument("--work-dir", help="where runs, logs and the MLflow store go (default: a new temp dir)")
+    parser.add_argument("--base-src", type=Path, help="a checkout of the orchestrator for the @base modes")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    unknown = sorted(set(modes) - set(MODES) - set(BASE_MODES))
+    if unknown:
+        parser.error(f"unknown modes {unknown}: use {', '.join(MODES + BASE_MODES)}")
+    if any("@" in mode for mode in modes) and args.base_src is None:
+        parser.error("@base modes need --base-src")
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-overhead-")).resolve()
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    create_store(tracking_uri)
+    print(f"work dir: {work}", flush=True)
+    results: dict[str, list[dict]] = {mode: [] for mode in modes}
+    head = RayHead(work / "ray-head") if any(mode.endswith("-warm") for mode in modes) else None
+    try:
+        if head is not None:
+            head.start()
+        for rep in range(args.reps):
+            for mode in modes if rep % 2 == 0 else list(reversed(modes)):
+                result = run_once(mode, work / f"{rep}-{mode}", tracking_uri, head, args.base_src)
+                results[mode].append(result)
+                print(f"rep {rep + 1} {mode:13s} wall {result['wall_s']:6.1f} s  first step {result['first_step_s']:5.1f} s"
+                      f"  {result['samples_per_s']:8,.0f} samples/s", flush=True)
+    finally:
+        if head is not None:
+            head.stop()
+    print()
+    print(table(results, args.reps))
+    return 0
+
+
+def table(results: dict[str, list[dict]], reps: int) -> str:
+    """Median (min-max) of each measure per mode, and each median's ratio to torchrun's."""
+    def cell(values: list[float], digits: int) -> str:
+        return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+    base = {key: statistics.median(run[key] for run in results["torchrun"]) for key in ("wall_s", "first_step_s",
+                                                                                       "samples_per_s")} \
+        if results.get("torchrun") else None
+    lines = [f"median (min-max) of {reps} interleaved repetitions; ratios are medians over torchrun's",
+             "| mode | total wall s | first step s | steady samples/s | wall / torchrun | first step - torchrun s "
+             "| samples/s / torchrun |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for mode, runs in results.items():
+        walls, firsts, rates = ([run[key] for run in runs] for key in ("wall_s", "first_step_s", "samples_per_s"))
+        ratios = ("-", "-", "-") if base is None else (
+            f"{statistics.median(walls) / base['wall_s']:.2f}x", f"{statistics.median(firsts) - base['first_step_s']:+.1f}",
+            f"{statistics.median(rates) / base['samples_per_s']:.3f}x")
+        lines.append(f"| {mode} | {cell(walls, 1)} | {cell(firsts, 1)} | {cell(rates, 0)} | " + " | ".join(ratios) + " |")
+    if "builtin" in results and "builtin-off" in results:
+        on, off = (statistics.median(run["samples_per_s"] for run in results[mode]) for mode in ("builtin", "builtin-off"))
+        lines.append(f"\ntracking + monitoring on vs off (built-in loop, steady samples/s): {on / off:.3f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Running the built-in loop in this process as rank r of a gloo group: no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from orchestrator.config.schema import JobConfig
+from orchestrator.rendezvous import WorkerSpec
+from orchestrator.train.loop import TrainContext, train
+from orchestrator.worker.ddp import process_group
+from tests.helpers import free_ports
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now (for MASTER_PORT)."""
+    return free_ports(1)[0]
+
+
+def rank_spec(world_rank: int, world_size: int) -> WorkerSpec:
+    """A CPU gloo rank on this host."""
+    return WorkerSpec(world_rank=world_rank, local_rank=world_rank, node_rank=0, world_size=world_size,
+                      local_world_size=world_size, bundle_index=world_rank, node_id="n", node_ip="127.0.0.1",
+                      backend="gloo", torch_threads=1, env={})
+
+
+def train_here(job: JobConfig, checkpoint_dir: Path, world_rank: int = 0, world_size: int = 1,
+               resume_from: Optional[Path] = None) -> tuple[list, object]:
+    """Train `job` as this rank (MASTER_ADDR/MASTER_PORT must be set); returns (reports, result)."""
+    spec, device, reports = rank_spec(world_rank, world_size), torch.device("cpu"), []
+    with process_group(spec, device, timeout_s=120):
+        context = TrainContext(spec=spec, device=device, emit=reports.append, stop_requested=lambda: False,
+                               checkpoint_dir=checkpoint_dir, resume_from=resume_from)
+        return reports, train(job, context)
+
+
+def use_master(monkeypatch) -> None:
+    """Point this process's rendezvous at a free loopback port (restored after the test)."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+
+
+def set_master_in_child(port: int) -> None:
+    """The rendezvous of a rank in a child process (its environment dies with it).
+
+    Each process group needs a port of its own: a rank that rejoins on the port of a group it just
+    left can reach the old store, still open on the other rank, and the new rendezvous hangs.
+    """
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
