@@ -32,6 +32,8 @@ from orchestrator.config.schema import (  # noqa: E402
 from orchestrator.train.flops import training_flops_per_token  # noqa: E402
 
 LOG_EVERY = 10
+AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
+"""--precision values and the trainer.amp each one trains with (fp16 with a GradScaler in both runners)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,13 +48,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="sequences per step")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run (a multiple of 10)")
     parser.add_argument("--warmup-steps", type=int, default=20, help="steps left out of the rate (compilation)")
-    parser.add_argument("--precision", default="fp32,bf16")
+    parser.add_argument("--precision", default="fp32,bf16", help=f"comma-separated, of {', '.join(AMP)}")
     parser.add_argument("--compile", default="off,on")
     parser.add_argument("--runners", default="bare,orchestrator")
     args = parser.parse_args()
     if args.tiny:
         args.layers, args.heads, args.width, args.context, args.vocab = 2, 2, 64, 64, 256
         args.batch, args.steps, args.warmup_steps = 8, 30, 10
+    unknown = [value for value in args.precision.split(",") if value not in AMP]
+    if unknown:
+        parser.error(f"--precision {','.join(unknown)} is not valid: use {', '.join(AMP)}")
     if args.steps % LOG_EVERY or args.warmup_steps % LOG_EVERY or args.warmup_steps >= args.steps:
         parser.error(f"--steps and --warmup-steps must be multiples of {LOG_EVERY}, warm-up below steps")
     return args
@@ -94,7 +99,7 @@ def job_config(args, precision: str, compile_on: bool, checkpoint_dir: str) -> J
         model=GptConfig(layers=args.layers, heads=args.heads, width=args.width, context=args.context),
         data=TokensConfig(num_sequences=int(sequences / 0.95) + 1, seq_len=args.context, vocab_size=args.vocab,
                           batch_size=args.batch, test_fraction=0.05),
-        trainer=TrainerConfig(max_steps=args.steps, log_every_n_steps=LOG_EVERY, amp="bf16" if precision == "bf16" else "none",
+        trainer=TrainerConfig(max_steps=args.steps, log_every_n_steps=LOG_EVERY, amp=AMP[precision],
                               compile=compile_on),
         optim=OptimConfig(lr=3e-4, schedule="constant"),
         tracking=TrackingConfig(enabled=False), checkpoint=CheckpointConfig(dir=checkpoint_dir))
@@ -111,7 +116,7 @@ def run_bare(job: JobConfig, device: torch.device, args) -> float:
     from orchestrator.train.data import load_dataset
     from orchestrator.train.evaluate import token_loss
     from orchestrator.train.models import build_model
-    from orchestrator.train.precision import autocast
+    from orchestrator.train.precision import autocast, grad_scaler
 
     torch.manual_seed(job.trainer.seed)
     dataset = load_dataset(job.data, job.trainer.seed)
@@ -119,13 +124,15 @@ def run_bare(job: JobConfig, device: torch.device, args) -> float:
     model = build_model(job.model, dataset.input_shape, dataset.num_classes).to(device)
     step_model = torch.compile(model) if job.trainer.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=job.optim.lr)
+    scaler = grad_scaler(device, job.trainer.amp)  # a no-op unless fp16
     windows, started = [], time.perf_counter()
     for step in range(1, args.steps + 1):
         batch = slice((step - 1) * args.batch, step * args.batch)
         with autocast(device, job.trainer.amp):
             loss = token_loss(step_model(inputs[batch]), labels[batch])
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if step % LOG_EVERY == 0:
             loss.item()  # the loop's log step syncs the same way (its all_reduce result is read on the host)
@@ -134,8 +141,12 @@ def run_bare(job: JobConfig, device: torch.device, args) -> float:
     return rate(windows, args.warmup_steps, args.batch * args.context)
 
 
-def run_orchestrator(job: JobConfig, device: torch.device, args) -> float:
-    """The built-in loop as one rank runs it; tokens/s from its own train/tokens_per_s windows after the warm-up."""
+def run_orchestrator(job: JobConfig, device: torch.device, args) -> tuple[float, float]:
+    """The built-in loop as one rank runs it: tokens/s after the warm-up as timed here, and as the loop reported it.
+
+    The bench's clock is read as each log step's report arrives: the loop reports after the step's
+    results reached the host, so the device's queued work is in the time, as in the bare loop.
+    """
     import os
 
     from orchestrator.reports import MetricsReport
@@ -151,14 +162,21 @@ def run_orchestrator(job: JobConfig, device: torch.device, args) -> float:
                       node_id="bench", node_ip="127.0.0.1", backend=backend, torch_threads=torch.get_num_threads(),
                       env={}, cuda_device=device.index)
     reports: list = []
+    arrivals: list[tuple[int, float]] = []
+
+    def emit(report) -> None:
+        if isinstance(report, MetricsReport) and "train/tokens_per_s" in report.metrics:
+            arrivals.append((report.step, time.perf_counter()))
+            reports.append(report)
+
     with process_group(spec, device, timeout_s=600):
-        context = TrainContext(spec=spec, device=device, emit=reports.append, stop_requested=lambda: False,
+        context = TrainContext(spec=spec, device=device, emit=emit, stop_requested=lambda: False,
                                checkpoint_dir=Path(job.checkpoint.dir))
         train(job, context)
     tokens_per_step = args.batch * args.context
-    windows = [(report.step, LOG_EVERY * tokens_per_step / report.metrics["train/tokens_per_s"])
-               for report in reports if isinstance(report, MetricsReport) and "train/tokens_per_s" in report.metrics]
-    return rate(windows, args.warmup_steps, tokens_per_step)
+    timed = [(step, seconds - previous) for (_, previous), (step, seconds) in zip(arrivals, arrivals[1:])]
+    reported = [(report.step, LOG_EVERY * tokens_per_step / report.metrics["train/tokens_per_s"]) for report in reports]
+    return rate(timed, args.warmup_steps, tokens_per_step), rate(reported, args.warmup_steps, tokens_per_step)
 
 
 def main() -> int:
@@ -174,11 +192,13 @@ def main() -> int:
             for compile_on in [mode == "on" for mode in args.compile.split(",")]:
                 for runner in args.runners.split(","):
                     job = job_config(args, precision, compile_on, scratch)
-                    tokens_per_s = runners[runner](job, device, args)
+                    measured = runners[runner](job, device, args)
+                    tokens_per_s, reported = measured if isinstance(measured, tuple) else (measured, None)
                     flops = tokens_per_s * training_flops_per_token(job.model, args.vocab, args.context)
                     rows[(precision, compile_on, runner)] = tokens_per_s
                     print(f"{runner:12s} {precision:5s} compile {'on ' if compile_on else 'off'} "
-                          f"{tokens_per_s:12,.0f} tokens/s  {flops / 1e12:8.3g} TFLOP/s  MFU {flops / 1e12 / peak:6.1%}",
+                          f"{tokens_per_s:12,.0f} tokens/s  {flops / 1e12:8.3g} TFLOP/s  MFU {flops / 1e12 / peak:6.1%}"
+                          + (f"  (the loop reported {reported:,.0f}: {reported / tokens_per_s:.3f}x)" if reported else ""),
                           flush=True)
                     torch._dynamo.reset()  # each configuration compiles afresh
     print(f"\ngpt: layers={args.layers} heads={args.heads} width={args.width} context={args.context} "

@@ -169,12 +169,12 @@ class _Window:
         self.device = device
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, started: Optional[float] = None) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.micro_batches = 0
         self.samples = 0
         self.steps = 0
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() if started is None else started
 
     def state(self) -> dict[str, Any]:
         """The sums so far: a resumed run logs the same mean loss at the next log step."""
@@ -243,6 +243,8 @@ class Trainer:
         self.window.steps += 1
 
     def _attempt_started(self) -> None:
+        if self.ctx.device.type == "cuda":  # once per attempt: the first step's time is the device's, not the queue's
+            torch.cuda.synchronize(self.ctx.device)
         self.ctx.timings["first_step"] = time.perf_counter() - self.window.started
         self.ctx.emit(AttemptStartReport(world_rank=self.ctx.spec.world_rank, resumed_step=self.resumed_step,
                                          timings=dict(self.ctx.timings), wall_time=time.time()))
@@ -261,7 +263,6 @@ class Trainer:
 
     def _log(self) -> bool:
         """All-reduce the window's loss, samples and stop votes; rank 0 reports; True = stop."""
-        elapsed = time.perf_counter() - self.window.started
         vote = 1.0 if self.ctx.stop_requested() else 0.0
         values = [float(self.window.micro_batches), float(self.window.samples), vote]
         totals = torch.cat([self.window.loss_sum.reshape(1),
@@ -269,6 +270,10 @@ class Trainer:
         if self.ctx.spec.world_size > 1:
             dist.all_reduce(totals)
         loss_sum, micro_batches, samples, votes = totals.tolist()
+        # read only now: on a GPU the host queues steps ahead of the device, and tolist() waits for them, so
+        # a clock read before it would leave the queued steps' time out of every window and overstate the rate
+        ended = time.perf_counter()
+        elapsed = ended - self.window.started
         if self.ctx.spec.world_rank == 0:
             self.ctx.emit(MetricsReport(step=self.step, metrics={
                 "train/loss": loss_sum / micro_batches,
@@ -278,7 +283,7 @@ class Trainer:
                 "train/epoch": float(self.epoch),
             }))
         self._heartbeat(elapsed)
-        self.window.reset()
+        self.window.reset(started=ended)  # the report's own time belongs to the next window
         return votes > 0
 
     def _heartbeat(self, elapsed: float) -> None:
