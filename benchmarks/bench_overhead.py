@@ -2,7 +2,9 @@
 
 The workload (benchmarks/overhead/workload.py): a 1.3M-parameter MLP on synthetic tensors, global
 batch 256, 300 steps, 2 gloo workers with one thread each. Each repetition runs every mode once, in
-alternating order, each as a fresh command (a cold start, as a user pays it):
+alternating order, each as a fresh command (a cold start, as a user pays it); the -warm modes run last
+in a repetition, while the Ray head they use is up (an idle head's processes take CPU from whatever
+else runs, so it is stopped before the next repetition's other modes):
 
   torchrun          torchrun --standalone --nproc_per_node=2 workload.py
   script            orchestrator train entrypoint=script script.path=workload.py (embedded Ray, tracking and
@@ -11,7 +13,7 @@ alternating order, each as a fresh command (a cold start, as a user pays it):
   builtin-off       the same with tracking.enabled=false monitor.enabled=false
   raytrain          Ray Train's TorchTrainer running the workload's train_loop (pip install -e '.[bench]')
   script-warm,      script and builtin with cluster.address=<a Ray head this benchmark starts with
-  builtin-warm      `ray start --head` (explicit ports, its own --temp-dir) and stops by PID at the end>
+  builtin-warm      `ray start --head` (explicit ports, its own --temp-dir) and stops by PID>
 
 Measured per run: total wall (launch to exit), time to the first optimizer step (launch to rank 0's
 time.time() after its first step) and the steady-state rate (samples of steps 61..300 over rank 0's
@@ -120,22 +122,29 @@ def main() -> int:
     create_store(tracking_uri)
     print(f"work dir: {work}", flush=True)
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
-    head = RayHead(work / "ray-head") if any(mode.endswith("-warm") for mode in modes) else None
-    try:
-        if head is not None:
-            head.start()
-        for rep in range(args.reps):
-            for mode in modes if rep % 2 == 0 else list(reversed(modes)):
-                result = run_once(mode, work / f"{rep}-{mode}", tracking_uri, head, args.base_src)
-                results[mode].append(result)
-                print(f"rep {rep + 1} {mode:13s} wall {result['wall_s']:6.1f} s  first step {result['first_step_s']:5.1f} s"
-                      f"  {result['samples_per_s']:8,.0f} samples/s", flush=True)
-    finally:
-        if head is not None:
-            head.stop()
+    # an idle Ray head keeps a few processes busy on the same cores: it is up only while the warm modes run
+    cold, warm = [mode for mode in modes if not mode.endswith("-warm")], [mode for mode in modes if mode.endswith("-warm")]
+    for rep in range(args.reps):
+        for mode in cold if rep % 2 == 0 else list(reversed(cold)):
+            report(rep, mode, results, run_once(mode, work / f"{rep}-{mode}", tracking_uri, None, args.base_src))
+        if warm:
+            head = RayHead(work / f"ray-head-{rep}")
+            try:
+                head.start()
+                for mode in warm if rep % 2 == 0 else list(reversed(warm)):
+                    report(rep, mode, results, run_once(mode, work / f"{rep}-{mode}", tracking_uri, head, args.base_src))
+            finally:
+                head.stop()
     print()
     print(table(results, args.reps))
     return 0
+
+
+def report(rep: int, mode: str, results: dict[str, list[dict]], result: dict) -> None:
+    """Keep one run's result and print it."""
+    results[mode].append(result)
+    print(f"rep {rep + 1} {mode:13s} wall {result['wall_s']:6.1f} s  first step {result['first_step_s']:5.1f} s"
+          f"  {result['samples_per_s']:8,.0f} samples/s", flush=True)
 
 
 def table(results: dict[str, list[dict]], reps: int) -> str:

@@ -14,6 +14,7 @@ from typing import Optional
 
 from orchestrator.monitor.probe import ProbeFactory
 from orchestrator.monitor.sampler import MonitorItem, MonitorNote, MonitorStatus, NodeSampler, NodeTargets, open_sampler
+from orchestrator.priority import lower_thread_priority
 
 MAX_BUFFERED = 10_000
 """Samples kept while the driver does not collect them (the oldest are dropped beyond this)."""
@@ -69,6 +70,7 @@ class NodeMonitorActor:
             return self._drain()
 
     def _run(self) -> None:
+        lower_thread_priority()  # sampling gives way to the ranks on this node (orchestrator/priority.py)
         # the Event's timeout is the sampling timer; stop() ends the wait at once
         while not self._stopping.wait(self.interval_s):
             with self._busy:

@@ -22,6 +22,7 @@ from orchestrator.metrics.model_log import MODEL_ARTIFACT, log_pytorch_model
 from orchestrator.metrics.store_guard import StoreGuard, is_transient, sqlite_path
 from orchestrator.metrics.transport import http_sender, is_server, server_answers, store_sender
 from orchestrator.metrics.writer import MetricValue, MetricWriter, WriterReport
+from orchestrator.priority import lower_thread_priority
 
 CONFIG_ARTIFACT = "config.yaml"
 WORKERS_ARTIFACT = "workers.json"
@@ -109,7 +110,8 @@ class RunRecorder:
 
     def _in_background(self, call: Callable[..., None], *args: Any) -> None:
         if self.background is None:
-            self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-mlflow-io")
+            self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-mlflow-io",
+                                                 initializer=lower_thread_priority)
         self.background.submit(call, *args)
 
     def _upload(self, path: str) -> None:

@@ -15,6 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Optional, Sequence
 
+from orchestrator.priority import lower_thread_priority
+
+
 BATCH_LIMIT = 1000
 """MLflow's limit of metric values per log_batch request."""
 BUFFER_LIMIT = 100_000
@@ -154,6 +157,7 @@ class MetricWriter:
             return notices
 
     def _run(self) -> None:
+        lower_thread_priority()  # metric writes wait for the ranks' idle moments (orchestrator/priority.py)
         while True:
             batch, timeout_s = self._next_batch()
             if not batch:
