@@ -44,3 +44,12 @@ def test_a_script_worker_imports_no_torch():
             "print('torch' in sys.modules)")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "False"
+
+
+def test_the_driver_imports_no_torch_before_its_job_starts():
+    # the driver's start (config, ray.init, placement, actors) is the time to the first step; torch's
+    # import there would add seconds of one core. It is imported later, to log the trained model.
+    code = ("import sys\nimport orchestrator.cli, launchers.job_runner, launchers.ray_launcher, launchers.ray_cluster\n"
+            "print('torch' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"

@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-import torch
+# torch is imported where tensors are written or read, not here: the driver finds and names checkpoints
+# (resume, restarts) through this module, and importing torch would cost its start 2 s of one core
 
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 
@@ -26,6 +27,8 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 
 def save_checkpoint(state: Mapping[str, Any], directory: Path, step: int, keep_last: int) -> Path:
     """Atomically write `state` as the checkpoint of `step`, then keep only the newest `keep_last`."""
+    import torch
+
     directory.mkdir(parents=True, exist_ok=True)
     remove_temporaries(directory)
     final = checkpoint_path(directory, step)
@@ -88,11 +91,15 @@ def prune_checkpoints(directory: Path, keep_last: int) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint onto the CPU (the caller moves tensors where they belong)."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def snapshot(value: Any) -> Any:
     """A copy of `value` whose tensors are detached CPU copies: safe to write while training goes on."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
