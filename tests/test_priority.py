@@ -6,12 +6,10 @@ import os
 import sys
 import threading
 
-import pytest
-
 from orchestrator.metrics.writer import MetricValue, MetricWriter
 from orchestrator.priority import BACKGROUND_NICE, lower_thread_priority
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+LINUX = sys.platform.startswith("linux")
 
 
 def _nice(thread_id: int) -> int:
@@ -30,7 +28,9 @@ def test_only_the_calling_thread_is_lowered():
     thread = threading.Thread(target=background)
     thread.start()
     thread.join()
-    assert seen["lowered"] and seen["after"] == min(seen["before"] + BACKGROUND_NICE, 19)
+    # elsewhere the value is per process: lowering it would slow the ranks' own process, so nothing changes
+    expected = min(seen["before"] + BACKGROUND_NICE, 19) if LINUX else seen["before"]
+    assert seen["lowered"] == LINUX and seen["after"] == expected
     assert _nice(threading.get_native_id()) == main_before
 
 
@@ -42,7 +42,8 @@ def test_the_metric_writers_thread_runs_lowered_and_still_writes():
         writer.put([MetricValue("train/loss", 1.0, 0, 1)])
         assert writer.flush(10.0)
         [thread] = [thread for thread in threading.enumerate() if thread.name == writer.name]
-        assert _nice(thread.native_id) == min(_nice(threading.get_native_id()) + BACKGROUND_NICE, 19)
+        main = _nice(threading.get_native_id())
+        assert _nice(thread.native_id) == (min(main + BACKGROUND_NICE, 19) if LINUX else main)
     finally:
         writer.close(5.0)
     assert [value.key for value in written] == ["train/loss"]
