@@ -12,8 +12,11 @@ else runs, so it is stopped before the next repetition's other modes):
   builtin           orchestrator train model=mlp data=synthetic with the same model, batch, steps and optimizer
   builtin-off       the same with tracking.enabled=false monitor.enabled=false
   raytrain          Ray Train's TorchTrainer running the workload's train_loop (pip install -e '.[bench]')
-  script-warm,      script and builtin with cluster.address=<a Ray head this benchmark starts with
-  builtin-warm      `ray start --head` (explicit ports, its own --temp-dir) and stops by PID>
+  bare-ray          the floor of any launcher on Ray actors: a placement group, two plain actors running
+                    train_loop with torchrun's variables set by hand, nothing else (overhead/bare_ray.py)
+  script-warm,      script, builtin and bare-ray with cluster.address=<a Ray head this benchmark starts with
+  builtin-warm,     `ray start --head` (explicit ports, its own --temp-dir) and stops by PID>
+  bare-ray-warm
 
 Measured per run: total wall (launch to exit), time to the first optimizer step (launch to rank 0's
 time.time() after its first step) and the steady-state rate (samples of steps 61..300 over rank 0's
@@ -56,7 +59,8 @@ BUILTIN = ["model=mlp", "model.hidden_sizes=[1024,1024]", "data=synthetic", "dat
            "data.num_classes=10", "data.batch_size=128", "data.num_samples=77576", "data.test_fraction=0.01",
            "trainer.max_steps=300", "optim.lr=0.001", "optim.schedule=constant"]
 OFF = ["tracking.enabled=false", "monitor.enabled=false"]
-MODES = ["torchrun", "script", "builtin", "builtin-off", "raytrain", "script-warm", "builtin-warm"]
+MODES = ["torchrun", "script", "builtin", "builtin-off", "raytrain", "bare-ray", "script-warm", "builtin-warm",
+         "bare-ray-warm"]
 BASE_MODES = ["script@base", "builtin@base", "builtin-off@base"]
 
 
@@ -67,6 +71,8 @@ def command(mode: str, result: Path, run_dir: Path, head: "RayHead | None") -> l
                 "--result", str(result)]
     if mode == "raytrain":
         return [PYTHON, str(HERE / "overhead" / "raytrain.py"), str(result), str(run_dir / "ray-train")]
+    if mode.startswith("bare-ray"):
+        return [PYTHON, str(HERE / "overhead" / "bare_ray.py"), str(result), *([head.address] if head else [])]
     warm = [f"cluster.address={head.address}"] if mode.endswith("-warm") else []
     if mode.startswith("script"):
         return [*ORCHESTRATOR, "train", "entrypoint=script", f"script.path={WORKLOAD}",
@@ -81,7 +87,7 @@ def run_once(mode: str, run_dir: Path, tracking_uri: str, head, base_src: "Path 
     result = run_dir / "result.json"
     plain_mode, _, base = mode.partition("@")
     argv = command(plain_mode, result, run_dir, head)
-    if plain_mode not in ("torchrun", "raytrain"):
+    if plain_mode not in ("torchrun", "raytrain", "bare-ray", "bare-ray-warm"):
         argv += [f"tracking.uri={tracking_uri}", "tracking.experiment=overhead", f"checkpoint.dir={run_dir / 'ckpt'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(head.driver_env() if mode.endswith("-warm") else {})}
     if base:

@@ -9,6 +9,7 @@ over the loop's own window times of the steps after the first 20%, from its trai
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -60,6 +61,7 @@ def main() -> int:
     code = orchestrator_main(["train", *overrides])
     with open(result_path, "w") as handle:
         json.dump(recorder.result(), handle)
+    gc.freeze()  # as the orchestrator command ends (orchestrator.cli.run)
     return code
 
 
