@@ -32,6 +32,10 @@ from launchers.ray_cluster import connect
 from launchers.ray_launcher import RayWorkerGroup
 
 
+RAY_NAME_TAG = "orchestrator.ray_name"
+"""Run tag: the name of the job's placement group, workers (`<name>-worker<N>`) and monitors on Ray."""
+
+
 @dataclass(frozen=True)
 class JobSummary:
     """What the command prints at the end: the outcome and where the run is recorded."""
@@ -78,20 +82,28 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
         try:
             with connect(job.cluster) as cluster:
                 plan = plan_job(job, cluster)
-                store_opened()
-                sink = open_run(job, plan, overrides, target, console, output_dir, link)
-                name = f"orchestrator-{(sink.run_id or '')[:12]}-{uuid.uuid4().hex[:8]}".replace("--", "-")
-                checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
-                controller = Controller(lambda: RayWorkerGroup(plan, job, name, checkpoint_dir), sink, console,
-                                        failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
-                                        resume_from=str(target.checkpoint) if target else None,
-                                        resumed_step=target.step if target else 0,
-                                        find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
-                                        observers=[*job_observers(job, sink, console, name),
-                                                   *link.observers(sink)],
-                                        stop_requests=link.stop_requests)
-                with _aborting_on_error(sink, console_log):
-                    outcome = controller.run()
+                name = f"orchestrator-{uuid.uuid4().hex[:12]}"
+                # the workers' processes start (interpreter, Ray, torch) while the run record opens
+                first_group = RayWorkerGroup(plan, job, name).spawn()
+                try:
+                    store_opened()
+                    sink = open_run(job, plan, overrides, target, console, output_dir, link)
+                    sink.set_tags({RAY_NAME_TAG: name})
+                    checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
+                    first_group.checkpoint_dir = checkpoint_dir
+                    unused = [first_group]
+                    controller = Controller(
+                        lambda: unused.pop() if unused else RayWorkerGroup(plan, job, name, checkpoint_dir),
+                        sink, console, failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
+                        resume_from=str(target.checkpoint) if target else None,
+                        resumed_step=target.step if target else 0,
+                        find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
+                        observers=[*job_observers(job, sink, console, name), *link.observers(sink)],
+                        stop_requests=link.stop_requests)
+                    with _aborting_on_error(sink, console_log):
+                        outcome = controller.run()
+                finally:
+                    first_group.shutdown()  # idempotent: the controller shut down the group it took
                 model_logged = log_model_in_background(sink, job, outcome)
             with _aborting_on_error(sink, console_log):
                 record_results(sink, job, outcome, model_logged)

@@ -31,7 +31,7 @@ ABORT_GRACE_S = 20.0
 class RayWorkerGroup:
     """Implements orchestrator.group.WorkerGroup with Ray actors inside one placement group."""
 
-    def __init__(self, plan: JobPlan, job: JobConfig, name: str, checkpoint_dir: str):
+    def __init__(self, plan: JobPlan, job: JobConfig, name: str, checkpoint_dir: Optional[str] = None):
         self.plan = plan
         self.job = job
         self.name = name
@@ -47,12 +47,27 @@ class RayWorkerGroup:
     def specs(self) -> Sequence[WorkerSpec]:
         return self._specs
 
-    def start(self, resume_from: Optional[str] = None) -> None:
-        """Place the bundles, start one actor per rank, and start every rank's first attempt."""
+    def spawn(self) -> "RayWorkerGroup":
+        """Ask Ray for the placement group and one actor per rank, and return without waiting for either.
+
+        The worker processes start (interpreter, Ray, torch) while the caller prepares the rest, e.g. opens
+        the run record and then sets `checkpoint_dir` to the run's folder. The caller owns the group from
+        here: `shutdown()` on every path.
+        """
         from ray.util.placement_group import placement_group
 
-        self._placement_group = placement_group(list(self.plan.bundles), strategy=self.plan.strategy,
-                                                name=self.name)
+        if self._placement_group is None:
+            self._placement_group = placement_group(list(self.plan.bundles), strategy=self.plan.strategy,
+                                                    name=self.name)
+            for index in range(len(self.plan.bundles)):
+                self._by_bundle[index] = [self._start_actor(index) for _ in range(self.plan.workers_per_bundle)]
+        return self
+
+    def start(self, resume_from: Optional[str] = None) -> None:
+        """Place the bundles, start one actor per rank (unless `spawn` did), and start every rank's first attempt."""
+        if self.checkpoint_dir is None:
+            raise ValueError("the worker group needs its checkpoint folder before it starts")
+        self.spawn()
         self._wait_placed()
         self._launch(resume_from)
 
@@ -78,7 +93,7 @@ class RayWorkerGroup:
         pools = {index: list(actors) for index, actors in self._by_bundle.items()}
         for bundle in placed:
             missing = self.plan.workers_per_bundle - len(self._by_bundle.setdefault(bundle.bundle_index, []))
-            new = [self._start_actor(bundle) for _ in range(missing)]
+            new = [self._start_actor(bundle.bundle_index) for _ in range(missing)]
             self._by_bundle[bundle.bundle_index].extend(new)
             pools.setdefault(bundle.bundle_index, []).extend(new)
         self._actors = [pools[slot.bundle_index].pop(0) for slot in slots]
@@ -129,13 +144,13 @@ class RayWorkerGroup:
             for index, node_id in sorted(table["bundles_to_node_id"].items())
         ]
 
-    def _start_actor(self, bundle: PlacedBundle):
+    def _start_actor(self, bundle_index: int):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         resources = dict(self.plan.worker_resources)
         strategy = PlacementGroupSchedulingStrategy(placement_group=self._placement_group,
-                                                    placement_group_bundle_index=bundle.bundle_index)
+                                                    placement_group_bundle_index=bundle_index)
         self._spawned += 1
         return ray.remote(WorkerActor).options(
             num_cpus=resources.pop("CPU", 0.0),

@@ -54,6 +54,19 @@ def test_a_small_job_trains_is_recorded_and_releases_its_actors(ray_cluster, tmp
     assert run.data.tags["orchestrator.overrides"] == "model=mlp trainer.max_epochs=2 tracking.log_model=false"
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints" / summary.run_id).iterdir())
     assert checkpoints == [f"step_{outcome.result.step // 2:09d}.pt", f"step_{outcome.result.step:09d}.pt"]
+    assert re.fullmatch(r"orchestrator-[0-9a-f]{12}", run.data.tags["orchestrator.ray_name"])
+    assert_no_job_resources()
+
+
+def test_a_run_record_that_cannot_open_fails_the_job_and_leaves_no_workers(ray_cluster, tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    # the workers start while the run record opens: a store that refuses the run must not strand them
+    job = compose_job(["model=mlp", "tracking.experiment=gone"], tmp_path)
+    client = _client(job)
+    client.delete_experiment(client.create_experiment("gone"))
+    with pytest.raises(MlflowException, match="active"):
+        run_job(job, Console(io.StringIO(), interactive=False))
     assert_no_job_resources()
 
 
