@@ -28,8 +28,9 @@ the same fields, taken from its reports by a JobObserver (benchmarks/overhead/bu
 
 Before/after a change, in the same run: `git archive <commit> | tar -x -C /tmp/base`, then
 `--base-src /tmp/base --modes torchrun,script,script@base,builtin,builtin@base`: an `@base` mode runs
-with that checkout's orchestrator first on PYTHONPATH (embedded modes only: a running cluster's
-workers import whatever its `ray start` found).
+with that checkout's orchestrator first on PYTHONPATH. The -warm@base modes run only the driver from
+the checkout: a running cluster's workers import whatever its `ray start` found (this checkout), so
+they compare changes on the driver's side only.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ BUILTIN = ["model=mlp", "model.hidden_sizes=[1024,1024]", "data=synthetic", "dat
 OFF = ["tracking.enabled=false", "monitor.enabled=false"]
 MODES = ["torchrun", "script", "builtin", "builtin-off", "raytrain", "bare-ray", "script-warm", "builtin-warm",
          "bare-ray-warm"]
-BASE_MODES = ["script@base", "builtin@base", "builtin-off@base"]
+BASE_MODES = ["script@base", "builtin@base", "builtin-off@base", "script-warm@base", "builtin-warm@base"]
 
 
 def command(mode: str, result: Path, run_dir: Path, head: "RayHead | None") -> list[str]:
@@ -89,7 +90,7 @@ def run_once(mode: str, run_dir: Path, tracking_uri: str, head, base_src: "Path 
     argv = command(plain_mode, result, run_dir, head)
     if plain_mode not in ("torchrun", "raytrain", "bare-ray", "bare-ray-warm"):
         argv += [f"tracking.uri={tracking_uri}", "tracking.experiment=overhead", f"checkpoint.dir={run_dir / 'ckpt'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(head.driver_env() if mode.endswith("-warm") else {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(head.driver_env() if plain_mode.endswith("-warm") else {})}
     if base:
         env["PYTHONPATH"] = str(base_src)
     with open(run_dir / "output.log", "w") as log:
@@ -129,7 +130,8 @@ def main() -> int:
     print(f"work dir: {work}", flush=True)
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
     # an idle Ray head keeps a few processes busy on the same cores: it is up only while the warm modes run
-    cold, warm = [mode for mode in modes if not mode.endswith("-warm")], [mode for mode in modes if mode.endswith("-warm")]
+    warm = [mode for mode in modes if mode.partition("@")[0].endswith("-warm")]
+    cold = [mode for mode in modes if mode not in warm]
     for rep in range(args.reps):
         for mode in cold if rep % 2 == 0 else list(reversed(cold)):
             report(rep, mode, results, run_once(mode, work / f"{rep}-{mode}", tracking_uri, None, args.base_src))
