@@ -21,7 +21,7 @@ from orchestrator.console import Console
 from tests.helpers import assert_no_job_resources, compose_job, wait_until, worker_pid
 
 # dropout makes the run depend on every rank's RNG stream, so exactness also proves the RNG restore
-EXACT = ["model=mlp", "model.dropout=0.1", "trainer.max_steps=300", "trainer.log_every_n_steps=1",
+EXACT = ["model=mlp", "model.dropout=0.1", "trainer.max_steps=200", "trainer.log_every_n_steps=1",
          "checkpoint.every_n_steps=25", "tracking.log_model=false", "data.batch_size=16"]
 
 
