@@ -83,7 +83,7 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
             with connect(job.cluster) as cluster:
                 plan = plan_job(job, cluster)
                 name = f"orchestrator-{uuid.uuid4().hex[:12]}"
-                # the workers' processes start (interpreter, Ray, torch) while the run record opens
+                # the workers' processes start (interpreter, Ray) while the run record opens
                 first_group = RayWorkerGroup(plan, job, name).spawn()
                 try:
                     store_opened()

@@ -50,7 +50,7 @@ class RayWorkerGroup:
     def spawn(self) -> "RayWorkerGroup":
         """Ask Ray for the placement group and one actor per rank, and return without waiting for either.
 
-        The worker processes start (interpreter, Ray, torch) while the caller prepares the rest, e.g. opens
+        The worker processes start (interpreter, Ray) while the caller prepares the rest, e.g. opens
         the run record and then sets `checkpoint_dir` to the run's folder. The caller owns the group from
         here: `shutdown()` on every path.
         """
