@@ -47,7 +47,7 @@ def main() -> int:
         ray.init(address="local", num_cpus=WORLD_SIZE, include_dashboard=False, logging_level="WARNING")
     else:
         ray.init(address=address, logging_level="WARNING")
-    group = None
+    group, ranks = None, []
     try:
         group = placement_group([{"CPU": 1}] * WORLD_SIZE, strategy="PACK")
         ray.get(group.ready())
@@ -55,9 +55,10 @@ def main() -> int:
                  for bundle in range(WORLD_SIZE)]
         master = ray.get(ranks[0].address.remote())
         ray.get([actor.train.remote(rank, master, {"result": result_path}) for rank, actor in enumerate(ranks)])
+    finally:
+        # on a running cluster these outlive a failed run otherwise, until Ray notices the driver is gone
         for actor in ranks:
             ray.kill(actor)
-    finally:
         if group is not None:
             remove_placement_group(group)
         ray.shutdown()
