@@ -3,13 +3,15 @@
 The server keeps runs in SQLite (default) or PostgreSQL and serves artifacts itself
 (`--artifacts-destination`), so workers on other machines need no shared disk. It runs in its own
 process group: `stop()` signals that group (the CLI and the uvicorn process it spawns) and nothing
-else on the machine.
+else on the machine. On Linux the server also gets SIGTERM when the thread that started it dies, however
+it dies (SIGKILL included), so a killed owner never leaves a server running with no one to stop it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -19,7 +21,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.metrics.redact import redact_value
@@ -134,7 +136,7 @@ class MlflowServer:
             log = files.enter_context(open(self.log_path, "ab")) if self.log_path else None
             self.process = subprocess.Popen(server_command(self.spec), cwd=self.spec.data_dir, env=env,
                                             stdout=log, stderr=subprocess.STDOUT if log else None,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_dies_with_its_parent())
         try:
             self._wait_healthy(timeout_s)
         except BaseException:
@@ -189,6 +191,26 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _dies_with_its_parent() -> Optional[Callable[[], None]]:
+    """A preexec_fn asking the kernel to SIGTERM the child when its parent dies (Linux; None elsewhere).
+
+    `mlflow server` forwards SIGTERM to its uvicorn process, so the whole server stops. The libc
+    function is looked up here, in the parent, so the child only makes one system call between fork
+    and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def ask() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    return ask
 
 
 def _signal_group(pgid: int, signum: int) -> None:

@@ -1,9 +1,17 @@
-"""Session fixtures: one real Ray cluster and one MLflow server for the session, and a leak check around every test."""
+"""Session fixtures: one real Ray cluster and one MLflow server for the session, and a leak check around
+every test that blames the test that leaked and cleans up after it, so that later tests are judged alone."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
@@ -11,6 +19,38 @@ import pytest
 # scikit-learn sets KMP_* variables when first imported; importing it here keeps that library side
 # effect out of the per-test environment check below
 import sklearn  # noqa: F401
+
+from tests.helpers import WATCHED_SIGNALS, kill_trees
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_configure(config):
+    """Give this test session a Ray temp folder of its own and adopt every orphaned descendant.
+
+    RAY_TMPDIR: Ray writes the address of the newest cluster to <tmp>/ray/ray_current_cluster, which is
+    machine-wide under /tmp/ray (and missing on a fresh machine); every Ray the tests start writes there
+    instead, so no test finds or changes another session's cluster. The subreaper flag makes a process
+    that a test's child leaves behind (a server whose parent was killed) our child rather than init's,
+    so the leak check below sees it and ends it.
+    """
+    if "RAY_TMPDIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp")
+        (Path(folder) / "ray").mkdir()
+        os.environ["RAY_TMPDIR"] = folder
+        config.stash[_ray_tmpdir] = folder
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_ray_tmpdir = pytest.StashKey[str]()
+
+
+def pytest_unconfigure(config):
+    folder = config.stash.get(_ray_tmpdir, None)
+    if folder is not None:
+        os.environ.pop("RAY_TMPDIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -46,17 +86,79 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def ray_token_env(tmp_path_factory) -> dict[str, str]:
+    """Token authentication for clusters started with `ray start --head`: a token of this session's own.
+
+    Nothing is read from or written to ~/.ray: a fresh machine has no token there, and a developer's
+    real one must not be touched.
+    """
+    token_file = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
-    """Fail a test that leaves our threads, child processes or environment changes behind."""
+    """Fail a test that leaves threads, processes, environment changes or signal handlers behind.
+
+    Whatever it left is cleaned up here (processes killed with their trees, the environment and the
+    handlers put back), and only what is new since the test began counts, so a leak fails only the
+    test that made it.
+    """
     environment = dict(os.environ)
+    threads = set(threading.enumerate())
     children = {child.pid for child in psutil.Process().children()}
+    handlers = {signum: signal.getsignal(signum) for signum in WATCHED_SIGNALS}
     yield
-    threads = [t.name for t in threading.enumerate() if t.name.startswith("orchestrator")]
-    assert not threads, f"threads left running: {threads}"
-    new_children = [c for c in psutil.Process().children() if c.pid not in children and c.is_running()
-                    and c.status() != psutil.STATUS_ZOMBIE]
-    assert not new_children, f"child processes left running: {[(c.pid, c.cmdline()) for c in new_children]}"
-    changed = {k for k in set(environment) | set(os.environ)
-               if environment.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST"}
-    assert not changed, f"environment variables changed: {sorted(changed)}"
+    problems = []
+    new_threads = [t.name for t in threading.enumerate()
+                   if t not in threads and t.is_alive() and t.name.startswith("orchestrator")]
+    if new_threads:
+        problems.append(f"threads left running: {new_threads}")
+    left = _new_live_children(children)
+    if left:
+        problems.append(f"child processes left running: {[(c.pid, _cmdline(c)) for c in left]}")
+        kill_trees(left)
+    changed = sorted(k for k in set(environment) | set(os.environ)
+                     if environment.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST")
+    if changed:
+        problems.append(f"environment variables changed: {changed}")
+        os.environ.clear()
+        os.environ.update({k: v for k, v in environment.items() if k != "PYTEST_CURRENT_TEST"})
+    replaced = [signal.Signals(signum).name for signum, handler in handlers.items()
+                if signal.getsignal(signum) is not handler]
+    if replaced:
+        problems.append(f"signal handlers left installed: {replaced}")
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert not problems, "; ".join(problems)
+
+
+EXIT_GRACE_S = 5.0
+"""A child that is already exiting when the test ends (a Ray process its driver just shut down) is given
+this long to finish before it counts as left behind."""
+
+
+def _new_live_children(before: set[int]) -> list[psutil.Process]:
+    psutil.wait_procs(_new_children(before), timeout=EXIT_GRACE_S)
+    return _new_children(before)
+
+
+def _new_children(before: set[int]) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if child.pid not in before and child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import psutil
 
 from orchestrator.config.schema import JobConfig
 
@@ -79,3 +84,64 @@ def free_ports(count: int) -> list[int]:
     finally:
         for probe in probes:
             probe.close()
+
+
+KILL_WAIT_S = 30.0
+
+
+def kill_trees(roots: Iterable[psutil.Process | subprocess.Popen | int]) -> None:
+    """SIGKILL each root and every process below it, found before any is killed, and wait until they are gone.
+
+    Descendants are collected first because a killed parent's children are re-parented (to init, or to
+    the test session as subreaper) and could no longer be found through it; a child that started its
+    own session (an `mlflow server`) is still below its parent until then.
+    """
+    roots = list(roots)
+    processes: dict[int, psutil.Process] = {}
+    for root in roots:
+        if isinstance(root, subprocess.Popen) and root.poll() is not None:
+            continue  # reaped already: its PID may belong to someone else by now
+        pid = root if isinstance(root, int) else root.pid
+        try:
+            process = psutil.Process(pid)
+            for found in [process, *process.children(recursive=True)]:
+                processes[found.pid] = found
+        except psutil.NoSuchProcess:
+            continue
+    for process in processes.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(list(processes.values()), timeout=KILL_WAIT_S)
+    for root in roots:
+        if isinstance(root, subprocess.Popen):
+            root.wait()  # reap it, so no zombie and no ResourceWarning
+
+
+@contextlib.contextmanager
+def owned_process(command: Sequence[str], **popen) -> Iterator[subprocess.Popen]:
+    """`subprocess.Popen(command, **popen)` whose whole process tree is killed on leaving, on every path.
+
+    A test that stops the process itself (Ctrl-C, a clean exit) leaves nothing for this to do; a test
+    that fails half-way leaves no server or rank running after it.
+    """
+    process = subprocess.Popen(command, **popen)
+    try:
+        yield process
+    finally:
+        kill_trees([process])
+
+
+WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+"""Handlers a test may cause to be installed (SIGALRM is pytest-timeout's own)."""
+
+
+@contextlib.contextmanager
+def signal_handlers_kept() -> Iterator[None]:
+    """Put back every watched signal handler on leaving: for test machinery that installs its own
+    (ray.cluster_utils' add_node installs a SIGTERM handler in the test process)."""
+    handlers = {signum: signal.getsignal(signum) for signum in WATCHED_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

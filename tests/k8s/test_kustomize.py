@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from orchestrator import manifests
-from tests.k8s.validators import (OVERLAYS, REPO, containers, copy_with_env_files, errors,
-                                  ray_start_params_set_twice, render_overlay)
+from tests.k8s.validators import (OVERLAYS, REPO, containers, copy_with_env_files, core_errors, crd_errors,
+                                  errors, ray_start_params_set_twice, render_overlay)
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
 
@@ -35,10 +35,21 @@ def test_overlay_renders_the_whole_stack(rendered, overlay):
     assert {document["metadata"].get("namespace", "orchestrator") for document in rendered[overlay]} == {"orchestrator"}
 
 
+def _problems(documents, check) -> dict[str, list[str]]:
+    found = {f"{d['kind']}/{d['metadata']['name']}": check(d) for d in documents}
+    return {name: problems for name, problems in found.items() if problems}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_resource_validates_strictly(rendered, overlay):
-    problems = {f"{d['kind']}/{d['metadata']['name']}": errors(d) for d in rendered[overlay]}
-    assert {name: found for name, found in problems.items() if found} == {}
+def test_every_core_resource_validates_strictly(rendered, overlay):
+    core = [d for d in rendered[overlay] if not d["apiVersion"].startswith("ray.io/")]
+    assert core and _problems(core, core_errors) == {}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ray_resource_validates_against_the_kuberay_crds(rendered, overlay):
+    ray = [d for d in rendered[overlay] if d["apiVersion"].startswith("ray.io/")]
+    assert ray and _problems(ray, crd_errors) == {}
 
 
 def test_no_secret_value_is_written_in_a_manifest(rendered):

@@ -103,8 +103,9 @@ def test_a_killed_worker_process_fails_the_run_and_nothing_is_left(ray_cluster, 
     runner = threading.Thread(target=lambda: outcome.update(summary=run_job(job, Console(io.StringIO(), False))))
     runner.start()
 
-    wait_until(lambda: worker_pid() is not None, 60, "a worker of the job to run")
-    os.kill(worker_pid(), signal.SIGKILL)
+    seen: list = []
+    wait_until(lambda: seen.append(worker_pid()) or seen[-1] is not None, 60, "a worker of the job to run")
+    os.kill(seen[-1], signal.SIGKILL)
     runner.join(timeout=120)
     assert not runner.is_alive()
     summary = outcome["summary"]

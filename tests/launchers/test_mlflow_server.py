@@ -16,7 +16,7 @@ from orchestrator.cli import main
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.metrics.mlflow_sink import RunRecorder
 from orchestrator.metrics.transport import TrackingUnavailable, check_server
-from tests.helpers import wait_until
+from tests.helpers import kill_trees, owned_process, wait_until
 
 
 @pytest.mark.parametrize("args, message", [
@@ -59,38 +59,37 @@ def test_the_command_serves_with_basic_auth_taking_logins_from_the_environment_a
                MLFLOW_AUTH_ADMIN_PASSWORD=admin_password)
     command = [sys.executable, "-m", "orchestrator", "mlflow-server", "--port", str(port), "--dir",
                str(tmp_path / "server"), "--basic-auth"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), name="test-server-output")
-    reader.start()
-    try:
-        wait_until(lambda: any(line.startswith(f"MLflow tracking server: {url}") for line in lines)
-                   or process.poll() is not None, 180, "the server to be up")
-        assert process.poll() is None, "".join(lines)
-        with pytest.raises(TrackingUnavailable, match=r"refused the login \(HTTP 401\): set MLFLOW_TRACKING_USERNAME"):
+    with owned_process(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout), name="test-server-output")
+        reader.start()
+        try:
+            wait_until(lambda: any(line.startswith(f"MLflow tracking server: {url}") for line in lines)
+                       or process.poll() is not None, 180, "the server to be up")
+            assert process.poll() is None, "".join(lines)
+            with pytest.raises(TrackingUnavailable, match=r"refused the login \(HTTP 401\): set MLFLOW_TRACKING_USERNAME"):
+                check_server(url, "auth")
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
             check_server(url, "auth")
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
-        check_server(url, "auth")
-        notices: list[str] = []
-        recorder = RunRecorder.create(TrackingConfig(uri=url, experiment="auth"), {"optim.lr": "0.1"},
-                                      {"orchestrator.overrides": "optim.lr=0.1"}, notify=notices.append)
-        for step in range(1, 4):
-            recorder.log_metrics({"train/loss": 1.0 / step}, step)
-        recorder.flush()
-        recorder.finish("FINISHED")
-        client = MlflowClient(url)
-        run = client.get_run(recorder.run_id)
-        assert run.info.status == "FINISHED" and run.data.params == {"optim.lr": "0.1"}
-        assert [m.value for m in client.get_metric_history(recorder.run_id, "train/loss")] == [1.0, 0.5, 1 / 3]
-        assert not notices and admin_password not in repr(run.data)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        reader.join(timeout=30)
+            notices: list[str] = []
+            recorder = RunRecorder.create(TrackingConfig(uri=url, experiment="auth"), {"optim.lr": "0.1"},
+                                          {"orchestrator.overrides": "optim.lr=0.1"}, notify=notices.append)
+            for step in range(1, 4):
+                recorder.log_metrics({"train/loss": 1.0 / step}, step)
+            recorder.flush()
+            recorder.finish("FINISHED")
+            client = MlflowClient(url)
+            run = client.get_run(recorder.run_id)
+            assert run.info.status == "FINISHED" and run.data.params == {"optim.lr": "0.1"}
+            assert [m.value for m in client.get_metric_history(recorder.run_id, "train/loss")] == [1.0, 0.5, 1 / 3]
+            assert not notices and admin_password not in repr(run.data)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                kill_trees([process])
+            reader.join(timeout=30)
     # the server ran in its own process group, which the command stopped: nothing listens any more
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0

@@ -13,7 +13,7 @@ import ray
 from launchers.job_runner import run_job
 from orchestrator.cli import main
 from orchestrator.console import Console
-from tests.helpers import assert_no_job_resources, compose_job
+from tests.helpers import assert_no_job_resources, compose_job, signal_handlers_kept
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ddp_script.py"
 SMALL = ["model=mlp", "trainer.max_steps=3", "tracking.log_model=false", "data.batch_size=8"]
@@ -22,12 +22,14 @@ SMALL = ["model=mlp", "trainer.max_steps=3", "tracking.log_model=false", "data.b
 @pytest.fixture(scope="module")
 def three_nodes(ray_cluster):
     """Nodes b and c join the session's head for this module: 2 CPUs each, marker resources, and 2 `pin`s."""
-    added = [ray_cluster.add_node(num_cpus=2, resources={"node_b": 100, "pin": 2}),
-             ray_cluster.add_node(num_cpus=2, resources={"node_c": 100, "pin": 2})]
+    with signal_handlers_kept():
+        added = [ray_cluster.add_node(num_cpus=2, resources={"node_b": 100, "pin": 2}),
+                 ray_cluster.add_node(num_cpus=2, resources={"node_c": 100, "pin": 2})]
     ray_cluster.wait_for_nodes()
     yield ray_cluster
-    for node in added:
-        ray_cluster.remove_node(node)
+    with signal_handlers_kept():
+        for node in added:
+            ray_cluster.remove_node(node)
 
 
 def _names() -> dict[str, str]:
@@ -137,7 +139,8 @@ def test_gpu_ranks_on_a_node_see_its_job_gpus_in_local_rank_order(three_nodes, t
 
     The node only advertises GPUs (this machine has none); the script does not touch CUDA.
     """
-    gpu_node = three_nodes.add_node(num_cpus=2, num_gpus=2, resources={"node_gpu": 100})
+    with signal_handlers_kept():
+        gpu_node = three_nodes.add_node(num_cpus=2, num_gpus=2, resources={"node_gpu": 100})
     try:
         out = tmp_path / "weights.pt"
         outcome = _run(["entrypoint=script", f"script.path={SCRIPT}", f"script.args=[--steps,2,--out,{out}]",
@@ -150,4 +153,5 @@ def test_gpu_ranks_on_a_node_see_its_job_gpus_in_local_rank_order(three_nodes, t
         assert [env["LOCAL_RANK"] for env in seen] == ["0", "1"]
         assert [worker.cuda_device for worker in outcome.workers] == [0, 1]
     finally:
-        three_nodes.remove_node(gpu_node)
+        with signal_handlers_kept():
+            three_nodes.remove_node(gpu_node)

@@ -13,12 +13,13 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 from launchers.job_runner import run_job
 from orchestrator.console import Console
-from tests.helpers import assert_no_job_resources, compose_job, wait_until, worker_pid
+from tests.helpers import assert_no_job_resources, compose_job, owned_process, wait_until, worker_pid
 
 # dropout makes the run depend on every rank's RNG stream, so exactness also proves the RNG restore
 EXACT = ["model=mlp", "model.dropout=0.1", "trainer.max_steps=200", "trainer.log_every_n_steps=1",
@@ -68,20 +69,42 @@ def uninterrupted(ray_cluster, tmp_path_factory):
     return summary, _losses(job, summary.run_id)
 
 
+def _steps(directory: Path) -> list[int]:
+    return [int(re.search(r"step_(\d+)", name).group(1)) for name in _checkpoints(directory)]
+
+
+def _complete_once_gone(pids: list[int], runs: Path) -> list[int]:
+    """The complete checkpoint steps on disk at the moment the processes `pids` are all gone.
+
+    Listed in the same poll that sees the last one gone, so nothing they wrote is missed, and long
+    before a replacement attempt (new processes that start, import torch and train) could add one.
+    """
+    seen: list[list[int]] = []
+    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in pids)
+               and not seen.append([step for run in runs.glob("*") for step in _steps(run)]), 120,
+               f"processes {pids} to be gone")
+    return seen[-1]
+
+
 def test_sigkill_of_a_worker_continues_bit_for_bit_from_the_checkpoint(uninterrupted, tmp_path):
     reference, reference_losses = uninterrupted
     job, thread, holder = _start(EXACT, tmp_path)
     runs = tmp_path / "checkpoints"
     wait_until(lambda: any(_checkpoints(d) for d in runs.glob("*")), 120, "a first checkpoint")
+    seen: list = []
+    wait_until(lambda: seen.append(worker_pid()) or seen[-1] is not None, 120, "a running worker")
+    complete_at_kill = [step for run in runs.glob("*") for step in _steps(run)]
     killed_at = time.time()
-    os.kill(worker_pid(), signal.SIGKILL)
+    os.kill(seen[-1], signal.SIGKILL)
     summary = _finish(thread, holder)
     outcome = summary.outcome
     assert outcome.status == "FINISHED", outcome.error
     assert outcome.restarts == 1
     tags = _tags(job, summary.run_id)
     resumed = int(tags["restart.1.resumed_from_step"])
-    assert resumed >= 25 and resumed % 25 == 0 and tags["restart.1.kind"] == "worker died"
+    # nothing complete at the kill is lost. The rank that survives may finish a write it had begun (a
+    # newer checkpoint, equally valid); the weights below show the resume was exact either way
+    assert resumed >= max(complete_at_kill) and tags["restart.1.kind"] == "worker died"
     assert float(tags["restart.1.first_step_at"]) > killed_at
     for rank, result in outcome.rank_results.items():
         assert result.params_digest == reference.outcome.rank_results[rank].params_digest
@@ -107,15 +130,16 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(r
                 return temporary
         return None
 
-    wait_until(lambda: writing() is not None, 120, "a checkpoint write in progress")
-    temporary = writing()
+    found: list = []
+    wait_until(lambda: found.append(writing()) or found[-1] is not None, 120, "a checkpoint write in progress")
+    temporary = found[-1]
     writer_pid = int(temporary.name.split(".")[-2])
     os.kill(writer_pid, signal.SIGKILL)
-    interrupted_step = int(re.search(r"step_(\d+)", temporary.name).group(1))
-    # the writer is serial and now dead, so what is complete on disk is every checkpoint before the
-    # interrupted one (the steps include epoch ends as well as every 10th step)
-    complete = [int(re.search(r"step_(\d+)", name).group(1)) for name in _checkpoints(temporary.parent)]
-    assert complete and max(complete) < interrupted_step
+    # the writer is the only one: what is complete once it is gone is what a restart may use. The write
+    # it was killed in almost always stays incomplete; should the kill have landed just after its
+    # rename, that checkpoint is complete and is the one to resume from, which the same assertion covers
+    complete = _complete_once_gone([writer_pid], runs)
+    assert complete
     summary = _finish(thread, holder)
     assert summary.outcome.status == "FINISHED", summary.outcome.error
     resumed = int(_tags(job, summary.run_id)["restart.1.resumed_from_step"])
@@ -165,12 +189,12 @@ def test_a_run_stopped_with_ctrl_c_resumes_into_the_same_run_and_ends_identical(
 
     reference, _ = uninterrupted
     command = [sys.executable, "-m", "orchestrator", "train", *EXACT, f"cluster.address={ray_cluster.address}"]
-    first = subprocess.Popen(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    runs = tmp_path / "checkpoints"
-    wait_until(lambda: any(_checkpoints(d) for d in runs.glob("*")), 120, "a first checkpoint")
-    first.send_signal(signal.SIGINT)
-    first.communicate(timeout=120)
-    assert first.returncode == 130
+    with owned_process(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as first:
+        runs = tmp_path / "checkpoints"
+        wait_until(lambda: any(_checkpoints(d) for d in runs.glob("*")), 120, "a first checkpoint")
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+        assert first.returncode == 130
     second = subprocess.run(command + ["trainer.resume=latest"], cwd=tmp_path, text=True, capture_output=True,
                             timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]

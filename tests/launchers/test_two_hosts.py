@@ -45,7 +45,8 @@ def _namespaces_allowed(probe: str) -> str | None:
 class TwoHosts:
     """Namespaces A and B on one /24 over a veth pair; owns every process it starts in them."""
 
-    def __init__(self, tag: str):
+    def __init__(self, tag: str, auth: dict[str, str]):
+        self.auth = auth
         self.names = (f"orchA{tag}", f"orchB{tag}")
         self.veths = (f"oa{tag}", f"ob{tag}")
         subnet = int(tag) % 200 + 20
@@ -74,11 +75,11 @@ class TwoHosts:
         common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
         self.run(0, str(VENV_BIN / "ray"), "start", "--head", f"--node-ip-address={self.ips[0]}", "--port=6379",
                  "--include-dashboard=false", f"--temp-dir={self.temp / 'a'}", *common,
-                 stdout=log_a.open("w"), stderr=subprocess.STDOUT, env=ray_env())
+                 stdout=log_a.open("w"), stderr=subprocess.STDOUT, env=ray_env(self.auth))
         wait_until(lambda: "Ray runtime started" in log_a.read_text(), 90, f"the head in {self.names[0]}")
         self.run(1, str(VENV_BIN / "ray"), "start", f"--address={self.ips[0]}:6379", f"--node-ip-address={self.ips[1]}",
                  f"--temp-dir={self.temp / 'b'}", *common, stdout=log_b.open("w"), stderr=subprocess.STDOUT,
-                 env=ray_env())
+                 env=ray_env(self.auth))
         wait_until(lambda: "Ray runtime started" in log_b.read_text(), 90, f"the worker node in {self.names[1]}")
 
     def destroy(self) -> None:
@@ -107,21 +108,21 @@ def _kill(pid: int) -> None:
         pass
 
 
-def ray_env() -> dict[str, str]:
+def ray_env(auth: dict[str, str]) -> dict[str, str]:
     """`ray start --head` turns on token authentication: drivers and joining nodes send the token."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, **auth, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     return env
 
 
 @pytest.fixture
-def two_hosts():
+def two_hosts(ray_token_env):
     tag = str(os.getpid() % 10000)
     reason = _namespaces_allowed(f"orchprobe{tag}")
     if reason is not None:
         print(f"skipping the two-host test: {reason}")
         pytest.skip(reason)
-    hosts = TwoHosts(tag)
+    hosts = TwoHosts(tag, ray_token_env)
     try:
         hosts.create()
         hosts.start_ray()
@@ -135,7 +136,7 @@ def test_ddp_over_gloo_across_two_hosts(two_hosts, tmp_path):
     driver = two_hosts.run(0, sys.executable, "-m", "orchestrator", "train", f"cluster.address={two_hosts.ips[0]}:6379",
                            "scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD", "model=mlp",
                            "trainer.max_steps=20", "tracking.log_model=false", f"tracking.uri={store}",
-                           "scaling.rendezvous_timeout_s=60", cwd=tmp_path, env=ray_env(), text=True,
+                           "scaling.rendezvous_timeout_s=60", cwd=tmp_path, env=ray_env(two_hosts.auth), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err[-3000:]
