@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from orchestrator import __version__
-from orchestrator.config.export import config_yaml, flat_params
+from orchestrator.config.export import config_yaml, flat_params, redactor_for
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import Controller, JobObserver, JobOutcome, StopRequests
 from orchestrator.metrics.console_log import CONSOLE_ARTIFACT, ConsoleLog, captured
 from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, HYDRA_ARTIFACT_DIR, WORKERS_ARTIFACT, store_opened_early
-from orchestrator.metrics.redact import redact_text
 from orchestrator.metrics.sink import NullSink
 from orchestrator.metrics.transport import check_server, is_server
 from orchestrator.plan import JobPlan, plan_job
@@ -173,7 +172,7 @@ def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Op
         from orchestrator.metrics.mlflow_sink import RunRecorder
 
         sink = RunRecorder.attach(job.tracking, target.run_id, notify=console.message,
-                                  upload_checkpoints=job.checkpoint.upload)
+                                  upload_checkpoints=job.checkpoint.upload, redactor=redactor_for(job, overrides))
         if sink is not None:
             _warn_config_changes(sink.logged_params(), flat_params(job), console)
             sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
@@ -202,7 +201,7 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=No
     from orchestrator.metrics.mlflow_sink import RunRecorder
 
     tags = {
-        "orchestrator.overrides": redact_text(" ".join(overrides)),
+        "orchestrator.overrides": " ".join(overrides),  # the recorder redacts every tag
         "orchestrator.world_size": str(plan.world_size),
         "orchestrator.backend": plan.backend,
         "orchestrator.version": __version__,
@@ -215,7 +214,8 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=No
     tags.update(link.tags)
     tracking = dataclasses.replace(job.tracking, run_name=link.run_name) if link.run_name else job.tracking
     sink = RunRecorder.create(tracking, flat_params(job), tags, parent_run_id=link.parent_run_id,
-                              upload_checkpoints=job.checkpoint.upload, **({"notify": notify} if notify else {}))
+                              upload_checkpoints=job.checkpoint.upload, redactor=redactor_for(job, overrides),
+                              **({"notify": notify} if notify else {}))
     try:
         sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
         for path in hydra_files(output_dir):

@@ -6,6 +6,7 @@ import shlex
 from typing import Optional, Sequence, TextIO
 
 from orchestrator.config.schema import JobConfig, SweepConfig
+from orchestrator.config.export import redactor_for
 from orchestrator.metrics.redact import redact_text
 from orchestrator.sweep.trials import FAILED, KILLED, TrialRecord, best_trial, counts, summary_table, varying
 
@@ -37,12 +38,13 @@ def parent_results(records: Sequence[TrialRecord], sweep: SweepConfig, status: s
 def print_summary(stream: TextIO, records: Sequence[TrialRecord], job: JobConfig, settings, parent_run_id: Optional[str],
                   wall_s: float) -> None:
     """The sweep's last lines: totals, one row per trial, the best trial, and how to compare the trials."""
+    redactor = redactor_for(job, settings.overrides)
     totals = ", ".join(f"{number} {status}" for status, number in counts(records).items()) or "no trials"
     stream.write(f"sweep {settings.sweep_id}: {len(records)} trials in {wall_s:.1f} s: {totals}\n")
-    stream.write(redact_text(summary_table(records, settings.fixed_keys, job.sweep.objective)))
+    stream.write(redactor.text(summary_table(records, settings.fixed_keys, job.sweep.objective)))
     best = best_trial(records, job.sweep.direction)
     if best is not None:
-        chosen = redact_text(" ".join(varying(best.overrides, settings.fixed_keys)))
+        chosen = redactor.text(" ".join(varying(best.overrides, settings.fixed_keys)))
         stream.write(f"best ({job.sweep.direction} {job.sweep.objective}): trial {best.number} ({chosen}): "
                      f"{best.objective:.4f}\n")
     if parent_run_id is not None:

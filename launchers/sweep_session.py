@@ -24,11 +24,10 @@ from typing import Any, Optional, Sequence, TextIO
 
 from orchestrator import __version__
 from orchestrator.compare import SWEEP_TAG  # the parent run's tag that `orchestrator compare --sweep ID` looks for
-from orchestrator.config.export import flat_params
+from orchestrator.config.export import flat_params, redactor_for
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import USER_STOP
 from orchestrator.errors import ConfigError
-from orchestrator.metrics.redact import redact_text
 from orchestrator.metrics.sink import NullSink
 from orchestrator.metrics.transport import check_server, is_server
 from orchestrator.plan import JobPlan, plan_job
@@ -249,7 +248,7 @@ def open_parent_run(job: JobConfig, settings: SweepSettings):
     tags = {
         SWEEP_TAG: settings.sweep_id,
         "orchestrator.sweeper": settings.sweeper,
-        "orchestrator.sweep.overrides": redact_text(" ".join(settings.overrides)),
+        "orchestrator.sweep.overrides": " ".join(settings.overrides),  # the recorder redacts every tag
         "orchestrator.launcher": "ray",
         "orchestrator.version": __version__,
         "mlflow.source.name": "orchestrator train -m",
@@ -258,4 +257,4 @@ def open_parent_run(job: JobConfig, settings: SweepSettings):
     if commit:
         tags["mlflow.source.git.commit"] = commit
     tracking = dataclasses.replace(job.tracking, run_name=job.tracking.run_name or f"sweep-{settings.sweep_id}")
-    return RunRecorder.create(tracking, params, tags)
+    return RunRecorder.create(tracking, params, tags, redactor=redactor_for(job, settings.overrides))

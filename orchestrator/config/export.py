@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+import os
+from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
 from orchestrator.config.schema import JobConfig
+from orchestrator.metrics.redact import Redactor
 
 
 def config_dict(job: JobConfig) -> dict[str, Any]:
@@ -35,3 +37,11 @@ def _flatten(node: Any, prefix: str, out: dict[str, str]) -> None:
         return
     key = prefix[:-1]
     out[key] = node if isinstance(node, str) else json.dumps(node)
+
+
+def redactor_for(job: JobConfig, overrides: Sequence[str] = (),
+                 environ: Optional[Mapping[str, str]] = None) -> Redactor:
+    """The redaction step for everything this job's driver writes: it masks the secrets of the job's
+    config, of its command line and of the driver's environment (a token the user exported and a
+    script then prints), wherever they turn up."""
+    return Redactor.of(config_dict(job), list(overrides), dict(os.environ if environ is None else environ))

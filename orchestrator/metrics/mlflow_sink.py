@@ -3,8 +3,9 @@
 Metrics go through a MetricWriter (a background thread sending batches), so the driver loop never
 waits on the store. Everything else (params, tags, artifacts, the model, the final status) is written
 synchronously at the start and the end of the run. Writes to a SQLite store go through a StoreGuard,
-so several runs or processes on one file take turns. Secret-looking keys never reach the store, and
-credentials in values and texts are masked (`redact.py`).
+so several runs or processes on one file take turns. Every param, tag, text artifact, error and run
+name passes through the recorder's Redactor on its way to the store (`redact.py`): secret-looking keys
+never reach it, and the job's secret values and credential shapes are masked wherever they occur.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ class RunRecorder:
     """Writes one MLflow run: params, tags, metrics, artifacts, model and final status."""
 
     def __init__(self, client: Any, run_id: str, experiment_id: str, tracking: TrackingConfig,
-                 guard: StoreGuard, notify: Notify = _print_notice, upload_checkpoints: bool = False):
+                 guard: StoreGuard, notify: Notify = _print_notice, upload_checkpoints: bool = False,
+                 redactor: redact.Redactor = redact.Redactor()):
         self.client = client
+        self.redactor = redactor
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.tracking = tracking
@@ -70,20 +73,25 @@ class RunRecorder:
     @classmethod
     def create(cls, tracking: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, str],
                parent_run_id: Optional[str] = None, notify: Notify = _print_notice,
-               upload_checkpoints: bool = False) -> "RunRecorder":
-        """Create the run in `tracking.experiment` (created when missing), as a child of `parent_run_id` if given."""
+               upload_checkpoints: bool = False, redactor: redact.Redactor = redact.Redactor()) -> "RunRecorder":
+        """Create the run in `tracking.experiment` (created when missing), as a child of `parent_run_id` if given.
+
+        `redactor` knows the job's secret values (Redactor.of its config and command line).
+        """
         client, guard = _open_store(tracking.uri)
         experiment_id = guard.call(lambda: _experiment_id(client, tracking))
         tags = dict(tags, **({PARENT_TAG: parent_run_id} if parent_run_id else {}))
-        run = guard.call(lambda: client.create_run(experiment_id, run_name=tracking.run_name,
-                                                   tags=_limited_tags(redact.safe_items(tags))))
-        recorder = cls(client, run.info.run_id, experiment_id, tracking, guard, notify, upload_checkpoints)
+        run_name = None if tracking.run_name is None else redactor.value(tracking.run_name)
+        run = guard.call(lambda: client.create_run(experiment_id, run_name=run_name,
+                                                   tags=_limited_tags(redactor.items(tags))))
+        recorder = cls(client, run.info.run_id, experiment_id, tracking, guard, notify, upload_checkpoints, redactor)
         recorder.log_params(params)
         return recorder.start()
 
     @classmethod
     def attach(cls, tracking: TrackingConfig, run_id: str, notify: Notify = _print_notice,
-               upload_checkpoints: bool = False) -> Optional["RunRecorder"]:
+               upload_checkpoints: bool = False,
+               redactor: redact.Redactor = redact.Redactor()) -> Optional["RunRecorder"]:
         """Continue an existing run (a resumed job): marked RUNNING again; None if the store has no such run."""
         from mlflow.exceptions import MlflowException
 
@@ -93,7 +101,8 @@ class RunRecorder:
         except MlflowException:
             return None
         guard.call(lambda: client.update_run(run_id, status="RUNNING"))
-        return cls(client, run_id, run.info.experiment_id, tracking, guard, notify, upload_checkpoints).start()
+        return cls(client, run_id, run.info.experiment_id, tracking, guard, notify, upload_checkpoints,
+                   redactor).start()
 
     def logged_params(self) -> dict[str, str]:
         """The params the run already has (to compare a resumed job's config with)."""
@@ -132,7 +141,7 @@ class RunRecorder:
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-        safe = redact.safe_items(params)
+        safe = self.redactor.items(params)
         items = [Param(key, _cut(value, MAX_PARAM_VAL_LENGTH)) for key, value in safe.items()]
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             batch = items[start:start + MAX_PARAMS_TAGS_PER_BATCH]
@@ -159,7 +168,7 @@ class RunRecorder:
     def _write_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        batch = [RunTag(key, value) for key, value in _limited_tags(redact.safe_items(tags)).items()]
+        batch = [RunTag(key, value) for key, value in _limited_tags(self.redactor.items(tags)).items()]
         self.guard.call(lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def _write_tags_or_notify(self, tags: Mapping[str, str]) -> None:
@@ -183,7 +192,7 @@ class RunRecorder:
     def _write_text(self, text: str, artifact_file: str) -> None:
         if self._store_down(f"the artifact {artifact_file}"):
             return
-        self.guard.call(lambda: self.client.log_text(self.run_id, redact.redact_text(text), artifact_file))
+        self.guard.call(lambda: self.client.log_text(self.run_id, self.redactor.text(text), artifact_file))
 
     def _write_text_when_up(self, text: str, artifact_file: str) -> None:
         if not self.writer.reachable:
@@ -222,7 +231,7 @@ class RunRecorder:
         if self._store_down(f"the final status {status}"):
             return
         if error:
-            self._write_tags({ERROR_TAG: redact.redact_text(error)})
+            self._write_tags({ERROR_TAG: self.redactor.text(error)})
             self._write_text(error, ERROR_ARTIFACT)
         self.guard.call(lambda: self.client.set_terminated(self.run_id, status=status))
 
