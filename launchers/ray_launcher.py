@@ -161,6 +161,9 @@ class RayWorkerGroup:
             max_concurrency=ACTOR_CONCURRENCY,
             max_restarts=0,
             name=f"{self.name}-worker{self._spawned}",
+            # cluster.runtime_env reaches the ranks (and a script's process) here: the job's env_vars,
+            # secrets included, travel through Ray and are written nowhere by the driver
+            **({"runtime_env": dict(self.job.cluster.runtime_env)} if self.job.cluster.runtime_env else {}),
         ).remote()
 
     def _placement_failure(self) -> str:
