@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import LaunchError
+from orchestrator.manifests import without_runtime_env
 
 from launchers.ray_cluster import TOKEN_HOWTO
 
@@ -36,8 +37,10 @@ def build_submission(job: JobConfig, overrides: Sequence[str], working_dir: Path
 
     Inside a Ray job the driver must join the cluster it runs on (`cluster.address=auto`, which Ray's
     job supervisor resolves through RAY_ADDRESS); with the default null it would start its own Ray.
+    cluster.runtime_env is sent as the job's runtime env (the driver's actors inherit it), not repeated
+    on the command line, which the cluster's dashboard shows to everyone who can open it.
     """
-    arguments = ["python", "-m", "orchestrator", "train", *overrides]
+    arguments = ["python", "-m", "orchestrator", "train", *without_runtime_env(overrides)]
     if not any(override.startswith("cluster.address=") for override in overrides):
         arguments.append("cluster.address=auto")
     runtime_env = dict(job.cluster.runtime_env)

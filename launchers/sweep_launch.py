@@ -4,7 +4,7 @@ Hydra's own launchers run a trial through `hydra.core.utils.run_job`, which sets
 (the HydraConfig singleton, the working directory, logging, environment variables) for the whole
 trial. Trials here run side by side on threads, so this module does that job's preparation on the
 driver's thread, one trial at a time: compose the trial's config, resolve its output directory,
-write its `.hydra/` files and build its JobConfig. The working directory stays put and per-trial
+build its JobConfig and, once the batch is valid, write its redacted `.hydra/` files. The working directory stays put and per-trial
 log files and `hydra.job.env_set` are not supported (rejected with a message when set).
 """
 
@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.config.export import redactor_for
+from orchestrator.config.hydra_output import remove_empty_dirs, write_hydra_files, write_redacted
 from orchestrator.config.load import load_config
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.sweep.trials import FINISHED, STOPPED, TrialRecord, TrialSpec, override_key, shared_key_problems
 
 log = logging.getLogger(__name__)
+MULTIRUN_FILE = "multirun.yaml"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class PreparedTrial:
     """The trial's whole config (DictConfig, with its `hydra` node), for Hydra's callbacks."""
     task_cfg: Any
     hydra_cfg: Any
+    output_dir: str
+    """Where the trial's .hydra/ files go (Hydra's sweep dir and subdir, resolved)."""
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -59,6 +64,9 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                     for problem in shared_key_problems(sweep_job, trial.spec.job)]
         if problems:
             raise ConfigError(problems)
+        _redact_sweep_file(launcher, sweep_job)
+        for trial in trials:
+            _write_outputs(trial)
         session = _session(launcher, sweep_job)
         log.info(f"Launching {len(job_overrides)} trials on Ray")
         for trial in trials:
@@ -69,6 +77,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         opened = getattr(launcher.task_function, "sweep", None)  # by this batch or an earlier one
         if opened is not None:
             opened.fail(str(error))
+        elif isinstance(error, ConfigError):
+            _discard_sweep_file(launcher)
         raise SystemExit(error.exit_code) from None
     returns = [_job_return(trial, record) for trial, record in zip(trials, records)]
     for trial, job_return in zip(trials, returns):
@@ -132,7 +142,7 @@ def _job(config) -> JobConfig:
 
 
 def _prepare(launcher, overrides: list[str], number: int) -> PreparedTrial:
-    """Compose the trial's config, resolve and create its output directory, write its .hydra/ files."""
+    """Compose the trial's config and resolve its output directory (written later, once the batch is valid)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import filter_overrides
     from omegaconf import OmegaConf, open_dict, read_write
@@ -154,23 +164,34 @@ def _prepare(launcher, overrides: list[str], number: int) -> PreparedTrial:
         task_cfg = copy.deepcopy(config)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
-        if config.hydra.output_subdir is not None:
-            _save(Path(output_dir) / str(config.hydra.output_subdir),
-                  {"config.yaml": task_cfg, "hydra.yaml": hydra_cfg, "overrides.yaml": config.hydra.overrides.task})
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
         job = load_config(task_cfg, Path.cwd())
     finally:
         HydraConfig.instance().cfg = previous
     spec = TrialSpec(number=number, overrides=tuple(overrides), job=job, output_dir=output_dir)
-    return PreparedTrial(spec=spec, config=config, task_cfg=task_cfg, hydra_cfg=hydra_cfg)
+    return PreparedTrial(spec=spec, config=config, task_cfg=task_cfg, hydra_cfg=hydra_cfg, output_dir=output_dir)
 
 
-def _save(directory: Path, files: dict) -> None:
-    from omegaconf import OmegaConf
+def _write_outputs(trial: PreparedTrial) -> None:
+    """The trial's output directory and its redacted .hydra/ files, once every trial of the batch is valid."""
+    overrides = list(trial.config.hydra.overrides.task)
+    write_hydra_files(trial.output_dir, trial.task_cfg, trial.hydra_cfg, overrides,
+                      redactor_for(trial.spec.job, overrides))
 
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, node in files.items():
-        (directory / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+def _redact_sweep_file(launcher, sweep_job: JobConfig) -> None:
+    """Hydra's basic sweeper saved the whole config, command line included, as multirun.yaml: redact it."""
+    written = Path(str(launcher.config.hydra.sweep.dir)) / MULTIRUN_FILE
+    if written.is_file():
+        overrides = list(launcher.config.hydra.overrides.task)
+        write_redacted(written, written.read_text(encoding="utf-8"), redactor_for(sweep_job, overrides))
+
+
+def _discard_sweep_file(launcher) -> None:
+    """A sweep rejected before any trial ran leaves no output: multirun.yaml (saved by the sweeper a moment
+    ago) goes, then the folders made for it if they are empty."""
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    (sweep_dir / MULTIRUN_FILE).unlink(missing_ok=True)
+    remove_empty_dirs(sweep_dir, Path.cwd())
 
 
 def _job_return(trial: PreparedTrial, record: TrialRecord):

@@ -61,7 +61,12 @@ def train_command(overrides: Sequence[str]) -> int:
 
     register_configs()
     from orchestrator.config.compose import conf_dir
+    from orchestrator.config.hydra_output import OUTPUT_SUBDIR_KEY, sets_output_subdir
 
+    if sets_output_subdir(overrides):
+        print(f"orchestrator: {OUTPUT_SUBDIR_KEY} is not valid to set: the orchestrator writes the output "
+              f"directory's .hydra/ itself, with secrets masked; remove the override", file=sys.stderr)
+        return 2
     task = TrainTask()
     hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)
     saved_argv = sys.argv
@@ -129,16 +134,25 @@ class _sigterm_as_interrupt:
 def _train_task(cfg) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
 
+    from orchestrator.config.export import redactor_for
+    from orchestrator.config.hydra_output import remove_empty_dirs, write_hydra_files
     from orchestrator.console import Console
     from orchestrator.errors import OrchestratorError
 
+    hydra = HydraConfig.get()
     try:
-        job = _load(cfg)
+        try:
+            job = _load(cfg)
+        except OrchestratorError:
+            remove_empty_dirs(hydra.runtime.output_dir, Path.cwd())  # Hydra made it; a rejected config keeps none
+            raise
+        overrides = list(hydra.overrides.task)
+        write_hydra_files(hydra.runtime.output_dir, cfg, HydraConfig.instance().cfg, overrides,
+                          redactor_for(job, overrides))
         from launchers.job_runner import run_job
 
         console = Console()
-        hydra = HydraConfig.get()
-        summary = run_job(job, console, hydra.overrides.task, output_dir=hydra.runtime.output_dir)
+        summary = run_job(job, console, overrides, output_dir=hydra.runtime.output_dir)
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
@@ -217,6 +231,7 @@ def submit_command(args: Sequence[str]) -> int:
 
     from launchers.submit import build_submission, local_store_warning, stdout_writer, submit
     from orchestrator.config.compose import compose_job
+    from orchestrator.config.export import redactor_for
     from orchestrator.errors import OrchestratorError
 
     parser = argparse.ArgumentParser(prog="orchestrator submit", description="Run `orchestrator train` on a "
@@ -227,13 +242,19 @@ def submit_command(args: Sequence[str]) -> int:
     options, overrides = parser.parse_known_args(args)
     try:
         job = compose_job(overrides, Path.cwd())  # the same validation as train, before anything is sent
+    except OrchestratorError as error:
+        print(f"orchestrator: {error}", file=sys.stderr)
+        return error.exit_code
+    # Ray's refusals can quote the runtime env sent (secrets included): every message goes through the redactor
+    redactor = redactor_for(job, overrides)
+    try:
         warning = local_store_warning(job)
         if warning:
             print(warning, file=sys.stderr)
         submission = build_submission(job, overrides, Path(options.working_dir).resolve())
         return submit(options.address, submission, wait=not options.no_wait, write=stdout_writer)
     except OrchestratorError as error:
-        print(f"orchestrator: {error}", file=sys.stderr)
+        print(f"orchestrator: {redactor.text(str(error))}", file=sys.stderr)
         return error.exit_code
 
 
@@ -246,6 +267,7 @@ def k8s_command(args: Sequence[str]) -> int:
 
     from orchestrator import manifests
     from orchestrator.config.compose import compose_job
+    from orchestrator.config.export import redactor_for
     from orchestrator.errors import OrchestratorError
 
     parser = argparse.ArgumentParser(prog="orchestrator k8s", description="Print a KubeRay RayJob that runs "
@@ -254,12 +276,14 @@ def k8s_command(args: Sequence[str]) -> int:
     parser.add_argument("--image", default=manifests.DEFAULT_IMAGE, help="image of the head and worker pods")
     parser.add_argument("--namespace", default=manifests.DEFAULT_NAMESPACE, help="namespace of k8s/base's MLflow")
     parser.add_argument("--name", help="RayJob name (default: orchestrator-<UTC time>, new for every run)")
+    parser.add_argument("--secret", default=manifests.DEFAULT_SECRET, help="Kubernetes Secret the pods read the "
+                        "job's secret environment variables from (default: %(default)s)")
     try:
         options = parser.parse_intermixed_args(list(args))
     except SystemExit as exit_request:  # --help, or a usage error (argparse exits 2)
         return _exit_code(exit_request)
     name = options.name or manifests.default_name(datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    target = manifests.RayJobTarget(image=options.image, namespace=options.namespace, name=name)
+    target = manifests.RayJobTarget(image=options.image, namespace=options.namespace, name=name, secret=options.secret)
     try:
         job = compose_job(options.overrides, Path.cwd())
         document = manifests.render_rayjob(job, options.overrides, target)
@@ -267,6 +291,12 @@ def k8s_command(args: Sequence[str]) -> int:
         print(f"orchestrator: {error}", file=sys.stderr)
         return error.exit_code
     print(manifests.to_yaml(document), end="")
+    secret_names = manifests.secret_env_names(job, redactor_for(job, options.overrides, environ={}))
+    if secret_names:
+        literals = " ".join(f'--from-literal={variable}="${variable}"' for variable in secret_names)
+        print(f"orchestrator: the pods read {', '.join(secret_names)} from the Secret {target.secret}, which this "
+              f"manifest does not contain; create it first (values from your environment, not the manifest):\n"
+              f"  kubectl -n {target.namespace} create secret generic {target.secret} {literals}", file=sys.stderr)
     return 0
 
 

@@ -18,14 +18,18 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from orchestrator.config.export import redactor_for
 from orchestrator.config.schema import JobConfig, ScalingConfig
 from orchestrator.errors import ConfigError
+from orchestrator.metrics.redact import Redactor, is_secret_key
 from orchestrator.plan import worker_resources
 
 RAY_VERSION = "2.60.0"
 """The Ray in the image (Dockerfile RAY_VERSION); KubeRay configures the pods for it."""
 DEFAULT_IMAGE = "orchestrator:0.1.0"
 DEFAULT_NAMESPACE = "orchestrator"
+DEFAULT_SECRET = "orchestrator-job-secrets"
+RUNTIME_ENV_KEY = "cluster.runtime_env"
 MLFLOW_SERVICE = "mlflow"
 MLFLOW_PORT = 5000
 CHECKPOINT_CLAIM = "orchestrator-checkpoints"
@@ -53,6 +57,8 @@ class RayJobTarget:
     image: str = DEFAULT_IMAGE
     namespace: str = DEFAULT_NAMESPACE
     name: str = "orchestrator-job"
+    secret: str = DEFAULT_SECRET
+    """The Kubernetes Secret the pods read the job's secret environment variables from (--secret)."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +130,53 @@ def train_overrides(overrides: Sequence[str], namespace: str) -> list[str]:
     return [*overrides, *(f"{key}={value}" for key, value in added if key not in given)]
 
 
+def without_runtime_env(overrides: Sequence[str]) -> list[str]:
+    """The overrides minus those of cluster.runtime_env, which travels as the Ray job's own runtime env.
+
+    The driver's actors inherit the job's runtime env, so the command line need not repeat it, and a
+    secret in it then appears in no command line (the dashboard shows every job's entrypoint).
+    """
+    return [override for override in overrides
+            if not (override_key(override) + ".").startswith(RUNTIME_ENV_KEY + ".")]
+
+
 def entrypoint(overrides: Sequence[str], namespace: str) -> str:
     """`orchestrator train ...` as one shell command line, every override quoted for the shell."""
-    return shlex.join(["orchestrator", "train", *train_overrides(overrides, namespace)])
+    return shlex.join(["orchestrator", "train", *train_overrides(without_runtime_env(overrides), namespace)])
+
+
+def secret_env_names(job: JobConfig, redactor: Redactor) -> list[str]:
+    """The runtime env's variables that hold secrets (by name or by value): a RayJob takes them from a Secret."""
+    env_vars = job.cluster.runtime_env.get("env_vars") or {}
+    return sorted(name for name, value in env_vars.items()
+                  if is_secret_key(str(name)) or redactor.is_secret(str(value)))
+
+
+def _public_runtime_env(job: JobConfig, secret_names: Sequence[str]) -> dict[str, Any]:
+    runtime_env = dict(job.cluster.runtime_env)
+    if secret_names:
+        kept = {name: value for name, value in runtime_env["env_vars"].items() if name not in secret_names}
+        if kept:
+            runtime_env["env_vars"] = kept
+        else:
+            del runtime_env["env_vars"]
+    return runtime_env
+
+
+def _secret_problems(overrides: Sequence[str], runtime_env: Mapping[str, Any], redactor: Redactor) -> list[str]:
+    """Secrets a manifest would carry in plain text, where no Secret can stand in for them."""
+    problems = [f"{redactor.value(override)} is not valid for orchestrator k8s: a RayJob manifest is plain text and "
+                f"this override carries a secret; pass it as an environment variable "
+                f"('+cluster.runtime_env.env_vars={{NAME:...}}', which the pods then read from a Kubernetes Secret) "
+                f"and read it from the environment in your code"
+                for override in without_runtime_env(overrides) if redactor.is_secret(override)]
+    text = yaml.safe_dump(dict(runtime_env), sort_keys=True) if runtime_env else ""
+    if redactor.text(text) != text:
+        problems.append(f"{RUNTIME_ENV_KEY}={redactor.text(json.dumps(dict(runtime_env)))} is not valid for "
+                        f"orchestrator k8s: a field other than env_vars holds a secret (a pip index URL with a "
+                        f"password, say); move it into an environment variable (PIP_INDEX_URL), which the pods then "
+                        f"read from a Kubernetes Secret")
+    return problems
 
 
 def check_request(job: JobConfig, overrides: Sequence[str], target: RayJobTarget) -> None:
@@ -138,6 +188,9 @@ def check_request(job: JobConfig, overrides: Sequence[str], target: RayJobTarget
     if not (_DNS_1123.match(target.namespace) and len(target.namespace) <= 63):
         problems.append(f"--namespace={target.namespace} is not valid: use at most 63 lower-case letters, "
                         "digits and '-', starting and ending with a letter or digit")
+    if not (_DNS_1123.match(target.secret) and len(target.secret) <= 253):
+        problems.append(f"--secret={target.secret} is not valid: use a Secret name of lower-case letters, digits "
+                        "and '-', starting and ending with a letter or digit")
     if not target.image or any(character.isspace() for character in target.image):
         problems.append(f"--image={target.image!r} is not valid: give an image reference such as "
                         "registry.example.com/ml/orchestrator:0.1.0")
@@ -149,17 +202,28 @@ def check_request(job: JobConfig, overrides: Sequence[str], target: RayJobTarget
 
 
 def render_rayjob(job: JobConfig, overrides: Sequence[str], target: RayJobTarget) -> dict[str, Any]:
-    """The RayJob for this validated job: `kubectl apply -f -` of its YAML runs the job once."""
+    """The RayJob for this validated job: `kubectl apply -f -` of its YAML runs the job once.
+
+    It holds no secret: the runtime env's secret variables (by name or value, see redact.py) become
+    environment variables of the pods read from the Kubernetes Secret `target.secret`, and a secret
+    anywhere else is refused (ConfigError), since a manifest is plain text.
+    """
     check_request(job, overrides, target)
+    redactor = redactor_for(job, overrides, environ={})
+    secret_names = secret_env_names(job, redactor)
+    runtime_env = _public_runtime_env(job, secret_names)
+    problems = _secret_problems(overrides, runtime_env, redactor)
+    if problems:
+        raise ConfigError(problems)
     spec: dict[str, Any] = {
         "entrypoint": entrypoint(overrides, target.namespace),
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": TTL_SECONDS_AFTER_FINISHED,
         "backoffLimit": backoff_limit(max_restarts(job)),
     }
-    if job.cluster.runtime_env:
-        spec["runtimeEnvYAML"] = yaml.safe_dump(dict(job.cluster.runtime_env), sort_keys=True)
-    spec["rayClusterSpec"] = ray_cluster_spec(job.scaling, target)
+    if runtime_env:
+        spec["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=True)
+    spec["rayClusterSpec"] = ray_cluster_spec(job.scaling, target, secret_names)
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
@@ -168,13 +232,17 @@ def render_rayjob(job: JobConfig, overrides: Sequence[str], target: RayJobTarget
     }
 
 
-def ray_cluster_spec(scaling: ScalingConfig, target: RayJobTarget) -> dict[str, Any]:
-    """Head (drivers only, no workers) and one worker group sized by worker_pod_spec()."""
+def ray_cluster_spec(scaling: ScalingConfig, target: RayJobTarget, secret_env: Sequence[str] = ()) -> dict[str, Any]:
+    """Head (drivers only, no workers) and one worker group sized by worker_pod_spec().
+
+    `secret_env`: variables every pod reads from the Secret `target.secret` (Ray's processes inherit them).
+    """
     pods = worker_pod_spec(scaling)
     # the driver on the head receives the trained weights, as much memory as a worker holds; a GPU
     # job's larger cluster gets a second CPU for GCS and the dashboard
     head_memory_mib = 1024 * max(HEAD_MIN_MEMORY_GB, _whole(scaling.memory_per_worker_gb or 0))
-    head = _container("ray-head", target, {"cpu": "2" if pods.gpus else "1", "memory": _mebibytes(head_memory_mib)})
+    head = _container("ray-head", target, {"cpu": "2" if pods.gpus else "1", "memory": _mebibytes(head_memory_mib)},
+                      secret_env)
     head["ports"] = [{"name": "gcs-server", "containerPort": 6379}, {"name": "dashboard", "containerPort": 8265},
                      {"name": "client", "containerPort": 10001}]
     return {
@@ -182,16 +250,16 @@ def ray_cluster_spec(scaling: ScalingConfig, target: RayJobTarget) -> dict[str, 
         "authOptions": {"mode": "token"},
         # num-cpus 0: the head runs the driver, GCS and dashboard; no training worker lands on it
         "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": _pod_template("ray-head", head)},
-        "workerGroupSpecs": [worker_group(pods, target)],
+        "workerGroupSpecs": [worker_group(pods, target, secret_env)],
     }
 
 
-def worker_group(pods: WorkerPodSpec, target: RayJobTarget) -> dict[str, Any]:
+def worker_group(pods: WorkerPodSpec, target: RayJobTarget, secret_env: Sequence[str] = ()) -> dict[str, Any]:
     """The worker group: Ray's CPUs, memory and GPUs come from the container limits (never set twice)."""
     limits = {"cpu": str(pods.cpus), "memory": _mebibytes(pods.memory_mib)}
     if pods.gpus:
         limits["nvidia.com/gpu"] = str(pods.gpus)
-    container = _container("ray-worker", target, limits)
+    container = _container("ray-worker", target, limits, secret_env)
     template = _pod_template("ray-worker", container)
     if pods.gpus:
         _add_gpu_node_settings(template["spec"], container, pods.memory_mib)
@@ -212,11 +280,14 @@ def _add_gpu_node_settings(pod_spec: dict[str, Any], container: dict[str, Any], 
     container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
 
 
-def _container(name: str, target: RayJobTarget, limits: Mapping[str, str]) -> dict[str, Any]:
+def _container(name: str, target: RayJobTarget, limits: Mapping[str, str],
+               secret_env: Sequence[str] = ()) -> dict[str, Any]:
+    secrets = [{"name": variable, "valueFrom": {"secretKeyRef": {"name": target.secret, "key": variable}}}
+               for variable in secret_env]
     return {
         "name": name,
         "image": target.image,
-        "env": [{"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri(target.namespace)}],
+        "env": [{"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri(target.namespace)}, *secrets],
         # requests = limits: Guaranteed QoS, and Ray's view of the pod is what Kubernetes reserved
         "resources": {"requests": dict(limits), "limits": dict(limits)},
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},

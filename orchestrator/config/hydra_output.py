@@ -1,0 +1,66 @@
+"""Hydra's output directory, written by us: only for an accepted config, and only redacted.
+
+Hydra itself would write `.hydra/{config,hydra,overrides}.yaml` before the task function runs, so for
+a config that is then rejected too, and verbatim, with every secret of the command line in it. The
+shipped config turns that off (`hydra.output_subdir: null`); the driver writes the same three files
+here once the config is valid, through the job's Redactor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from orchestrator.metrics.redact import Redactor
+
+HYDRA_SUBDIR = ".hydra"
+OUTPUT_SUBDIR_KEY = "hydra.output_subdir"
+
+
+def write_hydra_files(output_dir: str | os.PathLike, task_cfg: Any, hydra_cfg: Any, overrides: Sequence[str],
+                      redactor: Redactor) -> Path:
+    """Write `<output_dir>/.hydra/` (config.yaml, hydra.yaml, overrides.yaml) with secrets masked."""
+    from omegaconf import OmegaConf
+
+    folder = Path(output_dir) / HYDRA_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = {"config.yaml": OmegaConf.to_yaml(task_cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides)))}
+    for name, text in texts.items():
+        write_redacted(folder / name, text, redactor)
+    return folder
+
+
+def write_redacted(path: Path, text: str, redactor: Redactor) -> None:
+    """Write `text` redacted to `path` atomically: a reader never sees a half-written or unredacted file."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(redactor.text(text))
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def remove_empty_dirs(folder: str | os.PathLike, stop_at: str | os.PathLike) -> None:
+    """Remove `folder` and then its parents while they are empty, never `stop_at` or above it.
+
+    What a rejected config leaves of Hydra's output directory is empty folders (Hydra creates the
+    directory before the task runs); an empty folder holds nothing of the user's.
+    """
+    folder, stop_at = Path(folder).resolve(), Path(stop_at).resolve()
+    while folder != stop_at and stop_at in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): what is there is not ours to remove
+            return
+        folder = folder.parent
+
+
+def sets_output_subdir(overrides: Sequence[str]) -> bool:
+    """True when an override sets hydra.output_subdir (which would make Hydra write unredacted files)."""
+    return any(override.split("=", 1)[0].lstrip("+~") == OUTPUT_SUBDIR_KEY for override in overrides)
