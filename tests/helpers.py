@@ -122,13 +122,21 @@ def owned_process(command: Sequence[str], **popen) -> Iterator[subprocess.Popen]
     """`subprocess.Popen(command, **popen)` whose whole process tree is killed on leaving, on every path.
 
     A test that stops the process itself (Ctrl-C, a clean exit) leaves nothing for this to do; a test
-    that fails half-way leaves no server or rank running after it.
+    that fails half-way leaves no server or rank running after it. The child starts as a command typed
+    in a terminal does, with SIGINT at its default: a test suite started in the background (`make test &`,
+    nohup, some CI runners) passes SIGINT on ignored, and the child would then never see the Ctrl-C the
+    test sends it.
     """
+    popen.setdefault("preexec_fn", _sigint_default)
     process = subprocess.Popen(command, **popen)
     try:
         yield process
     finally:
         kill_trees([process])
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
