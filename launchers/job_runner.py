@@ -64,11 +64,12 @@ class TrialLink:
 
 
 def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_dir: Optional[str] = None,
-            link: Optional[TrialLink] = None) -> JobSummary:
+            link: Optional[TrialLink] = None, components: Any = None) -> JobSummary:
     """Run a validated job on its cluster; PlanError is raised before any actor starts.
 
     `output_dir` is Hydra's output directory: its `.hydra/` files are logged with the run. A sweep's
-    trial comes with its `link` to the sweep.
+    trial comes with its `link` to the sweep. `components` is the driver's check of the user's own model
+    and data (train.components.ComponentCheck); its parameter count is logged as `model.num_parameters`.
     """
     link = link if link is not None else TrialLink()
     started = time.monotonic()
@@ -88,17 +89,20 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                     store_opened()
                     sink = open_run(job, plan, overrides, target, console, output_dir, link)
                     sink.set_tags({RAY_NAME_TAG: name})
+                    if components is not None:
+                        sink.log_params({"model.num_parameters": str(components.num_parameters)})
                     checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
                     first_group.checkpoint_dir = checkpoint_dir
                     unused = [first_group]
                     controller = Controller(
                         lambda: unused.pop() if unused else RayWorkerGroup(plan, job, name, checkpoint_dir),
                         sink, console, failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
+                        startup_timeout_s=job.scaling.rendezvous_timeout_s,
                         resume_from=str(target.checkpoint) if target else None,
                         resumed_step=target.step if target else 0,
                         find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
                         observers=[*job_observers(job, sink, console, name), *link.observers(sink)],
-                        stop_requests=link.stop_requests)
+                        stop_requests=link.stop_requests, entrypoint=job.entrypoint)
                     with _aborting_on_error(sink, console_log):
                         outcome = controller.run()
                 finally:
@@ -140,7 +144,7 @@ def log_model_in_background(sink, job: JobConfig, outcome: JobOutcome) -> Callab
     """
     result = outcome.result
     wanted = job.tracking.enabled and job.tracking.log_model and outcome.status == "FINISHED"
-    if not (wanted and result is not None and result.model_state):
+    if not (wanted and result is not None and result.model_state and result.input_example is not None):
         return lambda: None
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-model-log")
     logged = executor.submit(sink.log_model, trained_model(job, result.model_state), result.input_example)
@@ -287,9 +291,16 @@ def _abort(sink, console_log: ConsoleLog, status: str, error: str) -> None:
 
 def trained_model(job: JobConfig, model_state):
     """The configured architecture holding the trained weights rank 0 sent back."""
-    from orchestrator.config.load import data_input_shape, data_num_classes
-    from orchestrator.train.models import build_model
+    from orchestrator.config.schema import TargetModelConfig
 
-    model = build_model(job.model, data_input_shape(job.data), data_num_classes(job.data))
+    if isinstance(job.model, TargetModelConfig):
+        from orchestrator.train.components import build_target_model
+
+        model = build_target_model(job.model)
+    else:
+        from orchestrator.config.load import data_input_shape, data_num_classes
+        from orchestrator.train.models import build_model
+
+        model = build_model(job.model, data_input_shape(job.data), data_num_classes(job.data))
     model.load_state_dict(model_state)
     return model.eval()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
+from orchestrator.config.code_shipping import worker_runtime_env
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import LaunchError
 from orchestrator.group import GroupEvent, RankExited, RankLost, RankReport
 from orchestrator.placement import free_summary
 from orchestrator.plan import JobPlan, format_resources
-from orchestrator.rendezvous import PlacedBundle, WorkerSpec, rank_slots, worker_specs
+from orchestrator.rendezvous import AttemptSpec, PlacedBundle, WorkerSpec, rank_slots, worker_specs
 
 from launchers.ray_cluster import cluster_snapshot
 from launchers.worker_actor import WorkerActor
@@ -36,6 +37,8 @@ class RayWorkerGroup:
         self.job = job
         self.name = name
         self.checkpoint_dir = checkpoint_dir
+        self.runtime_env = worker_runtime_env(job)
+        """cluster.runtime_env, plus the user's own packages that the ranks import (py_modules)."""
         self._placement_group = None
         self._by_bundle: dict[int, list] = {}
         self._actors: list = []
@@ -63,15 +66,15 @@ class RayWorkerGroup:
                 self._by_bundle[index] = [self._start_actor(index) for _ in range(self.plan.workers_per_bundle)]
         return self
 
-    def start(self, resume_from: Optional[str] = None) -> None:
-        """Place the bundles, start one actor per rank (unless `spawn` did), and start every rank's first attempt."""
+    def start(self, resume_from: Optional[str] = None, attempt: int = 0) -> None:
+        """Place the bundles, start one actor per rank (unless `spawn` did), and start every rank (attempt `attempt`)."""
         if self.checkpoint_dir is None:
             raise ValueError("the worker group needs its checkpoint folder before it starts")
         self.spawn()
         self._wait_placed()
-        self._launch(resume_from)
+        self._launch(resume_from, attempt)
 
-    def restart(self, lost_ranks: set[int], resume_from: Optional[str]) -> dict[str, float]:
+    def restart(self, lost_ranks: set[int], resume_from: Optional[str], attempt: int) -> dict[str, float]:
         """End the failed attempt everywhere, replace lost workers, start a new attempt from `resume_from`."""
         started = time.perf_counter()
         lost = self._end_attempt(set(lost_ranks))
@@ -79,14 +82,14 @@ class RayWorkerGroup:
             self._discard(self._actors[world_rank])
         ended = time.perf_counter()
         self._wait_placed()  # a lost node's bundles are being placed elsewhere
-        self._launch(resume_from)
+        self._launch(resume_from, attempt)
         return {"teardown": ended - started, "placement_and_start": time.perf_counter() - ended}
 
     def _wait_placed(self) -> None:
         if not self._placement_group.wait(timeout_seconds=self.job.scaling.placement_timeout_s):
             raise LaunchError(self._placement_failure())
 
-    def _launch(self, resume_from: Optional[str]) -> None:
+    def _launch(self, resume_from: Optional[str], attempt: int) -> None:
         """Fill every bundle with its workers, order them by rank, and start an attempt on each."""
         placed = self._placed_bundles()
         slots = rank_slots(self.plan, placed)
@@ -102,7 +105,8 @@ class RayWorkerGroup:
             gpu_ids = _gather([actor.gpu_ids.remote() for actor in self._actors], slots)
         [master_port] = _gather([self._actors[0].free_port.remote()], slots)
         pids = _gather([actor.pid.remote() for actor in self._actors], slots)
-        self._specs = worker_specs(self.plan, placed, master_port, gpu_ids, pids)
+        self._specs = worker_specs(self.plan, placed, master_port, gpu_ids, pids,
+                                   AttemptSpec(self.name, attempt, self.job.failure.max_restarts))
         _gather([actor.start.remote(spec, self.job, self.checkpoint_dir, resume_from)
                  for spec, actor in zip(self._specs, self._actors)], slots)
         self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank
@@ -163,7 +167,7 @@ class RayWorkerGroup:
             name=f"{self.name}-worker{self._spawned}",
             # cluster.runtime_env reaches the ranks (and a script's process) here: the job's env_vars,
             # secrets included, travel through Ray and are written nowhere by the driver
-            **({"runtime_env": dict(self.job.cluster.runtime_env)} if self.job.cluster.runtime_env else {}),
+            **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
         ).remote()
 
     def _placement_failure(self) -> str:

@@ -64,6 +64,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                     for problem in shared_key_problems(sweep_job, trial.spec.job)]
         if problems:
             raise ConfigError(problems)
+        _check_own_components([trial.spec.job for trial in trials])
         _redact_sweep_file(launcher, sweep_job)
         for trial in trials:
             _write_outputs(trial)
@@ -84,6 +85,18 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     for trial, job_return in zip(trials, returns):
         launcher.hydra_context.callbacks.on_job_end(config=trial.config, job_return=job_return)
     return returns
+
+
+def _check_own_components(jobs: Sequence[JobConfig]) -> None:
+    """Build the user's own model and data once per distinct choice of them (ConfigError before any trial runs)."""
+    from orchestrator.config.schema import TargetModelConfig
+
+    distinct = {repr((job.model, job.data, job.loss)): job for job in jobs if isinstance(job.model, TargetModelConfig)}
+    if distinct:
+        from orchestrator.train.components import check_components
+
+        for job in distinct.values():
+            check_components(job)
 
 
 def _session(launcher, sweep_job: JobConfig):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -44,6 +45,10 @@ def run() -> None:
     garbage collection, a walk over every object torch, Ray and MLflow made (2-3 s of one core here),
     only frees memory the process is about to give back: frozen objects are left out of it.
     """
+    # as under `python -m`: the user's own modules (model._target_=mypkg.nets.Net) import from the
+    # working directory, which a console script does not put on sys.path
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     code = main()
     gc.freeze()
     sys.exit(code)
@@ -60,7 +65,7 @@ def train_command(overrides: Sequence[str]) -> int:
     from orchestrator.config.store import register_configs
 
     register_configs()
-    from orchestrator.config.compose import conf_dir
+    from orchestrator.config.compose import conf_dir, with_target_options
     from orchestrator.config.hydra_output import OUTPUT_SUBDIR_KEY, sets_output_subdir
 
     if sets_output_subdir(overrides):
@@ -70,7 +75,7 @@ def train_command(overrides: Sequence[str]) -> int:
     task = TrainTask()
     hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)
     saved_argv = sys.argv
-    sys.argv = ["orchestrator-train", *overrides]
+    sys.argv = ["orchestrator-train", *with_target_options(overrides)]
     code = 0
     try:
         with _sigterm_as_interrupt():
@@ -143,6 +148,7 @@ def _train_task(cfg) -> Optional[float]:
     try:
         try:
             job = _load(cfg)
+            components = _check_components(job)
         except OrchestratorError:
             remove_empty_dirs(hydra.runtime.output_dir, Path.cwd())  # Hydra made it; a rejected config keeps none
             raise
@@ -152,7 +158,7 @@ def _train_task(cfg) -> Optional[float]:
         from launchers.job_runner import run_job
 
         console = Console()
-        summary = run_job(job, console, overrides, output_dir=hydra.runtime.output_dir)
+        summary = run_job(job, console, overrides, output_dir=hydra.runtime.output_dir, components=components)
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
@@ -169,6 +175,22 @@ def _load(cfg):
     from orchestrator.config.load import load_config
 
     return load_config(cfg, Path.cwd())
+
+
+def _check_components(job):
+    """Your own model and data are built once here, before any cluster resource (None for built-in ones)."""
+    from orchestrator.config.schema import TargetModelConfig
+
+    if not isinstance(job.model, TargetModelConfig):
+        return None  # the built-in components need no torch on the driver before the job starts
+    from orchestrator.train.components import check_components
+
+    check = check_components(job)
+    if check is not None:
+        evaluation = "no eval set" if check.eval_samples is None else f"{check.eval_samples:,} eval samples"
+        print(f"model: {job.model.target}, {check.num_parameters:,} parameters; data: {job.data.target}, "
+              f"{check.train_samples:,} train samples, {evaluation}")
+    return check
 
 
 def print_summary(job, summary) -> None:

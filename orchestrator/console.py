@@ -27,7 +27,8 @@ class Console:
         self.samples_per_s: Optional[float] = None
         self.started: Optional[tuple[float, int]] = None
         self.last_line = float("-inf")
-        self.open_line = False
+        self.open_line: Optional[tuple] = None
+        """Who drew the unfinished line at the end of the output: ("progress",) or ("log", rank, stream)."""
 
     def on_metrics(self, report: MetricsReport) -> None:
         """Remember the latest loss and throughput for the progress line."""
@@ -60,18 +61,29 @@ class Console:
         return " | ".join(parts)
 
     def _write(self, text: str, final: bool) -> None:
+        if self.open_line != ("progress",):
+            self._end_line()  # a script's progress bar in the middle of drawing
         if self.interactive:
             self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-            self.open_line = not final
+            self.open_line = None if final else ("progress",)
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
 
     def on_log(self, report: LogReport) -> None:
-        """A line a rank's script printed, prefixed with the rank (stderr lines go to our stderr)."""
-        self._end_line()
+        """A line a rank's script printed, prefixed with the rank (stderr lines go to our stderr).
+
+        A line the script redraws (a progress bar ending in a carriage return) is redrawn here in
+        place too, until the rank's next line on that stream ends it or another line interrupts it.
+        """
         stream = self.stream if report.stream == "stderr" else self.out
-        stream.write(f"[rank {report.world_rank}] {report.line}\n")
+        drawer = ("log", report.world_rank, report.stream)
+        if self.open_line == drawer:
+            stream.write("\r\033[K" if self.interactive else "\r")
+        else:
+            self._end_line()
+        stream.write(f"[rank {report.world_rank}] {report.line}" + ("" if report.redrawn else "\n"))
+        self.open_line = drawer if report.redrawn else None
         stream.flush()
 
     def message(self, text: str) -> None:
@@ -89,9 +101,11 @@ class Console:
         self._end_line()
 
     def _end_line(self) -> None:
-        if self.open_line:
-            self.stream.write("\n")
-            self.open_line = False
+        if self.open_line is not None:
+            drawer, self.open_line = self.open_line, None
+            stream = self.out if drawer[0] == "log" and drawer[2] == "stdout" else self.stream
+            stream.write("\n")
+            stream.flush()
 
 
 def _clock_text(seconds: float) -> str:

@@ -115,7 +115,8 @@ class Controller:
                  resumed_step: int = 0, watch_hangs: bool = True,
                  find_checkpoint: Callable[[], Optional[tuple[str, int]]] = lambda: None,
                  wall_clock: Callable[[], float] = time.time,
-                 stop_requests: Optional[StopRequests] = None):
+                 stop_requests: Optional[StopRequests] = None, entrypoint: str = "builtin",
+                 startup_timeout_s: Optional[float] = None):
         self.group_factory = group_factory
         self.sink = sink
         self.console = console
@@ -124,6 +125,11 @@ class Controller:
         self.observers = tuple(observers)
         self.policy = failure_policy
         self.watch_hangs = watch_hangs
+        # an attempt's start (a new process imports torch, joins the rendezvous, loads the checkpoint) is not a
+        # step: a rank gets this long for its first step, then failure.hang_timeout_s between steps
+        self.startup_timeout_s = max(failure_policy.hang_timeout_s, startup_timeout_s or 0.0)
+        self.stepping: set[int] = set()
+        self.entrypoint = entrypoint  # what the ranks run: says how they stop
         self.find_checkpoint = find_checkpoint
         self.phase = Phase.PENDING
         self.group: Optional[WorkerGroup] = None
@@ -186,10 +192,7 @@ class Controller:
     def interrupt(self, reason: str = USER_STOP) -> None:
         """Stop the job (the user asked, or `reason`): first ask the ranks, and if asked again, kill them."""
         if self.phase is Phase.RUNNING:
-            if reason == USER_STOP:
-                self.console.message("stopping: the ranks finish their current step (Ctrl-C again to kill them)")
-            else:
-                self.console.message(f"stopping: {reason}; the ranks finish their current step")
+            self.console.message(stop_message(reason, self.entrypoint))
             self.group.request_stop()
             self.phase = Phase.STOPPING
             self.stop_reason = reason
@@ -200,7 +203,7 @@ class Controller:
     def _start(self) -> None:
         self.group = self.group_factory()
         try:
-            self.group.start(self.last_checkpoint)
+            self.group.start(self.last_checkpoint, attempt=len(self.restarts))
         except LaunchError as error:
             self._launch_failed(error)
             return
@@ -223,6 +226,7 @@ class Controller:
         self.results, self.exited, self.lost, self.suspect = {}, set(), set(), None
         now = self.clock()
         self.last_progress = {spec.world_rank: now for spec in self.group.specs}
+        self.stepping = set()
         for observer in self.observers:
             observer.group_started(self.group.specs)
 
@@ -243,6 +247,7 @@ class Controller:
             observer.report(world_rank, report)
         if isinstance(report, (StepReport, AttemptStartReport)):
             self.last_progress[world_rank] = self.clock()
+            self.stepping.add(world_rank)
         if isinstance(report, MetricsReport):
             self.sink.log_metrics(report.metrics, report.step)
             self.console.on_metrics(report)
@@ -258,9 +263,9 @@ class Controller:
         elif isinstance(report, ResultReport):
             self.results[world_rank] = report
         elif isinstance(report, ErrorReport):
-            self._fail(Failure(classify_error(report.error_type, report.message), f"rank {report.world_rank} on "
-                               f"{report.node_ip} raised {report.error_type}: {report.message}", report.world_rank,
-                               report.node_ip, report.traceback))
+            self._fail(Failure(classify_error(report), f"rank {report.world_rank} on {report.node_ip} raised "
+                               f"{report.error_type}: {report.message}", report.world_rank, report.node_ip,
+                               report.traceback))
 
     def _fail(self, failure: Failure, settled: bool = False) -> None:
         if self.phase is Phase.STOPPING:
@@ -275,7 +280,9 @@ class Controller:
         self.suspect = None
         decision = decide(failure, len(self.restarts), self.policy)
         if not decision.restart:
-            summary = failure.summary if not self.restarts else f"{failure.summary} ({decision.reason})"
+            # say why it was not restarted where restarts were possible
+            explain = bool(self.restarts) or self.policy.max_restarts != 0
+            summary = f"{failure.summary} ({decision.reason})" if explain else failure.summary
             self._end("FAILED", error=summary, traceback=failure.traceback)
             return
         self.console.message(f"{failure.summary}; {decision.reason} from step {self.checkpoint_step}")
@@ -304,12 +311,12 @@ class Controller:
     def _relaunch(self, lost: set[int]) -> Mapping[str, float]:
         """Replace only the lost workers; after a failed relaunch, free everything and start a new group."""
         if not self.rebuild:
-            return self.group.restart(lost, self.last_checkpoint)
+            return self.group.restart(lost, self.last_checkpoint, len(self.restarts))
         started = self.clock()
         self.group.shutdown()
         self.group = self.group_factory()
         self.rebuild = False
-        self.group.start(self.last_checkpoint)
+        self.group.start(self.last_checkpoint, attempt=len(self.restarts))
         return {"rebuild": self.clock() - started}
 
     def _attempt_started(self, report: AttemptStartReport) -> None:
@@ -351,11 +358,15 @@ class Controller:
         if self.phase is not Phase.RUNNING or not self.watch_hangs:
             return
         for world_rank, seen in sorted(self.last_progress.items()):
-            if world_rank not in self.exited and now - seen > self.policy.hang_timeout_s:
+            started = world_rank in self.stepping
+            limit = self.policy.hang_timeout_s if started else self.startup_timeout_s
+            if world_rank not in self.exited and now - seen > limit:
                 spec = self.group.specs[world_rank]
-                self._fail(Failure(FailureKind.HANG, f"rank {world_rank} on {spec.node_ip} finished no step for "
-                                   f"{now - seen:.0f} s (failure.hang_timeout_s={self.policy.hang_timeout_s:g})",
-                                   world_rank, spec.node_ip))
+                what = "finished no step for" if started else "finished no first step in"
+                setting = (f"failure.hang_timeout_s={self.policy.hang_timeout_s:g}" if started or
+                           limit == self.policy.hang_timeout_s else f"scaling.rendezvous_timeout_s={limit:g}")
+                self._fail(Failure(FailureKind.HANG, f"rank {world_rank} on {spec.node_ip} {what} {now - seen:.0f} s "
+                                   f"({setting})", world_rank, spec.node_ip))
                 return
 
     def _end(self, status: str, error: Optional[str] = None, traceback: str = "",
@@ -365,6 +376,17 @@ class Controller:
                                   error=error, traceback=traceback, last_checkpoint=self.last_checkpoint,
                                   restarts=len(self.restarts))
         self.phase = Phase.DONE
+
+
+def stop_message(reason: str, entrypoint: str) -> str:
+    """What the console says when the job starts stopping: how the ranks are asked to stop, per entrypoint."""
+    if entrypoint == "script":
+        how = f"every rank's script gets SIGTERM and {STOP_GRACE_S:g} s to exit"
+    else:
+        how = "the ranks finish their current step"
+    if reason == USER_STOP:
+        return f"stopping: {how} (Ctrl-C again to kill them)"
+    return f"stopping: {reason}; {how}"
 
 
 def _restart_tags(record: RestartRecord) -> dict[str, str]:

@@ -45,11 +45,15 @@ class WorkerGroup(Protocol):
     def specs(self) -> Sequence[WorkerSpec]:
         """The ranks of this group (empty before `start`)."""
 
-    def start(self, resume_from: Optional[str] = None) -> None:
-        """Reserve resources, start one worker per rank and set every rank running."""
+    def start(self, resume_from: Optional[str] = None, attempt: int = 0) -> None:
+        """Reserve resources, start one worker per rank and set every rank running.
 
-    def restart(self, lost_ranks: set[int], resume_from: Optional[str]) -> Mapping[str, float]:
-        """End the current attempt on every rank, replace the lost ones, start again from `resume_from`.
+        `attempt` counts the job's restarts before this start (0 for its first); the ranks see it as
+        TORCHELASTIC_RESTART_COUNT.
+        """
+
+    def restart(self, lost_ranks: set[int], resume_from: Optional[str], attempt: int) -> Mapping[str, float]:
+        """End the current attempt on every rank, replace the lost ones, start attempt `attempt` from `resume_from`.
 
         Returns how long the phases took, in seconds (e.g. teardown, placement_and_start).
         """

@@ -7,17 +7,21 @@ from dataclasses import dataclass
 from typing import Optional
 
 from orchestrator.config.schema import FailureConfig
+from orchestrator.reports import ErrorReport
 
 
 class FailureKind(enum.Enum):
     """Why a rank is considered failed."""
 
     WORKER_DIED = "worker died"
-    """Its process ended without finishing: killed, out of memory, its node lost."""
+    """Its process, or its script's, ended without finishing: killed by a signal, out of memory, its node lost."""
     HANG = "hang"
     """It finished no optimizer step within failure.hang_timeout_s."""
     USER_ERROR = "exception"
-    """Code on the rank raised (the training loop, the model, the user's script)."""
+    """Code on the rank raised (the training loop, the model)."""
+    SCRIPT_ERROR = "script error"
+    """The user's script exited with an error status (a bad argument, an uncaught exception): a rerun
+    repeats it, so it is retried only with failure.retry_script_errors (torchrun fails at once too)."""
     COMMUNICATION = "communication"
     """A collective failed because a peer went away or stopped answering (a consequence, usually)."""
     LAUNCH = "launch"
@@ -26,7 +30,7 @@ class FailureKind(enum.Enum):
     @property
     def is_infra(self) -> bool:
         """True for failures of the machinery rather than of the code being trained."""
-        return self is not FailureKind.USER_ERROR
+        return self not in (FailureKind.USER_ERROR, FailureKind.SCRIPT_ERROR)
 
 
 # what gloo, NCCL and torch.distributed say when a peer crashed, vanished or stopped answering
@@ -36,11 +40,20 @@ _COMMUNICATION_MARKERS = ("Connection closed by peer", "Connection reset by peer
 _COMMUNICATION_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError")
 
 
-def classify_error(error_type: str, message: str) -> "FailureKind":
-    """COMMUNICATION for collectives broken by a lost peer, else USER_ERROR."""
-    if error_type in _COMMUNICATION_TYPES or any(marker in message for marker in _COMMUNICATION_MARKERS):
+def classify_error(report: ErrorReport) -> FailureKind:
+    """What a rank's failure report means, by how the rank ended.
+
+    A script killed by a signal (the OOM killer's SIGKILL, a node going down) died of its machine:
+    WORKER_DIED. A script that exited with an error status: SCRIPT_ERROR, unless the end of its stderr
+    shows a collective broken by a lost peer (COMMUNICATION, as for an exception in the worker).
+    An exception in the worker: COMMUNICATION for such collectives, else USER_ERROR.
+    """
+    if report.exit_code is not None and report.exit_code < 0:
+        return FailureKind.WORKER_DIED
+    text = report.message if report.exit_code is None else report.traceback
+    if report.error_type in _COMMUNICATION_TYPES or any(marker in text for marker in _COMMUNICATION_MARKERS):
         return FailureKind.COMMUNICATION
-    return FailureKind.USER_ERROR
+    return FailureKind.USER_ERROR if report.exit_code is None else FailureKind.SCRIPT_ERROR
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,11 @@ class Decision:
 
 def decide(failure: Failure, restarts_done: int, policy: FailureConfig) -> Decision:
     """Restart unless the failure kind is excluded or the restart budget is spent."""
+    if failure.kind is FailureKind.SCRIPT_ERROR and not policy.retry_script_errors:
+        return Decision(False, "a script that exits with an error would exit the same way again: it is not "
+                        "restarted (set failure.retry_script_errors=true to retry it)")
     if not failure.kind.is_infra and policy.restart_on == "infra_only":
-        return Decision(False, "failure.restart_on=infra_only: exceptions raised by the code are not retried")
+        return Decision(False, "failure.restart_on=infra_only: errors of the code (exceptions, script errors) are not retried")
     if policy.max_restarts != -1 and restarts_done >= policy.max_restarts:
         return Decision(False, f"gave up after {restarts_done} restarts (failure.max_restarts={policy.max_restarts})")
     budget = "no limit" if policy.max_restarts == -1 else f"{policy.max_restarts - restarts_done} left"

@@ -41,6 +41,18 @@ class WorkerSpec:
     """The worker process the rank runs in (None in dry runs)."""
 
 
+@dataclass(frozen=True)
+class AttemptSpec:
+    """Which run and which attempt of it a group of ranks is: what torchrun's elastic agent tells each rank."""
+
+    run_id: str
+    """The job's name on Ray (its placement group's, `orchestrator.ray_name` on the MLflow run)."""
+    restart_count: int
+    """Restarts before this attempt: 0 for the first one."""
+    max_restarts: int
+    """failure.max_restarts (-1: no limit)."""
+
+
 def rank_order(placed: Sequence[PlacedBundle]) -> list[PlacedBundle]:
     """Bundles in rank order: contiguous per node, nodes ordered by their lowest bundle index."""
     first_index: dict[str, int] = {}
@@ -59,8 +71,11 @@ def rank_slots(plan: JobPlan, placed: Sequence[PlacedBundle]) -> list[PlacedBund
 
 def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int,
                  gpu_ids: Optional[Sequence[Sequence[str]]] = None,
-                 pids: Optional[Sequence[int]] = None) -> list[WorkerSpec]:
+                 pids: Optional[Sequence[int]] = None, attempt: Optional[AttemptSpec] = None) -> list[WorkerSpec]:
     """One spec per rank; MASTER_ADDR is rank 0's node, `master_port` was found free there.
+
+    With `attempt` every rank also gets torchrun's TORCHELASTIC_RUN_ID, TORCHELASTIC_RESTART_COUNT and
+    TORCHELASTIC_MAX_RESTARTS (a dry run has no attempt yet).
 
     `gpu_ids[r]` are the GPU ids Ray assigned to rank r. Every rank on a node then sees all of the
     job's GPUs on that node, in local-rank order, so `cuda:LOCAL_RANK` is its own GPU exactly as
@@ -74,6 +89,8 @@ def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int
         local_ranks = ranks_of[slot.node_id]
         env = _torchrun_env(plan, world_rank, local_ranks, node_ids.index(slot.node_id), len(node_ids),
                             slots[0].node_ip, master_port)
+        if attempt is not None:
+            env.update(_elastic_env(attempt))
         cuda_device = None
         if gpu_ids is not None:
             visible = list(dict.fromkeys(gpu for rank in local_ranks for gpu in gpu_ids[rank]))
@@ -105,3 +122,8 @@ def _torchrun_env(plan: JobPlan, world_rank: int, local_ranks: list[int], node_r
         "OMP_NUM_THREADS": plan.torch_threads,
     })
     return {key: str(value) for key, value in env.items()}
+
+
+def _elastic_env(attempt: AttemptSpec) -> dict[str, str]:
+    return {"TORCHELASTIC_RUN_ID": attempt.run_id, "TORCHELASTIC_RESTART_COUNT": str(attempt.restart_count),
+            "TORCHELASTIC_MAX_RESTARTS": str(attempt.max_restarts)}

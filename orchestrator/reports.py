@@ -61,13 +61,17 @@ class ResultReport:
 
 @dataclass(frozen=True)
 class ErrorReport:
-    """An exception raised on a rank (user code or ours), with its traceback."""
+    """A rank failed: an exception raised on it (user code or ours) with its traceback, or its script
+    ended in failure (the traceback is then the end of the script's stderr)."""
 
     world_rank: int
     node_ip: str
     error_type: str
     message: str
     traceback: str
+    exit_code: Optional[int] = None
+    """How the rank's script process ended (entrypoint=script): > 0 its exit status, < 0 the signal that
+    killed it (SIGKILL: -9, as subprocess reports it); None for an exception raised in the worker itself."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,9 @@ class LogReport:
     stream: str
     """stdout or stderr."""
     line: str
+    redrawn: bool = False
+    """The script ended this line with a carriage return (a progress bar): its next line on the same
+    stream is drawn over it."""
 
 
 @dataclass(frozen=True)

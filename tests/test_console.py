@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from orchestrator.console import Console
-from orchestrator.reports import MetricsReport, StepReport
+from orchestrator.reports import LogReport, MetricsReport, StepReport
 
 
 class Clock:
@@ -37,3 +37,19 @@ def test_without_a_terminal_lines_are_sparse_and_the_last_step_always_prints():
     console.on_step(StepReport(0, 50, 50, 0, 0.1, 1))
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and lines[-1].startswith("epoch 1 | step 50/50")
+
+
+def test_a_scripts_progress_bar_is_redrawn_in_place_and_ended_by_its_last_drawing_or_another_line():
+    err, out = io.StringIO(), io.StringIO()
+    console = Console(err, interactive=True, out=out)
+    for percent in (10, 50):
+        console.on_log(LogReport(world_rank=0, stream="stderr", line=f"{percent}%", redrawn=True))
+    console.on_log(LogReport(world_rank=1, stream="stdout", line="rank 1 says hi"))  # interrupts: the bar ends
+    console.on_log(LogReport(world_rank=0, stream="stderr", line="80%", redrawn=True))
+    console.on_log(LogReport(world_rank=0, stream="stderr", line="100%"))
+    assert err.getvalue() == "[rank 0] 10%\r\033[K[rank 0] 50%\n[rank 0] 80%\r\033[K[rank 0] 100%\n"
+    assert out.getvalue() == "[rank 1] rank 1 says hi\n"
+    console.on_log(LogReport(world_rank=1, stream="stdout", line="step 3", redrawn=True))
+    console.message("warning: rank 1 is slow")
+    console.close()
+    assert out.getvalue().endswith("[rank 1] step 3\n") and err.getvalue().endswith("warning: rank 1 is slow\n")

@@ -6,7 +6,7 @@ import io
 
 from orchestrator.config.schema import FailureConfig
 from orchestrator.console import Console
-from orchestrator.controller import SETTLE_S, STOP_GRACE_S, Controller, Phase, StopRequests
+from orchestrator.controller import SETTLE_S, STOP_GRACE_S, USER_STOP, Controller, Phase, StopRequests, stop_message
 from orchestrator.errors import LaunchError
 from orchestrator.group import RankExited, RankLost, RankReport
 from orchestrator.metrics.sink import InMemorySink
@@ -29,6 +29,7 @@ class FakeGroup:
         self.start_error = start_error
         self.restart_errors = list(restart_errors)
         self.restarts = []
+        self.attempts = []
         self.stop_requests = 0
         self.shutdowns = 0
         self._specs = []
@@ -37,14 +38,16 @@ class FakeGroup:
     def specs(self):
         return self._specs
 
-    def start(self, resume_from=None):
+    def start(self, resume_from=None, attempt=0):
         self.started_from = resume_from
+        self.attempts.append(attempt)
         if self.start_error:
             raise self.start_error
         self._specs = [_spec(0), _spec(1)]
 
-    def restart(self, lost_ranks, resume_from):
+    def restart(self, lost_ranks, resume_from, attempt):
         self.restarts.append((set(lost_ranks), resume_from))
+        self.attempts.append(attempt)
         if self.restart_errors:
             raise self.restart_errors.pop(0)
         return {"teardown": 0.5, "placement_and_start": 1.5}
@@ -262,6 +265,51 @@ def test_infra_only_fails_on_an_exception_in_user_code():
     assert outcome.status == "FAILED" and group.restarts == [] and "raised ValueError: bad" in outcome.error
 
 
+def _script_exit(world_rank: int, exit_code: int, tail: str = "") -> RankReport:
+    message = f"train.py exited with code {exit_code}" if exit_code > 0 else f"train.py was killed (signal {-exit_code})"
+    return RankReport(world_rank, ErrorReport(world_rank=world_rank, node_ip="10.0.0.1", error_type="ScriptFailed",
+                                              message=message, traceback=tail, exit_code=exit_code))
+
+
+def test_a_script_that_exits_with_an_error_fails_at_once_and_says_why_it_was_not_restarted():
+    group = FakeGroup([[_script_exit(0, 2, "usage: train.py [-h] [--lr LR]\ntrain.py: error: argument --lr\n")]])
+    outcome = _controller(group, policy=FailureConfig(max_restarts=3))[0].run()
+    assert outcome.status == "FAILED" and group.restarts == [] and outcome.restarts == 0
+    assert outcome.error.startswith("rank 0 on 10.0.0.1 raised ScriptFailed: train.py exited with code 2 (")
+    assert "failure.retry_script_errors=true" in outcome.error and "usage: train.py" in outcome.traceback
+
+
+def test_a_script_killed_by_a_signal_is_restarted_and_each_attempt_is_numbered():
+    group = FakeGroup([[_script_exit(1, -9)], _results()])
+    outcome = _controller(group, policy=FailureConfig(max_restarts=1, restart_on="infra_only"))[0].run()
+    assert outcome.status == "FINISHED" and group.restarts == [(set(), None)]
+    assert group.attempts == [0, 1]  # what the ranks see as TORCHELASTIC_RESTART_COUNT
+
+
+def test_a_rebuilt_group_keeps_counting_attempts():
+    first = FakeGroup([[RankLost(1, "10.0.0.1", "killed")]], restart_errors=[LaunchError("no node", retryable=True)])
+    second = FakeGroup([_results()])
+    groups = [first, second]
+    controller = Controller(lambda: groups.pop(0), InMemorySink(), Console(io.StringIO(), interactive=False),
+                            FakeClock(), failure_policy=FailureConfig(max_restarts=3))
+    assert controller.run().status == "FINISHED"
+    assert first.attempts == [0, 1] and second.attempts == [2]
+
+
+def test_the_stop_message_says_how_each_entrypoint_stops():
+    assert stop_message(USER_STOP, "builtin") == \
+        "stopping: the ranks finish their current step (Ctrl-C again to kill them)"
+    assert stop_message(USER_STOP, "script") == \
+        f"stopping: every rank's script gets SIGTERM and {STOP_GRACE_S:g} s to exit (Ctrl-C again to kill them)"
+    assert stop_message("stopped early", "script") == \
+        f"stopping: stopped early; every rank's script gets SIGTERM and {STOP_GRACE_S:g} s to exit"
+    printed = io.StringIO()
+    controller = Controller(lambda: FakeGroup([KeyboardInterrupt(), _results(stopped=True)]), InMemorySink(),
+                            Console(printed, interactive=False), FakeClock(), entrypoint="script")
+    assert controller.run().status == "KILLED"
+    assert stop_message(USER_STOP, "script") in printed.getvalue() and "current step" not in printed.getvalue()
+
+
 def test_a_broken_collective_waits_for_the_death_that_caused_it():
     clock = FakeClock()
     group = FakeGroup([[RankReport(0, GLOO_ERROR)], [RankLost(1, "10.0.0.2", "killed")], _results()])
@@ -292,12 +340,31 @@ def test_a_rank_that_makes_no_progress_is_treated_as_hung_and_replaced():
     controller, sink = _controller(group, clock, FailureConfig(max_restarts=1, hang_timeout_s=60))
     controller.step()
     controller._route(0, StepReport(0, 5, 100, 0, 0.1, 5))
+    controller._route(1, StepReport(1, 5, 100, 0, 0.1, 5))
     clock.now += 61
     controller._route(0, StepReport(0, 6, 100, 0, 0.1, 1))
     controller.step()
     assert controller.phase is Phase.RESTARTING and "rank 1 on 10.0.0.1 finished no step for 61 s" in controller.failure.summary
     controller.step()
     assert group.restarts == [({1}, None)] and controller.phase is Phase.RUNNING
+
+
+def test_an_attempts_start_is_judged_by_the_rendezvous_timeout_not_the_hang_timeout():
+    # a replacement process imports torch, joins the rendezvous and loads the checkpoint before its first step:
+    # on a busy machine that takes longer than a short hang timeout, and is no hang
+    clock = FakeClock()
+    group = FakeGroup([])
+    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), clock,
+                            failure_policy=FailureConfig(max_restarts=1, hang_timeout_s=10), startup_timeout_s=60)
+    controller.step()
+    clock.now += 30
+    controller._route(0, StepReport(0, 1, 100, 0, 0.1, 1))
+    controller.step()
+    assert controller.phase is Phase.RUNNING  # rank 1 is still starting: within its 60 s
+    clock.now += 11
+    controller.step()
+    assert controller.phase is Phase.RESTARTING
+    assert "rank 0 on 10.0.0.1 finished no step for 11 s (failure.hang_timeout_s=10)" in controller.failure.summary
 
 
 def test_a_restart_that_cannot_be_placed_fails_the_job():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.plan import JobPlan
-from orchestrator.rendezvous import PlacedBundle, rank_order, worker_specs
+from orchestrator.rendezvous import AttemptSpec, PlacedBundle, rank_order, worker_specs
 
 
 def _plan(world_size: int) -> JobPlan:
@@ -54,3 +54,13 @@ def test_every_rank_on_a_node_sees_the_nodes_job_gpus_and_uses_its_local_rank():
                          gpu_ids=[["3"], ["1"], ["0"], ["6"]])
     table = [(s.world_rank, s.node_id, s.local_rank, s.env["CUDA_VISIBLE_DEVICES"], s.cuda_device) for s in specs]
     assert table == [(0, "a", 0, "3,1,0", 0), (1, "a", 1, "3,1,0", 1), (2, "a", 2, "3,1,0", 2), (3, "b", 0, "6", 0)]
+
+
+def test_an_attempt_gives_every_rank_torchelastics_run_id_restart_count_and_budget():
+    attempt = AttemptSpec(run_id="orchestrator-0123456789ab", restart_count=2, max_restarts=3)
+    specs = worker_specs(_plan(2), _placed("a", "b"), master_port=1, attempt=attempt)
+    assert [{key: value for key, value in spec.env.items() if key.startswith("TORCHELASTIC_")} for spec in specs] == [
+        {"TORCHELASTIC_RUN_ID": "orchestrator-0123456789ab", "TORCHELASTIC_RESTART_COUNT": "2",
+         "TORCHELASTIC_MAX_RESTARTS": "3"}] * 2
+    # a dry run has no attempt yet: no run id to show
+    assert not any(key.startswith("TORCHELASTIC_") for key in worker_specs(_plan(2), _placed("a", "b"), 1)[0].env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,7 +30,11 @@ from orchestrator.config.schema import (
     JobConfig,
     MlpConfig,
     ScalingConfig,
+    ScriptConfig,
     SyntheticConfig,
+    TargetConfig,
+    TargetDataConfig,
+    TargetModelConfig,
     TokensConfig,
 )
 from orchestrator.errors import ConfigError
@@ -50,7 +55,7 @@ def load_config(cfg: DictConfig, base_dir: Path) -> JobConfig:
     job = OmegaConf.to_object(cfg)
     if not isinstance(job, JobConfig):
         raise TypeError(f"expected a composed JobConfig, got {type(job).__name__}")
-    job = _absolute_paths(job, base_dir)
+    job = _absolute_paths(typed_targets(job), base_dir)
     validate(job)
     return job
 
@@ -68,6 +73,50 @@ def _absolute_paths(job: JobConfig, base_dir: Path) -> JobConfig:
     if script.path is not None:
         script = dataclasses.replace(script, path=str((base_dir / script.path).resolve()))
     return dataclasses.replace(job, tracking=tracking, checkpoint=checkpoint, script=script)
+
+
+TARGET_KEY = "_target_"
+LOADER_KEYS = ("batch_size", "num_workers")
+"""Keys of a data node that stay the loop's DataLoader settings instead of going to the user's callable."""
+
+
+def typed_targets(job: JobConfig) -> JobConfig:
+    """The job with its `_target_` nodes (the user's model, data and loss) typed.
+
+    A model or data node composed from a YAML file without a schema (the user's own, or
+    conf/*/target.yaml) reaches here as a plain dict; its keys become the callable's keyword arguments.
+    """
+    problems: list[str] = []
+    model, data, loss = job.model, job.data, job.loss
+    if isinstance(model, dict):
+        target = _target_of("model", model, problems)
+        model = TargetModelConfig(target=target, kwargs={k: v for k, v in model.items() if k != TARGET_KEY})
+    if isinstance(data, dict):
+        target = _target_of("data", data, problems)
+        kwargs = {k: v for k, v in data.items() if k != TARGET_KEY and k not in LOADER_KEYS}
+        loader = {k: data[k] for k in LOADER_KEYS if k in data}
+        data = TargetDataConfig(target=target, kwargs=kwargs, **loader)
+    if isinstance(loss, dict):
+        loss_target = loss.get(TARGET_KEY)
+        rest = {k: v for k, v in loss.items() if k != TARGET_KEY}
+        if loss_target is None and rest:
+            key = next(iter(rest))
+            problems.append(f"loss.{key}={_show(rest[key])} is not valid without loss._target_: name the loss "
+                            "callable, e.g. loss._target_=torch.nn.CrossEntropyLoss")
+        loss = None if loss_target is None else TargetConfig(target=str(loss_target), kwargs=rest)
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(job, model=model, data=data, loss=loss)
+
+
+def _target_of(group: str, node: dict, problems: list[str]) -> str:
+    target = node.get(TARGET_KEY)
+    if not isinstance(target, str) or not target:
+        problems.append(f"{group}.{TARGET_KEY}={_show(target)} is not valid: a {group} config of your own needs "
+                        f"{group}.{TARGET_KEY}, the dotted path of a callable (e.g. mypkg.nets.Net), or pick a built-in "
+                        f"{group}")
+        return ""
+    return target
 
 
 def data_input_shape(data: DataConfig) -> tuple[int, ...]:
@@ -191,6 +240,7 @@ def _check_worker_resources(scaling: ScalingConfig, problems: _Problems) -> None
 
 def _check_entrypoint(job: JobConfig, problems: _Problems) -> None:
     problems.choice("entrypoint", job.entrypoint, ENTRYPOINTS)
+    _check_script_argv(job.script, problems)
     if job.entrypoint != "script":
         return
     path = job.script.path
@@ -198,6 +248,25 @@ def _check_entrypoint(job: JobConfig, problems: _Problems) -> None:
         problems.require(False, "script.path", path, "entrypoint=script needs the script to run: set script.path=train.py")
     elif not Path(path).is_file():
         problems.require(False, "script.path", path, "no such file: give the path of a Python script")
+
+
+def _check_script_argv(script: ScriptConfig, problems: _Problems) -> None:
+    """script.argv: one command-line string that shlex can split, and not together with script.args."""
+    argv = script.argv
+    if argv is None:
+        return
+    if not isinstance(argv, str):
+        problems.require(False, "script.argv", argv, "Hydra read it as a number, a boolean or a list, not as the "
+                         "text typed: quote the command line inside the override, 'script.argv=\"--lr 1e-3\"'")
+        return
+    try:
+        shlex.split(argv)
+    except ValueError as error:
+        problems.require(False, "script.argv", argv, f"cannot be split into arguments as a shell would ({error}): "
+                         "close the quote, or escape it with a backslash")
+    if script.args:
+        problems.require(False, "script.argv", argv, f"script.args={_show(script.args)} is set too: give the "
+                         "arguments once, either as the list script.args or as the command line script.argv")
 
 
 def _check_trainer(job: JobConfig, problems: _Problems) -> None:
@@ -243,6 +312,9 @@ def _check_data(job: JobConfig, problems: _Problems) -> None:
 
 def _check_model(job: JobConfig, problems: _Problems) -> None:
     model = job.model
+    if isinstance(model, TargetModelConfig) or isinstance(job.data, TargetDataConfig):
+        _check_own_components(job, problems)
+        return
     if isinstance(model, MlpConfig):
         problems.sizes("model.hidden_sizes", model.hidden_sizes)
     elif isinstance(model, CnnConfig):
@@ -256,6 +328,20 @@ def _check_model(job: JobConfig, problems: _Problems) -> None:
         problems.require(False, "data", "tokens", f"token sequences need model=gpt (model={model.name} classifies "
                          "tensors): set model=gpt, or data=synthetic")
     problems.fraction("model.dropout", model.dropout)
+
+
+def _check_own_components(job: JobConfig, problems: _Problems) -> None:
+    """Your own model needs your own data and the other way round (built-in models are sized by the
+    built-in data sets); the callables themselves are checked where they can be imported (components)."""
+    model, data = job.model, job.data
+    if not isinstance(model, TargetModelConfig):
+        problems.require(False, "model", model.name, f"data._target_={data.target} is your own data set: a built-in "
+                         "model is sized for a built-in data set; set model._target_ to your model")
+    if not isinstance(data, TargetDataConfig):
+        problems.require(False, "data", data.name, f"model._target_={model.target} is your own model: give it your "
+                         "own data with data._target_, or pick a built-in model")
+    else:
+        problems.at_least("data.num_workers", data.num_workers, 0)
 
 
 def _check_gpt(job: JobConfig, model: GptConfig, problems: _Problems) -> None:

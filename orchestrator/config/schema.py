@@ -7,6 +7,7 @@ that names the key, the value and the valid choices.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -101,8 +102,8 @@ class TrainerConfig:
     """Allow TF32 tensor cores for float32 matmuls and convolutions on CUDA (Ampere and newer): faster, about
     1e-3 relative precision."""
     peak_tflops: Optional[float] = None
-    """Peak TFLOP/s of one worker's device (e.g. 989 for an H100 SXM in bf16), for the train/mfu metric of
-    model=gpt; null = no train/mfu."""
+    """Peak TFLOP/s of one worker's device (e.g. 989 for an H100 SXM in bf16), for the train/mfu metric
+    (model=gpt and your own models); null = no train/mfu."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,21 @@ class GptConfig(ModelConfig):
 
 
 @dataclass(frozen=True)
+class TargetModelConfig(ModelConfig):
+    """The user's own model (`model._target_`): the dotted path called with the node's other keys.
+
+    Composed as a plain node (conf/model/target.yaml or a file of the user's config directory) and
+    typed by load_config, which moves `_target_` to `target` and every other key to `kwargs`.
+    """
+
+    name: str = "target"
+    target: str = MISSING
+    """Dotted path of a callable that returns an nn.Module (a class or a factory function)."""
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the call: the model node's keys other than `_target_`."""
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Base of the `data` group; `name` selects the data set."""
 
@@ -231,6 +247,29 @@ class TokensConfig(DataConfig):
     """Tokens the model reads per sequence (at most model.context)."""
     vocab_size: int = 256
     """Distinct tokens."""
+
+
+@dataclass(frozen=True)
+class TargetDataConfig(DataConfig):
+    """The user's own data (`data._target_`): the dotted path called with the node's keys other than
+    the loader's (`batch_size`, `num_workers`); it returns (train_dataset, eval_dataset or None), map-style
+    torch Datasets whose items are (inputs, targets)."""
+
+    name: str = "target"
+    target: str = MISSING
+    """Dotted path of the callable that builds the data sets."""
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the call: the data node's keys other than `_target_` and the loader's."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (0 = load in the training process)."""
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """A callable named by a dotted path, with keyword arguments (`loss._target_` and its keys)."""
+
+    target: str
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -283,6 +322,10 @@ class FailureConfig:
     """any (worker deaths, hangs and exceptions in user code) or infra_only (not exceptions)."""
     hang_timeout_s: float = 300.0
     """A rank that finishes no optimizer step for this long is treated as failed."""
+    retry_script_errors: bool = False
+    """entrypoint=script: also restart a script that exited with an error status. By default that fails the
+    job at once, as under torchrun (a bad argument fails the same way every time); a script killed by a
+    signal (the OOM killer's SIGKILL) is restarted like any worker that died."""
 
 
 @dataclass(frozen=True)
@@ -292,7 +335,16 @@ class ScriptConfig:
     path: Optional[str] = None
     """The script; relative paths are taken from the working directory."""
     args: List[str] = field(default_factory=list)
-    """Command-line arguments passed to the script."""
+    """Command-line arguments passed to the script, one item each. Hydra reads every item (1e-3 arrives as
+    0.001, true as True): quote such items ('1e-3'), or give the whole command line as script.argv."""
+    argv: Any = None
+    """The script's command line as one string, split as a shell would (shlex) and passed exactly as typed:
+    'script.argv="--lr 1e-3 --steps=100"' (the inner quotes keep Hydra from reading it). Set script.args or
+    script.argv, not both."""
+
+    def arguments(self) -> list[str]:
+        """What the script gets as sys.argv[1:]: script.argv split as a shell would, else script.args."""
+        return shlex.split(self.argv) if isinstance(self.argv, str) else list(self.args)
 
 
 @dataclass(frozen=True)
@@ -351,9 +403,13 @@ class JobConfig:
     ddp: DdpConfig = field(default_factory=DdpConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: Any = MISSING
-    """The `model` group option: MlpConfig, CnnConfig or GptConfig."""
+    """The `model` group option: MlpConfig, CnnConfig, GptConfig or the user's own (TargetModelConfig)."""
     data: Any = MISSING
-    """The `data` group option: DigitsConfig, SyntheticConfig or TokensConfig."""
+    """The `data` group option: DigitsConfig, SyntheticConfig, TokensConfig or the user's own (TargetDataConfig)."""
+    loss: Any = field(default_factory=lambda: {"_target_": None})
+    """The training loss: `loss._target_` names a callable (a class such as torch.nn.CrossEntropyLoss is
+    instantiated with the node's other keys, `+loss.label_smoothing=0.1`), called as loss(outputs, targets);
+    null = cross-entropy."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)

@@ -18,6 +18,9 @@ class MetricsSink(Protocol):
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Add or overwrite run tags."""
 
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """Add run params (a param, once logged, keeps its value)."""
+
     def log_text(self, text: str, artifact_file: str) -> None:
         """Store `text` as an artifact file of the run."""
 
@@ -45,6 +48,9 @@ class NullSink:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
+    def log_params(self, params: Mapping[str, str]) -> None:
+        pass
+
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
@@ -68,6 +74,7 @@ class InMemorySink:
         self.run_id = run_id
         self.metrics: list[tuple[int, str, float]] = []
         self.tags: dict[str, str] = {}
+        self.params: dict[str, str] = {}
         self.texts: dict[str, str] = {}
         self.models: list[tuple[Any, Any]] = []
         self.checkpoints: list[tuple[int, str]] = []
@@ -80,6 +87,9 @@ class InMemorySink:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.tags.update(tags)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        self.params.update(params)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.texts[artifact_file] = text

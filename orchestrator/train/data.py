@@ -91,7 +91,30 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-class ShardedBatches:
+class RankShare:
+    """This rank's share of a data set of `num_items` in DistributedSampler's seeded order, counted in
+    micro-batches and optimizer steps (the same counts on every rank)."""
+
+    def __init__(self, num_items: int, world_size: int, world_rank: int, batch_size: int, accum_steps: int,
+                 seed: int):
+        self.batch_size = batch_size
+        self.accum_steps = accum_steps
+        # the sampler only needs the length: a range keeps it from touching the data
+        self.sampler: DistributedSampler = DistributedSampler(range(num_items), num_replicas=world_size,  # type: ignore[arg-type]
+                                                              rank=world_rank, shuffle=True, seed=seed, drop_last=False)
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        """Micro-batches this rank runs per epoch (the same on every rank)."""
+        return -(-self.sampler.num_samples // self.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (the last may accumulate fewer micro-batches)."""
+        return -(-self.micro_batches_per_epoch // self.accum_steps)
+
+
+class ShardedBatches(RankShare):
     """This rank's micro-batches, grouped per optimizer step, in a global order fixed by the seed.
 
     DistributedSampler deals the same seeded permutation to every rank (rank r takes every
@@ -103,22 +126,9 @@ class ShardedBatches:
                  batch_size: int, accum_steps: int, seed: int):
         # inputs and labels live where the model runs (the whole set is moved once, see loop._on_device):
         # each micro-batch is then one gather on the device, with no per-step host-to-device copy
+        super().__init__(len(labels), world_size, world_rank, batch_size, accum_steps, seed)
         self.inputs = inputs
         self.labels = labels
-        self.batch_size = batch_size
-        self.accum_steps = accum_steps
-        self.sampler = DistributedSampler(range(len(labels)), num_replicas=world_size, rank=world_rank,
-                                          shuffle=True, seed=seed, drop_last=False)
-
-    @property
-    def micro_batches_per_epoch(self) -> int:
-        """Micro-batches this rank runs per epoch (the same on every rank)."""
-        return -(-self.sampler.num_samples // self.batch_size)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch (the last may accumulate fewer micro-batches)."""
-        return -(-self.micro_batches_per_epoch // self.accum_steps)
 
     def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
         """Yield one list of (inputs, labels) micro-batches per optimizer step, after `skip_steps`."""

@@ -21,13 +21,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from orchestrator.config.schema import DdpConfig, GptConfig, JobConfig, TrainerConfig
+from orchestrator.config.schema import DdpConfig, GptConfig, JobConfig, TargetDataConfig, TargetModelConfig, TrainerConfig
 from orchestrator.reports import AttemptStartReport, CheckpointReport, MetricsReport, ResultReport, StepReport
 from orchestrator.rendezvous import WorkerSpec
 from orchestrator.train.checkpoint import CheckpointWriter, load_checkpoint, snapshot
+from orchestrator.train.components import (LossFn, build_loss, build_target_data, build_target_model, split_item,
+                                           training_flops_per_sample)
 from orchestrator.train.data import Dataset, ShardedBatches, load_dataset, to_device
 from orchestrator.train.evaluate import evaluate, token_loss
 from orchestrator.train.flops import training_flops_per_token
+from orchestrator.train.loader import LoaderBatches, batch_size_of, evaluate_dataset, first_inputs
 from orchestrator.train.models import build_model
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.precision import autocast, grad_scaler, set_tf32
@@ -47,7 +50,10 @@ class WorkerCache:
     """
 
     key: tuple = ()
-    dataset: Optional[Dataset] = None
+    dataset: Optional[Any] = None
+    """A built-in Dataset (tensors) or the user's UserData."""
+    flops_per_sample: Optional[float] = None
+    """Measured once per process for the user's model (rank 0 reports it)."""
     module: Optional[torch.nn.Module] = None
     wrapper: Optional[weakref.ref] = None
     """The DDP wrapper of the previous attempt: the module is only reused once that wrapper is gone."""
@@ -67,6 +73,14 @@ class WorkerCache:
         for parameter in self.module.parameters():
             parameter.grad = None
         return self.module.train()
+
+
+@dataclass(frozen=True)
+class UserData:
+    """The user's map-style data sets (data._target_)."""
+
+    train: Any
+    eval: Optional[Any]
 
 
 @dataclass(frozen=True)
@@ -105,15 +119,23 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
     set_tf32(ctx.device, job.trainer.tf32)
     seed_everything(seed)
     dataset, module = _data_and_model(job, ctx)
+    loss_fn = build_loss(job.loss)
+    if isinstance(dataset, UserData):
+        _measure_flops(job, ctx, dataset, module, loss_fn)
     seed_everything(seed + 1 + spec.world_rank)  # per-rank randomness (dropout) after the shared init
-    batches = ShardedBatches(dataset.train_x, dataset.train_y, spec.world_size, spec.world_rank,
-                             job.data.batch_size, job.trainer.grad_accum_steps, seed)
+    if isinstance(dataset, UserData):
+        batches: Any = LoaderBatches(dataset.train, spec.world_size, spec.world_rank, job.data.batch_size,
+                                     job.trainer.grad_accum_steps, seed, job.data.num_workers, ctx.device)
+    else:
+        batches = ShardedBatches(dataset.train_x, dataset.train_y, spec.world_size, spec.world_rank,
+                                 job.data.batch_size, job.trainer.grad_accum_steps, seed)
     model = wrap_ddp(compiled(module, job.trainer), ctx.device, job.ddp)
     ctx.cache.wrapper = weakref.ref(model)
     optimizer = build_optimizer(job.optim, module.parameters())
     steps = total_steps(job.trainer, batches.steps_per_epoch)
     trainer = Trainer(job, ctx, dataset, batches, model, module, optimizer,
                       build_scheduler(job.optim, optimizer, steps), grad_scaler(ctx.device, job.trainer.amp), steps)
+    trainer.loss_fn = loss_fn
     trainer.sync_timer.attach(model)  # each rank's time to reach gradient sync: the straggler signal
     ctx.timings["build"] = time.perf_counter() - started
     if ctx.resume_from is not None:
@@ -141,17 +163,39 @@ def compiled(module: torch.nn.Module, trainer: TrainerConfig) -> torch.nn.Module
     return torch.compile(module, mode=trainer.compile_mode) if trainer.compile else module
 
 
-def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Dataset, torch.nn.Module]:
+def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Any, torch.nn.Module]:
     cache = ctx.cache
     key = (repr(job.data), repr(job.model), job.trainer.seed, str(ctx.device))
     if cache.key != key:
-        cache.key, cache.dataset, cache.module = key, _on_device(load_dataset(job.data, job.trainer.seed), ctx.device), None
+        cache.key, cache.module, cache.flops_per_sample = key, None, None
+        if isinstance(job.data, TargetDataConfig):
+            cache.dataset = UserData(*build_target_data(job.data))
+        else:
+            cache.dataset = _on_device(load_dataset(job.data, job.trainer.seed), ctx.device)
     # a fresh start builds a fresh model (its init must match a new process); a resume overwrites it
     reused = cache.reusable_module() if ctx.resume_from is not None else None
     if reused is None:
         dataset = cache.dataset
-        cache.module = build_model(job.model, dataset.input_shape, dataset.num_classes).to(ctx.device)
+        if isinstance(job.model, TargetModelConfig):
+            cache.module = build_target_model(job.model).to(ctx.device)
+        else:
+            cache.module = build_model(job.model, dataset.input_shape, dataset.num_classes).to(ctx.device)
     return cache.dataset, cache.module
+
+
+def _measure_flops(job: JobConfig, ctx: TrainContext, data: UserData, module: torch.nn.Module,
+                   loss_fn: LossFn) -> None:
+    """Rank 0 counts the model's training FLOPs per sample once per process, on one micro-batch."""
+    if ctx.spec.world_rank != 0 or ctx.cache.flops_per_sample is not None:
+        return
+    from torch.utils.data import default_collate
+
+    from orchestrator.train.loader import to_device
+
+    count = min(job.data.batch_size, len(data.train))
+    items = [split_item(job.data, data.train[index], index) for index in range(count)]
+    inputs, targets = to_device(default_collate(items), ctx.device)
+    ctx.cache.flops_per_sample = training_flops_per_sample(module, inputs, targets, loss_fn)
 
 
 def _on_device(dataset: Dataset, device: torch.device) -> Dataset:
@@ -202,6 +246,7 @@ class Trainer:
         self.last_heartbeat = time.monotonic()
         self.eval_metrics: dict[str, float] = {}
         self.evaluated_at = self.checkpointed_at = -1
+        self.loss_fn: LossFn = token_loss
         self.writer = CheckpointWriter(ctx.checkpoint_dir, job.checkpoint.keep_last, self._checkpoint_done)
         self.sync_timer = SyncTimer(ctx.device)
 
@@ -229,10 +274,10 @@ class Trainer:
             sync = contextlib.nullcontext() if last else self.model.no_sync()
             with sync:
                 with autocast(self.ctx.device, amp):
-                    loss = token_loss(self.model(inputs), labels)
+                    loss = self.loss_fn(self.model(inputs), labels)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             self.window.loss_sum += loss.detach().double()
-            self.window.samples += len(labels)
+            self.window.samples += batch_size_of(labels)
         self.window.micro_batches += len(micro_batches)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -279,6 +324,8 @@ class Trainer:
                 "train/loss": loss_sum / micro_batches,
                 "train/samples_per_s": samples / elapsed,
                 **token_metrics(self.job, samples / elapsed, self.ctx.spec.world_size),
+                **model_flops_metrics(self.job, samples / elapsed, self.ctx.spec.world_size,
+                                      self.ctx.cache.flops_per_sample),
                 "train/lr": self.scheduler.get_last_lr()[0],
                 "train/epoch": float(self.epoch),
             }))
@@ -302,8 +349,15 @@ class Trainer:
 
     def _evaluate(self) -> None:
         spec = self.ctx.spec
-        self.eval_metrics = evaluate(self.module, self.dataset.test_x, self.dataset.test_y, spec.world_rank,
-                                     spec.world_size, self.job.data.batch_size, self.job.trainer.amp)
+        if isinstance(self.dataset, UserData):
+            if self.dataset.eval is None:
+                return
+            self.eval_metrics = evaluate_dataset(self.module, self.dataset.eval, self.loss_fn, spec.world_rank,
+                                                 spec.world_size, self.job.data.batch_size, self.job.trainer.amp,
+                                                 self.ctx.device)
+        else:
+            self.eval_metrics = evaluate(self.module, self.dataset.test_x, self.dataset.test_y, spec.world_rank,
+                                         spec.world_size, self.job.data.batch_size, self.job.trainer.amp)
         self.evaluated_at = self.step
         if spec.world_rank == 0:
             self.ctx.emit(MetricsReport(step=self.step, metrics=self.eval_metrics))
@@ -362,7 +416,14 @@ class Trainer:
                               metrics=self.eval_metrics, params_digest=state_digest(weights))
         if self.ctx.spec.world_rank != 0:
             return result
-        return dataclasses.replace(result, model_state=weights, input_example=self.dataset.test_x[:4].cpu().numpy())
+        return dataclasses.replace(result, model_state=weights, input_example=self._input_example())
+
+    def _input_example(self) -> Any:
+        """A few inputs for the logged model's signature (numpy, as MLflow takes them)."""
+        if not isinstance(self.dataset, UserData):
+            return self.dataset.test_x[:4].cpu().numpy()
+        inputs = first_inputs(self.dataset.eval if self.dataset.eval is not None else self.dataset.train)
+        return inputs.numpy() if isinstance(inputs, torch.Tensor) else None
 
 
 def token_metrics(job: JobConfig, samples_per_s: float, world_size: int) -> dict[str, float]:
@@ -373,6 +434,19 @@ def token_metrics(job: JobConfig, samples_per_s: float, world_size: int) -> dict
     tokens_per_s = samples_per_s * seq_len
     tflops = tokens_per_s * training_flops_per_token(job.model, job.data.vocab_size, seq_len) / 1e12
     metrics = {"train/tokens_per_s": tokens_per_s, "train/model_tflops": tflops}
+    if job.trainer.peak_tflops is not None:
+        metrics["train/mfu"] = tflops / (job.trainer.peak_tflops * world_size)
+    return metrics
+
+
+def model_flops_metrics(job: JobConfig, samples_per_s: float, world_size: int,
+                        flops_per_sample: Optional[float]) -> dict[str, float]:
+    """For the user's model: model TFLOP/s of all ranks from the FLOPs torch counted per sample and, with
+    trainer.peak_tflops, MFU."""
+    if flops_per_sample is None:
+        return {}
+    tflops = samples_per_s * flops_per_sample / 1e12
+    metrics = {"train/model_tflops": tflops}
     if job.trainer.peak_tflops is not None:
         metrics["train/mfu"] = tflops / (job.trainer.peak_tflops * world_size)
     return metrics

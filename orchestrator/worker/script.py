@@ -1,18 +1,20 @@
 """entrypoint=script: run an unmodified torchrun-style script as this rank, streaming its output.
 
-The script gets torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) and initialises the
-process group itself. It runs as a child process that the kernel kills if the worker dies
-(PR_SET_PDEATHSIG), so a lost worker never leaves an orphaned rank behind.
+The script gets torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, TORCHELASTIC_RESTART_COUNT, ...)
+and initialises the process group itself. It runs as a child process that the kernel kills if the
+worker dies (PR_SET_PDEATHSIG), so a lost worker never leaves an orphaned rank behind.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import os
+import signal
 import subprocess
 import sys
 import threading
-from typing import Callable, TextIO
+from typing import Callable, Mapping, Optional
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.reports import ErrorReport, LogReport, ResultReport
@@ -21,6 +23,10 @@ from orchestrator.worker.network import SOCKET_IFNAME_VARIABLES, interface_holdi
 from orchestrator.worker.stop import StopSignal
 
 STDERR_TAIL_LINES = 40
+BREAKPOINT_VARIABLE = "PYTHONBREAKPOINT"
+"""Ray points it at its own remote debugger in every worker; a script's breakpoint() must not wait for `ray debug`."""
+NCCL_ERROR_HANDLING_VARIABLE = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
+"""torchrun sets it to 1 (a failed or timed-out collective aborts the process) unless it is set already."""
 
 # Runs in the child before the script: ask the kernel for SIGKILL when the parent worker dies, then
 # become `python script args` (the death signal survives exec).
@@ -32,9 +38,20 @@ _LAUNCHER = (
 )
 
 
-def script_environment(spec: WorkerSpec) -> dict[str, str]:
-    """The worker's environment plus the rank's torchrun variables and socket interface pins."""
-    env = {**os.environ, **spec.env}
+def script_environment(spec: WorkerSpec, job: JobConfig,
+                       environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """The worker's environment (`environ`, default os.environ) as torchrun would hand it to the rank.
+
+    Plus the rank's torchrun variables, socket interface pins and TORCH_NCCL_ASYNC_ERROR_HANDLING=1;
+    minus Ray's PYTHONBREAKPOINT (the value from cluster.runtime_env.env_vars if the user set one).
+    """
+    env = dict(os.environ if environ is None else environ)
+    env.pop(BREAKPOINT_VARIABLE, None)
+    users_own = (job.cluster.runtime_env.get("env_vars") or {}).get(BREAKPOINT_VARIABLE)
+    if users_own is not None:
+        env[BREAKPOINT_VARIABLE] = str(users_own)
+    env.update(spec.env)
+    env.setdefault(NCCL_ERROR_HANDLING_VARIABLE, "1")
     interface = interface_holding(spec.node_ip)
     if interface is not None:
         for variable in SOCKET_IFNAME_VARIABLES:
@@ -44,9 +61,9 @@ def script_environment(spec: WorkerSpec) -> dict[str, str]:
 
 def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal):
     """Run job.script on this rank to its end; ResultReport on exit 0, else ErrorReport."""
-    command = [sys.executable, "-c", _LAUNCHER, "-u", job.script.path, *job.script.args]
-    process = subprocess.Popen(command, env=script_environment(spec), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, bufsize=1)
+    command = [sys.executable, "-c", _LAUNCHER, "-u", job.script.path, *job.script.arguments()]
+    process = subprocess.Popen(command, env=script_environment(spec, job), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
     stop.on_stop(process.terminate)  # SIGTERM: the script's own handlers (and torch's) run
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     readers = [
@@ -63,13 +80,40 @@ def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     if code == 0 or stop.is_set():
         return ResultReport(world_rank=spec.world_rank, step=0, stopped=stop.is_set())
     return ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type="ScriptFailed",
-                       message=f"{os.path.basename(job.script.path)} exited with code {code}",
-                       traceback="".join(tail))
+                       message=f"{os.path.basename(job.script.path)} {exit_text(code)}",
+                       traceback="".join(tail), exit_code=code)
 
 
-def _pump(stream: TextIO, name: str, world_rank: int, emit, tail) -> None:
+def exit_text(code: int) -> str:
+    """How a process ended, in words: `exited with code 2`, `was killed by SIGKILL (signal 9)`."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "a signal"
+    return f"was killed by {name} (signal {-code})"
+
+
+def split_line(line: str) -> tuple[str, bool]:
+    """A line as read with its ending kept -> (its text, whether it ended with a lone carriage return)."""
+    if line.endswith("\r"):
+        return line[:-1], True
+    return line.rstrip("\r\n"), False
+
+
+def _pump(pipe, name: str, world_rank: int, emit, tail: Optional[collections.deque]) -> None:
+    # newline="": lines end at \n, \r\n or a lone \r (a progress bar redrawing itself), kept as they came
+    stream = io.TextIOWrapper(pipe, errors="replace", newline="")  # the locale's encoding, as the script's
+    redrawing = False
     for line in stream:
-        emit(LogReport(world_rank=world_rank, stream=name, line=line.rstrip("\n")))
+        text, redrawn = split_line(line)
+        if redrawn and not text:
+            continue  # the \r that starts a progress bar's drawing: nothing was drawn yet
+        emit(LogReport(world_rank=world_rank, stream=name, line=text, redrawn=redrawn))
         if tail is not None:
-            tail.append(line)
+            if redrawing:
+                tail.pop()  # the error's tail keeps a progress bar's last drawing only
+            tail.append(text + "\n")
+        redrawing = redrawn
     stream.close()

@@ -127,3 +127,36 @@ def test_gpt_shape_rules_name_the_keys(tmp_path: Path):
                      "model.context=128"], tmp_path)
     assert "model.width=30 is not valid: must be a multiple of model.heads=4" in str(raised.value)
     assert "data.seq_len=200 is not valid: must be at most model.context=128" in str(raised.value)
+
+
+def test_script_argv_reaches_the_script_exactly_as_typed_where_script_args_items_go_through_hydra(tmp_path: Path):
+    (tmp_path / "train.py").write_text("")
+    script = ["entrypoint=script", "script.path=train.py"]
+    job = compose_job([*script, "script.argv=\"--lr 1e-3 --total-timesteps=16384 --flag null --name 'a b' 1_000 true\""],
+                      tmp_path)
+    assert job.script.arguments() == ["--lr", "1e-3", "--total-timesteps=16384", "--flag", "null", "--name", "a b",
+                                      "1_000", "true"]
+    # list items are values to Hydra: unquoted ones are converted, quoted ones are kept
+    job = compose_job([*script, "script.args=[--lr,1e-3,--flag,true,--n,1_000]"], tmp_path)
+    assert job.script.arguments() == ["--lr", "0.001", "--flag", "True", "--n", "1000"]
+    job = compose_job([*script, "script.args=[--lr,'1e-3','--total-timesteps=16384','null',\"true\"]"], tmp_path)
+    assert job.script.arguments() == ["--lr", "1e-3", "--total-timesteps=16384", "null", "true"]
+    assert compose_job(script, tmp_path).script.arguments() == []
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("script.argv=1e-3", "script.argv=0.001 is not valid: Hydra read it as a number, a boolean or a list"),
+    ("script.argv=true", "script.argv=True is not valid: Hydra read it as a number, a boolean or a list"),
+    ("script.argv='--name \"a b'", "cannot be split into arguments as a shell would (No closing quotation)"),
+    ("script.args=[--epochs,3]", "script.argv=--lr 1e-3 is not valid: script.args=['--epochs', '3'] is set too"),
+])
+def test_script_argv_must_be_a_command_line_given_instead_of_script_args(tmp_path: Path, override, expected):
+    extra = ["script.argv='--lr 1e-3'"] if override.startswith("script.args") else []
+    with pytest.raises(ConfigError) as raised:
+        compose_job(["entrypoint=script", "script.path=missing.py", override, *extra], tmp_path)
+    assert expected in str(raised.value)
+
+
+def test_script_errors_are_not_retried_unless_asked(tmp_path: Path):
+    assert compose_job([], tmp_path).failure.retry_script_errors is False
+    assert compose_job(["failure.retry_script_errors=true"], tmp_path).failure.retry_script_errors is True

@@ -60,3 +60,73 @@ def test_a_rank_that_exits_non_zero_fails_the_job_with_its_output(ray_cluster, t
     marker = str(tmp_path / "x.pt")
     wait_until(lambda: not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])],
                15, "the scripts of the killed workers to exit")
+
+
+CONTRACT_SCRIPT = SCRIPT.parent / "contract_script.py"
+
+
+def _contract_job(tmp_path: Path, *overrides: str):
+    job = compose_job(["entrypoint=script", f"script.path={CONTRACT_SCRIPT}", "scaling.num_workers=1",
+                       "tracking.log_model=false", *overrides], tmp_path)
+    err, out = io.StringIO(), io.StringIO()
+    summary = run_job(job, Console(err, interactive=False, out=out), overrides)
+    return job, summary, err.getvalue(), out.getvalue()
+
+
+def _contracts(out: str) -> list[dict]:
+    prefix = "[rank 0] contract "
+    return [json.loads(line[len(prefix):]) for line in out.splitlines() if line.startswith(prefix)]
+
+
+def test_script_argv_arrives_verbatim_with_torchruns_environment_and_stdout_is_in_the_console_log(ray_cluster,
+                                                                                                  tmp_path):
+    from mlflow import MlflowClient
+
+    job, summary, err, out = _contract_job(
+        tmp_path, "script.argv=\"--lr 1e-3 --total-timesteps=16384 --flag null --n 1_000 --name 'a b'\"")
+    assert summary.outcome.status == "FINISHED", summary.outcome.error
+    [seen] = _contracts(out)
+    assert seen["argv"] == ["--lr", "1e-3", "--total-timesteps=16384", "--flag", "null", "--n", "1_000", "--name", "a b"]
+    client = MlflowClient(job.tracking.uri)
+    ray_name = client.get_run(summary.run_id).data.tags["orchestrator.ray_name"]
+    assert seen["env"] == {"RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_RUN_ID": ray_name,
+                           "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "3",
+                           "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "PYTHONBREAKPOINT": None}
+    console_log = Path(client.download_artifacts(summary.run_id, "console.log", str(tmp_path))).read_text()
+    lines = console_log.splitlines()
+    assert "[rank 0] done" in lines and any(line.startswith("[rank 0] contract {") for line in lines)
+    # the progress bar was redrawn 10 times: the record keeps its final drawing only
+    assert [line for line in lines if "progress" in line] == ["[rank 0] progress 100%"]
+    assert err.count("\r") == 10  # the console itself still redrew it
+    assert_no_job_resources()
+
+
+def test_a_script_that_exits_with_a_usage_error_is_not_restarted(ray_cluster, tmp_path):
+    _, summary, err, out = _contract_job(tmp_path, "script.args=[--usage-error]")  # failure.max_restarts=3
+    outcome = summary.outcome
+    assert outcome.status == "FAILED" and outcome.restarts == 0
+    assert "contract_script.py exited with code 2" in outcome.error and "failure.retry_script_errors" in outcome.error
+    assert err.count("[rank 0] usage: contract_script.py") == 1 and len(_contracts(out)) == 1
+    assert_no_job_resources()
+
+
+def test_a_script_killed_by_a_signal_is_restarted_as_infrastructure_and_then_succeeds(ray_cluster, tmp_path):
+    # script.args items go through Hydra: quoted '1e-3' is kept, unquoted true becomes True
+    marker = tmp_path / "killed-once"
+    _, summary, err, out = _contract_job(
+        tmp_path, f"script.args=[--kill-once,{marker},--lr,'1e-3',--flag,true]", "failure.max_restarts=2",
+        "failure.restart_on=infra_only",
+        "+cluster.runtime_env.env_vars={PYTHONBREAKPOINT:pdb.set_trace,TORCH_NCCL_ASYNC_ERROR_HANDLING:'3'}")
+    outcome = summary.outcome
+    assert outcome.status == "FINISHED" and outcome.restarts == 1, outcome.error
+    assert "was killed by SIGKILL (signal 9); restart 1" in err
+    first, second = _contracts(out)
+    assert first["argv"] == second["argv"] == ["--kill-once", str(marker), "--lr", "1e-3", "--flag", "True"]
+    assert [seen["env"]["TORCHELASTIC_RESTART_COUNT"] for seen in (first, second)] == ["0", "1"]
+    assert second["env"]["TORCHELASTIC_MAX_RESTARTS"] == "2"
+    assert second["env"]["TORCHELASTIC_RUN_ID"] == first["env"]["TORCHELASTIC_RUN_ID"]
+    # the user's own values from cluster.runtime_env win over Ray's debugger hook and torchrun's default
+    assert second["env"]["PYTHONBREAKPOINT"] == "pdb.set_trace"
+    assert second["env"]["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
+    assert "[rank 0] done" in out
+    assert_no_job_resources()

@@ -1,0 +1,30 @@
+"""Which folders the ranks get on PYTHONPATH for the user's own modules, and the `_target_` shortcut."""
+
+from __future__ import annotations
+
+import os
+
+from orchestrator.config.code_shipping import import_root, worker_runtime_env
+from orchestrator.config.compose import with_target_options
+from tests.helpers import compose_job
+from tests.own_code import own_overrides, user_package
+
+
+def test_the_users_folder_goes_to_the_ranks_and_installed_libraries_do_not(tmp_path, monkeypatch):
+    folder = user_package(tmp_path / "user")
+    (folder / "single.py").write_text("from torch import nn\nNet = nn.Linear\n")
+    monkeypatch.syspath_prepend(str(folder))
+    assert import_root("digitpng") == import_root("single") == str(folder.resolve())
+    assert import_root("torch") is None and import_root("json") is None and import_root("no_such_mod") is None
+
+    job = compose_job([*own_overrides(folder), "+cluster.runtime_env.env_vars={NCCL_DEBUG:INFO}"], tmp_path)
+    env = worker_runtime_env(job, environ={"PYTHONPATH": "/opt/lib"})
+    assert env["env_vars"] == {"NCCL_DEBUG": "INFO", "PYTHONPATH": os.pathsep.join(["/opt/lib", str(folder.resolve())])}
+    assert worker_runtime_env(compose_job(["model=mlp"], tmp_path)) == {}
+
+
+def test_setting_a_target_alone_picks_the_groups_target_option():
+    assert with_target_options(["-m", "model._target_=a.B", "+model.width=3", "optim.lr=1,2"]) == [
+        "-m", "model=target", "model._target_=a.B", "+model.width=3", "optim.lr=1,2"]
+    assert with_target_options(["model=mynet", "model._target_=a.B"]) == ["model=mynet", "model._target_=a.B"]
+    assert with_target_options(["data._target_=a.b", "model=mlp"]) == ["data=target", "data._target_=a.b", "model=mlp"]
