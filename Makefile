@@ -7,7 +7,7 @@ TORCH_VERSION := 2.13.0
 # only appears after a reinstall.
 SOURCES := pyproject.toml $(shell find orchestrator launchers conf -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
 
-.PHONY: install install-dev run test mlflow clean
+.PHONY: install install-dev run test test-fast mlflow clean
 
 # torch first, pinned: with 2.13.0 in place, the package's `torch>=2.4` installs nothing more, so a
 # CPU machine never pulls the multi-GB CUDA wheels (a GPU machine gets the CUDA build of 2.13.0).
@@ -37,6 +37,10 @@ run: install
 
 test: install-dev
 	$(BIN)/python -m pytest
+
+# the in-process tier for quick iterations: no Ray cluster, no server, no CLI process (tests marked slow)
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not gpu and not slow"
 
 # a local MLflow tracking server (SQLite + served artifacts in ./mlflow-server) until Ctrl-C; jobs log
 # to it with tracking.uri=http://127.0.0.1:5000. More options: make mlflow MLFLOW_ARGS="--port 5001"

@@ -45,6 +45,19 @@ def pytest_configure(config):
 
 _ray_tmpdir = pytest.StashKey[str]()
 
+PROCESS_FIXTURES = {"ray_cluster", "mlflow_server", "ray_token_env"}
+"""Fixtures that start real clusters and servers: a test that uses one is `slow`."""
+PROCESS_FOLDERS = ("launchers", "k8s")
+"""Test folders whose tests start jobs, CLIs or kustomize themselves."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that start processes (Ray, servers, CLIs) `slow`: `make test-fast` leaves them out."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or folder in PROCESS_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+
 
 def pytest_unconfigure(config):
     folder = config.stash.get(_ray_tmpdir, None)
