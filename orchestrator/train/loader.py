@@ -66,15 +66,23 @@ class LoaderBatches(RankShare):
         super().__init__(len(dataset), world_size, world_rank, batch_size, accum_steps, seed)
         self.device = device
         self.indices = _EpochIndices()
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.indices, num_workers=num_workers,
+        self.loader: Optional[DataLoader] = DataLoader(dataset, batch_size=batch_size, sampler=self.indices, num_workers=num_workers,
                                  pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
                                  generator=torch.Generator().manual_seed(seed))
+
+    def close(self) -> None:
+        """End the loader's worker processes now. The trainer and its checkpoint writer refer to each other, so
+        without this they would live until a cyclic garbage collection; the last reference to the loader (and
+        so to its persistent iterator, whose finalizer stops the workers) goes here."""
+        self.loader = None
 
     def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[list[tuple[Any, Any]]]:
         """Yield one list of (inputs, targets) micro-batches per optimizer step, after `skip_steps`."""
         self.sampler.set_epoch(epoch)
         self.indices.indices = list(iter(self.sampler))[skip_steps * self.batch_size * self.accum_steps:]
         step: list[tuple[Any, Any]] = []
+        if self.loader is None:
+            raise RuntimeError("LoaderBatches.epoch after close()")
         for inputs, targets in self.loader:
             step.append((to_device(inputs, self.device), to_device(targets, self.device)))
             if len(step) == self.accum_steps:

@@ -110,6 +110,8 @@ def train(job: JobConfig, ctx: TrainContext) -> ResultReport:
         return trainer.fit()
     finally:
         trainer.writer.close()
+        if isinstance(trainer.batches, LoaderBatches):
+            trainer.batches.close()
 
 
 def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
