@@ -92,10 +92,11 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                     if components is not None:
                         sink.log_params({"model.num_parameters": str(components.num_parameters)})
                     checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
-                    first_group.checkpoint_dir = checkpoint_dir
+                    first_group.checkpoint_dir, first_group.run_id = checkpoint_dir, sink.run_id
                     unused = [first_group]
+                    run_id = sink.run_id
                     controller = Controller(
-                        lambda: unused.pop() if unused else RayWorkerGroup(plan, job, name, checkpoint_dir),
+                        lambda: unused.pop() if unused else RayWorkerGroup(plan, job, name, checkpoint_dir, run_id),
                         sink, console, failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
                         startup_timeout_s=job.scaling.rendezvous_timeout_s,
                         resume_from=str(target.checkpoint) if target else None,

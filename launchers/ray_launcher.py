@@ -32,11 +32,14 @@ ABORT_GRACE_S = 20.0
 class RayWorkerGroup:
     """Implements orchestrator.group.WorkerGroup with Ray actors inside one placement group."""
 
-    def __init__(self, plan: JobPlan, job: JobConfig, name: str, checkpoint_dir: Optional[str] = None):
+    def __init__(self, plan: JobPlan, job: JobConfig, name: str, checkpoint_dir: Optional[str] = None,
+                 run_id: Optional[str] = None):
         self.plan = plan
         self.job = job
         self.name = name
         self.checkpoint_dir = checkpoint_dir
+        self.run_id = run_id
+        """The job's MLflow run (None without tracking): a script sees it in orchestrator.context()."""
         self.runtime_env = worker_runtime_env(job)
         """cluster.runtime_env, plus the user's own packages that the ranks import (py_modules)."""
         self._placement_group = None
@@ -107,7 +110,7 @@ class RayWorkerGroup:
         pids = _gather([actor.pid.remote() for actor in self._actors], slots)
         self._specs = worker_specs(self.plan, placed, master_port, gpu_ids, pids,
                                    AttemptSpec(self.name, attempt, self.job.failure.max_restarts))
-        _gather([actor.start.remote(spec, self.job, self.checkpoint_dir, resume_from)
+        _gather([actor.start.remote(spec, self.job, self.checkpoint_dir, resume_from, self.run_id)
                  for spec, actor in zip(self._specs, self._actors)], slots)
         self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank
                          for spec, actor in zip(self._specs, self._actors)}

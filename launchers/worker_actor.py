@@ -68,7 +68,8 @@ class WorkerActor:
         """Ask the running rank to stop at the next step the ranks agree on."""
         self._stop.set()
 
-    def start(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str, resume_from: Optional[str] = None) -> None:
+    def start(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str, resume_from: Optional[str] = None,
+              run_id: Optional[str] = None) -> None:
         """Start an attempt of the rank on a thread of its own; its reports queue up for `reports()`."""
         from orchestrator.worker.entry import Attempt
 
@@ -81,7 +82,7 @@ class WorkerActor:
 
             self._cache = WorkerCache()
         attempt = Attempt(checkpoint_dir=Path(checkpoint_dir), cache=self._cache,
-                          resume_from=Path(resume_from) if resume_from else None)
+                          resume_from=Path(resume_from) if resume_from else None, run_id=run_id)
         self._stop = StopSignal()
         self._outbox = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._train, args=(spec, job, attempt, self._outbox),

@@ -44,7 +44,7 @@ def render_preflight(plan: JobPlan, cluster: ClusterSnapshot, prediction: Placem
                      specs: Sequence[WorkerSpec]) -> str:
     """The dry run as text: job shape, bundles and their nodes, rank table with env, problems."""
     shape = (f"{len(plan.bundles)} nodes x {plan.workers_per_bundle} workers per node"
-             if plan.workers_per_bundle > 1 else f"one bundle per worker")
+             if plan.workers_per_bundle > 1 else "one bundle per worker")
     lines = [f"job: {plan.world_size} workers ({shape}), backend {plan.backend}, global batch {plan.global_batch_size}",
              f"placement group: {len(plan.bundles)} bundles of {format_resources(plan.bundles[0])}, "
              f"strategy {plan.strategy}"]

@@ -421,12 +421,9 @@ def _check_monitor(job: JobConfig, problems: _Problems) -> None:
 
 def _check_sweep(job: JobConfig, problems: _Problems) -> None:
     sweep = job.sweep
-    if job.entrypoint == "builtin":
+    if job.entrypoint == "builtin":  # a script's objective is any key it reports with orchestrator.report
         problems.require(sweep.objective in SWEEP_OBJECTIVES, "sweep.objective", sweep.objective,
                          f"the built-in loop reports {', '.join(SWEEP_OBJECTIVES)}")
-    elif sweep.early_stop == "median":  # a script reports no metrics of its own through the orchestrator
-        problems.require(False, "sweep.early_stop", sweep.early_stop,
-                         "entrypoint=script reports no metrics to compare: use sweep.early_stop=none")
     problems.choice("sweep.direction", sweep.direction, SWEEP_DIRECTIONS)
     problems.choice("sweep.early_stop", sweep.early_stop, EARLY_STOP_RULES)
     problems.at_least("sweep.early_stop_min_trials", sweep.early_stop_min_trials, 1)

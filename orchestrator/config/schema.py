@@ -370,7 +370,8 @@ class SweepConfig:
 
     objective: str = "eval/accuracy"
     """The metric a trial returns to the sweeper (its last reported value) and early stopping compares:
-    eval/accuracy, eval/loss, train/loss or train/samples_per_s."""
+    eval/accuracy, eval/loss, train/loss or train/samples_per_s; for entrypoint=script, any key the script
+    reports with orchestrator.report."""
     direction: str = "maximize"
     """Whether a higher (maximize) or a lower (minimize) objective is better; hydra/sweeper=optuna optimizes
     in this direction."""

@@ -14,7 +14,7 @@ from typing import Sequence
 from orchestrator.config.schema import MonitorConfig
 from orchestrator.monitor.detect import LowUtilDetector, LowUtilEpisode, StragglerDetector, StragglerEpisode
 from orchestrator.monitor.records import gpu_key, sample_metrics, summary_metrics, summary_table
-from orchestrator.monitor.sampler import MonitorItem, MonitorNote, MonitorStatus, NodeSample, node_name
+from orchestrator.monitor.sampler import MonitorItem, MonitorNote, MonitorStatus, node_name
 from orchestrator.monitor.summarize import GpuTally, HostTally
 from orchestrator.rendezvous import WorkerSpec
 from orchestrator.reports import StepReport

@@ -33,15 +33,18 @@ class Attempt:
     resume_from: Optional[Path] = None
     cache: Any = None
     """orchestrator.train.loop.WorkerCache kept by the worker process across attempts."""
+    run_id: Optional[str] = None
+    """The MLflow run the job records into (a script reads it from orchestrator.context())."""
 
 
 def run_worker(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
                attempt: Attempt) -> Union[ResultReport, ErrorReport]:
     """Run this rank of the job to its end and return its result."""
     if job.entrypoint == "script":
-        from orchestrator.worker.script import run_script
+        from orchestrator.worker.script import ScriptAttempt, run_script
 
-        return run_script(spec, job, emit, stop)
+        resume_from = str(attempt.resume_from) if attempt.resume_from else None
+        return run_script(spec, job, emit, stop, ScriptAttempt(str(attempt.checkpoint_dir), resume_from, attempt.run_id))
     return _run_builtin(spec, job, emit, stop, attempt)
 
 

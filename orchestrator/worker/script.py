@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
+from orchestrator import api
 from orchestrator.config.schema import JobConfig
-from orchestrator.reports import ErrorReport, LogReport, ResultReport
+from orchestrator.reports import CheckpointReport, ErrorReport, LogReport, MetricsReport, ResultReport
 from orchestrator.rendezvous import WorkerSpec
 from orchestrator.worker.network import SOCKET_IFNAME_VARIABLES, interface_holding
 from orchestrator.worker.stop import StopSignal
@@ -59,18 +62,54 @@ def script_environment(spec: WorkerSpec, job: JobConfig,
     return env
 
 
-def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal):
-    """Run job.script on this rank to its end; ResultReport on exit 0, else ErrorReport."""
+@dataclass(frozen=True)
+class ScriptAttempt:
+    """What the orchestrator API in the script needs from this attempt (see orchestrator.api)."""
+
+    checkpoint_dir: str
+    """The run's checkpoint folder: orchestrator.save_checkpoint writes there."""
+    resume_from: Optional[str] = None
+    """The checkpoint orchestrator.load_checkpoint returns (after a restart, or with trainer.resume)."""
+    run_id: Optional[str] = None
+    """The MLflow run the script's reports are recorded in."""
+
+    def environment(self, job: JobConfig, report_fd: int) -> dict[str, str]:
+        """The variables orchestrator.api reads in the script."""
+        env = {api.REPORT_FD_VARIABLE: str(report_fd), api.CHECKPOINT_DIR_VARIABLE: self.checkpoint_dir,
+               api.KEEP_LAST_VARIABLE: str(job.checkpoint.keep_last), api.RESUME_FROM_VARIABLE: self.resume_from or ""}
+        if self.run_id:
+            env[api.RUN_ID_VARIABLE] = self.run_id
+        return env
+
+
+def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
+               attempt: ScriptAttempt):
+    """Run job.script on this rank to its end; ResultReport on exit 0, else ErrorReport.
+
+    Besides its stdout and stderr, the script's reports (orchestrator.report, save_checkpoint) arrive
+    on a pipe of their own and become MetricsReports and CheckpointReports.
+    """
     command = [sys.executable, "-c", _LAUNCHER, "-u", job.script.path, *job.script.arguments()]
-    process = subprocess.Popen(command, env=script_environment(spec, job), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+    report_read, report_write = os.pipe()
+    try:
+        env = {**script_environment(spec, job), **attempt.environment(job, report_write)}
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   pass_fds=(report_write,))
+    except BaseException:
+        os.close(report_read)
+        raise
+    finally:
+        os.close(report_write)  # the script holds the only write end: the reader sees its end
     stop.on_stop(process.terminate)  # SIGTERM: the script's own handlers (and torch's) run
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    progress = Progress()
     readers = [
         threading.Thread(target=_pump, args=(process.stdout, "stdout", spec.world_rank, emit, None),
                          name=f"orchestrator-rank{spec.world_rank}-stdout", daemon=True),
         threading.Thread(target=_pump, args=(process.stderr, "stderr", spec.world_rank, emit, tail),
                          name=f"orchestrator-rank{spec.world_rank}-stderr", daemon=True),
+        threading.Thread(target=_pump_reports, args=(report_read, spec.world_rank, emit, progress),
+                         name=f"orchestrator-rank{spec.world_rank}-reports", daemon=True),
     ]
     for reader in readers:
         reader.start()
@@ -78,7 +117,7 @@ def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     for reader in readers:
         reader.join()
     if code == 0 or stop.is_set():
-        return ResultReport(world_rank=spec.world_rank, step=0, stopped=stop.is_set())
+        return ResultReport(world_rank=spec.world_rank, step=progress.step, stopped=stop.is_set())
     return ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type="ScriptFailed",
                        message=f"{os.path.basename(job.script.path)} {exit_text(code)}",
                        traceback="".join(tail), exit_code=code)
@@ -100,6 +139,34 @@ def split_line(line: str) -> tuple[str, bool]:
     if line.endswith("\r"):
         return line[:-1], True
     return line.rstrip("\r\n"), False
+
+
+@dataclass
+class Progress:
+    """The highest step the script reported or checkpointed (its step count at the end)."""
+
+    step: int = 0
+
+
+def read_report(line: str) -> object:
+    """One line from orchestrator.api's pipe -> a MetricsReport or a CheckpointReport."""
+    message = json.loads(line)
+    if "checkpoint" in message:
+        return CheckpointReport(step=int(message["step"]), path=str(message["checkpoint"]))
+    return MetricsReport(step=int(message["step"]), metrics={str(k): float(v) for k, v in message["metrics"].items()})
+
+
+def _pump_reports(descriptor: int, world_rank: int, emit, progress: Progress) -> None:
+    with open(descriptor, encoding="utf-8", errors="replace") as stream:
+        for line in stream:
+            try:
+                report = read_report(line)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:  # not our API's line: say so, go on
+                emit(LogReport(world_rank=world_rank, stream="stderr",
+                               line=f"orchestrator: unreadable report ignored ({type(error).__name__}: {error})"))
+                continue
+            progress.step = max(progress.step, report.step)  # type: ignore[attr-defined]
+            emit(report)
 
 
 def _pump(pipe, name: str, world_rank: int, emit, tail: Optional[collections.deque]) -> None:

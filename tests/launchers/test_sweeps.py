@@ -147,3 +147,25 @@ def test_median_early_stopping_stops_a_trial_that_does_worse_than_the_completed_
     assert max(m.step for m in client.get_metric_history(bad.info.run_id, "train/loss")) < 90
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/stopped"] == 1
     assert_no_job_resources()
+
+
+def test_a_sweep_of_a_script_takes_its_reported_objective_and_median_stopping_stops_the_bad_trial(
+        ray_cluster, store, tmp_path, monkeypatch):
+    from tests.worker.test_script_mode import API_SCRIPT
+
+    # one at a time: trial 0 (lr 0.1) completes first; trial 1 (lr 10) diverges from step 2 on
+    run = f"--out {tmp_path / 'weights.pt'} --steps 20 --step-s 0.2 --lr"
+    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "entrypoint=script", f"script.path={API_SCRIPT}",
+                  f"script.argv='{run} 0.1','{run} 10'", "sweep.objective=train/loss", "sweep.direction=minimize",
+                  "sweep.early_stop=median", "sweep.early_stop_min_trials=1", "hydra.launcher.max_concurrent=1")
+    assert code == 0
+    client, parent, children = _runs(store, tmp_path)
+    good, bad = children[0], children[1]
+    good_curve = client.get_metric_history(good.info.run_id, "train/loss")
+    assert good.info.status == "FINISHED" and sorted(m.step for m in good_curve) == list(range(1, 21))
+    assert parent.data.metrics["sweep/best_objective"] == pytest.approx(max(good_curve, key=lambda m: m.step).value)
+    assert bad.info.status == "KILLED"
+    assert "train/loss=" in bad.data.tags["orchestrator.early_stopped"]
+    assert max(m.step for m in client.get_metric_history(bad.info.run_id, "train/loss")) < 20
+    assert parent.data.metrics["sweep/stopped"] == 1
+    assert_no_job_resources()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.reports import ErrorReport, LogReport, ResultReport
 from orchestrator.rendezvous import WorkerSpec
-from orchestrator.worker.script import exit_text, run_script, script_environment
+from orchestrator.worker.script import ScriptAttempt, exit_text, run_script, script_environment
 from orchestrator.worker.stop import StopSignal
 from tests.helpers import compose_job
 
@@ -40,7 +40,7 @@ def test_the_scripts_environment_drops_rays_debugger_and_sets_nccl_error_handlin
 def _run(tmp_path, overrides) -> tuple[object, list]:
     job = compose_job(["entrypoint=script", f"script.path={SCRIPT}", *overrides], tmp_path)
     reports: list = []
-    return run_script(_spec(), job, reports.append, StopSignal()), reports
+    return run_script(_spec(), job, reports.append, StopSignal(), ScriptAttempt(str(tmp_path / "ckpt"))), reports
 
 
 def test_the_script_gets_script_argv_verbatim_and_a_redrawn_line_arrives_marked_as_such(tmp_path):

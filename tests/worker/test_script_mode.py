@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 
 from launchers.job_runner import run_job
@@ -129,4 +130,68 @@ def test_a_script_killed_by_a_signal_is_restarted_as_infrastructure_and_then_suc
     assert second["env"]["PYTHONBREAKPOINT"] == "pdb.set_trace"
     assert second["env"]["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
     assert "[rank 0] done" in out
+    assert_no_job_resources()
+
+
+API_SCRIPT = SCRIPT.parent / "api_script.py"
+
+
+def _torchrun(out: Path, *args: str, checkpoints: Path, check: bool = True) -> str:
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(API_SCRIPT), "--out", str(out), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "ORCHESTRATOR_CHECKPOINT_DIR": str(checkpoints)})
+    assert done.returncode == 0 or not check, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def api_reference(tmp_path_factory) -> dict:
+    """The weights of an uninterrupted 30-step run of the API script under plain torchrun."""
+    folder = tmp_path_factory.mktemp("api-reference")
+    _torchrun(folder / "weights.pt", checkpoints=folder / "checkpoints")
+    return torch.load(folder / "weights.pt")
+
+
+def _same(weights: dict, reference: dict) -> bool:
+    return weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_the_api_script_under_torchrun_prints_reports_and_a_rerun_resumes_from_its_checkpoint(api_reference, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    killed = _torchrun(tmp_path / "weights.pt", "--kill-once", str(tmp_path / "killed"), "--kill-at", "12",
+                       checkpoints=checkpoints, check=False)
+    assert not (tmp_path / "weights.pt").exists()
+    # the same command again (torchrun's own --max-restarts would do the same, when its gloo rendezvous holds)
+    rerun = _torchrun(tmp_path / "weights.pt", checkpoints=checkpoints)
+    assert _same(torch.load(tmp_path / "weights.pt"), api_reference)
+    steps = [int(line.split(":")[0].removeprefix("step ")) for line in (killed + rerun).splitlines()
+             if line.startswith("step ")]
+    assert steps[:10] == list(range(1, 11)) and steps[-20:] == list(range(11, 31))  # rank 0 only; resumed at 10
+    assert "rank 1 starts at step 10" in rerun
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["step_000000025.pt", "step_000000030.pt"]
+
+
+def test_the_api_script_killed_mid_run_continues_from_its_checkpoint_in_one_run(api_reference, ray_cluster, tmp_path):
+    from mlflow import MlflowClient
+
+    job = compose_job(["entrypoint=script", f"script.path={API_SCRIPT}", "tracking.log_model=false",
+                       "checkpoint.keep_last=3", f"checkpoint.dir={tmp_path / 'checkpoints'}",
+                       f"script.args=[--out,{tmp_path / 'weights.pt'},--kill-once,{tmp_path / 'killed'},--kill-at,12]"],
+                      tmp_path)
+    out = io.StringIO()
+    summary = run_job(job, Console(io.StringIO(), interactive=False, out=out))
+    outcome = summary.outcome
+    assert outcome.status == "FINISHED" and outcome.restarts == 1, outcome.error
+    assert outcome.result.step == 30
+    assert _same(torch.load(tmp_path / "weights.pt"), api_reference)
+    assert "[rank 1] rank 1 starts at step 10 (restart 1)" in out.getvalue()
+    client = MlflowClient(job.tracking.uri)
+    history = client.get_metric_history(summary.run_id, "train/loss")
+    steps = sorted({metric.step for metric in history})
+    assert steps == list(range(1, 31))  # no gap, and the restart continued at 11, not at 1
+    assert len([metric for metric in history if metric.step <= 10]) == 10
+    [restart] = client.get_metric_history(summary.run_id, "restarts")
+    assert restart.step == 10
+    assert sorted(path.name for path in (tmp_path / "checkpoints" / summary.run_id).iterdir()) == \
+        ["step_000000020.pt", "step_000000025.pt", "step_000000030.pt"]
     assert_no_job_resources()
