@@ -109,6 +109,10 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                 finally:
                     first_group.shutdown()  # idempotent: the controller shut down the group it took
                 model_logged = log_model_in_background(sink, job, outcome)
+                if _model_without_example(job, outcome):
+                    console.message("the trained model is not logged to MLflow: its inputs are unknown (items that "
+                                    "are not (inputs, targets), for trainer.step_fn); its weights are in the last "
+                                    "checkpoint")
             with _aborting_on_error(sink, console_log):
                 record_results(sink, job, outcome, model_logged)
                 summary = JobSummary(outcome=outcome, run_id=sink.run_id,
@@ -155,6 +159,12 @@ def log_model_in_background(sink, job: JobConfig, outcome: JobOutcome) -> Callab
         logged.result()
 
     return wait
+
+
+def _model_without_example(job: JobConfig, outcome: JobOutcome) -> bool:
+    result = outcome.result
+    wanted = job.tracking.enabled and job.tracking.log_model and outcome.status == "FINISHED"
+    return wanted and result is not None and bool(result.model_state) and result.input_example is None
 
 
 def newest_checkpoint(directory: Path) -> Optional[tuple[str, int]]:

@@ -282,6 +282,9 @@ def _check_trainer(job: JobConfig, problems: _Problems) -> None:
     problems.choice("trainer.compile_mode", trainer.compile_mode, COMPILE_MODES)
     if trainer.peak_tflops is not None:
         problems.positive("trainer.peak_tflops", trainer.peak_tflops)
+    if trainer.step_fn is not None:
+        problems.require(isinstance(job.data, TargetDataConfig), "trainer.step_fn", trainer.step_fn,
+                         "is for your own data set (data._target_); the built-in data sets use the built-in step")
     problems.positive("ddp.bucket_cap_mb", job.ddp.bucket_cap_mb)
 
 

@@ -104,6 +104,11 @@ class TrainerConfig:
     peak_tflops: Optional[float] = None
     """Peak TFLOP/s of one worker's device (e.g. 989 for an H100 SXM in bf16), for the train/mfu metric
     (model=gpt and your own models); null = no train/mfu."""
+    step_fn: Optional[str] = None
+    """Your own training step for your own data (data._target_): a dotted path to fn(model, batch) returning the
+    loss, or (loss, metrics) with metrics a dict of scalars (logged as train/<key> and, in evaluation,
+    eval/<key>); the batch is the loader's collated items, of any shape (dicts, ...). null = loss(model(inputs),
+    targets) on (inputs, targets) items."""
 
 
 @dataclass(frozen=True)

@@ -159,23 +159,49 @@ class ComponentCheck:
 
 
 def check_components(job: JobConfig) -> Optional[ComponentCheck]:
-    """Build the user's model and data once and run a batch of two through model and loss (None for the
-    built-in components); every problem is a ConfigError naming the key and value."""
+    """Build the user's model and data once and run a batch of two through model and loss, or through
+    trainer.step_fn (None for the built-in components); every problem is a ConfigError naming the key and value."""
     if not isinstance(job.model, TargetModelConfig) or not isinstance(job.data, TargetDataConfig):
         return None
     from torch.utils.data import default_collate
 
+    from orchestrator.train.step import build_step
+
     train, evaluation = build_target_data(job.data)
     model = build_target_model(job.model)
-    loss_fn = build_loss(job.loss)
-    items = [split_item(job.data, train[index], index) for index in range(min(2, len(train)))]
+    step = build_step(job.trainer.step_fn, build_loss(job.loss))
+    items = [train[index] for index in range(min(2, len(train)))]
+    if step.user is None:
+        items = [split_item(job.data, item, index) for index, item in enumerate(items)]
     try:
-        inputs, targets = default_collate(items)
+        batch = default_collate(items)
     except Exception as error:
         raise ConfigError([f"data._target_={job.data.target}: two items of its train set do not batch together "
-                           f"({type(error).__name__}: {error}); make every item's inputs and targets the same "
-                           "shape"]) from None
+                           f"({type(error).__name__}: {error}); make every item's tensors the same shape"]) from None
     model.eval()
+    if step.user is not None:
+        _check_user_step(job, step, model, batch)
+    else:
+        _check_model_and_loss(job, step.loss_fn, model, *batch)
+    return ComponentCheck(num_parameters=sum(p.numel() for p in model.parameters()), train_samples=len(train),
+                          eval_samples=None if evaluation is None else len(evaluation))
+
+
+def _check_user_step(job: JobConfig, step: Any, model: nn.Module, batch: Any) -> None:
+    from orchestrator.train.step import scalar_metrics
+
+    try:
+        with torch.no_grad():
+            _, metrics = step.train(model, batch)
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ConfigError([f"trainer.step_fn={step.user} fails on a batch of two items of data._target_="
+                           f"{job.data.target}: {type(error).__name__}: {error}"]) from None
+    scalar_metrics(metrics, step)
+
+
+def _check_model_and_loss(job: JobConfig, loss_fn: LossFn, model: nn.Module, inputs: Any, targets: Any) -> None:
     try:
         with torch.no_grad():
             outputs = model(inputs)
@@ -190,25 +216,25 @@ def check_components(job: JobConfig) -> Optional[ComponentCheck]:
                            f"{_shape(targets)}): {type(error).__name__}: {error}"]) from None
     if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
         raise ConfigError([f"the loss returned {_describe(value)}, expected a scalar float tensor"])
-    return ComponentCheck(num_parameters=sum(p.numel() for p in model.parameters()), train_samples=len(train),
-                          eval_samples=None if evaluation is None else len(evaluation))
 
 
 def _shape(value: Any) -> str:
     return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-def training_flops_per_sample(module: nn.Module, inputs: Any, targets: Any, loss_fn: LossFn) -> float:
+def training_flops_per_sample(module: nn.Module, batch: Any, step: Any) -> float:
     """Model FLOPs of one training step (forward and backward) per sample, counted by torch on this batch.
 
-    Counted on a copy in eval mode: the real model's parameters, buffers (batch-norm statistics) and
-    the random streams (dropout) stay as they were, so the measurement does not change the run.
+    `step` is the job's train.step.Step. Counted on a copy in eval mode: the real model's parameters,
+    buffers (batch-norm statistics) and the random streams (dropout) stay as they were, so the
+    measurement does not change the run.
     """
     from torch.utils.flop_counter import FlopCounterMode
+
+    from orchestrator.train.loader import batch_size_of
 
     probe = copy.deepcopy(module).eval()
     counter = FlopCounterMode(display=False)
     with counter:
-        loss_fn(probe(inputs), targets).backward()
-    samples = len(targets) if hasattr(targets, "__len__") else 1
-    return counter.get_total_flops() / max(samples, 1)
+        step.train(probe, batch)[0].backward()
+    return counter.get_total_flops() / max(batch_size_of(batch), 1)

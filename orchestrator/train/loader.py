@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from orchestrator.train.components import LossFn
 from orchestrator.train.data import RankShare
 from orchestrator.train.precision import autocast
+from orchestrator.train.step import Step, scalar_metrics
 
 
 class _EpochIndices(Sampler[int]):
@@ -76,15 +76,19 @@ class LoaderBatches(RankShare):
         so to its persistent iterator, whose finalizer stops the workers) goes here."""
         self.loader = None
 
-    def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[list[tuple[Any, Any]]]:
-        """Yield one list of (inputs, targets) micro-batches per optimizer step, after `skip_steps`."""
+    def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[list[Any]]:
+        """Yield one list of micro-batches per optimizer step, after `skip_steps`.
+
+        A micro-batch is what the loader collated: [inputs, targets] for (inputs, targets) items, else
+        whatever shape the items have (dicts, ...), for trainer.step_fn.
+        """
         self.sampler.set_epoch(epoch)
         self.indices.indices = list(iter(self.sampler))[skip_steps * self.batch_size * self.accum_steps:]
-        step: list[tuple[Any, Any]] = []
+        step: list[Any] = []
         if self.loader is None:
             raise RuntimeError("LoaderBatches.epoch after close()")
-        for inputs, targets in self.loader:
-            step.append((to_device(inputs, self.device), to_device(targets, self.device)))
+        for batch in self.loader:
+            step.append(to_device(batch, self.device))
             if len(step) == self.accum_steps:
                 yield step
                 step = []
@@ -93,42 +97,38 @@ class LoaderBatches(RankShare):
 
 
 @torch.no_grad()
-def evaluate_dataset(module: torch.nn.Module, dataset, loss_fn: LossFn, world_rank: int, world_size: int,
+def evaluate_dataset(module: torch.nn.Module, dataset, step: Step, world_rank: int, world_size: int,
                      batch_size: int, amp: str, device: torch.device) -> dict[str, float]:
-    """eval/loss over every sample exactly once (rank r takes samples r, r+W, ...) and, when the outputs are
-    class logits for integer targets, eval/accuracy."""
+    """eval/loss over every sample exactly once (rank r takes samples r, r+W, ...), plus eval/accuracy when the
+    outputs are class logits for integer targets, or eval/<key> for each metric trainer.step_fn returns."""
     was_training = module.training
     module.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, samples, correct, predictions
+    sums: dict[str, torch.Tensor] = {}  # per key: [sum of value x samples, samples]
     shard = Subset(dataset, range(world_rank, len(dataset), world_size))
-    for inputs, targets in DataLoader(shard, batch_size=batch_size, pin_memory=device.type == "cuda"):
-        inputs, targets = to_device(inputs, device), to_device(targets, device)
+    for batch in DataLoader(shard, batch_size=batch_size, pin_memory=device.type == "cuda"):
+        batch = to_device(batch, device)
         with autocast(device, amp):
-            outputs = module(inputs)
-        samples = batch_size_of(targets)
-        totals[0] += loss_fn(_as_float(outputs), targets).double() * samples
-        totals[1] += samples
-        if _class_logits(outputs, targets):
-            totals[2] += (outputs.argmax(dim=-1) == targets).sum()
-            totals[3] += targets.numel()
+            loss, metrics = step.evaluate(module, batch)
+        samples = batch_size_of(batch)
+        for key, value in {**scalar_metrics(metrics, step), "loss": loss}.items():
+            pair = torch.stack([value.detach().double().reshape(()).to(device) * samples,
+                                torch.tensor(float(samples), dtype=torch.float64, device=device)])
+            sums[key] = sums[key] + pair if key in sums else pair
+    keys = sorted(sums)
     if world_size > 1:
+        keys = _all_keys(keys, world_size)  # a rank with an empty shard has none of its own
+        zero = torch.zeros(2, dtype=torch.float64, device=device)
+        totals = torch.stack([sums.get(key, zero) for key in keys])
         dist.all_reduce(totals)
+        sums = dict(zip(keys, totals))
     module.train(was_training)
-    loss_sum, samples, correct, predictions = totals.tolist()
-    metrics = {"eval/loss": loss_sum / samples}
-    if predictions:
-        metrics["eval/accuracy"] = correct / predictions
-    return metrics
+    return {f"eval/{key}": (sums[key][0] / sums[key][1]).item() for key in keys if sums[key][1] > 0}
 
 
-def _as_float(outputs: Any) -> Any:
-    return outputs.float() if isinstance(outputs, torch.Tensor) and outputs.is_floating_point() else outputs
-
-
-def _class_logits(outputs: Any, targets: Any) -> bool:
-    return (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)
-            and not targets.is_floating_point() and outputs.dim() == targets.dim() + 1
-            and outputs.shape[:-1] == targets.shape)
+def _all_keys(keys: list[str], world_size: int) -> list[str]:
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, keys)
+    return sorted(set().union(*gathered))
 
 
 def first_inputs(dataset, count: int = 4) -> Optional[Any]:
@@ -137,5 +137,7 @@ def first_inputs(dataset, count: int = 4) -> Optional[Any]:
 
     if dataset is None or len(dataset) == 0:
         return None
-    inputs, _ = default_collate([dataset[index] for index in range(min(count, len(dataset)))])
-    return inputs
+    batch = default_collate([dataset[index] for index in range(min(count, len(dataset)))])
+    if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
+        return None  # items that are not (inputs, targets): the model's inputs are known to step_fn only
+    return batch[0]

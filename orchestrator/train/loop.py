@@ -25,10 +25,9 @@ from orchestrator.config.schema import DdpConfig, GptConfig, JobConfig, TargetDa
 from orchestrator.reports import AttemptStartReport, CheckpointReport, MetricsReport, ResultReport, StepReport
 from orchestrator.rendezvous import WorkerSpec
 from orchestrator.train.checkpoint import CheckpointWriter, load_checkpoint, snapshot
-from orchestrator.train.components import (LossFn, build_loss, build_target_data, build_target_model, split_item,
-                                           training_flops_per_sample)
+from orchestrator.train.components import build_loss, build_target_data, build_target_model, training_flops_per_sample
 from orchestrator.train.data import Dataset, ShardedBatches, load_dataset, to_device
-from orchestrator.train.evaluate import evaluate, token_loss
+from orchestrator.train.evaluate import evaluate
 from orchestrator.train.flops import training_flops_per_token
 from orchestrator.train.loader import LoaderBatches, batch_size_of, evaluate_dataset, first_inputs
 from orchestrator.train.models import build_model
@@ -36,6 +35,7 @@ from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.precision import autocast, grad_scaler, set_tf32
 from orchestrator.train.timing import SyncTimer
 from orchestrator.train.rng import capture_rng, restore_rng, seed_everything
+from orchestrator.train.step import Step, build_step, scalar_metrics
 
 HEARTBEAT_INTERVAL_S = 1.0
 """A rank between log steps still sends a StepReport this often, so the driver sees it alive."""
@@ -121,9 +121,9 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
     set_tf32(ctx.device, job.trainer.tf32)
     seed_everything(seed)
     dataset, module = _data_and_model(job, ctx)
-    loss_fn = build_loss(job.loss)
+    step = build_step(job.trainer.step_fn, build_loss(job.loss))
     if isinstance(dataset, UserData):
-        _measure_flops(job, ctx, dataset, module, loss_fn)
+        _measure_flops(job, ctx, dataset, module, step)
     seed_everything(seed + 1 + spec.world_rank)  # per-rank randomness (dropout) after the shared init
     if isinstance(dataset, UserData):
         batches: Any = LoaderBatches(dataset.train, spec.world_size, spec.world_rank, job.data.batch_size,
@@ -136,8 +136,8 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
     optimizer = build_optimizer(job.optim, module.parameters())
     steps = total_steps(job.trainer, batches.steps_per_epoch)
     trainer = Trainer(job, ctx, dataset, batches, model, module, optimizer,
-                      build_scheduler(job.optim, optimizer, steps), grad_scaler(ctx.device, job.trainer.amp), steps)
-    trainer.loss_fn = loss_fn
+                      build_scheduler(job.optim, optimizer, steps), grad_scaler(ctx.device, job.trainer.amp), steps,
+                      step)
     trainer.sync_timer.attach(model)  # each rank's time to reach gradient sync: the straggler signal
     ctx.timings["build"] = time.perf_counter() - started
     if ctx.resume_from is not None:
@@ -185,8 +185,7 @@ def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Any, torch.nn.Mo
     return cache.dataset, cache.module
 
 
-def _measure_flops(job: JobConfig, ctx: TrainContext, data: UserData, module: torch.nn.Module,
-                   loss_fn: LossFn) -> None:
+def _measure_flops(job: JobConfig, ctx: TrainContext, data: UserData, module: torch.nn.Module, step: Step) -> None:
     """Rank 0 counts the model's training FLOPs per sample once per process, on one micro-batch."""
     if ctx.spec.world_rank != 0 or ctx.cache.flops_per_sample is not None:
         return
@@ -195,9 +194,8 @@ def _measure_flops(job: JobConfig, ctx: TrainContext, data: UserData, module: to
     from orchestrator.train.loader import to_device
 
     count = min(job.data.batch_size, len(data.train))
-    items = [split_item(job.data, data.train[index], index) for index in range(count)]
-    inputs, targets = to_device(default_collate(items), ctx.device)
-    ctx.cache.flops_per_sample = training_flops_per_sample(module, inputs, targets, loss_fn)
+    batch = to_device(default_collate([data.train[index] for index in range(count)]), ctx.device)
+    ctx.cache.flops_per_sample = training_flops_per_sample(module, batch, step)
 
 
 def _on_device(dataset: Dataset, device: torch.device) -> Dataset:
@@ -217,26 +215,34 @@ class _Window:
 
     def reset(self, started: Optional[float] = None) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.metric_sums: dict[str, torch.Tensor] = {}
+        """trainer.step_fn's own metrics, summed over micro-batches."""
         self.micro_batches = 0
         self.samples = 0
         self.steps = 0
         self.started = time.perf_counter() if started is None else started
 
+    def add_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+        for key, value in metrics.items():
+            self.metric_sums[key] = self.metric_sums[key] + value if key in self.metric_sums else value
+
     def state(self) -> dict[str, Any]:
         """The sums so far: a resumed run logs the same mean loss at the next log step."""
         return {"loss_sum": self.loss_sum.item(), "micro_batches": self.micro_batches, "samples": self.samples,
-                "steps": self.steps}
+                "steps": self.steps, "metric_sums": {key: value.item() for key, value in self.metric_sums.items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.reset()
         self.loss_sum += state["loss_sum"]
         self.micro_batches, self.samples, self.steps = state["micro_batches"], state["samples"], state["steps"]
+        self.add_metrics({key: torch.tensor(value, dtype=torch.float64, device=self.device)
+                          for key, value in state.get("metric_sums", {}).items()})
 
 
 class Trainer:
     """Runs optimizer steps, logging, checkpoints and evaluation for one rank."""
 
-    def __init__(self, job, ctx, dataset, batches, model, module, optimizer, scheduler, scaler, steps):
+    def __init__(self, job, ctx, dataset, batches, model, module, optimizer, scheduler, scaler, steps, step: Step):
         self.job, self.ctx, self.dataset, self.batches = job, ctx, dataset, batches
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.module = module
@@ -248,7 +254,10 @@ class Trainer:
         self.last_heartbeat = time.monotonic()
         self.eval_metrics: dict[str, float] = {}
         self.evaluated_at = self.checkpointed_at = -1
-        self.loss_fn: LossFn = token_loss
+        self.step_fn = step
+        self.metric_keys: Optional[list[str]] = None
+        """The keys trainer.step_fn returned at its first step: every step must return the same (the ranks
+        all-reduce them side by side)."""
         self.writer = CheckpointWriter(ctx.checkpoint_dir, job.checkpoint.keep_last, self._checkpoint_done)
         self.sync_timer = SyncTimer(ctx.device)
 
@@ -270,16 +279,18 @@ class Trainer:
     def _optimizer_step(self, micro_batches) -> None:
         amp = self.job.trainer.amp
         self.sync_timer.step_started()
-        for index, (inputs, labels) in enumerate(micro_batches):
+        for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             # gradients are all-reduced once per optimizer step, on its last micro-batch
             sync = contextlib.nullcontext() if last else self.model.no_sync()
             with sync:
                 with autocast(self.ctx.device, amp):
-                    loss = self.loss_fn(self.model(inputs), labels)
+                    loss, metrics = self.step_fn.train(self.model, batch)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             self.window.loss_sum += loss.detach().double()
-            self.window.samples += batch_size_of(labels)
+            self.window.samples += batch_size_of(batch)
+            if metrics or self.metric_keys:
+                self.window.add_metrics(self._step_metrics(metrics))
         self.window.micro_batches += len(micro_batches)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -288,6 +299,19 @@ class Trainer:
         self.step += 1
         self.steps_in_epoch += 1
         self.window.steps += 1
+
+    def _step_metrics(self, metrics) -> dict[str, torch.Tensor]:
+        values = scalar_metrics(metrics, self.step_fn)
+        keys = sorted(values)
+        if self.metric_keys is None:
+            self.metric_keys = keys
+        elif keys != self.metric_keys:
+            from orchestrator.errors import ConfigError
+
+            raise ConfigError([f"trainer.step_fn={self.step_fn.user} is not valid: it returned the metrics "
+                               f"{keys} at step {self.step + 1} after {self.metric_keys} before; return the same "
+                               "keys at every step"])
+        return {key: value.to(self.ctx.device) for key, value in values.items()}
 
     def _attempt_started(self) -> None:
         if self.ctx.device.type == "cuda":  # once per attempt: the first step's time is the device's, not the queue's
@@ -312,11 +336,15 @@ class Trainer:
         """All-reduce the window's loss, samples and stop votes; rank 0 reports; True = stop."""
         vote = 1.0 if self.ctx.stop_requested() else 0.0
         values = [float(self.window.micro_batches), float(self.window.samples), vote]
+        keys = self.metric_keys or []
+        zero = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         totals = torch.cat([self.window.loss_sum.reshape(1),
-                            torch.tensor(values, dtype=torch.float64, device=self.ctx.device)])
+                            torch.tensor(values, dtype=torch.float64, device=self.ctx.device),
+                            torch.stack([self.window.metric_sums.get(key, zero) for key in keys] or [zero])])
         if self.ctx.spec.world_size > 1:
             dist.all_reduce(totals)
-        loss_sum, micro_batches, samples, votes = totals.tolist()
+        loss_sum, micro_batches, samples, votes, *metric_sums = totals.tolist()
+        own = {f"train/{key}": total / micro_batches for key, total in zip(keys, metric_sums)}
         # read only now: on a GPU the host queues steps ahead of the device, and tolist() waits for them, so
         # a clock read before it would leave the queued steps' time out of every window and overstate the rate
         ended = time.perf_counter()
@@ -330,6 +358,7 @@ class Trainer:
                                       self.ctx.cache.flops_per_sample),
                 "train/lr": self.scheduler.get_last_lr()[0],
                 "train/epoch": float(self.epoch),
+                **own,
             }))
         self._heartbeat(elapsed)
         self.window.reset(started=ended)  # the report's own time belongs to the next window
@@ -354,7 +383,7 @@ class Trainer:
         if isinstance(self.dataset, UserData):
             if self.dataset.eval is None:
                 return
-            self.eval_metrics = evaluate_dataset(self.module, self.dataset.eval, self.loss_fn, spec.world_rank,
+            self.eval_metrics = evaluate_dataset(self.module, self.dataset.eval, self.step_fn, spec.world_rank,
                                                  spec.world_size, self.job.data.batch_size, self.job.trainer.amp,
                                                  self.ctx.device)
         else:

@@ -21,6 +21,14 @@ def test_the_users_folder_goes_to_the_ranks_and_installed_libraries_do_not(tmp_p
     env = worker_runtime_env(job, environ={"PYTHONPATH": "/opt/lib"})
     assert env["env_vars"] == {"NCCL_DEBUG": "INFO", "PYTHONPATH": os.pathsep.join(["/opt/lib", str(folder.resolve())])}
     assert worker_runtime_env(compose_job(["model=mlp"], tmp_path)) == {}
+    # a step function from a folder of its own reaches the ranks too
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    (steps / "mysteps.py").write_text("def step(model, batch):\n    return model(batch).mean()\n")
+    monkeypatch.syspath_prepend(str(steps))
+    job = compose_job([*own_overrides(folder), "trainer.step_fn=mysteps.step"], tmp_path)
+    assert worker_runtime_env(job, environ={})["env_vars"]["PYTHONPATH"] == \
+        os.pathsep.join([str(folder.resolve()), str(steps.resolve())])
 
 
 def test_setting_a_target_alone_picks_the_groups_target_option():

@@ -143,3 +143,19 @@ def test_a_sweep_of_own_code_records_every_trials_objective(ray_cluster, package
     objectives = [run.data.metrics["eval/accuracy"] for run in trials]
     assert all(0 < value <= 1 for value in objectives) and parent.data.metrics["sweep/finished"] == 4
     assert parent.data.metrics["sweep/best_objective"] == max(objectives)
+
+
+def test_a_step_fn_on_dict_items_trains_on_ray_and_records_its_own_metrics(ray_cluster, package, tmp_path):
+    from mlflow import MlflowClient
+
+    job = compose_job([*own_overrides(package, "+data.as_dicts=true", "trainer.step_fn=digitpng.steps.classify"),
+                       "trainer.max_steps=20", "trainer.log_every_n_steps=5"], tmp_path)
+    err = io.StringIO()
+    summary = run_job(job, Console(err, False))
+    assert summary.outcome.status == "FINISHED", summary.outcome.error
+    client = MlflowClient(job.tracking.uri)
+    run = client.get_run(summary.run_id)
+    assert {"train/accuracy", "train/confidence", "eval/loss", "eval/accuracy", "eval/confidence"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(summary.run_id, "train/accuracy")] == [5, 10, 15, 20]
+    assert "the trained model is not logged to MLflow: its inputs are unknown" in err.getvalue()
+    assert_no_job_resources()

@@ -8,6 +8,7 @@ import torch
 
 from orchestrator.config.schema import TargetConfig, TargetModelConfig
 from orchestrator.errors import ConfigError
+from orchestrator.train.step import Step
 from orchestrator.train.components import (build_loss, build_target_model, check_components, import_target,
                                            training_flops_per_sample)
 from tests.helpers import compose_job
@@ -147,7 +148,7 @@ def test_flops_are_counted_without_touching_the_model_or_its_random_streams(pack
     inputs, targets = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    flops = training_flops_per_sample(model, inputs, targets, torch.nn.functional.cross_entropy)
+    flops = training_flops_per_sample(model, (inputs, targets), Step(torch.nn.functional.cross_entropy))
     # conv1 1->4, conv2 4->4 on 8x8 (3x3 kernels), linear 64->10: 2 FLOPs per multiply-add, backward twice
     forward = 2 * (8 * 8 * 4 * 9 + 8 * 8 * 4 * 4 * 9 + 64 * 10)
     assert forward * 2 <= flops <= forward * 3

@@ -31,10 +31,12 @@ def write_pngs(root: Path) -> None:
 
 
 class PngDigits(Dataset):
-    """(image 1 x 8 x 8 in [0, 1], label) read from the PNG files listed in `files`."""
+    """(image 1 x 8 x 8 in [0, 1], label) read from the PNG files listed in `files`; with `as_dicts`, each item
+    is {"image": ..., "label": ...} instead (train it with trainer.step_fn=digitpng.steps.classify)."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], as_dicts: bool = False):
         self.files = files
+        self.as_dicts = as_dicts
 
     def __len__(self) -> int:
         return len(self.files)
@@ -45,14 +47,15 @@ class PngDigits(Dataset):
         path = self.files[index]
         with Image.open(path) as image:
             pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
-        return pixels.unsqueeze(0), int(path.parent.name)
+        image, label = pixels.unsqueeze(0), int(path.parent.name)
+        return {"image": image, "label": label} if self.as_dicts else (image, label)
 
 
-def build(root: str = "digit-pngs", eval_every: int = 5):
+def build(root: str = "digit-pngs", eval_every: int = 5, as_dicts: bool = False):
     """(train, eval) over the PNGs under `root` (written first if missing); every `eval_every`-th file is eval."""
     folder = Path(root).resolve()
     write_pngs(folder)
     files = sorted(folder.glob("*/*.png"), key=lambda p: int(p.stem))
     evaluation = [f for i, f in enumerate(files) if i % eval_every == 0]
     train = [f for i, f in enumerate(files) if i % eval_every != 0]
-    return PngDigits(train), PngDigits(evaluation)
+    return PngDigits(train, as_dicts), PngDigits(evaluation, as_dicts)
