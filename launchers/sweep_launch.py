@@ -133,6 +133,9 @@ def _hydra_problems(launcher) -> list[str]:
     if max_concurrent is not None and (isinstance(max_concurrent, bool) or max_concurrent < 1):
         problems.append(f"hydra.launcher.max_concurrent={max_concurrent} is not valid: must be null (as many as "
                         f"the cluster's free resources allow) or a number >= 1")
+    if launcher.address is not None:
+        problems.append(f"hydra.launcher.address={launcher.address} is not valid for orchestrator trials: they run "
+                        f"where cluster.address says; set cluster.address={launcher.address} instead")
     if config.hydra.job.chdir:
         problems.append("hydra.job.chdir=true is not valid with hydra/launcher=ray: trials run side by side in one "
                         "process, which has one working directory; leave it false (each trial's outputs go to its "

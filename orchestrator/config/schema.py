@@ -388,15 +388,6 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
-class RayLauncherConfig:
-    """hydra/launcher=ray (the default for -m): every trial a DDP job of its own on one shared Ray cluster."""
-
-    _target_: str = "hydra_plugins.orchestrator_ray_launcher.ray_launcher.RayLauncher"
-    max_concurrent: Optional[int] = None
-    """Trials running at once at most; null = as many as the cluster's free resources allow."""
-
-
-@dataclass(frozen=True)
 class JobConfig:
     """One training job: what runs, where, and how it is recorded."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from orchestrator.config.schema import DATA_SCHEMAS, MODEL_SCHEMAS, JobConfig, RayLauncherConfig
+from orchestrator.config.schema import DATA_SCHEMAS, MODEL_SCHEMAS, JobConfig
 
 PRIMARY_SCHEMA = "orchestrator_schema"
 
@@ -36,9 +36,11 @@ def register_configs() -> None:
     """Register the job schema, the `model` / `data` group schemas and the sweep plugins' configs (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
+    # the launcher plugin stores its own config (any Hydra app can use it); importing it here makes sure it
+    # is there before the first composition, whenever Hydra scans its plugins
+    import hydra_plugins.orchestrator_ray_launcher.config  # noqa: F401
+
     store = ConfigStore.instance()
-    # the launcher's config names its class by a string: registering it imports nothing from launchers/
-    store.store(group="hydra/launcher", name="ray", node=_writable(RayLauncherConfig), provider="orchestrator")
     store.store(group="hydra/sweeper", name="optuna", node=_optuna_config(), provider="orchestrator")
     store.store(name=PRIMARY_SCHEMA, node=_writable(JobConfig))
     # the group schemas live under schema/, so `model` and `data` list only the YAML options users pick

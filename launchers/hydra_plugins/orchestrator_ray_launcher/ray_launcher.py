@@ -1,7 +1,8 @@
-"""The launcher class Hydra instantiates for hydra/launcher=ray (config: orchestrator.config.schema.RayLauncherConfig).
+"""The launcher class Hydra instantiates for hydra/launcher=ray (its config: .config.RayLauncherConfig).
 
 Hydra imports every module of the hydra_plugins namespace when it scans for plugins, so this one
-imports nothing heavy: the work is done in launchers.sweep_launch, imported when a batch launches.
+imports nothing heavy: the work is done in launchers.sweep_launch (orchestrator trials) or
+launchers.app_launch (any other Hydra app), imported when a batch launches.
 """
 
 from __future__ import annotations
@@ -10,12 +11,19 @@ from typing import Any, Optional, Sequence
 
 from hydra.plugins.launcher import Launcher
 
+from hydra_plugins.orchestrator_ray_launcher.config import RayLauncherConfig  # noqa: F401 (stores the config)
+
 
 class RayLauncher(Launcher):
-    """Runs every trial the sweeper asks for as an orchestrator job of its own on one shared Ray cluster."""
+    """Runs every job the sweeper asks for on one Ray cluster: an orchestrator training job under
+    `orchestrator train -m`, else one Ray task running the app's task function."""
 
-    def __init__(self, max_concurrent: Optional[int] = None) -> None:
+    def __init__(self, max_concurrent: Optional[int] = None, address: Optional[str] = None,
+                 cpus_per_job: float = 1.0, gpus_per_job: float = 0.0) -> None:
         self.max_concurrent = max_concurrent
+        self.address = address
+        self.cpus_per_job = cpus_per_job
+        self.gpus_per_job = gpus_per_job
         self.config: Any = None
         self.hydra_context: Any = None
         self.task_function: Any = None
@@ -27,7 +35,11 @@ class RayLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
-        """Run one batch of trials; a JobReturn per trial, in order."""
+        """Run one batch of jobs; a JobReturn per job, in order."""
+        if getattr(self.task_function, "sweep_session", None) is None:  # not `orchestrator train -m`
+            from launchers.app_launch import launch_app
+
+            return launch_app(self, job_overrides, initial_job_idx)
         from launchers.sweep_launch import launch
 
         return launch(self, job_overrides, initial_job_idx)
