@@ -43,6 +43,8 @@ class JobSummary:
     run_id: Optional[str]
     experiment_id: Optional[str]
     duration_s: float
+    """The job's duration: from its start (the config accepted, before the cluster is reached) to its outcome.
+    Its MLflow run has the same start and end (a resumed run keeps its first start)."""
     flush_s: Optional[float] = None
     """How long the end of the run waited for buffered metrics to reach MLflow (None without tracking)."""
 
@@ -72,7 +74,7 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
     and data (train.components.ComponentCheck); its parameter count is logged as `model.num_parameters`.
     """
     link = link if link is not None else TrialLink()
-    started = time.monotonic()
+    started_at = time.time()  # the run's start and end are wall-clock times in MLflow: one clock for both
     target = resolve_resume(job.trainer.resume, Path(job.checkpoint.dir)) if job.trainer.resume else None
     if job.tracking.enabled and is_server(job.tracking.uri):
         check_server(job.tracking.uri, job.tracking.experiment)  # before the cluster is touched
@@ -87,7 +89,7 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                 first_group = RayWorkerGroup(plan, job, name).spawn()
                 try:
                     store_opened()
-                    sink = open_run(job, plan, overrides, target, console, output_dir, link)
+                    sink = open_run(job, plan, overrides, target, console, output_dir, link, started_at)
                     sink.set_tags({RAY_NAME_TAG: name})
                     if components is not None:
                         sink.log_params({"model.num_parameters": str(components.num_parameters)})
@@ -115,11 +117,12 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                                     "checkpoint")
             with _aborting_on_error(sink, console_log):
                 record_results(sink, job, outcome, model_logged)
+                ended_at = time.time()
                 summary = JobSummary(outcome=outcome, run_id=sink.run_id,
                                      experiment_id=getattr(sink, "experiment_id", None),
-                                     duration_s=time.monotonic() - started, flush_s=getattr(sink, "flush_s", None))
+                                     duration_s=ended_at - started_at, flush_s=getattr(sink, "flush_s", None))
                 console_log.extend(line for line, _ in summary_lines(job, summary))
-                finish_run(sink, outcome, console_log)
+                finish_run(sink, outcome, console_log, end_time=ended_at)
         finally:
             # on an error before record_results the thread is still ours to join; its own error is secondary then
             with contextlib.suppress(Exception):
@@ -181,7 +184,7 @@ def checkpoint_directory(job: JobConfig, run_id: Optional[str], target: Optional
 
 
 def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Optional[ResumeTarget], console,
-             output_dir: Optional[str] = None, link: Optional[TrialLink] = None):
+             output_dir: Optional[str] = None, link: Optional[TrialLink] = None, started_at: Optional[float] = None):
     """The run to record into: the resumed one when its store has it, else a new one (a sweep's child)."""
     if job.tracking.enabled and target is not None and target.run_id is not None:
         from orchestrator.metrics.mlflow_sink import RunRecorder
@@ -193,7 +196,8 @@ def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Op
             sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
             console.message(f"resuming MLflow run {target.run_id} from step {target.step} ({target.checkpoint})")
             return sink
-    sink = open_sink(job, plan, overrides, notify=console.message, output_dir=output_dir, link=link)
+    sink = open_sink(job, plan, overrides, notify=console.message, output_dir=output_dir, link=link,
+                     started_at=started_at)
     if target is not None:
         sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
         console.message(f"resuming from step {target.step} ({target.checkpoint}) in a new run")
@@ -209,7 +213,7 @@ def _warn_config_changes(logged: dict[str, str], current: dict[str, str], consol
 
 
 def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=None, output_dir: Optional[str] = None,
-              link: Optional[TrialLink] = None):
+              link: Optional[TrialLink] = None, started_at: Optional[float] = None):
     """The run's MLflow recorder with params, tags, the resolved config and Hydra's files; NullSink when off."""
     if not job.tracking.enabled:
         return NullSink()
@@ -230,7 +234,7 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=No
     tracking = dataclasses.replace(job.tracking, run_name=link.run_name) if link.run_name else job.tracking
     sink = RunRecorder.create(tracking, flat_params(job), tags, parent_run_id=link.parent_run_id,
                               upload_checkpoints=job.checkpoint.upload, redactor=redactor_for(job, overrides),
-                              **({"notify": notify} if notify else {}))
+                              start_time=started_at, **({"notify": notify} if notify else {}))
     try:
         sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
         for path in hydra_files(output_dir):
@@ -276,14 +280,15 @@ def record_results(sink, job: JobConfig, outcome: JobOutcome, model_logged: Opti
         log_model_in_background(sink, job, outcome)()
 
 
-def finish_run(sink, outcome: JobOutcome, console_log: Optional[ConsoleLog] = None) -> None:
+def finish_run(sink, outcome: JobOutcome, console_log: Optional[ConsoleLog] = None,
+               end_time: Optional[float] = None) -> None:
     """Log the console log, then the run's final status and error."""
     if console_log is not None:
         sink.log_text(console_log.text(), CONSOLE_ARTIFACT)
     error = outcome.error
     if error and outcome.traceback:
         error = f"{error}\n\n{outcome.traceback}"
-    sink.finish(outcome.status, error=error)
+    sink.finish(outcome.status, error=error, end_time=end_time)
 
 
 def record_outcome(sink, job: JobConfig, outcome: JobOutcome) -> None:

@@ -130,6 +130,7 @@ def run_trial(spec: TrialSpec, console: Console, watch: TrialWatch, parent_run_i
     started_at, started = time.time(), time.monotonic()
     link = TrialLink(parent_run_id=parent_run_id, run_name=run_name, tags=tags, observers=watch.observers,
                      stop_requests=watch.stop_requests)
+    summary = None
     try:
         summary = run_job(spec.job, console, spec.overrides, output_dir=spec.output_dir, link=link)
     except Exception as error:  # a trial that could not run (its store, its plan): recorded, the sweep goes on
@@ -139,6 +140,8 @@ def run_trial(spec: TrialSpec, console: Console, watch: TrialWatch, parent_run_i
         status = STOPPED if outcome.status == KILLED and watch.stopped_early else outcome.status
         error_text, run_id = outcome.error, summary.run_id
     objective = None if status == FAILED else watch.last  # a failed trial's last value is no result
+    # the job's own duration where it has one: the same number its run records in MLflow
+    duration_s = summary.duration_s if summary is not None else time.monotonic() - started
     return TrialRecord(number=spec.number, overrides=spec.overrides, status=status, objective=objective,
-                       duration_s=time.monotonic() - started, run_id=run_id, error=error_text,
+                       duration_s=duration_s, run_id=run_id, error=error_text,
                        started_at=started_at, ended_at=time.time())

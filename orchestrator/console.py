@@ -27,6 +27,8 @@ class Console:
         self.samples_per_s: Optional[float] = None
         self.started: Optional[tuple[float, int]] = None
         self.last_line = float("-inf")
+        self.reported: dict[str, float] = {}
+        """The latest value of every key a script reported."""
         self.open_line: Optional[tuple] = None
         """Who drew the unfinished line at the end of the output: ("progress",) or ("log", rank, stream)."""
 
@@ -34,6 +36,17 @@ class Console:
         """Remember the latest loss and throughput for the progress line."""
         self.loss = report.metrics.get("train/loss", self.loss)
         self.samples_per_s = report.metrics.get("train/samples_per_s", self.samples_per_s)
+
+    def on_script_metrics(self, report: MetricsReport) -> None:
+        """A script's report (orchestrator.report), which comes without heartbeats: a line of its own with
+        the step and the latest value of every key reported so far (as sparse as the progress line)."""
+        self.reported.update(report.metrics)
+        now = self.clock()
+        if not self.interactive and now - self.last_line < LINE_INTERVAL_S:
+            return
+        self.last_line = now
+        values = " | ".join(f"{key} {value:.4g}" for key, value in self.reported.items())
+        self._write(f"step {report.step} | {values}", final=False)
 
     def on_step(self, report: StepReport) -> None:
         """Redraw the progress line from rank 0's heartbeat."""

@@ -250,7 +250,10 @@ class Controller:
             self.stepping.add(world_rank)
         if isinstance(report, MetricsReport):
             self.sink.log_metrics(report.metrics, report.step)
-            self.console.on_metrics(report)
+            if self.entrypoint == "script":
+                self.console.on_script_metrics(report)
+            else:
+                self.console.on_metrics(report)
         elif isinstance(report, StepReport):
             self.console.on_step(report)
         elif isinstance(report, LogReport):

@@ -16,8 +16,8 @@ def summary_lines(job: Any, summary: Any) -> list[tuple[str, bool]]:
         metrics = outcome.result.metrics
         lines.append((f"run FINISHED in {summary.duration_s:.1f} s after {outcome.result.step} steps", False))
         if "eval/accuracy" in metrics:
-            lines.append((f"test accuracy: {metrics['eval/accuracy']:.2%} (eval/loss {metrics['eval/loss']:.4f})",
-                          False))
+            loss = f" (eval/loss {metrics['eval/loss']:.4f})" if "eval/loss" in metrics else ""
+            lines.append((f"test accuracy: {metrics['eval/accuracy']:.2%}{loss}", False))
     else:
         lines.append((f"run {outcome.status} after {summary.duration_s:.1f} s: {outcome.error}", True))
         if outcome.traceback:

@@ -53,3 +53,16 @@ def test_a_scripts_progress_bar_is_redrawn_in_place_and_ended_by_its_last_drawin
     console.message("warning: rank 1 is slow")
     console.close()
     assert out.getvalue().endswith("[rank 1] step 3\n") and err.getvalue().endswith("warning: rank 1 is slow\n")
+
+
+def test_a_scripts_reports_draw_a_line_of_the_latest_values_sparse_without_a_terminal():
+    clock = [0.0]
+    stream = io.StringIO()
+    console = Console(stream, interactive=False, clock=lambda: clock[0])
+    console.on_script_metrics(MetricsReport(step=10, metrics={"train/loss": 0.5}))
+    clock[0] = 5.0
+    console.on_script_metrics(MetricsReport(step=20, metrics={"train/loss": 0.25}))  # within 10 s: not printed
+    clock[0] = 11.0
+    console.on_script_metrics(MetricsReport(step=22, metrics={"eval/accuracy": 0.9}))
+    assert stream.getvalue().splitlines() == ["step 10 | train/loss 0.5",
+                                              "step 22 | train/loss 0.25 | eval/accuracy 0.9"]

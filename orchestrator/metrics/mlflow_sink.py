@@ -73,16 +73,19 @@ class RunRecorder:
     @classmethod
     def create(cls, tracking: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, str],
                parent_run_id: Optional[str] = None, notify: Notify = _print_notice,
-               upload_checkpoints: bool = False, redactor: redact.Redactor = redact.Redactor()) -> "RunRecorder":
+               upload_checkpoints: bool = False, redactor: redact.Redactor = redact.Redactor(),
+               start_time: Optional[float] = None) -> "RunRecorder":
         """Create the run in `tracking.experiment` (created when missing), as a child of `parent_run_id` if given.
 
-        `redactor` knows the job's secret values (Redactor.of its config and command line).
+        `redactor` knows the job's secret values (Redactor.of its config and command line). `start_time`
+        (seconds since the epoch, default now) is when the job started, before the cluster was reached.
         """
         client, guard = _open_store(tracking.uri)
         experiment_id = guard.call(lambda: _experiment_id(client, tracking))
         tags = dict(tags, **({PARENT_TAG: parent_run_id} if parent_run_id else {}))
         run_name = None if tracking.run_name is None else redactor.value(tracking.run_name)
-        run = guard.call(lambda: client.create_run(experiment_id, run_name=run_name,
+        start_ms = None if start_time is None else int(start_time * 1000)
+        run = guard.call(lambda: client.create_run(experiment_id, run_name=run_name, start_time=start_ms,
                                                    tags=_limited_tags(redactor.items(tags))))
         recorder = cls(client, run.info.run_id, experiment_id, tracking, guard, notify, upload_checkpoints, redactor)
         recorder.log_params(params)
@@ -218,8 +221,11 @@ class RunRecorder:
         self.flush_s = time.monotonic() - started
         self._announce()
 
-    def finish(self, status: str, error: Optional[str] = None) -> None:
-        """Stop the writer (bounded), then set the final status; a failed run carries its error."""
+    def finish(self, status: str, error: Optional[str] = None, end_time: Optional[float] = None) -> None:
+        """Stop the writer (bounded), then set the final status; a failed run carries its error.
+
+        `end_time` (seconds since the epoch, default now) is the run's end as the job's summary states it.
+        """
         report = self._close_writer()
         if self.background is not None:
             # with the server gone, queued tags and uploads would each wait out MLflow's retries
@@ -233,7 +239,8 @@ class RunRecorder:
         if error:
             self._write_tags({ERROR_TAG: self.redactor.text(error)})
             self._write_text(error, ERROR_ARTIFACT)
-        self.guard.call(lambda: self.client.set_terminated(self.run_id, status=status))
+        end_ms = None if end_time is None else int(end_time * 1000)
+        self.guard.call(lambda: self.client.set_terminated(self.run_id, status=status, end_time=end_ms))
 
     def _close_writer(self) -> WriterReport:
         if self.report is None:

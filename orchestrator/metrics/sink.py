@@ -33,8 +33,9 @@ class MetricsSink(Protocol):
     def flush(self) -> None:
         """Wait (bounded) until buffered metrics are written; the end of the run calls it before the model."""
 
-    def finish(self, status: str, error: Optional[str] = None) -> None:
-        """End the run with FINISHED, FAILED or KILLED; a failed run carries its error."""
+    def finish(self, status: str, error: Optional[str] = None, end_time: Optional[float] = None) -> None:
+        """End the run with FINISHED, FAILED or KILLED; a failed run carries its error. `end_time` (seconds since
+        the epoch, default now) is the run's end: the job's summary states the duration up to it."""
 
 
 class NullSink:
@@ -63,7 +64,7 @@ class NullSink:
     def flush(self) -> None:
         pass
 
-    def finish(self, status: str, error: Optional[str] = None) -> None:
+    def finish(self, status: str, error: Optional[str] = None, end_time: Optional[float] = None) -> None:
         pass
 
 
@@ -103,8 +104,8 @@ class InMemorySink:
     def flush(self) -> None:
         self.flushed = True
 
-    def finish(self, status: str, error: Optional[str] = None) -> None:
-        self.status, self.error = status, error
+    def finish(self, status: str, error: Optional[str] = None, end_time: Optional[float] = None) -> None:
+        self.status, self.error, self.end_time = status, error, end_time
 
     def series(self, key: str) -> list[tuple[int, float]]:
         """(step, value) pairs recorded for one metric, in logging order."""

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 from orchestrator import api
@@ -117,7 +117,8 @@ def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     for reader in readers:
         reader.join()
     if code == 0 or stop.is_set():
-        return ResultReport(world_rank=spec.world_rank, step=progress.step, stopped=stop.is_set())
+        return ResultReport(world_rank=spec.world_rank, step=progress.step, stopped=stop.is_set(),
+                            metrics=dict(progress.metrics))
     return ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type="ScriptFailed",
                        message=f"{os.path.basename(job.script.path)} {exit_text(code)}",
                        traceback="".join(tail), exit_code=code)
@@ -143,9 +144,11 @@ def split_line(line: str) -> tuple[str, bool]:
 
 @dataclass
 class Progress:
-    """The highest step the script reported or checkpointed (its step count at the end)."""
+    """The highest step the script reported or checkpointed (its step count at the end), and the latest
+    value of every metric it reported (its result's metrics)."""
 
     step: int = 0
+    metrics: dict = field(default_factory=dict)
 
 
 def read_report(line: str) -> object:
@@ -166,6 +169,8 @@ def _pump_reports(descriptor: int, world_rank: int, emit, progress: Progress) ->
                                line=f"orchestrator: unreadable report ignored ({type(error).__name__}: {error})"))
                 continue
             progress.step = max(progress.step, report.step)  # type: ignore[attr-defined]
+            if isinstance(report, MetricsReport):
+                progress.metrics.update(report.metrics)
             emit(report)
 
 

@@ -11,6 +11,18 @@ import pytest
 from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, IntegrationTestSuite, LauncherTestSuite
 
 
+@pytest.fixture(autouse=True)
+def hydras_default_version_base():
+    """The suites expect Hydra's default version_base (its 1.1 behaviour: jobs change directory); the
+    orchestrator's own compositions earlier in the session set 1.3 in Hydra's process-wide singleton."""
+    from hydra.version import _UNSPECIFIED_, VersionBase
+
+    saved = VersionBase.instance().getbase()
+    VersionBase.instance().version_base = _UNSPECIFIED_
+    yield
+    VersionBase.instance().version_base = saved  # the instance hydra_restore_singletons put back
+
+
 @pytest.fixture
 def launcher_name(ray_cluster) -> str:
     return "ray"

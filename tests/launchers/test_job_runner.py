@@ -48,6 +48,8 @@ def test_a_small_job_trains_is_recorded_and_releases_its_actors(ray_cluster, tmp
     assert len({result.params_digest for result in outcome.rank_results.values()}) == 1
     run = _client(job).get_run(summary.run_id)
     assert run.info.status == "FINISHED"
+    # one duration: the console's `run FINISHED in X s` is the run's end minus its start in MLflow
+    assert abs((run.info.end_time - run.info.start_time) / 1000 - summary.duration_s) <= 0.002
     assert run.data.params == flat_params(job)
     assert run.data.tags["orchestrator.world_size"] == "2" and run.data.tags["orchestrator.backend"] == "gloo"
     assert run.data.tags["mlflow.source.git.commit"] == commit
