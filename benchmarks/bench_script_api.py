@@ -2,8 +2,8 @@
 
 Three situations, each timed over --calls calls after a warm-up:
 
-  managed       under the orchestrator: rank 0 writes each report to the worker's pipe, which a thread
-                drains and parses into MetricsReports exactly as the worker does (orchestrator.worker.script)
+  managed       under the orchestrator: rank 0 writes each report to the worker's pipe, which another
+                process drains and parses into MetricsReports exactly as the worker does (orchestrator.worker.script)
   standalone    under torchrun or alone, rank 0: one line printed (to /dev/null here)
   other-rank    any rank but 0: validates the metrics and returns
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orchestrator  # noqa: E402
 from orchestrator import api  # noqa: E402
-from orchestrator.worker.script import Progress, _pump_reports  # noqa: E402
 
 METRICS = {"train/loss": 0.25, "train/accuracy": 0.875, "train/lr": 0.001}
 
@@ -36,11 +35,21 @@ def per_call_us(calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
+READER = """
+import os, sys
+from orchestrator.worker.script import Progress, _pump_reports
+received = []
+_pump_reports(int(sys.argv[1]), 0, received.append, Progress())
+print(len(received))
+"""
+
+
 def managed(calls: int) -> tuple[float, int]:
+    """Reports into a pipe drained by another process that parses them as the worker does."""
     read, write = os.pipe()
-    received: list = []
-    reader = threading.Thread(target=_pump_reports, args=(read, 0, received.append, Progress()))
-    reader.start()
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(read)], pass_fds=(read,), stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    os.close(read)
     os.environ[api.REPORT_FD_VARIABLE] = str(write)
     try:
         per_call_us(1000)
@@ -48,10 +57,10 @@ def managed(calls: int) -> tuple[float, int]:
         api._channel(str(write)).close()
     finally:
         os.close(write)
-        reader.join()
         del os.environ[api.REPORT_FD_VARIABLE]
         api._channel.cache_clear()
-    return cost, len(received)
+    received = int(reader.communicate(timeout=120)[0])
+    return cost, received
 
 
 def main() -> None:
