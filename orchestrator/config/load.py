@@ -72,6 +72,8 @@ def _absolute_paths(job: JobConfig, base_dir: Path) -> JobConfig:
     script = job.script
     if script.path is not None:
         script = dataclasses.replace(script, path=str((base_dir / script.path).resolve()))
+    if script.log_dir is not None:
+        script = dataclasses.replace(script, log_dir=str((base_dir / script.log_dir).resolve()))
     return dataclasses.replace(job, tracking=tracking, checkpoint=checkpoint, script=script)
 
 
@@ -248,6 +250,13 @@ def _check_entrypoint(job: JobConfig, problems: _Problems) -> None:
         problems.require(False, "script.path", path, "entrypoint=script needs the script to run: set script.path=train.py")
     elif not Path(path).is_file():
         problems.require(False, "script.path", path, "no such file: give the path of a Python script")
+    ranks = job.script.console_ranks
+    if ranks is not None:
+        bad = [rank for rank in ranks if isinstance(rank, bool) or not isinstance(rank, int)
+               or not 0 <= rank < job.scaling.num_workers]
+        problems.require(not bad, "script.console_ranks", _show(ranks), f"ranks are 0 to "
+                         f"{job.scaling.num_workers - 1} (scaling.num_workers={job.scaling.num_workers}); "
+                         f"not {_show(bad)}")
 
 
 def _check_script_argv(script: ScriptConfig, problems: _Problems) -> None:

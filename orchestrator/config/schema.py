@@ -347,6 +347,15 @@ class ScriptConfig:
     'script.argv="--lr 1e-3 --steps=100"' (the inner quotes keep Hydra from reading it). Set script.args or
     script.argv, not both."""
 
+    console_ranks: Optional[List[int]] = None
+    """Ranks whose stdout and stderr the console shows (and the run's console.log records), like torchrun's
+    --local-ranks-filter but by global rank; null = every rank. A failing rank's stderr tail is in the error
+    either way."""
+    log_dir: Optional[str] = None
+    """Also write every rank's stdout and stderr to <log_dir>/<ray name>/attempt_<N>/rank_<R>/{stdout,stderr}.log
+    on the rank's node, as torchrun's --log-dir (the Ray name is the run's tag orchestrator.ray_name, new for
+    every command); each restart gets a new attempt folder and no file is ever overwritten. null = no files."""
+
     def arguments(self) -> list[str]:
         """What the script gets as sys.argv[1:]: script.argv split as a shell would, else script.args."""
         return shlex.split(self.argv) if isinstance(self.argv, str) else list(self.args)

@@ -8,6 +8,7 @@ worker dies (PR_SET_PDEATHSIG), so a lost worker never leaves an orphaned rank b
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import os
@@ -103,10 +104,14 @@ def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     stop.on_stop(process.terminate)  # SIGTERM: the script's own handlers (and torch's) run
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     progress = Progress()
+    shown = job.script.console_ranks is None or spec.world_rank in job.script.console_ranks
+    files = rank_log_dir(job, spec)
     readers = [
-        threading.Thread(target=_pump, args=(process.stdout, "stdout", spec.world_rank, emit, None),
+        threading.Thread(target=_pump, args=(process.stdout, "stdout", spec.world_rank, emit if shown else None,
+                                             None, files),
                          name=f"orchestrator-rank{spec.world_rank}-stdout", daemon=True),
-        threading.Thread(target=_pump, args=(process.stderr, "stderr", spec.world_rank, emit, tail),
+        threading.Thread(target=_pump, args=(process.stderr, "stderr", spec.world_rank, emit if shown else None,
+                                             tail, files),
                          name=f"orchestrator-rank{spec.world_rank}-stderr", daemon=True),
         threading.Thread(target=_pump_reports, args=(report_read, spec.world_rank, emit, progress),
                          name=f"orchestrator-rank{spec.world_rank}-reports", daemon=True),
@@ -174,18 +179,52 @@ def _pump_reports(descriptor: int, world_rank: int, emit, progress: Progress) ->
             emit(report)
 
 
-def _pump(pipe, name: str, world_rank: int, emit, tail: Optional[collections.deque]) -> None:
+def rank_log_dir(job: JobConfig, spec: WorkerSpec) -> Optional[str]:
+    """Where this rank's output files go with script.log_dir: <log_dir>/<Ray name>/attempt_<N>/rank_<R>.
+
+    The Ray name is new for every command (its run records it as the tag orchestrator.ray_name), so a
+    resumed run, whose attempts count from 0 again, never meets an earlier command's files.
+    """
+    if job.script.log_dir is None:
+        return None
+    run = spec.env.get("TORCHELASTIC_RUN_ID", "job")
+    number = spec.env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return os.path.join(job.script.log_dir, run, f"attempt_{number}", f"rank_{spec.world_rank}")
+
+
+def _pump(pipe, name: str, world_rank: int, emit, tail: Optional[collections.deque],
+          files: Optional[str] = None) -> None:
     # newline="": lines end at \n, \r\n or a lone \r (a progress bar redrawing itself), kept as they came
     stream = io.TextIOWrapper(pipe, errors="replace", newline="")  # the locale's encoding, as the script's
+    with contextlib.ExitStack() as stack:
+        copy = None
+        if files is not None:
+            path = os.path.join(files, f"{name}.log")
+            try:
+                os.makedirs(files, exist_ok=True)
+                # "x": a file of an earlier attempt is never written over
+                copy = stack.enter_context(open(path, "x", encoding="utf-8", newline=""))
+            except OSError as error:  # the output still reaches the driver; the pipe must be drained either way
+                if emit is not None:
+                    emit(LogReport(world_rank=world_rank, stream="stderr",
+                                   line=f"orchestrator: {path} not written: {type(error).__name__}: {error}"))
+        _read_lines(stream, name, world_rank, emit, tail, copy)
+    stream.close()
+
+
+def _read_lines(stream, name: str, world_rank: int, emit, tail: Optional[collections.deque], copy) -> None:
     redrawing = False
     for line in stream:
+        if copy is not None:
+            copy.write(line)
+            copy.flush()
         text, redrawn = split_line(line)
         if redrawn and not text:
             continue  # the \r that starts a progress bar's drawing: nothing was drawn yet
-        emit(LogReport(world_rank=world_rank, stream=name, line=text, redrawn=redrawn))
+        if emit is not None:
+            emit(LogReport(world_rank=world_rank, stream=name, line=text, redrawn=redrawn))
         if tail is not None:
             if redrawing:
                 tail.pop()  # the error's tail keeps a progress bar's last drawing only
             tail.append(text + "\n")
         redrawing = redrawn
-    stream.close()

@@ -104,6 +104,8 @@ def test_wrong_type_and_unknown_key_are_rejected_by_the_schema(tmp_path: Path):
     (["entrypoint=notebook"], "entrypoint=notebook is not valid: use one of builtin, script"),
     (["entrypoint=script"], "script.path=null is not valid: entrypoint=script needs the script to run"),
     (["entrypoint=script", "script.path=missing.py"], "missing.py is not valid: no such file"),
+    (["entrypoint=script", f"script.path={__file__}", "script.console_ranks=[0,2,-1]"],
+     "script.console_ranks=[0, 2, -1] is not valid: ranks are 0 to 1 (scaling.num_workers=2); not [2, -1]"),
 ])
 def test_multi_node_and_script_settings_are_validated(tmp_path: Path, overrides, expected):
     with pytest.raises(ConfigError) as raised:

@@ -195,3 +195,22 @@ def test_the_api_script_killed_mid_run_continues_from_its_checkpoint_in_one_run(
     assert sorted(path.name for path in (tmp_path / "checkpoints" / summary.run_id).iterdir()) == \
         ["step_000000020.pt", "step_000000025.pt", "step_000000030.pt"]
     assert_no_job_resources()
+
+
+def test_console_ranks_filters_the_console_and_log_dir_keeps_every_ranks_output_per_attempt(ray_cluster, tmp_path):
+    marker, logs = tmp_path / "killed-once", tmp_path / "rank-logs"
+    job = compose_job(["entrypoint=script", f"script.path={CONTRACT_SCRIPT}", "scaling.num_workers=2",
+                       "tracking.log_model=false", f"script.args=[--kill-once,{marker}]", "script.console_ranks=[1]",
+                       f"script.log_dir={logs}"], tmp_path)
+    err, out = io.StringIO(), io.StringIO()
+    summary = run_job(job, Console(err, interactive=False, out=out))
+    assert summary.outcome.status == "FINISHED" and summary.outcome.restarts == 1, summary.outcome.error
+    assert "[rank 1] done" in out.getvalue() and "[rank 0]" not in out.getvalue() + err.getvalue()
+    [run_folder] = logs.iterdir()
+    files = sorted(str(path.relative_to(run_folder)) for path in run_folder.rglob("*.log"))
+    assert files == [f"attempt_{n}/rank_{r}/{s}.log" for n in (0, 1) for r in (0, 1) for s in ("stderr", "stdout")]
+    final = (run_folder / "attempt_1" / "rank_0" / "stdout.log").read_text()
+    assert final.startswith("contract {") and final.endswith("done\n")
+    # the file keeps the progress bar's carriage returns as the script wrote them
+    assert (run_folder / "attempt_1" / "rank_0" / "stderr.log").read_bytes().count(b"\r") == 11
+    assert_no_job_resources()
