@@ -16,6 +16,7 @@ from orchestrator import __version__
 from orchestrator.config.export import config_yaml, flat_params, redactor_for
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller import Controller, JobObserver, JobOutcome, StopRequests
+from orchestrator.errors import ConfigError
 from orchestrator.metrics.console_log import CONSOLE_ARTIFACT, ConsoleLog, captured
 from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, HYDRA_ARTIFACT_DIR, WORKERS_ARTIFACT, store_opened_early
 from orchestrator.metrics.sink import NullSink
@@ -78,6 +79,8 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
     target = resolve_resume(job.trainer.resume, Path(job.checkpoint.dir)) if job.trainer.resume else None
     if job.tracking.enabled and is_server(job.tracking.uri):
         check_server(job.tracking.uri, job.tracking.experiment)  # before the cluster is touched
+    if target is not None:
+        check_resume(job, target)
     # MLflow's import and the store's opening overlap Ray's start; the model is logged while Ray shuts down
     model_logged: Callable[[], None] = lambda: None
     with store_opened_early(job.tracking) as store_opened, captured(console) as console_log:
@@ -170,6 +173,37 @@ def _model_without_example(job: JobConfig, outcome: JobOutcome) -> bool:
     return wanted and result is not None and bool(result.model_state) and result.input_example is None
 
 
+def is_branch(target: ResumeTarget) -> bool:
+    """Whether the resume starts from an older checkpoint than the newest of its run (then: a new run)."""
+    newest = latest_checkpoint(target.checkpoint.parent)
+    return newest is not None and newest != target.checkpoint
+
+
+def check_resume(job: JobConfig, target: ResumeTarget) -> None:
+    """Refuse, before the cluster is touched, a resume that would load the wrong checkpoint or change a finished run.
+
+    The checkpoint's model and data config must be the job's (a mismatch would fail on every rank, or
+    worse, load); a FINISHED run takes a resume only when the job asks for more training than it did.
+    """
+    from orchestrator.resume import extends_finished_run, finished_run_problem, identity_problems, model_data_identity
+    from orchestrator.train.checkpoint import saved_config
+
+    resume = job.trainer.resume or ""
+    problems = []
+    saved = saved_config(target.checkpoint) if job.entrypoint == "builtin" else None
+    if saved is not None:
+        problems += identity_problems(resume, saved, model_data_identity(flat_params(job)))
+    if job.tracking.enabled and target.run_id is not None and not is_branch(target):  # a branch opens a new run
+        from orchestrator.metrics.mlflow_sink import RunRecorder
+
+        found = RunRecorder.lookup(job.tracking, target.run_id)
+        if found is not None and found[0] == "FINISHED" and not extends_finished_run(
+                job.trainer.max_steps, job.trainer.max_epochs, target.step, found[1]):
+            problems.append(finished_run_problem(resume, target.run_id, target.step))
+    if problems:
+        raise ConfigError(problems)
+
+
 def newest_checkpoint(directory: Path) -> Optional[tuple[str, int]]:
     """The newest complete checkpoint of the job and its step (None if none, or the folder is not visible here)."""
     path = latest_checkpoint(directory)
@@ -177,8 +211,12 @@ def newest_checkpoint(directory: Path) -> Optional[tuple[str, int]]:
 
 
 def checkpoint_directory(job: JobConfig, run_id: Optional[str], target: Optional[ResumeTarget], name: str) -> str:
-    """Where the job's checkpoints go: its run's folder (a resumed run keeps writing into its own)."""
-    if target is not None and (run_id is None or target.checkpoint.parent.name == run_id):
+    """Where the job's checkpoints go: its run's folder (a resumed run keeps writing into its own).
+
+    A resume from an older checkpoint than its folder's newest is a branch: it gets a folder of its own,
+    so the newer checkpoints it would reach again are never written over.
+    """
+    if target is not None and not is_branch(target) and (run_id is None or target.checkpoint.parent.name == run_id):
         return str(target.checkpoint.parent)
     return str(Path(job.checkpoint.dir) / (run_id or name))
 
@@ -186,7 +224,7 @@ def checkpoint_directory(job: JobConfig, run_id: Optional[str], target: Optional
 def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Optional[ResumeTarget], console,
              output_dir: Optional[str] = None, link: Optional[TrialLink] = None, started_at: Optional[float] = None):
     """The run to record into: the resumed one when its store has it, else a new one (a sweep's child)."""
-    if job.tracking.enabled and target is not None and target.run_id is not None:
+    if job.tracking.enabled and target is not None and target.run_id is not None and not is_branch(target):
         from orchestrator.metrics.mlflow_sink import RunRecorder
 
         sink = RunRecorder.attach(job.tracking, target.run_id, notify=console.message,

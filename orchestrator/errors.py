@@ -40,18 +40,7 @@ class LaunchError(OrchestratorError):
         super().__init__(message)
 
 
-class WorkerFailed(OrchestratorError):
-    """A rank failed and the failure policy gave up; carries the rank, node and traceback."""
+class CheckpointLoadError(OrchestratorError):
+    """A checkpoint does not load into the job (another model, a damaged file): every retry would fail the same way."""
 
     exit_code = 1
-
-    def __init__(self, summary: str, traceback_text: str = ""):
-        self.summary = summary
-        self.traceback_text = traceback_text
-        super().__init__(summary if not traceback_text else f"{summary}\n{traceback_text}")
-
-
-class JobInterrupted(OrchestratorError):
-    """The user stopped the job (Ctrl-C or SIGTERM); the run is recorded as KILLED."""
-
-    exit_code = 130

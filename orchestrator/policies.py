@@ -26,11 +26,14 @@ class FailureKind(enum.Enum):
     """A collective failed because a peer went away or stopped answering (a consequence, usually)."""
     LAUNCH = "launch"
     """Its group could not be (re)started: placement timed out, a worker died while starting."""
+    DETERMINISTIC = "deterministic error"
+    """An error that every restart repeats exactly: a checkpoint that does not load, the user's code that does
+    not import, a config error. Never retried."""
 
     @property
     def is_infra(self) -> bool:
         """True for failures of the machinery rather than of the code being trained."""
-        return self not in (FailureKind.USER_ERROR, FailureKind.SCRIPT_ERROR)
+        return self not in (FailureKind.USER_ERROR, FailureKind.SCRIPT_ERROR, FailureKind.DETERMINISTIC)
 
 
 # what gloo, NCCL and torch.distributed say when a peer crashed, vanished or stopped answering
@@ -38,6 +41,7 @@ _COMMUNICATION_MARKERS = ("Connection closed by peer", "Connection reset by peer
                           "Broken pipe", "remote worker crashing", "NCCL error", "ncclRemoteError",
                           "ProcessGroupNCCL", "ProcessGroupGloo", "Socket Timeout", "timed out after")
 _COMMUNICATION_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError")
+_DETERMINISTIC_TYPES = ("CheckpointLoadError", "ConfigError", "ModuleNotFoundError", "ImportError", "SyntaxError")
 
 
 def classify_error(report: ErrorReport) -> FailureKind:
@@ -50,6 +54,8 @@ def classify_error(report: ErrorReport) -> FailureKind:
     """
     if report.exit_code is not None and report.exit_code < 0:
         return FailureKind.WORKER_DIED
+    if report.exit_code is None and report.error_type in _DETERMINISTIC_TYPES:
+        return FailureKind.DETERMINISTIC
     text = report.message if report.exit_code is None else report.traceback
     if report.error_type in _COMMUNICATION_TYPES or any(marker in text for marker in _COMMUNICATION_MARKERS):
         return FailureKind.COMMUNICATION
@@ -77,6 +83,8 @@ class Decision:
 
 def decide(failure: Failure, restarts_done: int, policy: FailureConfig) -> Decision:
     """Restart unless the failure kind is excluded or the restart budget is spent."""
+    if failure.kind is FailureKind.DETERMINISTIC:
+        return Decision(False, "every restart would fail the same way: not restarted")
     if failure.kind is FailureKind.SCRIPT_ERROR and not policy.retry_script_errors:
         return Decision(False, "a script that exits with an error would exit the same way again: it is not "
                         "restarted (set failure.retry_script_errors=true to retry it)")
@@ -84,5 +92,6 @@ def decide(failure: Failure, restarts_done: int, policy: FailureConfig) -> Decis
         return Decision(False, "failure.restart_on=infra_only: errors of the code (exceptions, script errors) are not retried")
     if policy.max_restarts != -1 and restarts_done >= policy.max_restarts:
         return Decision(False, f"gave up after {restarts_done} restarts (failure.max_restarts={policy.max_restarts})")
-    budget = "no limit" if policy.max_restarts == -1 else f"{policy.max_restarts - restarts_done} left"
+    # what is left once this restart is spent
+    budget = "no limit" if policy.max_restarts == -1 else f"{policy.max_restarts - restarts_done - 1} left"
     return Decision(True, f"restart {restarts_done + 1} ({budget})")

@@ -72,3 +72,17 @@ def test_a_script_error_fails_at_once_unless_retries_are_asked_for():
     assert not decide(failed, 0, FailureConfig(restart_on="infra_only", retry_script_errors=True)).restart
     killed = Failure(FailureKind.WORKER_DIED, "rank 0 raised ScriptFailed: train.py was killed by SIGKILL (signal 9)")
     assert decide(killed, 0, FailureConfig(restart_on="infra_only")).restart
+
+
+def test_the_restart_message_counts_what_is_left_after_this_restart():
+    policy = FailureConfig(max_restarts=3)
+    assert [decide(DIED, done, policy).reason for done in range(3)] == [
+        "restart 1 (2 left)", "restart 2 (1 left)", "restart 3 (0 left)"]
+
+
+def test_errors_that_every_restart_repeats_are_never_retried():
+    for error_type in ("CheckpointLoadError", "ModuleNotFoundError", "ImportError", "ConfigError", "SyntaxError"):
+        kind = classify_error(_raised(error_type, "same every time"))
+        assert kind is FailureKind.DETERMINISTIC and not kind.is_infra
+        decision = decide(Failure(kind, "x"), 0, FailureConfig(max_restarts=-1))
+        assert not decision.restart and decision.reason == "every restart would fail the same way: not restarted"

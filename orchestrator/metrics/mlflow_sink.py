@@ -62,6 +62,10 @@ class RunRecorder:
         self.guard = guard
         self.notify = notify
         self.upload_checkpoints = upload_checkpoints
+        self.existing: set[str] = set()
+        """Artifacts an earlier command left in this run (a resumed run): never written over."""
+        self.session = 1
+        """Which command this is to write into the run: 1 for the one that created it, then 2, 3, ..."""
         self.background: Optional[ThreadPoolExecutor] = None
         """Tag writes and checkpoint uploads during the run, in order, off the caller's thread."""
         self.writer: Optional[MetricWriter] = None
@@ -104,8 +108,23 @@ class RunRecorder:
         except MlflowException:
             return None
         guard.call(lambda: client.update_run(run_id, status="RUNNING"))
-        return cls(client, run_id, run.info.experiment_id, tracking, guard, notify, upload_checkpoints,
-                   redactor).start()
+        recorder = cls(client, run_id, run.info.experiment_id, tracking, guard, notify, upload_checkpoints, redactor)
+        recorder.existing = guard.call(lambda: _artifact_files(client, run_id))
+        recorder.session = int(run.data.tags.get(SESSION_TAG, "1")) + 1
+        guard.call(lambda: client.set_tag(run_id, SESSION_TAG, str(recorder.session)))
+        return recorder.start()
+
+    @staticmethod
+    def lookup(tracking: TrackingConfig, run_id: str) -> Optional[tuple[str, dict[str, str]]]:
+        """(status, params) of a run in the store, or None if the store has no such run; changes nothing."""
+        from mlflow.exceptions import MlflowException
+
+        client, guard = _open_store(tracking.uri)
+        try:
+            run = guard.call(lambda: client.get_run(run_id))
+        except MlflowException:
+            return None
+        return run.info.status, dict(run.data.params)
 
     def logged_params(self) -> dict[str, str]:
         """The params the run already has (to compare a resumed job's config with)."""
@@ -195,7 +214,9 @@ class RunRecorder:
     def _write_text(self, text: str, artifact_file: str) -> None:
         if self._store_down(f"the artifact {artifact_file}"):
             return
-        self.guard.call(lambda: self.client.log_text(self.run_id, self.redactor.text(text), artifact_file))
+        name = session_name(artifact_file, self.session) if artifact_file in self.existing else artifact_file
+        self.guard.call(lambda: self.client.log_text(self.run_id, self.redactor.text(text), name))
+        self.existing.add(name)
 
     def _write_text_when_up(self, text: str, artifact_file: str) -> None:
         if not self.writer.reachable:
@@ -330,3 +351,27 @@ def _limited_tags(tags: Mapping[str, str]) -> dict[str, str]:
 def _cut(text: str, limit: int) -> str:
     marker = "...[truncated]"
     return text if len(text) <= limit else text[:limit - len(marker)] + marker
+
+
+SESSION_TAG = "orchestrator.sessions"
+"""How many commands have written into the run (a resumed run: 2 and more)."""
+
+
+def session_name(artifact_file: str, session: int) -> str:
+    """The name a later command gives an artifact the run already has: console.log -> console.2.log."""
+    folder, _, name = artifact_file.rpartition("/")
+    stem, dot, suffix = name.partition(".")
+    renamed = f"{stem}.{session}{dot}{suffix}" if dot else f"{name}.{session}"
+    return f"{folder}/{renamed}" if folder else renamed
+
+
+def _artifact_files(client: Any, run_id: str, path: Optional[str] = None, depth: int = 3) -> set[str]:
+    """The run's artifact files (paths relative to its artifact root), a few folders deep."""
+    found: set[str] = set()
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir:
+            if depth > 1:
+                found |= _artifact_files(client, run_id, info.path, depth - 1)
+        else:
+            found.add(info.path)
+    return found

@@ -96,6 +96,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def saved_config(path: Path) -> Optional[dict[str, str]]:
+    """The model and data config a checkpoint of the built-in loop was trained with (None for a script's own,
+    or one written before checkpoints carried it). Memory-mapped: the tensors are not read."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    config = state.get("config") if isinstance(state, dict) else None
+    return dict(config) if isinstance(config, dict) else None
+
+
 def snapshot(value: Any) -> Any:
     """A copy of `value` whose tensors are detached CPU copies: safe to write while training goes on."""
     import torch

@@ -22,8 +22,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from orchestrator.config.schema import DdpConfig, GptConfig, JobConfig, TargetDataConfig, TargetModelConfig, TrainerConfig
+from orchestrator.config.export import flat_params
 from orchestrator.reports import AttemptStartReport, CheckpointReport, MetricsReport, ResultReport, StepReport
 from orchestrator.rendezvous import WorkerSpec
+from orchestrator.resume import model_data_identity
 from orchestrator.train.checkpoint import CheckpointWriter, load_checkpoint, snapshot
 from orchestrator.train.components import build_loss, build_target_data, build_target_model, training_flops_per_sample
 from orchestrator.train.data import Dataset, ShardedBatches, load_dataset, to_device
@@ -142,7 +144,13 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
     ctx.timings["build"] = time.perf_counter() - started
     if ctx.resume_from is not None:
         loaded = time.perf_counter()
-        trainer.restore(load_checkpoint(ctx.resume_from))
+        try:
+            trainer.restore(load_checkpoint(ctx.resume_from))
+        except Exception as error:  # the same file fails the same way on every restart: say so, never retry
+            from orchestrator.errors import CheckpointLoadError
+
+            raise CheckpointLoadError(f"checkpoint {ctx.resume_from} does not load into this job: "
+                                      f"{type(error).__name__}: {error}") from error
         ctx.timings["checkpoint_load"] = time.perf_counter() - loaded
     return trainer
 
@@ -417,6 +425,8 @@ class Trainer:
             "window": self.window.state(),
             "rng": rng_states,
             "world_size": self.ctx.spec.world_size,
+            # what the driver compares with a job that resumes from this checkpoint, before it starts
+            "config": model_data_identity(flat_params(self.job)),
         }
 
     def _checkpoint_done(self, step: int, path: Path) -> None:

@@ -201,7 +201,10 @@ def test_a_run_stopped_with_ctrl_c_resumes_into_the_same_run_and_ends_identical(
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [run] = client.search_runs([client.get_experiment_by_name("orchestrator").experiment_id])
     assert run.info.status == "FINISHED" and "orchestrator.resumed_from" in run.data.tags
-    workers = client.download_artifacts(run.info.run_id, "workers.json", str(tmp_path))
+    # the second command's artifacts sit next to the first's, which are kept as they were
+    assert {"console.log", "console.2.log", "workers.json", "workers.2.json"} <= \
+        {info.path for info in client.list_artifacts(run.info.run_id)}
+    workers = client.download_artifacts(run.info.run_id, "workers.2.json", str(tmp_path))
     import json
 
     digests = {worker["rank"]: worker["params_digest"] for worker in json.loads(Path(workers).read_text())}

@@ -33,3 +33,25 @@ def test_keep_last_prunes_the_oldest(tmp_path):
 
 def test_no_directory_means_no_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_checkpoint_that_does_not_load_is_a_checkpoint_load_error_naming_the_file(tmp_path, monkeypatch):
+    import pytest
+
+    from orchestrator.errors import CheckpointLoadError
+    from orchestrator.policies import FailureKind, classify_error
+    from orchestrator.reports import ErrorReport
+    from tests.helpers import compose_job
+    from tests.train.ranks import train_here, use_master
+
+    use_master(monkeypatch)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # torch sets it on first use
+    damaged = tmp_path / "step_000000010.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    job = compose_job(["model=mlp", "trainer.max_steps=2"], tmp_path)
+    with pytest.raises(CheckpointLoadError) as raised:
+        train_here(job, tmp_path / "run", resume_from=damaged)
+    assert str(raised.value).startswith(f"checkpoint {damaged} does not load into this job: ")
+    report = ErrorReport(world_rank=0, node_ip="n", error_type=type(raised.value).__name__,
+                         message=str(raised.value), traceback="")
+    assert classify_error(report) is FailureKind.DETERMINISTIC  # so it is never retried
