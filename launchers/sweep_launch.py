@@ -164,7 +164,15 @@ def _prepare(launcher, overrides: list[str], number: int) -> PreparedTrial:
     from omegaconf import OmegaConf, open_dict, read_write
 
     log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from orchestrator.config.hydra_errors import translate
+
+    try:
+        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
+    except (HydraException, OmegaConfBaseException) as error:  # a swept value of the wrong type
+        raise ConfigError([f"trial {number}: {translate(error, overrides)}"]) from None
     with open_dict(config):
         config.hydra.job.id = number
         config.hydra.job.num = number

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-USAGE = """usage: orchestrator <command> [args]
+USAGE = """usage: orchestrator <command> [args]   (orchestrator --version: the installed version)
 
 commands:
   train [overrides]          run a training job (Hydra: --help, --cfg job, -m for sweeps)
@@ -27,8 +27,16 @@ commands:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Dispatch `orchestrator <command> ...`; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:  # a command is missing: the usage, as an error
+        print(USAGE, end="", file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
+        return 0
+    if args[0] in ("-V", "--version"):
+        from orchestrator import __version__
+
+        print(f"orchestrator {__version__}")
         return 0
     command, rest = args[0], args[1:]
     handler = COMMANDS.get(command)
@@ -72,6 +80,14 @@ def train_command(overrides: Sequence[str]) -> int:
         print(f"orchestrator: {OUTPUT_SUBDIR_KEY} is not valid to set: the orchestrator writes the output "
               f"directory's .hydra/ itself, with secrets masked; remove the override", file=sys.stderr)
         return 2
+    from orchestrator.config.compose import check_train_args
+    from orchestrator.errors import OrchestratorError
+
+    try:
+        check_train_args(with_target_options(overrides), Path.cwd())
+    except OrchestratorError as error:  # before Hydra starts: no output folder, Hydra's own wording never shown
+        print(f"orchestrator: {error}", file=sys.stderr)
+        return error.exit_code
     task = TrainTask()
     hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)
     saved_argv = sys.argv

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from orchestrator.config.schema import JobConfig
 
@@ -37,27 +37,96 @@ def with_target_options(overrides: Sequence[str]) -> list[str]:
     return result
 
 
-def compose_job(overrides: Sequence[str], base_dir: Path) -> JobConfig:
+MULTIRUN_FLAGS = ("-m", "--multirun")
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def train_overrides(args: Sequence[str]) -> Optional[tuple[list[str], list[str]]]:
+    """(overrides, extra config dirs) of `orchestrator train` arguments; None when they hold a Hydra flag
+    other than -m and --config-dir (--help, --cfg, ...), which Hydra then handles on its own."""
+    overrides: list[str] = []
+    config_dirs: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg in MULTIRUN_FLAGS:
+            continue
+        if arg in CONFIG_DIR_FLAGS:
+            config_dirs.append(next(items, ""))
+        elif arg.startswith("--config-dir="):
+            config_dirs.append(arg.split("=", 1)[1])
+        elif arg.startswith("-"):
+            return None
+        else:
+            overrides.append(arg)
+    return overrides, config_dirs
+
+
+def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
+    """Override lists that together try every swept value once: the first value of every sweep, then each
+    other value of one sweep with the first of the rest (`optim.lr=0.1,0.01` gives two lists). A sweep
+    without listed values (Optuna's interval(...)) is left out: its trials are checked as they start."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed: list[str] = []
+    swept: list[tuple[int, str, list[str]]] = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not override.is_sweep_override():
+            fixed.append(override.input_line)
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # an interval or another sweep that is sampled, not listed
+            continue
+        if values:
+            swept.append((len(fixed), override.input_line.split("=", 1)[0], values))
+            fixed.append(f"{swept[-1][1]}={values[0]}")
+    variants = [fixed]
+    for position, key, values in swept:
+        for value in values[1:]:
+            variants.append([*fixed[:position], f"{key}={value}", *fixed[position + 1:]])
+    return variants
+
+
+def check_train_args(args: Sequence[str], base_dir: Path) -> None:
+    """Compose and validate what `orchestrator train [-m] ...` will run (every swept value once) before Hydra
+    starts it, so that a bad config exits 2 in our words and leaves no output folder behind."""
+    from orchestrator.errors import ConfigError
+
+    parsed = train_overrides(args)
+    if parsed is None:
+        return
+    overrides, config_dirs = parsed
+    problems: list[str] = []
+    for variant in sweep_variants(overrides):
+        try:
+            compose_job(variant, base_dir, config_dirs)
+        except ConfigError as error:
+            problems.extend(problem for problem in error.problems if problem not in problems)
+    if problems:
+        raise ConfigError(problems)
+
+
+def compose_job(overrides: Sequence[str], base_dir: Path, config_dirs: Sequence[str] = ()) -> JobConfig:
     """conf/ + overrides -> the validated JobConfig; every config problem is a ConfigError (exit code 2).
 
-    Unknown keys, unknown group options, malformed overrides and wrong types carry Hydra's and
-    OmegaConf's own wording, plus the underlying reason.
+    Unknown keys, unknown group options, malformed overrides and wrong types are said in our words
+    (config.hydra_errors): the override, the key, what is valid, the closest valid name.
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from orchestrator.config.hydra_errors import translate
     from orchestrator.config.load import load_config
     from orchestrator.config.store import register_configs
     from orchestrator.errors import ConfigError
 
     register_configs()
+    search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"] \
+        if config_dirs else []
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=with_target_options(overrides))
+            cfg = compose(config_name="config", overrides=[*with_target_options(overrides), *search])
     except (HydraException, OmegaConfBaseException) as error:
-        message = " ".join(str(error).split())
-        if error.__cause__ is not None:  # e.g. "Value 'abc' ... could not be converted to Integer"
-            message += f" ({str(error.__cause__).splitlines()[0]})"
-        raise ConfigError([message]) from None
+        raise ConfigError([translate(error, overrides)]) from None
     return load_config(cfg, base_dir)

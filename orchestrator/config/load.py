@@ -52,12 +52,40 @@ DIGITS_CLASSES = 10
 
 def load_config(cfg: DictConfig, base_dir: Path) -> JobConfig:
     """Build the typed, validated job config; relative paths are taken from `base_dir`."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(unknown)
     job = OmegaConf.to_object(cfg)
     if not isinstance(job, JobConfig):
         raise TypeError(f"expected a composed JobConfig, got {type(job).__name__}")
     job = _absolute_paths(typed_targets(job), base_dir)
     validate(job)
     return job
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys added with `+` that the fixed schema does not have (Hydra accepts them; the frozen dataclasses
+    would fail on them with a traceback): one problem each, naming the valid keys."""
+    from orchestrator.config.hydra_errors import unknown_key_problem
+
+    problems: list[str] = []
+    _walk_unknown(cfg, JobConfig, "", problems, unknown_key_problem)
+    return problems
+
+
+def _walk_unknown(node: DictConfig, schema_type: Any, prefix: str, problems: list[str], describe) -> None:
+    if not dataclasses.is_dataclass(schema_type):
+        return  # a free-form node (runtime_env, the user's own model keys)
+    fields = {field.name: field for field in dataclasses.fields(schema_type)}
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            problems.append(describe(path, f"+{path}", schema_type.__name__))
+            continue
+        child = node._get_node(key)
+        child_type = OmegaConf.get_type(child) if isinstance(child, DictConfig) else None
+        if isinstance(child, DictConfig) and child_type is not None and dataclasses.is_dataclass(child_type):
+            _walk_unknown(child, child_type, f"{path}.", problems, describe)
 
 
 def _absolute_paths(job: JobConfig, base_dir: Path) -> JobConfig:
