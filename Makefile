@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
+# Where torch comes from. Empty: the configured package index (on these machines it serves a CPU build).
+# On a plain PyPI Linux machine, torch==2.13.0 from PyPI is the CUDA build (multi-GB); for a CPU-only
+# machine use: make run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
 # Reinstall when any shipped file changes: the strict editable install links files, so a new module
 # only appears after a reinstall.
 SOURCES := pyproject.toml $(shell find orchestrator launchers conf -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
@@ -14,7 +18,7 @@ SOURCES := pyproject.toml $(shell find orchestrator launchers conf -type f \( -n
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade "pip>=23" "setuptools>=68" wheel
-	$(BIN)/pip install torch==$(TORCH_VERSION)
+	$(BIN)/pip install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	touch $@
 
 # editable_mode=strict: Hydra only discovers the launcher plugin from a strict editable install.
@@ -42,10 +46,12 @@ test: install-dev
 test-fast: install-dev
 	$(BIN)/python -m pytest -m "not gpu and not slow"
 
-# a local MLflow tracking server (SQLite + served artifacts in ./mlflow-server) until Ctrl-C; jobs log
-# to it with tracking.uri=http://127.0.0.1:5000. More options: make mlflow MLFLOW_ARGS="--port 5001"
+# a local MLflow tracking server on http://127.0.0.1:5000 until Ctrl-C, over the store that `make run` and
+# `orchestrator train` write by default (./mlflow.db, artifacts in ./mlartifacts), so it shows those runs;
+# jobs can also log to it with tracking.uri=http://127.0.0.1:5000. More: make mlflow MLFLOW_ARGS="--port 5001"
 mlflow: install
-	$(BIN)/orchestrator mlflow-server $(MLFLOW_ARGS)
+	$(BIN)/orchestrator mlflow-server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--artifacts-destination $(CURDIR)/mlartifacts $(MLFLOW_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs multirun

@@ -454,6 +454,7 @@ def _check_monitor(job: JobConfig, problems: _Problems) -> None:
     ratio = monitor.straggler_ratio
     problems.require(_is_number(ratio) and ratio > 1, "monitor.straggler_ratio", ratio,
                      "must be a number > 1 (a rank this many times slower than the median is a straggler)")
+    problems.at_least("monitor.straggler_min_gap_s", monitor.straggler_min_gap_s, 0)
     percent = monitor.low_util_percent
     problems.require(_is_number(percent) and 0 <= percent <= 100, "monitor.low_util_percent", percent,
                      "must be a percentage in [0, 100] (0 turns the low-utilization warning off)")

@@ -373,6 +373,9 @@ class MonitorConfig:
     straggler_ratio: float = 1.2
     """Warn about a rank whose median step time over its last 5 reports exceeds the median over ranks by
     more than this factor (must be > 1)."""
+    straggler_min_gap_s: float = 0.01
+    """A straggler (monitor.straggler_ratio) must also be at least this many seconds per step above the median
+    over ranks: differences of a fraction of a millisecond on small CPU jobs are noise, not stragglers."""
     low_util_percent: float = 30.0
     """Warn about a GPU whose mean utilization over its last 6 samples, after 6 warm-up samples from the
     first training step, is below this percentage (0 = never)."""

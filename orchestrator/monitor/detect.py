@@ -48,11 +48,13 @@ class LowUtilEpisode:
 
 
 class StragglerDetector:
-    """Flags a rank whose median over its last `window` readings exceeds ratio x the median over ranks."""
+    """Flags a rank whose median over its last `window` readings exceeds ratio x the median over ranks, and the
+    median by at least `min_gap_s` seconds: on millisecond steps a ratio alone flags noise of 0.2 ms."""
 
-    def __init__(self, ratio: float, window: int = STRAGGLER_WINDOW):
+    def __init__(self, ratio: float, window: int = STRAGGLER_WINDOW, min_gap_s: float = 0.0):
         self.ratio = ratio
         self.window = window
+        self.min_gap_s = min_gap_s
         self._readings: dict[int, collections.deque] = {}
         self._straggling: set[int] = set()
 
@@ -66,7 +68,7 @@ class StragglerDetector:
         overall = statistics.median(medians.values())
         episodes = []
         for rank, median in sorted(medians.items()):
-            slow = median > self.ratio * overall
+            slow = median > self.ratio * overall and median - overall >= self.min_gap_s
             if slow != (rank in self._straggling):
                 (self._straggling.add if slow else self._straggling.discard)(rank)
                 episodes.append(StragglerEpisode(world_rank=rank, started=slow, rank_median_s=median, median_s=overall))

@@ -31,7 +31,7 @@ class SystemRecorder:
         self.console = console
         self.step = 0
         self.training = False
-        self.stragglers = StragglerDetector(config.straggler_ratio)
+        self.stragglers = StragglerDetector(config.straggler_ratio, min_gap_s=config.straggler_min_gap_s)
         self.low_util = LowUtilDetector(config.low_util_percent)
         self.hosts: dict[str, HostTally] = {}
         self.gpus: dict[tuple[str, int], GpuTally] = {}

@@ -64,3 +64,10 @@ def test_low_utilization_episode_ends_on_the_reading_that_lifts_the_mean():
     assert ended is not None and not ended.started and ended.mean_percent == pytest.approx(35)
     other = ("node1", 1)
     assert detector.observe(other, 100) is None and detector.observe(other, 100) is None  # busy GPUs stay quiet
+
+
+def test_a_ratio_over_a_gap_of_a_fraction_of_a_millisecond_is_noise_not_a_straggler():
+    floored = StragglerDetector(ratio=1.2, window=1, min_gap_s=0.01)
+    assert _feed(floored, [(0, 0.0010), (1, 0.0010), (2, 0.0012)]) == []  # 1.2x+ but 0.2 ms
+    floored = StragglerDetector(ratio=1.2, window=1, min_gap_s=0.01)
+    assert [e.world_rank for e in _feed(floored, [(0, 0.05), (1, 0.05), (2, 0.07)])] == [2]  # 1.4x and 20 ms
