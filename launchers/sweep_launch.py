@@ -68,6 +68,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         _redact_sweep_file(launcher, sweep_job)
         for trial in trials:
             _write_outputs(trial)
+        if getattr(launcher.task_function, "sweep", None) is None:  # the first batch: say what the wait is
+            log.info(f"{len(trials)} trials checked; starting Ray and the sweep's MLflow run (a few seconds)")
         session = _session(launcher, sweep_job)
         log.info(f"Launching {len(job_overrides)} trials on Ray")
         for trial in trials:

@@ -63,6 +63,8 @@ def test_a_four_trial_sweep_runs_two_trials_at_a_time_as_children_of_one_parent(
                   "hydra.launcher.max_concurrent=2")
     out = capsys.readouterr().out
     assert code == 0, out
+    # what the wait between the trial list and the launch is for is said before it
+    assert out.index("4 trials checked; starting Ray and the sweep's MLflow run") < out.index("Launching 4 trials")
 
     client, parent, children = _runs(store, tmp_path)
     sweep_id = parent.data.tags["orchestrator.sweep_id"]
