@@ -113,7 +113,9 @@ def _run_jobs(launcher, jobs: list, resources: AppJobResources) -> list:
         num_cpus=resources.cpus, num_gpus=resources.gpus, runtime_env=_runtime_env())
     state, cwd = Singleton.get_state(), os.getcwd()
     limit = resources.max_concurrent or len(jobs)
-    waiting, running, results = list(enumerate(jobs)), {}, {}
+    waiting = list(enumerate(jobs))
+    running: dict[Any, int] = {}
+    results: dict[int, Any] = {}
     try:
         while waiting or running:
             while waiting and len(running) < limit:

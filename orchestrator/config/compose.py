@@ -70,15 +70,16 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     fixed: list[str] = []
     swept: list[tuple[int, str, list[str]]] = []
     for override in OverridesParser.create().parse_overrides(list(overrides)):
+        line = str(override.input_line)
         if not override.is_sweep_override():
-            fixed.append(override.input_line)
+            fixed.append(line)
             continue
         try:
             values = list(override.sweep_string_iterator())
         except Exception:  # an interval or another sweep that is sampled, not listed
             continue
         if values:
-            swept.append((len(fixed), override.input_line.split("=", 1)[0], values))
+            swept.append((len(fixed), line.split("=", 1)[0], values))
             fixed.append(f"{swept[-1][1]}={values[0]}")
     variants = [fixed]
     for position, key, values in swept:

@@ -38,8 +38,8 @@ def schema_keys(path: str, type_name: Optional[str] = None) -> Optional[list[str
             fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
             if part not in fields:
                 return None
-            default = fields[part].default_factory() if fields[part].default_factory is not dataclasses.MISSING \
-                else fields[part].default
+            factory = fields[part].default_factory
+            default = factory() if callable(factory) else fields[part].default
             node = type(default) if dataclasses.is_dataclass(default) else None
     if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
         return None

@@ -78,9 +78,9 @@ def _walk_unknown(node: DictConfig, schema_type: Any, prefix: str, problems: lis
         return  # a free-form node (runtime_env, the user's own model keys)
     fields = {field.name: field for field in dataclasses.fields(schema_type)}
     for key in node.keys():
-        path = f"{prefix}{key}"
+        path = f"{prefix}{key!s}"
         if key not in fields:
-            problems.append(describe(path, f"+{path}", schema_type.__name__))
+            problems.append(describe(path, f"+{path}", getattr(schema_type, "__name__", None)))
             continue
         child = node._get_node(key)
         child_type = OmegaConf.get_type(child) if isinstance(child, DictConfig) else None
