@@ -77,7 +77,9 @@ def ray_cluster(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    temp_dir = tmp_path_factory.mktemp("ray")
+    # short: Ray's socket paths under it must fit AF_UNIX's 107 bytes, which pytest-xdist's basetemp
+    # (.../pytest-N/popen-gw0/...) would not leave room for
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "include_dashboard": True, "dashboard_port": 0, "temp_dir": str(temp_dir),
         "resources": {"head_node": 100},
@@ -86,6 +88,7 @@ def ray_cluster(tmp_path_factory):
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
