@@ -26,3 +26,12 @@ def own_overrides(folder: Path, *more: str) -> list[str]:
     return ["model._target_=digitpng.nets.DigitNet", "+model.width=8", "+model.dropout=0.1",
             "data._target_=digitpng.data.build", f"+data.root={folder / 'pngs'}", "data.batch_size=16",
             "loss._target_=digitpng.losses.SmoothedCrossEntropy", "+loss.smoothing=0.05", *more]
+
+
+def importable_package(folder: Path, monkeypatch, modules: dict[str, str]) -> Path:
+    """user_package in `folder` plus the given extra modules (name -> source), on sys.path for this test."""
+    user_package(folder)
+    for name, source in modules.items():
+        (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    return folder

@@ -12,7 +12,7 @@ from orchestrator.train.step import Step
 from orchestrator.train.components import (build_loss, build_target_model, check_components, import_target,
                                            training_flops_per_sample)
 from tests.helpers import compose_job
-from tests.own_code import own_overrides, user_package
+from tests.own_code import importable_package, own_overrides
 
 BAD_MODULE = '''
 import torch
@@ -57,10 +57,7 @@ def not_a_module():
 
 @pytest.fixture
 def package(tmp_path, monkeypatch):
-    folder = user_package(tmp_path / "user")
-    (folder / "badpkg.py").write_text(BAD_MODULE)
-    monkeypatch.syspath_prepend(str(folder))
-    return folder
+    return importable_package(tmp_path / "user", monkeypatch, {"badpkg": BAD_MODULE})
 
 
 def _problems(overrides, tmp_path) -> str:

@@ -10,7 +10,7 @@ from orchestrator.reports import MetricsReport
 from orchestrator.train.components import check_components
 from orchestrator.train.step import Step, build_step
 from tests.helpers import compose_job
-from tests.own_code import own_overrides, user_package
+from tests.own_code import importable_package, own_overrides
 from tests.train.ranks import free_port, train_here
 
 BAD_STEPS = '''
@@ -37,10 +37,7 @@ def needs_tuples(model, batch):
 
 @pytest.fixture
 def package(tmp_path, monkeypatch):
-    folder = user_package(tmp_path / "user")
-    (folder / "badsteps.py").write_text(BAD_STEPS)
-    monkeypatch.syspath_prepend(str(folder))
-    return folder
+    return importable_package(tmp_path / "user", monkeypatch, {"badsteps": BAD_STEPS})
 
 
 def _job(package, tmp_path, *more):
