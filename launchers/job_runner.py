@@ -26,6 +26,7 @@ from orchestrator.provenance import git_commit
 from orchestrator.resume import ResumeTarget, resolve_resume
 from orchestrator.summary import summary_lines
 from orchestrator.train.checkpoint import checkpoint_step, latest_checkpoint
+from orchestrator.train.folder_lock import holding
 
 from launchers.monitoring import job_observers
 from launchers.ray_cluster import connect
@@ -83,7 +84,12 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
         check_resume(job, target)
     # MLflow's import and the store's opening overlap Ray's start; the model is logged while Ray shuts down
     model_logged: Callable[[], None] = lambda: None
-    with store_opened_early(job.tracking) as store_opened, captured(console) as console_log:
+    with contextlib.ExitStack() as stack:
+        locked = target.checkpoint.parent if target is not None and not is_branch(target) else None
+        if locked is not None:  # before Ray starts: this command will write into the resumed folder
+            stack.enter_context(holding(locked, f"resume from {target.checkpoint}"))
+        store_opened = stack.enter_context(store_opened_early(job.tracking))
+        console_log = stack.enter_context(captured(console))
         try:
             with connect(job.cluster) as cluster:
                 plan = plan_job(job, cluster)
@@ -97,6 +103,8 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                     if components is not None:
                         sink.log_params({"model.num_parameters": str(components.num_parameters)})
                     checkpoint_dir = checkpoint_directory(job, sink.run_id, target, name)
+                    if Path(checkpoint_dir) != locked:  # a new folder: a resume must not write in it meanwhile
+                        stack.enter_context(holding(Path(checkpoint_dir), "train", required=False))
                     first_group.checkpoint_dir, first_group.run_id = checkpoint_dir, sink.run_id
                     unused = [first_group]
                     run_id = sink.run_id

@@ -5,6 +5,8 @@ of its own, and a resumed run keeps every command's artifacts."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from launchers.job_runner import run_job
 from orchestrator.console import Console
 from orchestrator.errors import ConfigError
+from orchestrator.train.folder_lock import LOCK_NAME, FolderInUse
 from tests.helpers import assert_no_job_resources, compose_job, job_resources_left
 
 BASE = ["model=mlp", "trainer.max_steps=20", "checkpoint.every_n_steps=10", "checkpoint.keep_last=5",
@@ -71,5 +74,27 @@ def test_a_resume_from_an_older_checkpoint_branches_into_a_new_run_and_folder(fi
     assert branch.outcome.status == "FINISHED" and branch.run_id != run_id
     assert _snapshot(client, run_id, folder) == before
     assert client.get_run(branch.run_id).data.tags["orchestrator.resumed_from"] == str(folder / "step_000000010.pt")
-    assert sorted(p.name for p in (tmp_path / "checkpoints" / branch.run_id).iterdir()) == ["step_000000020.pt"]
+    branch_folder = tmp_path / "checkpoints" / branch.run_id  # locked while the branch trained in it
+    assert sorted(p.name for p in branch_folder.iterdir()) == [LOCK_NAME, "step_000000020.pt"]
     assert_no_job_resources()
+
+
+def test_a_folder_another_command_trains_in_is_not_resumed_into(finished, tmp_path):
+    job, run_id, client = finished
+    folder = tmp_path / "checkpoints" / run_id
+    hold = ("import sys; from pathlib import Path; from orchestrator.train.folder_lock import holding\n"
+            "with holding(Path(sys.argv[1]), 'train'):\n    print('held', flush=True); sys.stdin.read()\n")
+    other = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        before = _snapshot(client, run_id, folder)
+        with pytest.raises(FolderInUse) as refused:
+            run_job(compose_job([*BASE, "trainer.max_steps=30", "trainer.resume=latest"], tmp_path),
+                    Console(io.StringIO(), False))
+        assert f"{folder} is in use by another command (PID {other.pid}" in str(refused.value)
+        assert job_resources_left() == ([], [])
+        assert _snapshot(client, run_id, folder) == before
+    finally:
+        other.kill()
+        other.wait(timeout=30)

@@ -15,6 +15,7 @@ import torch
 
 from launchers.job_runner import run_job
 from orchestrator.console import Console
+from orchestrator.train.folder_lock import LOCK_NAME
 from tests.helpers import assert_no_job_resources, compose_job, wait_until
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ddp_script.py"
@@ -193,7 +194,7 @@ def test_the_api_script_killed_mid_run_continues_from_its_checkpoint_in_one_run(
     [restart] = client.get_metric_history(summary.run_id, "restarts")
     assert restart.step == 10
     assert sorted(path.name for path in (tmp_path / "checkpoints" / summary.run_id).iterdir()) == \
-        ["step_000000020.pt", "step_000000025.pt", "step_000000030.pt"]
+        [LOCK_NAME, "step_000000020.pt", "step_000000025.pt", "step_000000030.pt"]
     assert_no_job_resources()
 
 
