@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from orchestrator import __version__
 from orchestrator.config.export import config_yaml, flat_params, redactor_for
 from orchestrator.config.schema import JobConfig
-from orchestrator.controller import Controller, JobObserver, JobOutcome, StopRequests
+from orchestrator.controller import Attempt, Controller, JobObserver, JobOutcome, StopRequests
 from orchestrator.errors import ConfigError
 from orchestrator.metrics.console_log import CONSOLE_ARTIFACT, ConsoleLog, captured
 from orchestrator.metrics.mlflow_sink import CONFIG_ARTIFACT, HYDRA_ARTIFACT_DIR, WORKERS_ARTIFACT, store_opened_early
@@ -299,13 +299,15 @@ def hydra_files(output_dir: Optional[str]) -> list[Path]:
 
 
 def workers_table(outcome: JobOutcome) -> list[dict]:
-    """Where each rank ran, and the digest of its final parameters when it finished."""
+    """Where each rank ran in each attempt of the command (attempt 0 first), and the digest of its final
+    parameters in the last attempt when it finished."""
+    attempts = outcome.attempts or ((Attempt(outcome.restarts, outcome.workers),) if outcome.workers else ())
     return [
-        {"rank": spec.world_rank, "node_rank": spec.node_rank, "local_rank": spec.local_rank,
-         "node_id": spec.node_id, "node_ip": spec.node_ip,
+        {"attempt": attempt.number, "rank": spec.world_rank, "node_rank": spec.node_rank,
+         "local_rank": spec.local_rank, "node_id": spec.node_id, "node_ip": spec.node_ip,
          "params_digest": outcome.rank_results[spec.world_rank].params_digest
-         if spec.world_rank in outcome.rank_results else None}
-        for spec in outcome.workers
+         if attempt is attempts[-1] and spec.world_rank in outcome.rank_results else None}
+        for attempt in attempts for spec in attempt.workers
     ]
 
 
@@ -317,8 +319,9 @@ def record_results(sink, job: JobConfig, outcome: JobOutcome, model_logged: Opti
     """
     try:
         sink.flush()
-        if outcome.workers:
-            sink.log_text(json.dumps(workers_table(outcome), indent=2), WORKERS_ARTIFACT)
+        table = workers_table(outcome)
+        if table:
+            sink.log_text(json.dumps(table, indent=2), WORKERS_ARTIFACT)
     finally:
         if model_logged is not None:
             model_logged()

@@ -41,6 +41,14 @@ class Phase(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One start of the worker group in this command: its number (the restarts before it) and its ranks."""
+
+    number: int
+    workers: tuple[WorkerSpec, ...]
+
+
+@dataclass(frozen=True)
 class JobOutcome:
     """How the job ended: MLflow's run status plus rank 0's result or the error."""
 
@@ -51,6 +59,8 @@ class JobOutcome:
     rank_results: Mapping[int, ResultReport] = field(default_factory=dict)
     workers: tuple[WorkerSpec, ...] = ()
     """Where each rank ran (rank order), as the last worker group started them."""
+    attempts: tuple[Attempt, ...] = ()
+    """Where the ranks ran in every attempt of this command that started, first first (the last one is `workers`)."""
     error: Optional[str] = None
     traceback: str = ""
     last_checkpoint: Optional[str] = None
@@ -143,6 +153,7 @@ class Controller:
         self.stop_reason = USER_STOP
         self.last_progress: dict[int, float] = {}
         self.restarts: list[RestartRecord] = []
+        self.attempts: list[Attempt] = []
         self.failure: Optional[Failure] = None
         self.suspect: Optional[Failure] = None
         self.rebuild = False
@@ -227,6 +238,7 @@ class Controller:
         now = self.clock()
         self.last_progress = {spec.world_rank: now for spec in self.group.specs}
         self.stepping = set()
+        self.attempts.append(Attempt(len(self.restarts), tuple(self.group.specs)))
         for observer in self.observers:
             observer.group_started(self.group.specs)
 
@@ -376,8 +388,8 @@ class Controller:
              result: Optional[ResultReport] = None) -> None:
         workers = tuple(self.group.specs) if self.group is not None else ()
         self.outcome = JobOutcome(status=status, result=result, rank_results=dict(self.results), workers=workers,
-                                  error=error, traceback=traceback, last_checkpoint=self.last_checkpoint,
-                                  restarts=len(self.restarts))
+                                  attempts=tuple(self.attempts), error=error, traceback=traceback,
+                                  last_checkpoint=self.last_checkpoint, restarts=len(self.restarts))
         self.phase = Phase.DONE
 
 

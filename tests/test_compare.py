@@ -66,14 +66,54 @@ def test_the_table_ranks_runs_best_first_and_shows_only_differing_params(store, 
     uri, ids = store
     code, out, err = compare(capsys, uri)
     assert code == 0, err
-    header, *lines = out.splitlines()
-    assert header.split() == ["run", "id", "name", "status", "duration", "model.name", "optim.lr", "final",
-                              "eval/accuracy", "best", "eval/accuracy", "(max)"]
-    assert [line.split()[1] for line in lines] == ["beta", "alpha", "gamma", "delta"]  # the sweep parent left out
-    assert lines[0].split() == [ids["beta"][:12], "beta", "FINISHED", "1", "min", "01", "s", "cnn", "0.001", "0.95",
-                                "0.95", "@300"]
-    assert lines[1].split()[-3:] == ["0.88", "0.9", "@200"]  # final differs from best
+    title, header, *lines = out.splitlines()
+    assert title == "eval/accuracy: higher is better (max); 4 runs, best first"
+    assert header.split() == ["run", "name", "status", "wall", "model.name", "lr", "final", "best", "@step"]
+    assert [line.split()[1] for line in lines[:4]] == ["beta", "alpha", "gamma", "delta"]  # the sweep parent left out
+    assert lines[0].split() == [ids["beta"][:8], "beta", "FINISHED", "1", "min", "01", "s", "cnn", "0.001", "0.9500",
+                                "0.9500", "@300"]
+    assert lines[1].split()[-3:] == ["0.8800", "0.9000", "@200"]  # final differs from best
     assert lines[3].split()[-2:] == ["-", "-"]  # no eval/accuracy: last, without values
+    assert lines[4].startswith("wall: the run's start to its end in MLflow, the time `run FINISHED in` prints")
+    assert "params: lr = optim.lr" in out
+
+
+def test_params_only_some_runs_set_to_one_value_leave_the_table_and_the_legend(tmp_path, capsys):
+    """A cnn-only key (set by the cnn runs, one value) repeats model.name: no column, no `None` in a label."""
+    from mlflow import MlflowClient
+
+    from orchestrator.compare_table import curve_labels
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("cmp")
+    cnn = {"model.name": "cnn", "model.channels": "[32, 64]", "trainer.max_steps": "null", "model.compile": "false"}
+    runs = {"a": cnn, "b": {**cnn, "trainer.max_steps": "30"},
+            "c": {"model.name": "mlp", "model.hidden_sizes": "[128, 128]", "trainer.max_steps": "null",
+                  "model.compile": "false"}}
+    for name, params in runs.items():
+        PARAMS[name] = params
+        try:
+            plant(client, experiment_id, name)
+        finally:
+            del PARAMS[name]
+    code, out, err = compare(capsys, uri, "--metric", "train/loss")
+    assert code == 0, err
+    header = out.splitlines()[1].split()
+    assert header == ["run", "name", "status", "wall", "model.name", "max_steps", "final", "best", "@step"]
+    assert "set in some runs only, to one value (in --format csv and json): model.channels, model.hidden_sizes" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    from orchestrator.compare import CompareRequest, load_records, open_client
+    from orchestrator.compare_table import build_rows
+
+    request = CompareRequest(uri, "cmp", None, (), "", "train/loss", "min", None, "table")
+    rows = build_rows(load_records(open_client(uri), request), "min")
+    labels = curve_labels(rows)
+    assert sorted(labels.values()) == ["model.name=cnn, max_steps=30", "model.name=cnn, max_steps=null",
+                                       "model.name=mlp, max_steps=null"]
+    assert json.loads(compare(capsys, uri, "--metric", "train/loss", "--format", "json")[1])[
+        "differing_params"] == [
+        "model.channels", "model.hidden_sizes", "model.name", "trainer.max_steps"]
 
 
 def test_a_sweep_selects_its_children_and_runs_and_filters_narrow_the_selection(store, capsys):
@@ -116,11 +156,53 @@ def test_the_plot_is_a_png_of_the_expected_size_with_one_curve_per_run(store, ca
     path = tmp_path / "accuracy.png"
     code, _, err = compare(capsys, uri, "--plot", str(path))
     assert code == 0 and f"plot: {path} (3 curves of eval/accuracy)" in err
+    assert "Warning" not in err
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     assert struct.unpack(">II", data[16:24]) == (1000, 600)
     pixels = imread(path)
     assert pixels.shape[:2] == (600, 1000) and pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def _layout(count: int, label: str):
+    """The drawn figure of `count` runs with long labels: (figure box, axes box, legend box, title box, legend texts)."""
+    import warnings
+
+    from orchestrator.compare_plot import curves_figure
+
+    records = [RunRecord(f"r{index}", f"run-{index}", "FINISHED", 0, 1000, {"x": str(index)},
+                         tuple((step, index + step / 100) for step in range(1, 50))) for index in range(count)]
+    rows = build_rows(records, "max")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib says when a layout does not fit: that would fail here
+        figure, drawn = curves_figure(records, rows, {row.run_id: f"{label}={row.run_id}" for row in rows},
+                                      "eval/accuracy", "max")
+        figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    [legend] = figure.legends
+    axes = figure.axes[0]
+    texts = [text.get_text() for text in legend.get_texts()]
+    return (figure.bbox, axes.get_window_extent(renderer), legend.get_window_extent(renderer),
+            axes.title.get_window_extent(renderer), texts, drawn, axes.get_title())
+
+
+@pytest.mark.parametrize("count", [3, 12])
+def test_the_legend_sits_beside_the_curves_and_everything_fits_the_canvas(count):
+    long_label = "model.hidden_sizes=[128, 128], optim.lr=0.01, scaling.num_workers=2, trainer.max_epochs"
+    canvas, axes, legend, title, texts, drawn, _ = _layout(count, long_label)
+    assert drawn == count and len(texts) == count
+    assert legend.x0 >= axes.x1  # beside the axes: it covers no curve
+    for box in (axes, legend, title):  # nothing clipped
+        assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1
+    assert axes.width > canvas.width / 2  # the curves keep most of the width
+    assert all("None" not in text for text in texts)
+
+
+def test_a_legend_too_tall_for_the_canvas_names_runs_and_only_the_best(capsys):
+    canvas, axes, legend, title, texts, drawn, heading = _layout(40, "a.long.key=" + "x" * 60)
+    assert drawn == 40 and texts == [f"run-{index}" for index in range(39, 9, -1)]  # the best 30, best first
+    assert "40 runs, the best 30 named" in heading
+    assert canvas.y0 <= legend.y0 and legend.y1 <= canvas.y1
 
 
 @pytest.mark.parametrize("args, message", [

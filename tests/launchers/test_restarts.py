@@ -4,6 +4,7 @@ a hung rank, an exhausted restart budget, and resuming a run stopped with Ctrl-C
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -113,6 +114,15 @@ def test_sigkill_of_a_worker_continues_bit_for_bit_from_the_checkpoint(uninterru
     losses = _losses(job, summary.run_id)
     after = [step for step in reference_losses if step > resumed]
     assert after and [losses[step] for step in after] == [reference_losses[step] for step in after]
+    # workers.json keeps where the ranks of both attempts ran; the final digests belong to the last attempt
+    from mlflow import MlflowClient
+
+    table = json.loads(Path(MlflowClient(job.tracking.uri).download_artifacts(summary.run_id, "workers.json",
+                                                                              str(tmp_path))).read_text())
+    assert [(row["attempt"], row["rank"]) for row in table] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [row["params_digest"] for row in table[:2]] == [None, None]
+    assert [row["params_digest"] for row in table[2:]] == [result.params_digest for _, result in
+                                                           sorted(outcome.rank_results.items())]
     assert_no_job_resources()
 
 
