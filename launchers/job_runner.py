@@ -85,8 +85,9 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
     # MLflow's import and the store's opening overlap Ray's start; the model is logged while Ray shuts down
     model_logged: Callable[[], None] = lambda: None
     with contextlib.ExitStack() as stack:
-        locked = target.checkpoint.parent if target is not None and not is_branch(target) else None
-        if locked is not None:  # before Ray starts: this command will write into the resumed folder
+        locked: Optional[Path] = None
+        if target is not None and not is_branch(target):  # before Ray starts: this command writes into its folder
+            locked = target.checkpoint.parent
             stack.enter_context(holding(locked, f"resume from {target.checkpoint}"))
         store_opened = stack.enter_context(store_opened_early(job.tracking))
         console_log = stack.enter_context(captured(console))

@@ -236,11 +236,12 @@ class Controller:
         self.phase = Phase.RUNNING
         self.results, self.exited, self.lost, self.suspect = {}, set(), set(), None
         now = self.clock()
-        self.last_progress = {spec.world_rank: now for spec in self.group.specs}
+        specs = tuple(self.group.specs) if self.group is not None else ()
+        self.last_progress = {spec.world_rank: now for spec in specs}
         self.stepping = set()
-        self.attempts.append(Attempt(len(self.restarts), tuple(self.group.specs)))
+        self.attempts.append(Attempt(len(self.restarts), specs))
         for observer in self.observers:
-            observer.group_started(self.group.specs)
+            observer.group_started(specs)
 
     def _handle(self, event: GroupEvent) -> None:
         if isinstance(event, RankReport):
