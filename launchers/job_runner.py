@@ -67,11 +67,11 @@ class TrialLink:
     """Where the sweep asks the trial to stop (early stopping, Ctrl-C), from any thread."""
 
 
-def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_dir: Optional[str] = None,
+def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, hydra_dir: Optional[str] = None,
             link: Optional[TrialLink] = None, components: Any = None) -> JobSummary:
     """Run a validated job on its cluster; PlanError is raised before any actor starts.
 
-    `output_dir` is Hydra's output directory: its `.hydra/` files are logged with the run. A sweep's
+    `hydra_dir` is the folder of this command's Hydra files (`<output dir>/.hydra`): they are logged with the run. A sweep's
     trial comes with its `link` to the sweep. `components` is the driver's check of the user's own model
     and data (train.components.ComponentCheck); its parameter count is logged as `model.num_parameters`.
     """
@@ -99,7 +99,7 @@ def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, output_di
                 first_group = RayWorkerGroup(plan, job, name).spawn()
                 try:
                     store_opened()
-                    sink = open_run(job, plan, overrides, target, console, output_dir, link, started_at)
+                    sink = open_run(job, plan, overrides, target, console, hydra_dir, link, started_at)
                     sink.set_tags({RAY_NAME_TAG: name})
                     if components is not None:
                         sink.log_params({"model.num_parameters": str(components.num_parameters)})
@@ -231,7 +231,7 @@ def checkpoint_directory(job: JobConfig, run_id: Optional[str], target: Optional
 
 
 def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Optional[ResumeTarget], console,
-             output_dir: Optional[str] = None, link: Optional[TrialLink] = None, started_at: Optional[float] = None):
+             hydra_dir: Optional[str] = None, link: Optional[TrialLink] = None, started_at: Optional[float] = None):
     """The run to record into: the resumed one when its store has it, else a new one (a sweep's child)."""
     if job.tracking.enabled and target is not None and target.run_id is not None and not is_branch(target):
         from orchestrator.metrics.mlflow_sink import RunRecorder
@@ -243,7 +243,7 @@ def open_run(job: JobConfig, plan: JobPlan, overrides: Sequence[str], target: Op
             sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
             console.message(f"resuming MLflow run {target.run_id} from step {target.step} ({target.checkpoint})")
             return sink
-    sink = open_sink(job, plan, overrides, notify=console.message, output_dir=output_dir, link=link,
+    sink = open_sink(job, plan, overrides, notify=console.message, hydra_dir=hydra_dir, link=link,
                      started_at=started_at)
     if target is not None:
         sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
@@ -259,7 +259,7 @@ def _warn_config_changes(logged: dict[str, str], current: dict[str, str], consol
                         "not guaranteed: " + "; ".join(changed))
 
 
-def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=None, output_dir: Optional[str] = None,
+def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=None, hydra_dir: Optional[str] = None,
               link: Optional[TrialLink] = None, started_at: Optional[float] = None):
     """The run's MLflow recorder with params, tags, the resolved config and Hydra's files; NullSink when off."""
     if not job.tracking.enabled:
@@ -284,7 +284,7 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=No
                               start_time=started_at, **({"notify": notify} if notify else {}))
     try:
         sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
-        for path in hydra_files(output_dir):
+        for path in hydra_files(hydra_dir):
             sink.log_text(path.read_text(), f"{HYDRA_ARTIFACT_DIR}/{path.name}")
     except BaseException as error:  # the recorder's writer thread is running: stop it on every path
         sink.finish("FAILED", error=f"{type(error).__name__}: {error}")
@@ -292,11 +292,11 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], notify=No
     return sink
 
 
-def hydra_files(output_dir: Optional[str]) -> list[Path]:
-    """The files Hydra wrote into `<output_dir>/.hydra/` (config, hydra, overrides); none without a dir."""
-    if output_dir is None or not (Path(output_dir) / ".hydra").is_dir():
+def hydra_files(hydra_dir: Optional[str]) -> list[Path]:
+    """The Hydra files of this command (config, hydra, overrides) in `hydra_dir`; none without it."""
+    if hydra_dir is None or not Path(hydra_dir).is_dir():
         return []
-    return sorted(path for path in (Path(output_dir) / ".hydra").iterdir() if path.is_file())
+    return sorted(path for path in Path(hydra_dir).iterdir() if path.is_file())
 
 
 def workers_table(outcome: JobOutcome) -> list[dict]:

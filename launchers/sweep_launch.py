@@ -14,7 +14,7 @@ import copy
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -66,15 +66,14 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             raise ConfigError(problems)
         _check_own_components([trial.spec.job for trial in trials])
         _redact_sweep_file(launcher, sweep_job)
-        for trial in trials:
-            _write_outputs(trial)
+        specs = [replace(trial.spec, hydra_dir=str(_write_outputs(trial))) for trial in trials]
         if getattr(launcher.task_function, "sweep", None) is None:  # the first batch: say what the wait is
             log.info(f"{len(trials)} trials checked; starting Ray and the sweep's MLflow run (a few seconds)")
         session = _session(launcher, sweep_job)
         log.info(f"Launching {len(job_overrides)} trials on Ray")
         for trial in trials:
             launcher.hydra_context.callbacks.on_job_start(config=trial.config, task_function=launcher.task_function)
-        records = session.run([trial.spec for trial in trials])
+        records = session.run(specs)
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         opened = getattr(launcher.task_function, "sweep", None)  # by this batch or an earlier one
@@ -193,14 +192,14 @@ def _prepare(launcher, overrides: list[str], number: int) -> PreparedTrial:
         job = load_config(task_cfg, Path.cwd())
     finally:
         HydraConfig.instance().cfg = previous
-    spec = TrialSpec(number=number, overrides=tuple(overrides), job=job, output_dir=output_dir)
+    spec = TrialSpec(number=number, overrides=tuple(overrides), job=job)
     return PreparedTrial(spec=spec, config=config, task_cfg=task_cfg, hydra_cfg=hydra_cfg, output_dir=output_dir)
 
 
-def _write_outputs(trial: PreparedTrial) -> None:
+def _write_outputs(trial: PreparedTrial) -> Path:
     """The trial's output directory and its redacted .hydra/ files, once every trial of the batch is valid."""
     overrides = list(trial.config.hydra.overrides.task)
-    write_hydra_files(trial.output_dir, trial.task_cfg, trial.hydra_cfg, overrides,
+    return write_hydra_files(trial.output_dir, trial.task_cfg, trial.hydra_cfg, overrides,
                       redactor_for(trial.spec.job, overrides))
 
 

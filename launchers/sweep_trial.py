@@ -132,7 +132,7 @@ def run_trial(spec: TrialSpec, console: Console, watch: TrialWatch, parent_run_i
                      stop_requests=watch.stop_requests)
     summary = None
     try:
-        summary = run_job(spec.job, console, spec.overrides, output_dir=spec.output_dir, link=link)
+        summary = run_job(spec.job, console, spec.overrides, hydra_dir=spec.hydra_dir, link=link)
     except Exception as error:  # a trial that could not run (its store, its plan): recorded, the sweep goes on
         status, error_text, run_id = FAILED, f"{type(error).__name__}: {error}", watch.run_id
     else:

@@ -169,12 +169,12 @@ def _train_task(cfg) -> Optional[float]:
             remove_empty_dirs(hydra.runtime.output_dir, Path.cwd())  # Hydra made it; a rejected config keeps none
             raise
         overrides = list(hydra.overrides.task)
-        write_hydra_files(hydra.runtime.output_dir, cfg, HydraConfig.instance().cfg, overrides,
-                          redactor_for(job, overrides))
+        hydra_dir = write_hydra_files(hydra.runtime.output_dir, cfg, HydraConfig.instance().cfg, overrides,
+                                      redactor_for(job, overrides))
         from launchers.job_runner import run_job
 
         console = Console()
-        summary = run_job(job, console, overrides, output_dir=hydra.runtime.output_dir, components=components)
+        summary = run_job(job, console, overrides, hydra_dir=str(hydra_dir), components=components)
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None

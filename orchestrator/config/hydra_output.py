@@ -22,16 +22,34 @@ OUTPUT_SUBDIR_KEY = "hydra.output_subdir"
 
 def write_hydra_files(output_dir: str | os.PathLike, task_cfg: Any, hydra_cfg: Any, overrides: Sequence[str],
                       redactor: Redactor) -> Path:
-    """Write `<output_dir>/.hydra/` (config.yaml, hydra.yaml, overrides.yaml) with secrets masked."""
+    """Write `<output_dir>/.hydra/` (config.yaml, hydra.yaml, overrides.yaml) with secrets masked; returns it.
+
+    An output directory that already holds an earlier command's files (two commands started in the
+    same second share Hydra's default `outputs/<date>/<time>`; a fixed `hydra.run.dir` is shared by
+    every command) gets `.hydra.2/`, `.hydra.3/`, ...: no command's record overwrites another's.
+    """
     from omegaconf import OmegaConf
 
-    folder = Path(output_dir) / HYDRA_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = new_hydra_folder(Path(output_dir))
     texts = {"config.yaml": OmegaConf.to_yaml(task_cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
              "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides)))}
     for name, text in texts.items():
         write_redacted(folder / name, text, redactor)
     return folder
+
+
+def new_hydra_folder(output_dir: Path) -> Path:
+    """Create and return the first of `.hydra`, `.hydra.2`, ... that does not exist yet (mkdir is the claim,
+    so two commands racing for one name each get their own)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        folder = output_dir / (HYDRA_SUBDIR if number == 1 else f"{HYDRA_SUBDIR}.{number}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            number += 1
 
 
 def write_redacted(path: Path, text: str, redactor: Redactor) -> None:

@@ -25,8 +25,8 @@ class TrialSpec:
     number: int
     overrides: tuple[str, ...]
     job: JobConfig
-    output_dir: Optional[str] = None
-    """Hydra's output directory of the trial (its .hydra/ files are logged with the run)."""
+    hydra_dir: Optional[str] = None
+    """The folder of the trial's Hydra files (`<output dir>/.hydra`), logged with its run."""
 
 
 @dataclass(frozen=True)
