@@ -4,7 +4,7 @@
 #   docker build -t REGISTRY/orchestrator:0.1.0 .
 #
 # RAY_VERSION must match `rayVersion` in k8s/base/raycluster.yaml and RAY_VERSION in
-# orchestrator/manifests.py (a test checks all three): KubeRay configures the pods for that version.
+# orchestrator/kubernetes/rayjob.py (a test checks all three): KubeRay configures the pods for that version.
 ARG RAY_VERSION=2.60.0
 ARG PYTHON_TAG=py311
 # The -cpu variant is the plain Ubuntu image. The GPU build of torch brings its own CUDA runtime

@@ -11,7 +11,7 @@ TORCH_INDEX_URL ?=
 # only appears after a reinstall.
 SOURCES := pyproject.toml $(shell find orchestrator launchers conf -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
 
-.PHONY: install install-dev run test test-fast mlflow clean
+.PHONY: install install-dev run test test-fast mlflow docs clean
 
 # torch first, pinned: with 2.13.0 in place, the package's `torch>=2.4` installs nothing more, so a
 # CPU machine never pulls the multi-GB CUDA wheels (a GPU machine gets the CUDA build of 2.13.0).
@@ -54,6 +54,10 @@ test-fast: install-dev
 mlflow: install
 	$(BIN)/orchestrator mlflow-server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--artifacts-destination $(CURDIR)/mlartifacts $(MLFLOW_ARGS)
+
+# the manual in docs/ as a site in site/; strict: a broken link or anchor fails the build
+docs: install-dev
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs multirun

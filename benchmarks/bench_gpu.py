@@ -27,7 +27,13 @@ import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
 
 from orchestrator.config.schema import (  # noqa: E402
-    CheckpointConfig, GptConfig, JobConfig, OptimConfig, TokensConfig, TrackingConfig, TrainerConfig,
+    CheckpointConfig,
+    GptConfig,
+    JobConfig,
+    OptimConfig,
+    TokensConfig,
+    TrackingConfig,
+    TrainerConfig,
 )
 from orchestrator.train.flops import training_flops_per_token  # noqa: E402
 
@@ -149,8 +155,8 @@ def run_orchestrator(job: JobConfig, device: torch.device, args) -> tuple[float,
     """
     import os
 
-    from orchestrator.reports import MetricsReport
-    from orchestrator.rendezvous import WorkerSpec
+    from orchestrator.lifecycle.rank_reports import MetricsReport
+    from orchestrator.planning.rank_specs import WorkerSpec
     from orchestrator.train.loop import TrainContext, train
     from orchestrator.worker.ddp import process_group
 

@@ -30,9 +30,9 @@ def run_once(overrides: list[str], workdir: Path) -> tuple[float, float, float]:
     """(median samples/s after the first logged window, wall seconds, monitor CPU seconds) of one job."""
     from mlflow import MlflowClient
 
-    from launchers.job_runner import run_job
+    from launchers.jobs.job_runner import run_job
+    from orchestrator.cli.console import Console
     from orchestrator.config.compose import compose_job
-    from orchestrator.console import Console
 
     job = compose_job(overrides, workdir)
     started = time.monotonic()
@@ -49,7 +49,7 @@ def run_once(overrides: list[str], workdir: Path) -> tuple[float, float, float]:
 
 def sampling_cost_ms(refresh_children: bool, repeats: int = 200) -> float:
     """Milliseconds one host sample of two ranks takes (the GPU part is NVML's, absent here)."""
-    from orchestrator.monitor.host import HostProbe
+    from orchestrator.monitoring.host_probe import HostProbe
 
     probe = HostProbe({0: os.getpid(), 1: os.getppid()})
     probe.start()

@@ -44,8 +44,8 @@ def run_once(overrides: list[str], workdir: Path) -> tuple[float, float]:
     import torch
 
     from orchestrator.config.compose import compose_job
-    from orchestrator.reports import MetricsReport
-    from orchestrator.rendezvous import WorkerSpec
+    from orchestrator.lifecycle.rank_reports import MetricsReport
+    from orchestrator.planning.rank_specs import WorkerSpec
     from orchestrator.train.loop import TrainContext, train
     from orchestrator.worker.ddp import process_group
 

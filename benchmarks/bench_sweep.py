@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.cli import main  # noqa: E402
+from orchestrator.cli.commands import main  # noqa: E402
 
 TRIALS = ["optim.lr=1e-3,3e-3", "optim.name=adamw,sgd", "model.dropout=0.0,0.1"]  # 2 x 2 x 2 = 8 trials
 TINY = ["model=mlp", "scaling.num_workers=1", "trainer.max_epochs=2", "tracking.log_model=false",

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launchers.job_runner import run_job  # noqa: E402
-from launchers.mlflow_server import MlflowServer, free_port, local_spec  # noqa: E402
-from orchestrator.console import Console  # noqa: E402
+from launchers.jobs.job_runner import run_job  # noqa: E402
+from orchestrator.cli.console import Console  # noqa: E402
+from orchestrator.tracking.mlflow_server import MlflowServer, free_port, local_spec  # noqa: E402
 from tests.helpers import compose_job  # noqa: E402  (composes conf/ exactly as `orchestrator train` does)
 
 

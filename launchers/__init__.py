@@ -1,1 +1,2 @@
-"""Adapters that run jobs on Ray: cluster connection, worker group, job submission, Hydra launcher."""
+"""Everything that talks to Ray: the cluster connection, the worker group and its actors, the per-node
+monitors, job submission, the Hydra launcher, and the application layer that runs jobs and sweeps on them."""

@@ -70,7 +70,7 @@ def pytest_unconfigure(config):
 def ray_cluster(tmp_path_factory):
     """A real Ray cluster (head node with the dashboard for ray.util.state), connected in-process.
 
-    Jobs run in-process reuse this connection (launchers.ray_cluster.connect keeps an existing one),
+    Jobs run in-process reuse this connection (launchers.cluster.connection.connect keeps an existing one),
     and subprocess CLIs reach it through `cluster.address`. It is started and stopped by this
     fixture only: never `ray stop`, never address="auto".
     """
@@ -94,7 +94,7 @@ def ray_cluster(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite store, served artifacts) on a free loopback port, stopped by its PID."""
-    from launchers.mlflow_server import MlflowServer, free_port, local_spec
+    from orchestrator.tracking.mlflow_server import MlflowServer, free_port, local_spec
 
     data_dir = tmp_path_factory.mktemp("mlflow-server")
     server = MlflowServer(local_spec(data_dir, port=free_port()), log_path=data_dir / "server.log").start()

@@ -11,7 +11,7 @@ import torch
 
 import orchestrator
 from orchestrator import api
-from orchestrator.reports import CheckpointReport, MetricsReport
+from orchestrator.lifecycle.rank_reports import CheckpointReport, MetricsReport
 from orchestrator.worker.script import read_report
 
 MANAGED = (api.REPORT_FD_VARIABLE, api.RESUME_FROM_VARIABLE, api.RUN_ID_VARIABLE)

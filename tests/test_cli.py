@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.commands import main
 from tests.helpers import job_resources_left, wait_until
 
 CASES = [
@@ -85,8 +85,8 @@ def test_the_default_job_end_to_end_on_an_embedded_cluster(ray_cluster, tmp_path
     import mlflow
     from mlflow import MlflowClient
 
-    from orchestrator.train.data import load_dataset
     from orchestrator.config.schema import DigitsConfig
+    from orchestrator.train.data import load_dataset
 
     process = _orchestrator("train", cwd=tmp_path)
     out, err = process.communicate(timeout=600)

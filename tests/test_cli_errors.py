@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.cli import main
+from orchestrator.cli.commands import main
 from orchestrator.config import schema
 
 FINDINGS = [
@@ -27,12 +27,12 @@ COMMANDS = [["train"], ["train", "-m"], ["plan"], ["k8s"], ["submit", "--address
 @pytest.fixture
 def no_ray(monkeypatch, tmp_path):
     """Fails the test if anything connects to Ray; the working directory is the test's own."""
-    import launchers.ray_cluster
+    import launchers.cluster.connection
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started for a rejected config")
 
-    monkeypatch.setattr(launchers.ray_cluster, "connect", refuse)
+    monkeypatch.setattr(launchers.cluster.connection, "connect", refuse)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

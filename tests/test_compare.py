@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.compare_table import RunRecord, build_rows, differing_params
+from orchestrator.cli.commands import main
+from orchestrator.cli.compare_table import RunRecord, build_rows, differing_params
 
 ACCURACY = {
     "alpha": [(100, 0.80), (200, 0.90), (300, 0.88)],
@@ -82,7 +82,7 @@ def test_params_only_some_runs_set_to_one_value_leave_the_table_and_the_legend(t
     """A cnn-only key (set by the cnn runs, one value) repeats model.name: no column, no `None` in a label."""
     from mlflow import MlflowClient
 
-    from orchestrator.compare_table import curve_labels
+    from orchestrator.cli.compare_table import curve_labels
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -103,8 +103,8 @@ def test_params_only_some_runs_set_to_one_value_leave_the_table_and_the_legend(t
     assert header == ["run", "name", "status", "wall", "model.name", "max_steps", "final", "best", "@step"]
     assert "set in some runs only, to one value (in --format csv and json): model.channels, model.hidden_sizes" in out
     assert max(len(line) for line in out.splitlines()) <= 100
-    from orchestrator.compare import CompareRequest, load_records, open_client
-    from orchestrator.compare_table import build_rows
+    from orchestrator.cli.compare import CompareRequest, load_records, open_client
+    from orchestrator.cli.compare_table import build_rows
 
     request = CompareRequest(uri, "cmp", None, (), "", "train/loss", "min", None, "table")
     rows = build_rows(load_records(open_client(uri), request), "min")
@@ -168,7 +168,7 @@ def _layout(count: int, label: str):
     """The drawn figure of `count` runs with long labels: (figure box, axes box, legend box, title box, legend texts)."""
     import warnings
 
-    from orchestrator.compare_plot import curves_figure
+    from orchestrator.cli.compare_plot import curves_figure
 
     records = [RunRecord(f"r{index}", f"run-{index}", "FINISHED", 0, 1000, {"x": str(index)},
                          tuple((step, index + step / 100) for step in range(1, 50))) for index in range(count)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from orchestrator.console import Console
-from orchestrator.reports import LogReport, MetricsReport, StepReport
+from orchestrator.cli.console import Console
+from orchestrator.lifecycle.rank_reports import LogReport, MetricsReport, StepReport
 
 
 class Clock:

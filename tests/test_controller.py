@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import io
 
+from orchestrator.cli.console import Console
 from orchestrator.config.schema import FailureConfig
-from orchestrator.console import Console
-from orchestrator.controller import SETTLE_S, STOP_GRACE_S, USER_STOP, Controller, Phase, StopRequests, stop_message
 from orchestrator.errors import LaunchError
-from orchestrator.group import RankExited, RankLost, RankReport
-from orchestrator.metrics.sink import InMemorySink
-from orchestrator.reports import (
-    AttemptStartReport, CheckpointReport, ErrorReport, MetricsReport, ResultReport, StepReport,
+from orchestrator.lifecycle.controller import (
+    SETTLE_S,
+    STOP_GRACE_S,
+    USER_STOP,
+    Controller,
+    Phase,
+    StopRequests,
+    stop_message,
 )
-from orchestrator.rendezvous import WorkerSpec
+from orchestrator.lifecycle.rank_reports import (
+    AttemptStartReport,
+    CheckpointReport,
+    ErrorReport,
+    MetricsReport,
+    ResultReport,
+    StepReport,
+)
+from orchestrator.lifecycle.worker_group import RankExited, RankLost, RankReport
+from orchestrator.planning.rank_specs import WorkerSpec
+from orchestrator.tracking.metrics_sink import InMemorySink
 
 
 def _spec(rank: int) -> WorkerSpec:

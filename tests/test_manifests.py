@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import manifests
-from orchestrator.cli import main
-from orchestrator.placement import predict_placement
-from orchestrator.plan import GIB, ClusterSnapshot, NodeSnapshot, plan_job
+from orchestrator.cli.commands import main
+from orchestrator.kubernetes import rayjob as manifests
+from orchestrator.planning.placement import predict_placement
+from orchestrator.planning.plan import GIB, ClusterSnapshot, NodeSnapshot, plan_job
 from tests.helpers import compose_job
 from tests.k8s.validators import REPO, crd_errors, ray_start_params_set_twice
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.placement import predict_placement
-from orchestrator.plan import ClusterSnapshot, JobPlan, NodeSnapshot
+from orchestrator.planning.placement import predict_placement
+from orchestrator.planning.plan import ClusterSnapshot, JobPlan, NodeSnapshot
 
 
 def _cluster(**free_by_node: dict) -> ClusterSnapshot:
@@ -65,7 +65,7 @@ def test_busy_nodes_block_now_and_the_message_shows_what_is_free():
 
 
 def test_resources_are_shown_as_users_write_them_without_rays_own_placement_group_resources():
-    from orchestrator.plan import format_resources
+    from orchestrator.planning.plan import format_resources
 
     free = {"CPU": 0.0, "memory": 16 * 1024**3, "node:10.0.0.1": 1.0, "object_store_memory": 1e9,
             "CPU_group_5368d33a648f0f1da228b6aa87290100": 0.0, "bundle_group_0_5368d33a648f0f1da228b6aa87290100": 0.0,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from orchestrator.errors import PlanError
-from orchestrator.plan import ClusterSnapshot, NodeSnapshot, plan_job, resolve_backend
+from orchestrator.planning.plan import ClusterSnapshot, NodeSnapshot, plan_job, resolve_backend
 from tests.helpers import compose_job
 
 

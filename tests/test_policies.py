@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from orchestrator.config.schema import FailureConfig
-from orchestrator.policies import Failure, FailureKind, classify_error, decide
-from orchestrator.reports import ErrorReport
+from orchestrator.lifecycle.failure_policy import Failure, FailureKind, classify_error, decide
+from orchestrator.lifecycle.rank_reports import ErrorReport
 
 DIED = Failure(FailureKind.WORKER_DIED, "rank 1 died", world_rank=1)
 RAISED = Failure(FailureKind.USER_ERROR, "rank 0 raised ValueError", world_rank=0)

@@ -6,8 +6,8 @@ import os
 import sys
 import threading
 
-from orchestrator.metrics.writer import MetricValue, MetricWriter
-from orchestrator.priority import BACKGROUND_NICE, lower_thread_priority
+from orchestrator.thread_priority import BACKGROUND_NICE, lower_thread_priority
+from orchestrator.tracking.metric_writer import MetricValue, MetricWriter
 
 LINUX = sys.platform.startswith("linux")
 

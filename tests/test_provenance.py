@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from orchestrator.provenance import git_commit
+from orchestrator.tracking.provenance import git_commit
 
 
 def test_commit_of_a_checkout_and_none_outside(tmp_path):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.plan import JobPlan
-from orchestrator.rendezvous import AttemptSpec, PlacedBundle, rank_order, worker_specs
+from orchestrator.planning.plan import JobPlan
+from orchestrator.planning.rank_specs import AttemptSpec, PlacedBundle, rank_order, worker_specs
 
 
 def _plan(world_size: int) -> JobPlan:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.metrics.mlflow_sink import session_name
-from orchestrator.resume import extends_finished_run, identity_problems, model_data_identity
+from orchestrator.lifecycle.resume import extends_finished_run, identity_problems, model_data_identity
+from orchestrator.tracking.run_recorder import session_name
 
 
 def test_the_identity_is_every_model_and_data_key_but_the_loader_processes():

@@ -19,7 +19,7 @@ WARMUP_STEPS = 60
 
 
 class TimingRecorder:
-    """A JobObserver (orchestrator.controller) that sums the loop's log windows after the warm-up steps."""
+    """A JobObserver (orchestrator.lifecycle.controller) that sums the loop's log windows after the warm-up steps."""
 
     def __init__(self) -> None:
         self.first_step_at = None
@@ -31,7 +31,7 @@ class TimingRecorder:
         pass
 
     def report(self, world_rank: int, report: object) -> None:
-        from orchestrator.reports import AttemptStartReport, MetricsReport
+        from orchestrator.lifecycle.rank_reports import AttemptStartReport, MetricsReport
 
         if isinstance(report, AttemptStartReport) and world_rank == 0:
             self.first_step_at = report.wall_time
@@ -52,8 +52,8 @@ class TimingRecorder:
 
 def main() -> int:
     result_path, overrides = sys.argv[1], sys.argv[2:]
-    import launchers.job_runner as job_runner
-    from orchestrator.cli import main as orchestrator_main
+    import launchers.jobs.job_runner as job_runner
+    from orchestrator.cli.commands import main as orchestrator_main
 
     recorder = TimingRecorder()
     observers = job_runner.job_observers
@@ -61,7 +61,7 @@ def main() -> int:
     code = orchestrator_main(["train", *overrides])
     with open(result_path, "w") as handle:
         json.dump(recorder.result(), handle)
-    gc.freeze()  # as the orchestrator command ends (orchestrator.cli.run)
+    gc.freeze()  # as the orchestrator command ends (orchestrator.cli.commands.run)
     return code
 
 

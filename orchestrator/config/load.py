@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from orchestrator.config.schema import (
     AMP_MODES,
     BACKENDS,
-    EARLY_STOP_RULES,
     COMPILE_MODES,
+    EARLY_STOP_RULES,
     ENTRYPOINTS,
     MODEL_FORMATS,
     OPTIMIZERS,
@@ -38,7 +38,7 @@ from orchestrator.config.schema import (
     TokensConfig,
 )
 from orchestrator.errors import ConfigError
-from orchestrator.metrics.redact import redact_value
+from orchestrator.tracking.redact import redact_value
 
 PER_NODE_STRATEGIES = ("PACK", "STRICT_SPREAD")
 RESERVED_RESOURCES = {"CPU": "scaling.cpus_per_worker", "GPU": "scaling.gpus_per_worker",

@@ -34,11 +34,10 @@ def _clear_readonly(node: DictConfig | ListConfig) -> None:
 
 def register_configs() -> None:
     """Register the job schema, the `model` / `data` group schemas and the sweep plugins' configs (idempotent)."""
-    from hydra.core.config_store import ConfigStore
-
     # the launcher plugin stores its own config (any Hydra app can use it); importing it here makes sure it
     # is there before the first composition, whenever Hydra scans its plugins
     import hydra_plugins.orchestrator_ray_launcher.config  # noqa: F401
+    from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(group="hydra/sweeper", name="optuna", node=_optuna_config(), provider="orchestrator")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Hashable, Mapping, Optional
 
-from orchestrator.placement import predict_placement
-from orchestrator.plan import ClusterSnapshot, JobPlan
+from orchestrator.planning.placement import predict_placement
+from orchestrator.planning.plan import ClusterSnapshot, JobPlan
 
 Booking = Mapping[str, Mapping[str, float]]
 """node id -> resources a trial holds there."""

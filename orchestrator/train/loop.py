@@ -21,11 +21,24 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from orchestrator.config.schema import DdpConfig, GptConfig, JobConfig, TargetDataConfig, TargetModelConfig, TrainerConfig
 from orchestrator.config.export import flat_params
-from orchestrator.reports import AttemptStartReport, CheckpointReport, MetricsReport, ResultReport, StepReport
-from orchestrator.rendezvous import WorkerSpec
-from orchestrator.resume import model_data_identity
+from orchestrator.config.schema import (
+    DdpConfig,
+    GptConfig,
+    JobConfig,
+    TargetDataConfig,
+    TargetModelConfig,
+    TrainerConfig,
+)
+from orchestrator.lifecycle.rank_reports import (
+    AttemptStartReport,
+    CheckpointReport,
+    MetricsReport,
+    ResultReport,
+    StepReport,
+)
+from orchestrator.lifecycle.resume import model_data_identity
+from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.train.checkpoint import CheckpointWriter, load_checkpoint, snapshot
 from orchestrator.train.components import build_loss, build_target_data, build_target_model, training_flops_per_sample
 from orchestrator.train.data import Dataset, ShardedBatches, load_dataset, to_device
@@ -35,9 +48,9 @@ from orchestrator.train.loader import LoaderBatches, batch_size_of, evaluate_dat
 from orchestrator.train.models import build_model
 from orchestrator.train.optim import build_optimizer, build_scheduler
 from orchestrator.train.precision import autocast, grad_scaler, set_tf32
-from orchestrator.train.timing import SyncTimer
 from orchestrator.train.rng import capture_rng, restore_rng, seed_everything
 from orchestrator.train.step import Step, build_step, scalar_metrics
+from orchestrator.train.timing import SyncTimer
 
 HEARTBEAT_INTERVAL_S = 1.0
 """A rank between log steps still sends a StepReport this often, so the driver sees it alive."""

@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from orchestrator.rendezvous import WorkerSpec
+from orchestrator.planning.rank_specs import WorkerSpec
 
 
 @contextlib.contextmanager

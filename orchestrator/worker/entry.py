@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.reports import ErrorReport, ResultReport
-from orchestrator.rendezvous import WorkerSpec
+from orchestrator.lifecycle.rank_reports import ErrorReport, ResultReport
+from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.stop import StopSignal
 
 

@@ -21,8 +21,8 @@ from typing import Callable, Mapping, Optional
 
 from orchestrator import api
 from orchestrator.config.schema import JobConfig
-from orchestrator.reports import CheckpointReport, ErrorReport, LogReport, MetricsReport, ResultReport
-from orchestrator.rendezvous import WorkerSpec
+from orchestrator.lifecycle.rank_reports import CheckpointReport, ErrorReport, LogReport, MetricsReport, ResultReport
+from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.network import SOCKET_IFNAME_VARIABLES, interface_holding
 from orchestrator.worker.stop import StopSignal
 

@@ -7,9 +7,9 @@ import threading
 import yaml
 from omegaconf import OmegaConf
 
-from launchers.job_runner import hydra_files
+from launchers.jobs.job_runner import hydra_files
 from orchestrator.config.hydra_output import write_hydra_files
-from orchestrator.metrics.redact import Redactor
+from orchestrator.tracking.redact import Redactor
 
 
 def _write(folder, lr: float, token: str = "hf_0123456789abcdefghij"):

@@ -9,9 +9,18 @@ import subprocess
 import pytest
 import yaml
 
-from orchestrator import manifests
-from tests.k8s.validators import (OVERLAYS, REPO, containers, copy_with_env_files, core_errors, crd_errors,
-                                  errors, ray_start_params_set_twice, render_overlay)
+from orchestrator.kubernetes import rayjob as manifests
+from tests.k8s.validators import (
+    OVERLAYS,
+    REPO,
+    containers,
+    copy_with_env_files,
+    core_errors,
+    crd_errors,
+    errors,
+    ray_start_params_set_twice,
+    render_overlay,
+)
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
 

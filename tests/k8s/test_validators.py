@@ -8,7 +8,7 @@ import copy
 import pytest
 import yaml
 
-from orchestrator import manifests
+from orchestrator.kubernetes import rayjob as manifests
 from tests.helpers import compose_job
 from tests.k8s.validators import REPO, core_errors, crd_errors, errors, ray_start_params_set_twice, strict_schema
 

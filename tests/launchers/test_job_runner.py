@@ -12,9 +12,9 @@ import threading
 import pytest
 import torch
 
-from launchers.job_runner import run_job
+from launchers.jobs.job_runner import run_job
+from orchestrator.cli.console import Console
 from orchestrator.config.export import flat_params
-from orchestrator.console import Console
 from orchestrator.train.folder_lock import LOCK_NAME
 from tests.helpers import assert_no_job_resources, compose_job, wait_until, worker_pid
 

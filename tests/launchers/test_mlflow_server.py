@@ -11,11 +11,11 @@ import threading
 
 import pytest
 
-from launchers.mlflow_server import free_port
-from orchestrator.cli import main
+from orchestrator.cli.commands import main
 from orchestrator.config.schema import TrackingConfig
-from orchestrator.metrics.mlflow_sink import RunRecorder
-from orchestrator.metrics.transport import TrackingUnavailable, check_server
+from orchestrator.tracking.mlflow_server import free_port
+from orchestrator.tracking.run_recorder import RunRecorder
+from orchestrator.tracking.transport import TrackingUnavailable, check_server
 from tests.helpers import kill_trees, owned_process, wait_until
 
 

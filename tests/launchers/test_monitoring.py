@@ -14,18 +14,18 @@ import uuid
 
 import pytest
 
-from launchers.job_runner import run_job
-from launchers.monitoring import JobMonitor, job_observers
+from launchers.jobs.job_runner import run_job
+from launchers.monitoring.job_monitoring import JobMonitor, job_observers
+from orchestrator.cli.console import Console
 from orchestrator.config.schema import MonitorConfig, TrackingConfig
-from orchestrator.console import Console
-from orchestrator.controller import JobOutcome
-from orchestrator.metrics.mlflow_sink import RunRecorder
-from orchestrator.metrics.sink import InMemorySink
-from orchestrator.monitor.devices import GpuDevice
-from orchestrator.monitor.probe import GpuSample, ScriptedProbe
-from orchestrator.monitor.summarize import MIB
-from orchestrator.rendezvous import WorkerSpec
-from orchestrator.reports import StepReport
+from orchestrator.lifecycle.controller import JobOutcome
+from orchestrator.lifecycle.rank_reports import StepReport
+from orchestrator.monitoring.gpu_devices import GpuDevice
+from orchestrator.monitoring.gpu_probe import GpuSample, ScriptedProbe
+from orchestrator.monitoring.summaries import MIB
+from orchestrator.planning.rank_specs import WorkerSpec
+from orchestrator.tracking.metrics_sink import InMemorySink
+from orchestrator.tracking.run_recorder import RunRecorder
 from tests.helpers import assert_no_job_resources, compose_job, live_actors, wait_until
 
 UUID_LOW_SLOT = "GPU-1b000000-0000-0000-0000-000000000000"

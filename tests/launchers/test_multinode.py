@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from launchers.job_runner import run_job
-from orchestrator.cli import main
-from orchestrator.console import Console
+from launchers.jobs.job_runner import run_job
+from orchestrator.cli.commands import main
+from orchestrator.cli.console import Console
 from tests.helpers import assert_no_job_resources, compose_job, signal_handlers_kept
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ddp_script.py"

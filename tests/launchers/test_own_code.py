@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from launchers.job_runner import run_job
-from orchestrator.cli import main
-from orchestrator.console import Console
+from launchers.jobs.job_runner import run_job
+from orchestrator.cli.commands import main
+from orchestrator.cli.console import Console
 from tests.helpers import assert_no_job_resources, compose_job, job_resources_left, wait_until, worker_pid
 from tests.own_code import own_overrides, user_package
 

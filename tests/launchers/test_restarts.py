@@ -18,8 +18,8 @@ import psutil
 import pytest
 import torch
 
-from launchers.job_runner import run_job
-from orchestrator.console import Console
+from launchers.jobs.job_runner import run_job
+from orchestrator.cli.console import Console
 from tests.helpers import assert_no_job_resources, compose_job, owned_process, wait_until, worker_pid
 
 # dropout makes the run depend on every rank's RNG stream, so exactness also proves the RNG restore

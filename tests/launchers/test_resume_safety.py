@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from launchers.job_runner import run_job
-from orchestrator.console import Console
+from launchers.jobs.job_runner import run_job
+from orchestrator.cli.console import Console
 from orchestrator.errors import ConfigError
 from orchestrator.train.folder_lock import LOCK_NAME, FolderInUse
 from tests.helpers import assert_no_job_resources, compose_job, job_resources_left

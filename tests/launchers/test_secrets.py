@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import main
+from orchestrator.cli.commands import main
 
 PROBE = '''
 import hashlib, json, os, sys

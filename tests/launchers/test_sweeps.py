@@ -12,7 +12,7 @@ import json
 import pytest
 import yaml
 
-from orchestrator.cli import main
+from orchestrator.cli.commands import main
 from tests.helpers import assert_no_job_resources
 
 TINY = ["model=mlp", "scaling.num_workers=1", "trainer.max_epochs=1", "tracking.log_model=false",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
-from orchestrator.console import Console
-from orchestrator.metrics.console_log import captured
-from orchestrator.reports import LogReport, MetricsReport, StepReport
+from orchestrator.cli.console import Console
+from orchestrator.lifecycle.rank_reports import LogReport, MetricsReport, StepReport
+from orchestrator.tracking.console_log import captured
 
 
 def _step(step: int) -> StepReport:

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from orchestrator.config.schema import TrackingConfig
-from orchestrator.metrics.mlflow_sink import PARENT_TAG, RunRecorder
+from orchestrator.tracking.run_recorder import PARENT_TAG, RunRecorder
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 60

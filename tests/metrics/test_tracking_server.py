@@ -10,10 +10,10 @@ import sys
 import threading
 from pathlib import Path
 
-from launchers.job_runner import run_job
-from launchers.mlflow_server import MlflowServer, free_port, local_spec
-from orchestrator.cli import main
-from orchestrator.console import Console
+from launchers.jobs.job_runner import run_job
+from orchestrator.cli.commands import main
+from orchestrator.cli.console import Console
+from orchestrator.tracking.mlflow_server import MlflowServer, free_port, local_spec
 from tests.helpers import compose_job, job_resources_left, wait_until
 
 SECRET = "hunter2-from-the-environment"

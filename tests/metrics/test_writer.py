@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from orchestrator.metrics.writer import BATCH_LIMIT, MetricValue, MetricWriter
+from orchestrator.tracking.metric_writer import BATCH_LIMIT, MetricValue, MetricWriter
 
 
 def values(key: str, steps) -> list[MetricValue]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.monitor.detect import LowUtilDetector, StragglerDetector
+from orchestrator.monitoring.detectors import LowUtilDetector, StragglerDetector
 
 
 def _feed(detector, readings):

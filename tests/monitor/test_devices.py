@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.monitor.devices import (
+from orchestrator.monitoring.gpu_devices import (
+    DeviceMappingError,
     GpuDevice,
     MigDevice,
-    DeviceMappingError,
     cuda_order,
     parse_visible_devices,
     resolve_visible,

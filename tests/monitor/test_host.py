@@ -7,8 +7,8 @@ import sys
 
 import psutil
 
-from orchestrator.monitor.host import HostProbe
-from orchestrator.monitor.summarize import MIB
+from orchestrator.monitoring.host_probe import HostProbe
+from orchestrator.monitoring.summaries import MIB
 from tests.helpers import wait_until
 
 CHILD_MIB = 200

@@ -6,15 +6,15 @@ import io
 
 import pytest
 
+from orchestrator.cli.console import Console
 from orchestrator.config.schema import MonitorConfig
-from orchestrator.console import Console
-from orchestrator.metrics.sink import InMemorySink
-from orchestrator.monitor.host import HostSample
-from orchestrator.monitor.probe import GpuProcess, GpuSample
-from orchestrator.monitor.recorder import SUMMARY_ARTIFACT, SystemRecorder
-from orchestrator.monitor.sampler import MonitorNote, MonitorStatus, NodeSample
-from orchestrator.monitor.summarize import MIB
-from orchestrator.reports import StepReport
+from orchestrator.lifecycle.rank_reports import StepReport
+from orchestrator.monitoring.gpu_probe import GpuProcess, GpuSample
+from orchestrator.monitoring.host_probe import HostSample
+from orchestrator.monitoring.node_sampler import MonitorNote, MonitorStatus, NodeSample
+from orchestrator.monitoring.routing import SUMMARY_ARTIFACT, SystemRecorder
+from orchestrator.monitoring.summaries import MIB
+from orchestrator.tracking.metrics_sink import InMemorySink
 
 HOST = HostSample(time_s=1.0, cpu_percent=55.5, ram_used_bytes=3000 * MIB, ram_total_bytes=8000 * MIB,
                   rank_rss_bytes={4: 700 * MIB}, rank_cpu_percent={4: 98.0}, monitor_cpu_s=1.25)

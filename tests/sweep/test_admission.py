@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.plan import ClusterSnapshot, JobPlan, NodeSnapshot
+from orchestrator.planning.plan import ClusterSnapshot, JobPlan, NodeSnapshot
 from orchestrator.sweep.admission import Admission, free_for_trials
 
 

@@ -6,8 +6,18 @@ import dataclasses
 from pathlib import Path
 
 from orchestrator.sweep.trials import (
-    FAILED, FINISHED, KILLED, NOT_STARTED, STOPPED, TrialRecord, best_trial, counts, shared_key_problems,
-    summary_table, sweep_status, varying,
+    FAILED,
+    FINISHED,
+    KILLED,
+    NOT_STARTED,
+    STOPPED,
+    TrialRecord,
+    best_trial,
+    counts,
+    shared_key_problems,
+    summary_table,
+    sweep_status,
+    varying,
 )
 from tests.helpers import compose_job
 

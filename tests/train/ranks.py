@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.rendezvous import WorkerSpec
+from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.train.loop import TrainContext, train
 from orchestrator.worker.ddp import process_group
 from tests.helpers import free_ports

@@ -15,8 +15,15 @@ import pytest
 import torch
 
 from orchestrator.config.load import validate
-from orchestrator.config.schema import CheckpointConfig, JobConfig, MlpConfig, SyntheticConfig, TrackingConfig, TrainerConfig
-from orchestrator.reports import MetricsReport
+from orchestrator.config.schema import (
+    CheckpointConfig,
+    JobConfig,
+    MlpConfig,
+    SyntheticConfig,
+    TrackingConfig,
+    TrainerConfig,
+)
+from orchestrator.lifecycle.rank_reports import MetricsReport
 from tests.helpers import free_ports
 from tests.train.ranks import set_master_in_child, train_here
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 
 from orchestrator.train.checkpoint import (
-    checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
 )
 
 
@@ -39,8 +43,8 @@ def test_a_checkpoint_that_does_not_load_is_a_checkpoint_load_error_naming_the_f
     import pytest
 
     from orchestrator.errors import CheckpointLoadError
-    from orchestrator.policies import FailureKind, classify_error
-    from orchestrator.reports import ErrorReport
+    from orchestrator.lifecycle.failure_policy import FailureKind, classify_error
+    from orchestrator.lifecycle.rank_reports import ErrorReport
     from tests.helpers import compose_job
     from tests.train.ranks import train_here, use_master
 

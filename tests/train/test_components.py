@@ -8,9 +8,14 @@ import torch
 
 from orchestrator.config.schema import TargetConfig, TargetModelConfig
 from orchestrator.errors import ConfigError
+from orchestrator.train.components import (
+    build_loss,
+    build_target_model,
+    check_components,
+    import_target,
+    training_flops_per_sample,
+)
 from orchestrator.train.step import Step
-from orchestrator.train.components import (build_loss, build_target_model, check_components, import_target,
-                                           training_flops_per_sample)
 from tests.helpers import compose_job
 from tests.own_code import importable_package, own_overrides
 

@@ -12,9 +12,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from orchestrator.config.load import validate
 from orchestrator.config.schema import (
-    CheckpointConfig, GptConfig, JobConfig, OptimConfig, TokensConfig, TrackingConfig, TrainerConfig,
+    CheckpointConfig,
+    GptConfig,
+    JobConfig,
+    OptimConfig,
+    TokensConfig,
+    TrackingConfig,
+    TrainerConfig,
 )
-from orchestrator.reports import MetricsReport
+from orchestrator.lifecycle.rank_reports import MetricsReport
 from orchestrator.train.flops import matmul_params, training_flops_per_token
 from orchestrator.train.gpt import Gpt
 from tests.train.ranks import train_here, use_master

@@ -9,8 +9,16 @@ import torch
 import torch._dynamo  # noqa: F401  (sets TORCHINDUCTOR_CACHE_DIR on import: keep it out of the leak check)
 
 from orchestrator.config.load import validate
-from orchestrator.config.schema import CheckpointConfig, GptConfig, JobConfig, OptimConfig, TokensConfig, TrackingConfig, TrainerConfig
-from orchestrator.reports import MetricsReport
+from orchestrator.config.schema import (
+    CheckpointConfig,
+    GptConfig,
+    JobConfig,
+    OptimConfig,
+    TokensConfig,
+    TrackingConfig,
+    TrainerConfig,
+)
+from orchestrator.lifecycle.rank_reports import MetricsReport
 from orchestrator.train.checkpoint import latest_checkpoint, load_checkpoint
 from tests.train.ranks import train_here, use_master
 

@@ -11,9 +11,16 @@ import torch._dynamo  # noqa: F401  (sets TORCHINDUCTOR_CACHE_DIR on import: kee
 
 from orchestrator.config.load import validate
 from orchestrator.config.schema import (
-    CheckpointConfig, CnnConfig, DdpConfig, JobConfig, MlpConfig, SyntheticConfig, TrackingConfig, TrainerConfig,
+    CheckpointConfig,
+    CnnConfig,
+    DdpConfig,
+    JobConfig,
+    MlpConfig,
+    SyntheticConfig,
+    TrackingConfig,
+    TrainerConfig,
 )
-from orchestrator.reports import MetricsReport
+from orchestrator.lifecycle.rank_reports import MetricsReport
 from orchestrator.train.checkpoint import latest_checkpoint, load_checkpoint
 from orchestrator.train.loop import TrainContext, build_trainer
 from orchestrator.train.models import build_model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from orchestrator.errors import ConfigError
-from orchestrator.reports import MetricsReport
+from orchestrator.lifecycle.rank_reports import MetricsReport
 from orchestrator.train.components import check_components
 from orchestrator.train.step import Step, build_step
 from tests.helpers import compose_job

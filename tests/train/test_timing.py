@@ -7,12 +7,13 @@ import socket
 import time
 
 import torch
+
 # DDP imports torch._dynamo, which sets TORCHINDUCTOR_CACHE_DIR; importing it at collection keeps that
 # library side effect out of the leak check's per-test environment comparison
 import torch._dynamo  # noqa: F401
 from torch.nn.parallel import DistributedDataParallel
 
-from orchestrator.rendezvous import WorkerSpec
+from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.train.timing import SyncTimer
 from orchestrator.worker.ddp import process_group
 

@@ -6,8 +6,8 @@ import json
 import signal
 from pathlib import Path
 
-from orchestrator.reports import ErrorReport, LogReport, ResultReport
-from orchestrator.rendezvous import WorkerSpec
+from orchestrator.lifecycle.rank_reports import ErrorReport, LogReport, ResultReport
+from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.script import ScriptAttempt, exit_text, run_script, script_environment
 from orchestrator.worker.stop import StopSignal
 from tests.helpers import compose_job

@@ -13,8 +13,8 @@ import psutil
 import pytest
 import torch
 
-from launchers.job_runner import run_job
-from orchestrator.console import Console
+from launchers.jobs.job_runner import run_job
+from orchestrator.cli.console import Console
 from orchestrator.train.folder_lock import LOCK_NAME
 from tests.helpers import assert_no_job_resources, compose_job, wait_until
 

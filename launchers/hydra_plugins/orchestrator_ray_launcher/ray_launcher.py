@@ -1,8 +1,8 @@
 """The launcher class Hydra instantiates for hydra/launcher=ray (its config: .config.RayLauncherConfig).
 
 Hydra imports every module of the hydra_plugins namespace when it scans for plugins, so this one
-imports nothing heavy: the work is done in launchers.sweep_launch (orchestrator trials) or
-launchers.app_launch (any other Hydra app), imported when a batch launches.
+imports nothing heavy: the work is done in launchers.hydra_launcher.sweep_launch (orchestrator trials) or
+launchers.hydra_launcher.app_launch (any other Hydra app), imported when a batch launches.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from hydra.plugins.launcher import Launcher
-
 from hydra_plugins.orchestrator_ray_launcher.config import RayLauncherConfig  # noqa: F401 (stores the config)
 
 
@@ -37,9 +36,9 @@ class RayLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
         """Run one batch of jobs; a JobReturn per job, in order."""
         if getattr(self.task_function, "sweep_session", None) is None:  # not `orchestrator train -m`
-            from launchers.app_launch import launch_app
+            from launchers.hydra_launcher.app_launch import launch_app
 
             return launch_app(self, job_overrides, initial_job_idx)
-        from launchers.sweep_launch import launch
+        from launchers.hydra_launcher.sweep_launch import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -1,0 +1,1 @@
+"""Connecting to a Ray cluster and describing it for the planner."""

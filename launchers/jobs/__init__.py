@@ -1,0 +1,1 @@
+"""The application layer: one job end to end, and a sweep's session, trials and report."""

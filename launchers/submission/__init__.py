@@ -1,0 +1,1 @@
+"""Running `orchestrator train` on a remote cluster through Ray Job Submission."""

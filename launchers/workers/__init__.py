@@ -1,0 +1,1 @@
+"""The job's worker group on Ray: placement group, one actor per rank."""

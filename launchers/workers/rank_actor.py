@@ -1,0 +1,117 @@
+"""The Ray actor that hosts one rank: the one place worker processes are started from."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from orchestrator.config.schema import JobConfig
+from orchestrator.lifecycle.rank_reports import ErrorReport
+from orchestrator.planning.rank_specs import WorkerSpec
+from orchestrator.worker.stop import StopSignal
+
+_END = object()
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class ReportBatch:
+    """What one `reports()` call hands the driver: the reports queued so far, and whether the rank ended."""
+
+    reports: list
+    done: bool
+
+
+class WorkerActor:
+    """One rank's process. `start` runs the rank on a thread; `reports` hands its reports over.
+
+    Training runs on a thread of its own and queues reports locally, so the loop never waits for the
+    driver. The driver keeps one `reports()` call outstanding per rank: the call returns as soon as
+    anything is queued (a long poll), which works over plain object refs, Ray Client included.
+    """
+
+    def __init__(self) -> None:
+        self._stop = StopSignal()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._cache = None  # data set and model kept for the next attempt of the same job
+
+    def node_ip(self) -> str:
+        """The Ray node IP this actor runs on."""
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def free_port(self) -> int:
+        """A TCP port free on this node right now, for MASTER_PORT."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("", 0))
+            return probe.getsockname()[1]
+
+    def pid(self) -> int:
+        """This worker's process id."""
+        return os.getpid()
+
+    def gpu_ids(self) -> list[str]:
+        """The GPU ids Ray assigned to this actor (as in its CUDA_VISIBLE_DEVICES)."""
+        import ray
+
+        return [str(gpu) for gpu in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+    def stop(self) -> None:
+        """Ask the running rank to stop at the next step the ranks agree on."""
+        self._stop.set()
+
+    def start(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str, resume_from: Optional[str] = None,
+              run_id: Optional[str] = None) -> None:
+        """Start an attempt of the rank on a thread of its own; its reports queue up for `reports()`."""
+        from orchestrator.worker.entry import Attempt
+
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the previous attempt of this worker is still running")
+        if self._cache is None and job.entrypoint == "builtin":
+            # only the built-in loop needs it: importing it imports torch, which a script's worker never needs
+            # (the script imports its own, in its own process)
+            from orchestrator.train.loop import WorkerCache
+
+            self._cache = WorkerCache()
+        attempt = Attempt(checkpoint_dir=Path(checkpoint_dir), cache=self._cache,
+                          resume_from=Path(resume_from) if resume_from else None, run_id=run_id)
+        self._stop = StopSignal()
+        self._outbox = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._train, args=(spec, job, attempt, self._outbox),
+                                        name=f"rank-{spec.world_rank}", daemon=True)
+        self._thread.start()
+
+    def reports(self, timeout_s: float) -> ReportBatch:
+        """Queued reports: waits up to `timeout_s` for the first, then takes whatever else is queued."""
+        try:
+            batch = [self._outbox.get(timeout=timeout_s)]
+        except queue.Empty:
+            return ReportBatch(reports=[], done=False)
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._outbox.get_nowait())
+            except queue.Empty:
+                break
+        done = batch[-1] is _END
+        if done:
+            self._thread.join()
+        return ReportBatch(reports=[item for item in batch if item is not _END], done=done)
+
+    def _train(self, spec: WorkerSpec, job: JobConfig, attempt, outbox: queue.SimpleQueue) -> None:
+        from orchestrator.worker.entry import run_worker
+
+        try:
+            outbox.put(run_worker(spec, job, outbox.put, self._stop, attempt))
+        except BaseException as error:  # report everything, user code included, with its traceback
+            outbox.put(ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type=type(error).__name__,
+                                   message=str(error), traceback=traceback.format_exc()))
+        finally:
+            outbox.put(_END)

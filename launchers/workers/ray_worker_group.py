@@ -1,0 +1,251 @@
+"""The job's worker group on Ray: a placement group, one actor per rank, their report calls.
+
+Restarts replace only what failed: surviving workers keep their processes (imports, data set and
+model already built), the lost ones are replaced inside their bundles (Ray reschedules the bundles
+of a lost node), and every rank starts a new attempt from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+from launchers.cluster.connection import cluster_snapshot
+from launchers.workers.rank_actor import WorkerActor
+from orchestrator.config.code_shipping import worker_runtime_env
+from orchestrator.config.schema import JobConfig
+from orchestrator.errors import LaunchError
+from orchestrator.lifecycle.worker_group import GroupEvent, RankExited, RankLost, RankReport
+from orchestrator.planning.placement import free_summary
+from orchestrator.planning.plan import JobPlan, format_resources
+from orchestrator.planning.rank_specs import AttemptSpec, PlacedBundle, WorkerSpec, rank_slots, worker_specs
+
+# reports(), stop() and the probes must be able to run at the same time on one actor
+ACTOR_CONCURRENCY = 4
+LONG_POLL_S = 30.0
+"""How long one reports() call waits for the first report before returning empty (and being re-issued)."""
+ABORT_GRACE_S = 20.0
+"""How long surviving ranks get to leave a failed attempt (their collectives fail once a peer is gone)."""
+
+
+class RayWorkerGroup:
+    """Implements orchestrator.lifecycle.worker_group.WorkerGroup with Ray actors inside one placement group."""
+
+    def __init__(self, plan: JobPlan, job: JobConfig, name: str, checkpoint_dir: Optional[str] = None,
+                 run_id: Optional[str] = None):
+        self.plan = plan
+        self.job = job
+        self.name = name
+        self.checkpoint_dir = checkpoint_dir
+        self.run_id = run_id
+        """The job's MLflow run (None without tracking): a script sees it in orchestrator.context()."""
+        self.runtime_env = worker_runtime_env(job)
+        """cluster.runtime_env, plus the user's own packages that the ranks import (py_modules)."""
+        self._placement_group = None
+        self._by_bundle: dict[int, list] = {}
+        self._actors: list = []
+        self._pending: dict = {}
+        self._specs: list[WorkerSpec] = []
+        self._spawned = 0
+
+    @property
+    def specs(self) -> Sequence[WorkerSpec]:
+        return self._specs
+
+    def spawn(self) -> "RayWorkerGroup":
+        """Ask Ray for the placement group and one actor per rank, and return without waiting for either.
+
+        The worker processes start (interpreter, Ray) while the caller prepares the rest, e.g. opens
+        the run record and then sets `checkpoint_dir` to the run's folder. The caller owns the group from
+        here: `shutdown()` on every path.
+        """
+        from ray.util.placement_group import placement_group
+
+        if self._placement_group is None:
+            self._placement_group = placement_group(list(self.plan.bundles), strategy=self.plan.strategy,
+                                                    name=self.name)
+            for index in range(len(self.plan.bundles)):
+                self._by_bundle[index] = [self._start_actor(index) for _ in range(self.plan.workers_per_bundle)]
+        return self
+
+    def start(self, resume_from: Optional[str] = None, attempt: int = 0) -> None:
+        """Place the bundles, start one actor per rank (unless `spawn` did), and start every rank (attempt `attempt`)."""
+        if self.checkpoint_dir is None:
+            raise ValueError("the worker group needs its checkpoint folder before it starts")
+        self.spawn()
+        self._wait_placed()
+        self._launch(resume_from, attempt)
+
+    def restart(self, lost_ranks: set[int], resume_from: Optional[str], attempt: int) -> dict[str, float]:
+        """End the failed attempt everywhere, replace lost workers, start a new attempt from `resume_from`."""
+        started = time.perf_counter()
+        lost = self._end_attempt(set(lost_ranks))
+        for world_rank in sorted(lost):
+            self._discard(self._actors[world_rank])
+        ended = time.perf_counter()
+        self._wait_placed()  # a lost node's bundles are being placed elsewhere
+        self._launch(resume_from, attempt)
+        return {"teardown": ended - started, "placement_and_start": time.perf_counter() - ended}
+
+    def _wait_placed(self) -> None:
+        if not self._placement_group.wait(timeout_seconds=self.job.scaling.placement_timeout_s):
+            raise LaunchError(self._placement_failure())
+
+    def _launch(self, resume_from: Optional[str], attempt: int) -> None:
+        """Fill every bundle with its workers, order them by rank, and start an attempt on each."""
+        placed = self._placed_bundles()
+        slots = rank_slots(self.plan, placed)
+        pools = {index: list(actors) for index, actors in self._by_bundle.items()}
+        for bundle in placed:
+            missing = self.plan.workers_per_bundle - len(self._by_bundle.setdefault(bundle.bundle_index, []))
+            new = [self._start_actor(bundle.bundle_index) for _ in range(missing)]
+            self._by_bundle[bundle.bundle_index].extend(new)
+            pools.setdefault(bundle.bundle_index, []).extend(new)
+        self._actors = [pools[slot.bundle_index].pop(0) for slot in slots]
+        gpu_ids = None
+        if "GPU" in self.plan.worker_resources:
+            gpu_ids = _gather([actor.gpu_ids.remote() for actor in self._actors], slots)
+        [master_port] = _gather([self._actors[0].free_port.remote()], slots)
+        pids = _gather([actor.pid.remote() for actor in self._actors], slots)
+        self._specs = worker_specs(self.plan, placed, master_port, gpu_ids, pids,
+                                   AttemptSpec(self.name, attempt, self.job.failure.max_restarts))
+        _gather([actor.start.remote(spec, self.job, self.checkpoint_dir, resume_from, self.run_id)
+                 for spec, actor in zip(self._specs, self._actors)], slots)
+        self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank
+                         for spec, actor in zip(self._specs, self._actors)}
+
+    def _end_attempt(self, lost: set[int]) -> set[int]:
+        """Stop the attempt on every survivor and drain its reports; a survivor that will not end is lost too."""
+        import ray
+
+        for world_rank, actor in enumerate(self._actors):
+            if world_rank in lost:
+                ray.kill(actor, no_restart=True)  # hung or dead: its thread cannot be recovered
+            else:
+                actor.stop.remote()
+        deadline = time.monotonic() + ABORT_GRACE_S
+        while self._pending and time.monotonic() < deadline:
+            for event in self.wait(max(0.0, deadline - time.monotonic())):
+                if isinstance(event, RankLost):
+                    lost.add(event.world_rank)
+        lost.update(self._pending.values())  # still inside the old attempt after the grace period
+        self._pending = {}
+        return lost
+
+    def _discard(self, actor) -> None:
+        import ray
+
+        ray.kill(actor, no_restart=True)
+        for actors in self._by_bundle.values():
+            if actor in actors:
+                actors.remove(actor)
+
+    def _placed_bundles(self) -> list[PlacedBundle]:
+        from ray.util.placement_group import placement_group_table
+
+        table = placement_group_table(self._placement_group)
+        nodes = {node.node_id: node.ip for node in cluster_snapshot(fixed_size=False).nodes}
+        return [
+            PlacedBundle(bundle_index=index, node_id=node_id, node_ip=nodes[node_id])
+            for index, node_id in sorted(table["bundles_to_node_id"].items())
+        ]
+
+    def _start_actor(self, bundle_index: int):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        resources = dict(self.plan.worker_resources)
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self._placement_group,
+                                                    placement_group_bundle_index=bundle_index)
+        self._spawned += 1
+        return ray.remote(WorkerActor).options(
+            num_cpus=resources.pop("CPU", 0.0),
+            num_gpus=resources.pop("GPU", 0.0),
+            memory=resources.pop("memory", None),
+            resources=resources,
+            scheduling_strategy=strategy,
+            max_concurrency=ACTOR_CONCURRENCY,
+            max_restarts=0,
+            name=f"{self.name}-worker{self._spawned}",
+            # cluster.runtime_env reaches the ranks (and a script's process) here: the job's env_vars,
+            # secrets included, travel through Ray and are written nowhere by the driver
+            **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
+        ).remote()
+
+    def _placement_failure(self) -> str:
+        bundles = self.plan.bundles
+        total = {name: amount * len(bundles) for name, amount in bundles[0].items()}
+        free = free_summary(cluster_snapshot(fixed_size=False).nodes)
+        return (f"the placement group was not placed within scaling.placement_timeout_s="
+                f"{self.job.scaling.placement_timeout_s:g}: the job asked for {len(bundles)} bundles of "
+                f"{format_resources(bundles[0])} (total {format_resources(total)}) with strategy "
+                f"{self.plan.strategy}; free now per node: {free}")
+
+    def wait(self, timeout_s: float) -> list[GroupEvent]:
+        """Reports, ends and deaths of ranks that arrived within `timeout_s`."""
+        import ray
+
+        if not self._pending:
+            return []
+        calls = list(self._pending)
+        ready, _ = ray.wait(calls, num_returns=1, timeout=timeout_s)
+        if ready:  # take everything else that is ready as well
+            ready, _ = ray.wait(calls, num_returns=len(calls), timeout=0)
+        events: list[GroupEvent] = []
+        for call in ready:
+            events.extend(self._collect(call))
+        return events
+
+    def _collect(self, call) -> list[GroupEvent]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        world_rank = self._pending.pop(call)
+        try:
+            batch = ray.get(call)
+        except RayActorError as error:
+            return [RankLost(world_rank=world_rank, node_ip=self._specs[world_rank].node_ip, reason=_first_line(error))]
+        events: list[GroupEvent] = [RankReport(world_rank=world_rank, report=report) for report in batch.reports]
+        if batch.done:
+            events.append(RankExited(world_rank=world_rank))
+        else:
+            self._pending[self._actors[world_rank].reports.remote(LONG_POLL_S)] = world_rank
+        return events
+
+    def request_stop(self) -> None:
+        """Ask every live rank to stop at the next step the ranks agree on."""
+        for actor in self._actors:
+            actor.stop.remote()
+
+    def shutdown(self) -> None:
+        """Kill every actor and remove the placement group (idempotent)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actors in self._by_bundle.values():
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+        self._by_bundle, self._actors, self._pending = {}, [], {}
+        if self._placement_group is not None:
+            remove_placement_group(self._placement_group)
+            self._placement_group = None
+
+
+def _gather(calls: list, slots: Sequence[PlacedBundle]) -> list:
+    """Results of one call per rank; a rank whose worker died becomes a LaunchError naming it."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    results = []
+    for world_rank, call in enumerate(calls):
+        try:
+            results.append(ray.get(call))
+        except RayActorError as error:
+            raise LaunchError(f"rank {world_rank} on {slots[world_rank].node_ip} died while the group was "
+                              f"starting: {_first_line(error)}", retryable=True) from error
+    return results
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

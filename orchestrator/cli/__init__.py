@@ -1,0 +1,1 @@
+"""The command line: the `orchestrator` subcommands and what they print (progress, summaries, comparisons)."""

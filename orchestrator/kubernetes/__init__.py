@@ -1,0 +1,1 @@
+"""Kubernetes: a validated job rendered as a KubeRay RayJob (pure)."""

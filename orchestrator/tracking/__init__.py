@@ -1,0 +1,1 @@
+"""The run record: MLflow writes, metric buffering, the console log, redaction, the local server."""
