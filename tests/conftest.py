@@ -45,18 +45,32 @@ def pytest_configure(config):
 
 _ray_tmpdir = pytest.StashKey[str]()
 
-PROCESS_FIXTURES = {"ray_cluster", "mlflow_server", "ray_token_env"}
-"""Fixtures that start real clusters and servers: a test that uses one is `slow`."""
-PROCESS_FOLDERS = ("launchers", "k8s")
-"""Test folders whose tests start jobs, CLIs or kustomize themselves."""
+RAY_FIXTURES = {"ray_cluster", "ray_token_env"}
+"""Fixtures that start a real Ray cluster: a test that uses one is in the `ray` tier."""
+E2E_FIXTURES = {"mlflow_server"}
+"""Fixtures that start a server process: a test that uses one is in the `e2e` tier."""
+RAY_FOLDERS = ("launchers",)
+"""Test folders (at any depth under tests/) whose tests start jobs on Ray themselves."""
+E2E_FOLDERS = ("k8s",)
+"""Test folders whose tests run kustomize and validators as processes."""
+E2E_MODULES = ("test_mlflow_server.py",)
+"""Test modules that start servers or CLIs of their own."""
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that start processes (Ray, servers, CLIs) `slow`: `make test-fast` leaves them out."""
+    """Sort every test into its tier: in-process (no marker), `ray` (a real Ray cluster), `e2e` (servers,
+    CLI processes, kustomize). Both process tiers are also `slow`: `make test-fast` runs the in-process tier."""
     for item in items:
-        folder = Path(str(item.fspath)).parent.name
-        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or folder in PROCESS_FOLDERS:
-            item.add_marker(pytest.mark.slow)
+        path = Path(str(item.fspath))
+        folders = set(path.relative_to(Path(__file__).parent).parts[:-1])
+        fixtures = set(getattr(item, "fixturenames", ()))
+        tiers = []
+        if RAY_FIXTURES & fixtures or folders & set(RAY_FOLDERS):
+            tiers.append(pytest.mark.ray)
+        if E2E_FIXTURES & fixtures or folders & set(E2E_FOLDERS) or path.name in E2E_MODULES:
+            tiers.append(pytest.mark.e2e)
+        for tier in tiers + ([pytest.mark.slow] if tiers else []):
+            item.add_marker(tier)
 
 
 def pytest_unconfigure(config):

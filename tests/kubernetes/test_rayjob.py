@@ -2,7 +2,7 @@
 with k8s/base, and stable (golden files); a bad config never becomes a manifest.
 
 Regenerate the golden files after an intended change, then review the diff:
-    ORCHESTRATOR_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_manifests.py -k golden
+    ORCHESTRATOR_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/kubernetes/test_rayjob.py -k golden
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from orchestrator.planning.plan import GIB, ClusterSnapshot, NodeSnapshot, plan_
 from tests.helpers import compose_job
 from tests.k8s.validators import REPO, crd_errors, ray_start_params_set_twice
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "k8s" / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "k8s" / "golden"
 TARGET = ["--image", "registry.example.com/ml/orchestrator:0.1.0", "--namespace", "ml-team", "--name", "digits-demo"]
 CONFIGS = {
     "cpu": ["trainer.max_epochs=2"],

@@ -42,7 +42,7 @@ def record_runs(uri: str, label: str, count: int) -> list[str]:
 
 def _worker_process(uri: str, label: str) -> subprocess.Popen:
     """A process that imports everything, says `ready`, and records its runs once told `go`."""
-    code = ("import sys, mlflow; from tests.metrics.test_recorder_sqlite import record_runs; "
+    code = ("import sys, mlflow; from tests.tracking.test_run_recorder_sqlite import record_runs; "
             "print('ready', flush=True); sys.stdin.readline(); "
             f"problems = record_runs({uri!r}, {label!r}, 2); print(problems); sys.exit(1 if problems else 0)")
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
