@@ -14,7 +14,7 @@ PURE_MODULES = [
     "orchestrator.monitoring", "orchestrator.monitoring.gpu_devices", "orchestrator.monitoring.gpu_probe", "orchestrator.monitoring.detectors",
     "orchestrator.monitoring.summaries", "orchestrator.monitoring.metric_names", "orchestrator.monitoring.routing",
     "orchestrator.monitoring.node_sampler",
-    "orchestrator.cli.job_summary", "orchestrator.tracking.metric_writer", "orchestrator.tracking.redact",
+    "orchestrator.cli.job_summary", "orchestrator.tracking.metric_writer", "orchestrator.redaction",
     "orchestrator.tracking.console_log", "orchestrator.tracking.store_guard", "orchestrator.tracking.transport",
     "orchestrator.tracking.run_recorder", "orchestrator.cli.compare_table", "orchestrator.cli.compare", "orchestrator.cli.compare_plot",
     "orchestrator.sweep", "orchestrator.sweep.trials", "orchestrator.sweep.early_stop", "orchestrator.sweep.admission",

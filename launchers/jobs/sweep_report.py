@@ -7,8 +7,8 @@ from typing import Optional, Sequence, TextIO
 
 from orchestrator.config.export import redactor_for
 from orchestrator.config.schema import JobConfig, SweepConfig
+from orchestrator.redaction import redact_text
 from orchestrator.sweep.trials import FAILED, KILLED, TrialRecord, best_trial, counts, summary_table, varying
-from orchestrator.tracking.redact import redact_text
 
 DEFAULT_EXPERIMENT = "orchestrator"
 

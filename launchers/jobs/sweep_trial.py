@@ -11,9 +11,9 @@ from launchers.jobs.job_runner import TrialLink, run_job
 from orchestrator.cli.console import Console
 from orchestrator.lifecycle.controller import StopRequests
 from orchestrator.lifecycle.rank_reports import MetricsReport, StepReport
+from orchestrator.redaction import redact_value
 from orchestrator.sweep.early_stop import MedianStoppingRule
 from orchestrator.sweep.trials import FAILED, KILLED, STOPPED, TrialRecord, TrialSpec, varying
-from orchestrator.tracking.redact import redact_value
 
 EARLY_STOP_TAG = "orchestrator.early_stopped"
 TRIAL_TAG = "orchestrator.trial"

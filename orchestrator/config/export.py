@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.tracking.redact import Redactor
+from orchestrator.redaction import Redactor
 
 
 def config_dict(job: JobConfig) -> dict[str, Any]:

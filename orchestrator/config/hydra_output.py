@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from orchestrator.tracking.redact import Redactor
+from orchestrator.redaction import Redactor
 
 HYDRA_SUBDIR = ".hydra"
 OUTPUT_SUBDIR_KEY = "hydra.output_subdir"

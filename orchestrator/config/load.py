@@ -25,7 +25,6 @@ from orchestrator.config.schema import (
     SWEEP_DIRECTIONS,
     SWEEP_OBJECTIVES,
     CnnConfig,
-    DataConfig,
     GptConfig,
     JobConfig,
     MlpConfig,
@@ -36,9 +35,11 @@ from orchestrator.config.schema import (
     TargetDataConfig,
     TargetModelConfig,
     TokensConfig,
+    data_input_shape,
+    data_num_classes,  # noqa: F401 (until the job runner imports it from the schema)
 )
 from orchestrator.errors import ConfigError
-from orchestrator.tracking.redact import redact_value
+from orchestrator.redaction import redact_value
 
 PER_NODE_STRATEGIES = ("PACK", "STRICT_SPREAD")
 RESERVED_RESOURCES = {"CPU": "scaling.cpus_per_worker", "GPU": "scaling.gpus_per_worker",
@@ -46,8 +47,6 @@ RESERVED_RESOURCES = {"CPU": "scaling.cpus_per_worker", "GPU": "scaling.gpus_per
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 """Stores MLflow 3 records into (a driver suffix such as postgresql+psycopg2 is allowed)."""
-DIGITS_INPUT_SHAPE = (1, 8, 8)
-DIGITS_CLASSES = 10
 
 
 def load_config(cfg: DictConfig, base_dir: Path) -> JobConfig:
@@ -147,24 +146,6 @@ def _target_of(group: str, node: dict, problems: list[str]) -> str:
                         f"{group}")
         return ""
     return target
-
-
-def data_input_shape(data: DataConfig) -> tuple[int, ...]:
-    """Shape of one input sample of the configured data set."""
-    if isinstance(data, SyntheticConfig):
-        return tuple(data.input_shape)
-    if isinstance(data, TokensConfig):
-        return (data.seq_len,)
-    return DIGITS_INPUT_SHAPE
-
-
-def data_num_classes(data: DataConfig) -> int:
-    """Number of classes of the configured data set."""
-    if isinstance(data, SyntheticConfig):
-        return data.num_classes
-    if isinstance(data, TokensConfig):
-        return data.vocab_size
-    return DIGITS_CLASSES
 
 
 class _Problems:

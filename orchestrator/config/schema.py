@@ -427,4 +427,28 @@ class JobConfig:
 
 
 MODEL_SCHEMAS = {"mlp": MlpConfig, "cnn": CnnConfig, "gpt": GptConfig}
+DIGITS_CLASSES = 10
+"""scikit-learn's digits: the ten digits 0-9."""
+DIGITS_INPUT_SHAPE = (1, 8, 8)
+"""One digit: an 8x8 grey image with one channel."""
+
+
+def data_input_shape(data: DataConfig) -> tuple[int, ...]:
+    """Shape of one input sample of the configured data set."""
+    if isinstance(data, SyntheticConfig):
+        return tuple(data.input_shape)
+    if isinstance(data, TokensConfig):
+        return (data.seq_len,)
+    return DIGITS_INPUT_SHAPE
+
+
+def data_num_classes(data: DataConfig) -> int:
+    """Number of classes (or the vocabulary size, for tokens) of the configured data set."""
+    if isinstance(data, SyntheticConfig):
+        return data.num_classes
+    if isinstance(data, TokensConfig):
+        return data.vocab_size
+    return DIGITS_CLASSES
+
+
 DATA_SCHEMAS = {"digits": DigitsConfig, "synthetic": SyntheticConfig, "tokens": TokensConfig}

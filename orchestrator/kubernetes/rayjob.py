@@ -22,7 +22,7 @@ from orchestrator.config.export import redactor_for
 from orchestrator.config.schema import JobConfig, ScalingConfig
 from orchestrator.errors import ConfigError
 from orchestrator.planning.plan import worker_resources
-from orchestrator.tracking.redact import Redactor, is_secret_key
+from orchestrator.redaction import Redactor, is_secret_key
 
 RAY_VERSION = "2.60.0"
 """The Ray in the image (Dockerfile RAY_VERSION); KubeRay configures the pods for it."""

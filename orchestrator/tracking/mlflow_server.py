@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.tracking.redact import redact_value
+from orchestrator.redaction import redact_value
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000

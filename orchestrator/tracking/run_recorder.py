@@ -17,9 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+from orchestrator import redaction as redact
 from orchestrator.config.schema import TrackingConfig
 from orchestrator.thread_priority import lower_thread_priority
-from orchestrator.tracking import redact
 from orchestrator.tracking.metric_writer import MetricValue, MetricWriter, WriterReport
 from orchestrator.tracking.model_log import MODEL_ARTIFACT, log_pytorch_model
 from orchestrator.tracking.store_guard import StoreGuard, is_transient, sqlite_path

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.redaction import redact_value
 from orchestrator.tracking.metric_writer import MetricValue, Send
-from orchestrator.tracking.redact import redact_value
 from orchestrator.tracking.store_guard import StoreGuard
 
 LOG_BATCH_ENDPOINT = "/api/2.0/mlflow/runs/log-batch"

@@ -8,8 +8,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DistributedSampler
 
-from orchestrator.config.load import data_num_classes
-from orchestrator.config.schema import DataConfig, SyntheticConfig, TokensConfig
+from orchestrator.config.schema import DataConfig, SyntheticConfig, TokensConfig, data_num_classes
 
 SUCCESSORS = 4
 """Tokens that may follow each token in the synthetic chain: a model that learns the chain reaches a loss

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from launchers.jobs.job_runner import hydra_files
 from orchestrator.config.hydra_output import write_hydra_files
-from orchestrator.tracking.redact import Redactor
+from orchestrator.redaction import Redactor
 
 
 def _write(folder, lr: float, token: str = "hf_0123456789abcdefghij"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.tracking.redact import Redactor, is_secret_key, redact_text, redact_value, safe_items
+from orchestrator.redaction import Redactor, is_secret_key, redact_text, redact_value, safe_items
 
 
 @pytest.mark.parametrize("key", ["password", "db.password", "api_key", "apiKey", "APIKey", "MLFLOW_TRACKING_TOKEN",
