@@ -1,5 +1,5 @@
 # The image for the Ray head, the Ray workers and the MLflow server: the orchestrator installed on a
-# Ray base image, with the CUDA build of torch. Build and push instructions: README, "Kubernetes".
+# Ray base image, with the CUDA build of torch. Build and push instructions: docs/kubernetes.md.
 #
 #   docker build -t REGISTRY/orchestrator:0.1.0 .
 #

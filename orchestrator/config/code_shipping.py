@@ -5,7 +5,7 @@ holds its top-level module goes to the ranks as PYTHONPATH, so ranks on the driv
 nodes that share its filesystem, import the same code; packages installed as libraries (torch, a
 pip-installed package of the user's) are left to the workers' own environment. On a cluster without
 a shared filesystem, cluster.runtime_env (working_dir, py_modules) or `orchestrator submit` ships the
-code (README: your own code on a cluster).
+code (docs/your-code.md: your own code on a cluster).
 """
 
 from __future__ import annotations

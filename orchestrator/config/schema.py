@@ -1,7 +1,7 @@
 """Typed job configuration: the frozen dataclasses Hydra composes and every module reads.
 
-Each field carries a docstring; the README's key table lists every key with its default. Choice
-fields are plain strings so that `validate()` (not OmegaConf) rejects a bad value with a message
+Each field carries a docstring; docs/configuration.md lists every key with its default, generated from
+those docstrings by config/reference.py. Choice fields are plain strings so that `validate()` (not OmegaConf) rejects a bad value with a message
 that names the key, the value and the valid choices.
 """
 

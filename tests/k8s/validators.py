@@ -150,7 +150,7 @@ def render_overlay(k8s_copy: Path, overlay: str) -> list[dict[str, Any]]:
 
 
 def copy_with_env_files(destination: Path) -> Path:
-    """A copy of k8s/ with every *.env.example copied to its *.env, as the README tells users to do."""
+    """A copy of k8s/ with every *.env.example copied to its *.env, as docs/kubernetes.md tells users to do."""
     target = destination / "k8s"
     shutil.copytree(REPO / "k8s", target, ignore=shutil.ignore_patterns("*.env"))
     for example in target.rglob("*.env.example"):
