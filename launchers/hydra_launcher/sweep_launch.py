@@ -23,6 +23,7 @@ from orchestrator.config.hydra_output import remove_empty_dirs, write_hydra_file
 from orchestrator.config.load import load_config
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.sweep.session_holder import SweepSessionHolder
 from orchestrator.sweep.trials import FINISHED, STOPPED, TrialRecord, TrialSpec, override_key, shared_key_problems
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         _check_own_components([trial.spec.job for trial in trials])
         _redact_sweep_file(launcher, sweep_job)
         specs = [replace(trial.spec, hydra_dir=str(_write_outputs(trial))) for trial in trials]
-        if getattr(launcher.task_function, "sweep", None) is None:  # the first batch: say what the wait is
+        if _holder(launcher).sweep is None:  # the first batch: say what the wait is
             log.info(f"{len(trials)} trials checked; starting Ray and the sweep's MLflow run (a few seconds)")
         session = _session(launcher, sweep_job)
         log.info(f"Launching {len(job_overrides)} trials on Ray")
@@ -76,7 +77,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         records = session.run(specs)
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
-        opened = getattr(launcher.task_function, "sweep", None)  # by this batch or an earlier one
+        holder = launcher.task_function
+        opened = holder.sweep if isinstance(holder, SweepSessionHolder) else None  # by this batch or an earlier one
         if opened is not None:
             opened.fail(str(error))
         elif isinstance(error, ConfigError):
@@ -104,10 +106,7 @@ def _session(launcher, sweep_job: JobConfig):
     """The sweep's session, opened by the first batch and kept by the task function for the next ones."""
     from launchers.jobs.sweep_session import SweepSession, SweepSettings, new_sweep_id
 
-    keeper = getattr(launcher.task_function, "sweep_session", None)
-    if keeper is None:
-        raise ConfigError(["hydra/launcher=ray runs orchestrator trials: start the sweep with "
-                           "`orchestrator train -m ...`"])
+    holder = _holder(launcher)
     config = launcher.config
 
     def open_session():
@@ -117,7 +116,15 @@ def _session(launcher, sweep_job: JobConfig):
                                  max_concurrent=launcher.max_concurrent)
         return SweepSession.open(sweep_job, settings)
 
-    return keeper(open_session)
+    return holder.sweep_session(open_session)
+
+
+def _holder(launcher) -> SweepSessionHolder:
+    """The task function that keeps the sweep's session: that of `orchestrator train -m`."""
+    if not isinstance(launcher.task_function, SweepSessionHolder):
+        raise ConfigError(["hydra/launcher=ray runs orchestrator trials: start the sweep with "
+                           "`orchestrator train -m ...`"])
+    return launcher.task_function
 
 
 def _fixed_keys(overrides: Sequence[str]) -> frozenset[str]:

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 USAGE = """usage: orchestrator <command> [args]   (orchestrator --version: the installed version)
 
@@ -112,11 +112,12 @@ class TrainTask:
     """What Hydra calls: one job per call; under -m with hydra/launcher=ray it also keeps the sweep's session.
 
     The launcher runs the trials itself and opens the session on its first batch (`sweep_session`);
-    the command closes it when Hydra is done.
+    the command closes it when Hydra is done. The launcher finds it through
+    orchestrator.sweep.session_holder.SweepSessionHolder, which this class satisfies.
     """
 
     def __init__(self) -> None:
-        self.sweep = None
+        self.sweep: Optional[Any] = None
 
     def sweep_session(self, open_session: Callable[[], object]):
         """The sweep's session, opened by `open_session` on the first call."""

@@ -35,7 +35,9 @@ class RayLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
         """Run one batch of jobs; a JobReturn per job, in order."""
-        if getattr(self.task_function, "sweep_session", None) is None:  # not `orchestrator train -m`
+        from orchestrator.sweep.session_holder import SweepSessionHolder
+
+        if not isinstance(self.task_function, SweepSessionHolder):  # not `orchestrator train -m`
             from launchers.hydra_launcher.app_launch import launch_app
 
             return launch_app(self, job_overrides, initial_job_idx)
