@@ -302,6 +302,7 @@ def submit_command(args: Sequence[str]) -> int:
 def k8s_command(args: Sequence[str]) -> int:
     """`orchestrator k8s [overrides] [--image] [--namespace] [--name]`: print the job's RayJob as YAML."""
     import argparse
+    import secrets
     from datetime import datetime, timezone
 
     from orchestrator.config.compose import compose_job
@@ -314,14 +315,16 @@ def k8s_command(args: Sequence[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, exactly as for `orchestrator train`")
     parser.add_argument("--image", default=manifests.DEFAULT_IMAGE, help="image of the head and worker pods")
     parser.add_argument("--namespace", default=manifests.DEFAULT_NAMESPACE, help="namespace of k8s/base's MLflow")
-    parser.add_argument("--name", help="RayJob name (default: orchestrator-<UTC time>, new for every run)")
+    parser.add_argument("--name", help="RayJob name (default: orchestrator-<UTC time>-<4 hex digits>, new for "
+                        "every run)")
     parser.add_argument("--secret", default=manifests.DEFAULT_SECRET, help="Kubernetes Secret the pods read the "
                         "job's secret environment variables from (default: %(default)s)")
     try:
         options = parser.parse_intermixed_args(list(args))
     except SystemExit as exit_request:  # --help, or a usage error (argparse exits 2)
         return _exit_code(exit_request)
-    name = options.name or manifests.default_name(datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    name = options.name or manifests.default_name(datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
+                                                  secrets.token_hex(2))
     target = manifests.RayJobTarget(image=options.image, namespace=options.namespace, name=name, secret=options.secret)
     try:
         job = compose_job(options.overrides, Path.cwd())

@@ -322,7 +322,8 @@ def to_yaml(document: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(document), sort_keys=False, width=1_000_000, allow_unicode=True)
 
 
-def default_name(timestamp: str) -> str:
-    """A fresh RayJob name per submission from a `YYYYMMDD-HHMMSS` timestamp (the CLI passes UTC now)."""
-    return f"orchestrator-{timestamp}"
+def default_name(timestamp: str, suffix: str) -> str:
+    """A fresh RayJob name per submission: a `YYYYMMDD-HHMMSS` timestamp (the CLI passes UTC now) and a
+    random suffix, so that two commands in the same second never name, and so replace, the same RayJob."""
+    return f"orchestrator-{timestamp}-{suffix}"
 

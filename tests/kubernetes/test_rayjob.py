@@ -181,10 +181,15 @@ def test_unknown_flag_is_a_usage_error(capsys):
 
 def test_default_name_is_new_for_every_run_and_valid(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["k8s"]) == 0
-    document = yaml.safe_load(capsys.readouterr().out)
-    assert re.fullmatch(r"orchestrator-\d{8}-\d{6}", document["metadata"]["name"])
-    assert document["metadata"]["namespace"] == "orchestrator"
+    names = set()
+    for _ in range(5):  # well within one second: the timestamp alone would repeat
+        assert main(["k8s"]) == 0
+        document = yaml.safe_load(capsys.readouterr().out)
+        assert document["metadata"]["namespace"] == "orchestrator"
+        names.add(document["metadata"]["name"])
+    assert len(names) == 5
+    for name in names:  # a DNS-1123 label, as Kubernetes requires of a RayJob's name
+        assert re.fullmatch(r"orchestrator-\d{8}-\d{6}-[0-9a-f]{4}", name) and len(name) <= 63
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

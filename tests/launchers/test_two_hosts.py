@@ -119,9 +119,9 @@ def ray_env(auth: dict[str, str]) -> dict[str, str]:
 def two_hosts(ray_token_env):
     tag = str(os.getpid() % 10000)
     reason = _namespaces_allowed(f"orchprobe{tag}")
-    if reason is not None:
-        print(f"skipping the two-host test: {reason}")
-        pytest.skip(reason)
+    if reason is not None:  # a container without CAP_NET_ADMIN, a laptop without root
+        pytest.skip(f"two hosts are simulated with two network namespaces, which needs root and iproute2's `ip`; "
+                    f"here {reason}")
     hosts = TwoHosts(tag, ray_token_env)
     try:
         hosts.create()
