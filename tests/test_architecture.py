@@ -2,28 +2,86 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
-PURE_MODULES = [
+LIGHT_MODULES = [
     "orchestrator", "orchestrator.config.schema", "orchestrator.config.load", "orchestrator.config.export",
-    "orchestrator.planning.plan", "orchestrator.planning.placement", "orchestrator.planning.rank_specs", "orchestrator.lifecycle.controller", "orchestrator.lifecycle.worker_group",
-    "orchestrator.lifecycle.rank_reports", "orchestrator.cli.console", "orchestrator.tracking.metrics_sink", "orchestrator.errors",
-    "orchestrator.lifecycle.failure_policy",
-    "orchestrator.kubernetes.rayjob",
-    "orchestrator.monitoring", "orchestrator.monitoring.gpu_devices", "orchestrator.monitoring.gpu_probe", "orchestrator.monitoring.detectors",
-    "orchestrator.monitoring.summaries", "orchestrator.monitoring.metric_names", "orchestrator.monitoring.routing",
-    "orchestrator.monitoring.node_sampler",
+    "orchestrator.planning.plan", "orchestrator.planning.placement", "orchestrator.planning.rank_specs",
+    "orchestrator.lifecycle.controller", "orchestrator.lifecycle.worker_group", "orchestrator.lifecycle.rank_reports",
+    "orchestrator.lifecycle.failure_policy", "orchestrator.cli.console", "orchestrator.tracking.metrics_sink",
+    "orchestrator.errors", "orchestrator.kubernetes.rayjob",
+    "orchestrator.monitoring", "orchestrator.monitoring.gpu_devices", "orchestrator.monitoring.gpu_probe",
+    "orchestrator.monitoring.detectors", "orchestrator.monitoring.summaries", "orchestrator.monitoring.metric_names",
+    "orchestrator.monitoring.samples", "orchestrator.monitoring.routing",
+    "orchestrator.monitoring.routing", "orchestrator.monitoring.node_sampler",
     "orchestrator.cli.job_summary", "orchestrator.tracking.metric_writer", "orchestrator.redaction",
     "orchestrator.tracking.console_log", "orchestrator.tracking.store_guard", "orchestrator.tracking.transport",
-    "orchestrator.tracking.run_recorder", "orchestrator.cli.compare_table", "orchestrator.cli.compare", "orchestrator.cli.compare_plot",
-    "orchestrator.sweep", "orchestrator.sweep.trials", "orchestrator.sweep.early_stop", "orchestrator.sweep.admission",
+    "orchestrator.tracking.run_recorder", "orchestrator.cli.compare_table", "orchestrator.cli.compare",
+    "orchestrator.cli.compare_plot", "orchestrator.sweep", "orchestrator.sweep.trials", "orchestrator.sweep.early_stop",
+    "orchestrator.sweep.admission",
 ]
+"""Modules that import no heavy library when imported (they may import one inside a function that needs it)."""
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
+
+PURE_MODULES = [
+    "orchestrator.errors", "orchestrator.redaction", "orchestrator.config.schema", "orchestrator.config.export",
+    "orchestrator.planning.plan", "orchestrator.planning.placement",
+    "orchestrator.planning.preflight", "orchestrator.planning.rank_specs", "orchestrator.lifecycle.failure_policy",
+    "orchestrator.lifecycle.rank_reports", "orchestrator.lifecycle.worker_group", "orchestrator.kubernetes.rayjob",
+    "orchestrator.sweep.trials", "orchestrator.sweep.admission", "orchestrator.monitoring.gpu_devices",
+    "orchestrator.monitoring.detectors", "orchestrator.monitoring.summaries", "orchestrator.monitoring.metric_names",
+    "orchestrator.monitoring.samples", "orchestrator.monitoring.routing",
+    "orchestrator.cli.compare_table", "orchestrator.cli.job_summary",
+]
+"""Pure planning and rendering: decisions from values, nothing that talks to a cluster, a store, a GPU, a
+process or a thread, not even in a function body, and nothing they import from the package does either."""
+IMPURE = ("ray", "mlflow", "pynvml", "torch.distributed", "omegaconf", "hydra", "subprocess", "threading",
+          "multiprocessing", "concurrent.futures", "socket", "psutil")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(module: str) -> set[str]:
+    """Every module `module`'s source imports, at the top or in any function body."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.is_file():
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT / name.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_pure_modules_and_what_they_import_from_the_package_touch_no_cluster_store_process_or_thread():
+    problems = []
+    for pure in PURE_MODULES:
+        seen, todo = set(), [pure]
+        while todo:  # the package's modules it reaches, by their imports
+            module = todo.pop()
+            if module in seen:
+                continue
+            seen.add(module)
+            for name in _imports(module):
+                if any(name == bad or name.startswith(bad + ".") for bad in IMPURE):
+                    problems.append(f"{pure}: {module} imports {name}")
+                elif name.startswith("orchestrator.") and _is_module(name):
+                    todo.append(name)
+    assert problems == []
 
 
 def test_pure_modules_import_no_ray_mlflow_pynvml_or_torch():
-    code = (f"import importlib, sys\nfor name in {PURE_MODULES!r}: importlib.import_module(name)\n"
+    code = (f"import importlib, sys\nfor name in {LIGHT_MODULES!r}: importlib.import_module(name)\n"
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"pure modules pulled in: {loaded}"

@@ -17,9 +17,10 @@ from launchers.monitoring.node_monitor import start_monitor_actor
 from orchestrator.config.schema import JobConfig, MonitorConfig
 from orchestrator.lifecycle.rank_reports import StepReport
 from orchestrator.monitoring.gpu_probe import ProbeFactory
-from orchestrator.monitoring.node_sampler import NodeTargets, targets_by_node
+from orchestrator.monitoring.node_sampler import targets_by_node
 from orchestrator.monitoring.nvml_probe import open_nvml_probe
 from orchestrator.monitoring.routing import SystemRecorder
+from orchestrator.monitoring.samples import NodeTargets
 from orchestrator.planning.rank_specs import WorkerSpec
 
 POLL_INTERVAL_S = 0.2

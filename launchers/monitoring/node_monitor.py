@@ -13,13 +13,12 @@ import threading
 from typing import Optional
 
 from orchestrator.monitoring.gpu_probe import ProbeFactory
-from orchestrator.monitoring.node_sampler import (
+from orchestrator.monitoring.node_sampler import NodeSampler, open_sampler
+from orchestrator.monitoring.samples import (
     MonitorItem,
     MonitorNote,
     MonitorStatus,
-    NodeSampler,
     NodeTargets,
-    open_sampler,
 )
 from orchestrator.thread_priority import lower_thread_priority
 

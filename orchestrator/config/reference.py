@@ -2,7 +2,7 @@
 
 Keys and defaults come from the dataclasses of `orchestrator.config.schema`, descriptions from the
 docstring written under each field, so the page cannot drift from the code. No ray, mlflow, torch,
-omegaconf or hydra import here (schema.py itself takes omegaconf's MISSING, nothing heavier): building
+omegaconf or hydra import here (schema.py imports none either): building
 the docs imports no Ray, MLflow or torch. The launcher plugin's module imports Hydra, so its config is
 read with `ast` from its source instead.
 """

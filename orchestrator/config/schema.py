@@ -11,7 +11,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
+MISSING = "???"
+"""OmegaConf's marker of a value that must be given (its own `omegaconf.MISSING` is this string): the
+schema stays free of OmegaConf, and Hydra still refuses to run with the value unset."""
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 BACKENDS = ("auto", "nccl", "gloo")

@@ -3,26 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
-
-@dataclass(frozen=True)
-class HostSample:
-    """One reading of a node and of the job's workers on it."""
-
-    time_s: float
-    """Monotonic clock of the node, in seconds."""
-    cpu_percent: float
-    """Whole-node CPU use since the previous reading, 0-100."""
-    ram_used_bytes: int
-    ram_total_bytes: int
-    rank_rss_bytes: Mapping[int, int]
-    """world_rank -> resident memory of the rank's worker process plus its children (a script's python)."""
-    rank_cpu_percent: Mapping[int, float]
-    """world_rank -> CPU use of the worker and its children since the previous reading (100 = one core)."""
-    monitor_cpu_s: Optional[float] = None
-    """CPU seconds the monitor's own process has used since it started (start-up included): monitoring's cost."""
+from orchestrator.monitoring.samples import HostSample
 
 
 class HostProbe:

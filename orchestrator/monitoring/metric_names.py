@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from orchestrator.monitoring.gpu_probe import GpuSample
-from orchestrator.monitoring.host_probe import HostSample
-from orchestrator.monitoring.node_sampler import NodeSample
+from orchestrator.monitoring.samples import HostSample, NodeSample
 from orchestrator.monitoring.summaries import MIB, GpuSummary, HostSummary
 
 GPU_FIELDS = {

@@ -5,81 +5,28 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from orchestrator.monitoring.gpu_devices import DeviceMappingError, resolve_visible
-from orchestrator.monitoring.gpu_probe import GpuProbe, GpuSample, NullProbe, ProbeFactory
-from orchestrator.monitoring.host_probe import HostProbe, HostSample
+from orchestrator.monitoring.gpu_probe import (
+    GpuProbe,
+    NullProbe,
+    ProbeFactory,
+)
+from orchestrator.monitoring.host_probe import HostProbe
+from orchestrator.monitoring.samples import (
+    GpuInfo,
+    MonitorStatus,
+    NodeSample,
+    NodeTargets,
+    node_name,
+)
 
 if TYPE_CHECKING:  # only a type here: the monitor actor then does not import the planning core (omegaconf)
     from orchestrator.planning.rank_specs import WorkerSpec
 
 DETAIL_INTERVAL_S = 30.0
 """How often the slow GPU readings (processes, ECC, PCIe) are taken, at most."""
-
-
-@dataclass(frozen=True)
-class NodeTargets:
-    """What the monitor of one node watches."""
-
-    node: str
-    """The short node name used in metric names (node<node_rank>)."""
-    ranks: Mapping[int, int]
-    """world_rank -> worker pid, for the ranks on this node."""
-    visible_devices: Optional[str] = None
-    """The ranks' CUDA_VISIBLE_DEVICES (the job's GPUs on this node, in local-rank order); None = no GPUs."""
-    device_order: Optional[str] = None
-    """The ranks' CUDA_DEVICE_ORDER (None = CUDA's default, FASTEST_FIRST)."""
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """A GPU of the job: its index as the ranks see it (cuda:<index>) and who it is."""
-
-    index: int
-    uuid: str
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class MonitorStatus:
-    """What a node monitor found when it started: for the driver to print and tag once."""
-
-    node: str
-    hostname: str
-    gpus: tuple[GpuInfo, ...] = ()
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class NodeSample:
-    """One sample of a node: host readings and the job's GPUs by index."""
-
-    node: str
-    index: int
-    """Counts this node monitor's samples from 0."""
-    host: HostSample
-    gpus: Mapping[int, GpuSample] = field(default_factory=dict)
-    wall_time_s: Optional[float] = None
-    """When it was taken (seconds since the epoch): each sample keeps its own MLflow timestamp, because
-    MLflow stores equal (value, step, timestamp) points of a metric once and samples share the step axis."""
-
-
-@dataclass(frozen=True)
-class MonitorNote:
-    """Something a node monitor wants the user told (a sampling error), once per distinct text."""
-
-    node: str
-    text: str
-
-
-MonitorItem = Union[NodeSample, MonitorNote]
-
-
-def node_name(node_rank: int) -> str:
-    """The node's short name in metric names and messages: node<node_rank> (stable for the job)."""
-    return f"node{node_rank}"
 
 
 def targets_by_node(specs: Sequence[WorkerSpec]) -> dict[str, tuple[str, NodeTargets]]:

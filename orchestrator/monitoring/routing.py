@@ -13,9 +13,24 @@ from typing import Sequence
 
 from orchestrator.config.schema import MonitorConfig
 from orchestrator.lifecycle.rank_reports import StepReport
-from orchestrator.monitoring.detectors import LowUtilDetector, LowUtilEpisode, StragglerDetector, StragglerEpisode
-from orchestrator.monitoring.metric_names import gpu_key, sample_metrics, summary_metrics, summary_table
-from orchestrator.monitoring.node_sampler import MonitorItem, MonitorNote, MonitorStatus, node_name
+from orchestrator.monitoring.detectors import (
+    LowUtilDetector,
+    LowUtilEpisode,
+    StragglerDetector,
+    StragglerEpisode,
+)
+from orchestrator.monitoring.metric_names import (
+    gpu_key,
+    sample_metrics,
+    summary_metrics,
+    summary_table,
+)
+from orchestrator.monitoring.samples import (
+    MonitorItem,
+    MonitorNote,
+    MonitorStatus,
+    node_name,
+)
 from orchestrator.monitoring.summaries import GpuTally, HostTally
 from orchestrator.planning.rank_specs import WorkerSpec
 

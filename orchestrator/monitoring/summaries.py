@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
 from orchestrator.monitoring.gpu_probe import GpuSample
-from orchestrator.monitoring.host_probe import HostSample
+from orchestrator.monitoring.samples import HostSample
 
 MIB = 1024 * 1024
 SECONDS_PER_HOUR = 3600.0

@@ -13,8 +13,9 @@ import pytest
 
 from orchestrator.monitoring.gpu_devices import resolve_visible
 from orchestrator.monitoring.gpu_probe import NullProbe
-from orchestrator.monitoring.node_sampler import NodeTargets, open_sampler
+from orchestrator.monitoring.node_sampler import open_sampler
 from orchestrator.monitoring.nvml_probe import GPM_METRICS, NvmlProbe, open_nvml_probe
+from orchestrator.monitoring.samples import NodeTargets
 
 
 def test_without_a_driver_gpu_monitoring_is_off_with_one_reason_and_host_sampling_goes_on():

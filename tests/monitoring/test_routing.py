@@ -10,9 +10,13 @@ from orchestrator.cli.console import Console
 from orchestrator.config.schema import MonitorConfig
 from orchestrator.lifecycle.rank_reports import StepReport
 from orchestrator.monitoring.gpu_probe import GpuProcess, GpuSample
-from orchestrator.monitoring.host_probe import HostSample
-from orchestrator.monitoring.node_sampler import MonitorNote, MonitorStatus, NodeSample
 from orchestrator.monitoring.routing import SUMMARY_ARTIFACT, SystemRecorder
+from orchestrator.monitoring.samples import (
+    HostSample,
+    MonitorNote,
+    MonitorStatus,
+    NodeSample,
+)
 from orchestrator.monitoring.summaries import MIB
 from orchestrator.tracking.metrics_sink import InMemorySink
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.monitoring.gpu_probe import GpuSample
-from orchestrator.monitoring.host_probe import HostSample
-from orchestrator.monitoring.summaries import MIB, GpuTally, energy_wh, summarize_gpu, summarize_host
+from orchestrator.monitoring.samples import HostSample
+from orchestrator.monitoring.summaries import (
+    MIB,
+    GpuTally,
+    energy_wh,
+    summarize_gpu,
+    summarize_host,
+)
 
 
 def test_energy_is_the_trapezoid_integral_of_power_over_time_in_watt_hours():
