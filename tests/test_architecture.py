@@ -28,6 +28,7 @@ HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
 
 PURE_MODULES = [
     "orchestrator.errors", "orchestrator.redaction", "orchestrator.config.schema", "orchestrator.config.export",
+    "orchestrator.config.problems", "orchestrator.config.rules",
     "orchestrator.planning.plan", "orchestrator.planning.placement",
     "orchestrator.planning.preflight", "orchestrator.planning.rank_specs", "orchestrator.lifecycle.failure_policy",
     "orchestrator.lifecycle.rank_reports", "orchestrator.lifecycle.worker_group", "orchestrator.kubernetes.rayjob",

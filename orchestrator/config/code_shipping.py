@@ -15,7 +15,12 @@ import os
 import sysconfig
 from typing import Any, Mapping, Optional
 
-from orchestrator.config.schema import JobConfig, TargetConfig, TargetDataConfig, TargetModelConfig
+from orchestrator.config.schema import (
+    JobConfig,
+    TargetConfig,
+    TargetDataConfig,
+    TargetModelConfig,
+)
 
 PYTHONPATH = "PYTHONPATH"
 

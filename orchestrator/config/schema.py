@@ -1,33 +1,79 @@
 """Typed job configuration: the frozen dataclasses Hydra composes and every module reads.
 
 Each field carries a docstring; docs/configuration.md lists every key with its default, generated from
-those docstrings by config/reference.py. Choice fields are plain strings so that `validate()` (not OmegaConf) rejects a bad value with a message
-that names the key, the value and the valid choices.
+those docstrings by config/reference.py. Each section says what is wrong with itself (`check`); the
+rules between sections are in rules.py. Choice fields are Literal types for the type checker and plain
+strings for OmegaConf, so that `check` (not OmegaConf) rejects a bad value with a message that names
+the key, the value and the valid choices.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, TypeAlias, get_args
+
+from orchestrator.config.problems import Problems, is_number, show
+from orchestrator.redaction import redact_value
 
 MISSING = "???"
 """OmegaConf's marker of a value that must be given (its own `omegaconf.MISSING` is this string): the
 schema stays free of OmegaConf, and Hydra still refuses to run with the value unset."""
 
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-BACKENDS = ("auto", "nccl", "gloo")
-AMP_MODES = ("none", "bf16", "fp16")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "cosine")
-MODEL_FORMATS = ("pt2", "pickle")
-ENTRYPOINTS = ("builtin", "script")
-RESTART_ON = ("any", "infra_only")
-SWEEP_DIRECTIONS = ("maximize", "minimize")
-EARLY_STOP_RULES = ("none", "median")
+# Each choice is a Literal for the type checker and a plain `str` for OmegaConf, which refuses Literal
+# annotations: a bad value then reaches `check` below (a message naming the key and the valid choices)
+# rather than failing inside OmegaConf. The tuple of valid values is read off the Literal: one list each.
+PlacementStrategyChoice = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+BackendChoice = Literal["auto", "nccl", "gloo"]
+AmpChoice = Literal["none", "bf16", "fp16"]
+OptimizerChoice = Literal["sgd", "adamw"]
+ScheduleChoice = Literal["constant", "cosine"]
+ModelFormatChoice = Literal["pt2", "pickle"]
+EntrypointChoice = Literal["builtin", "script"]
+RestartOnChoice = Literal["any", "infra_only"]
+DirectionChoice = Literal["maximize", "minimize"]
+EarlyStopChoice = Literal["none", "median"]
+CompileModeChoice = Literal["default", "reduce-overhead", "max-autotune"]
+if TYPE_CHECKING:
+    PlacementStrategy: TypeAlias = PlacementStrategyChoice
+    Backend: TypeAlias = BackendChoice
+    Amp: TypeAlias = AmpChoice
+    Optimizer: TypeAlias = OptimizerChoice
+    Schedule: TypeAlias = ScheduleChoice
+    ModelFormat: TypeAlias = ModelFormatChoice
+    Entrypoint: TypeAlias = EntrypointChoice
+    RestartOn: TypeAlias = RestartOnChoice
+    Direction: TypeAlias = DirectionChoice
+    EarlyStop: TypeAlias = EarlyStopChoice
+    CompileMode: TypeAlias = CompileModeChoice
+else:
+    PlacementStrategy = Backend = Amp = Optimizer = Schedule = str
+    ModelFormat = Entrypoint = RestartOn = Direction = EarlyStop = CompileMode = str
+
+PLACEMENT_STRATEGIES: tuple[str, ...] = get_args(PlacementStrategyChoice)
+BACKENDS: tuple[str, ...] = get_args(BackendChoice)
+AMP_MODES: tuple[str, ...] = get_args(AmpChoice)
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerChoice)
+SCHEDULES: tuple[str, ...] = get_args(ScheduleChoice)
+MODEL_FORMATS: tuple[str, ...] = get_args(ModelFormatChoice)
+ENTRYPOINTS: tuple[str, ...] = get_args(EntrypointChoice)
+RESTART_ON: tuple[str, ...] = get_args(RestartOnChoice)
+SWEEP_DIRECTIONS: tuple[str, ...] = get_args(DirectionChoice)
+EARLY_STOP_RULES: tuple[str, ...] = get_args(EarlyStopChoice)
+COMPILE_MODES: tuple[str, ...] = get_args(CompileModeChoice)
 SWEEP_OBJECTIVES = ("eval/accuracy", "eval/loss", "train/loss", "train/samples_per_s")
 """Metrics the built-in loop reports that a sweep can optimize."""
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+PER_NODE_STRATEGIES = ("PACK", "STRICT_SPREAD")
+"""The placement strategies that go with scaling.workers_per_node (one bundle per node)."""
+RESERVED_RESOURCES = {"CPU": "scaling.cpus_per_worker", "GPU": "scaling.gpus_per_worker",
+                      "memory": "scaling.memory_per_worker_gb"}
+"""Ray resources that have a key of their own, and which."""
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+"""Stores MLflow 3 records into (a driver suffix such as postgresql+psycopg2 is allowed)."""
+MIN_MONITOR_INTERVAL_S = 0.1
+"""NVML's GPM metrics need samples at least 100 ms apart."""
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -44,6 +90,11 @@ class ClusterConfig:
     runtime_env: Dict[str, Any] = field(default_factory=dict)
     """Ray runtime_env for the job (env_vars, pip, ...); `orchestrator submit` adds the working_dir."""
 
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        if self.num_cpus is not None:
+            found.at_least("cluster.num_cpus", self.num_cpus, 1)
+
 
 @dataclass(frozen=True)
 class ScalingConfig:
@@ -55,9 +106,9 @@ class ScalingConfig:
     """CPUs reserved per worker; also the worker's torch thread count (at least 1)."""
     gpus_per_worker: float = 0.0
     """GPUs per worker; 0 = CPU training."""
-    placement_strategy: str = "PACK"
+    placement_strategy: PlacementStrategy = "PACK"
     """Ray placement group strategy: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD."""
-    backend: str = "auto"
+    backend: Backend = "auto"
     """torch.distributed backend: auto (nccl when workers hold GPUs, else gloo), nccl or gloo."""
     workers_per_node: Optional[int] = None
     """Workers on every node (the "N nodes x G GPUs" shape): one bundle per node, nodes strictly
@@ -74,6 +125,49 @@ class ScalingConfig:
     rendezvous_timeout_s: float = 300.0
     """Process-group timeout: rendezvous and any collective that waits longer than this fails."""
 
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        found.at_least("scaling.num_workers", self.num_workers, 1)
+        found.positive("scaling.cpus_per_worker", self.cpus_per_worker)
+        gpus = self.gpus_per_worker
+        gpus_ok = is_number(gpus) and gpus >= 0 and (gpus <= 1 or float(gpus).is_integer())
+        found.require(gpus_ok, "scaling.gpus_per_worker", gpus, "must be 0, a fraction in (0, 1] or a whole number")
+        found.choice("scaling.placement_strategy", self.placement_strategy, PLACEMENT_STRATEGIES)
+        found.choice("scaling.backend", self.backend, BACKENDS)
+        if self.backend == "nccl" and gpus_ok and gpus == 0:
+            found.require(False, "scaling.backend", "nccl", "nccl needs GPUs: set scaling.gpus_per_worker >= 1, or "
+                          "scaling.backend=auto or gloo")
+        self._check_shape(found)
+        self._check_resources(found)
+        found.positive("scaling.placement_timeout_s", self.placement_timeout_s)
+        found.positive("scaling.rendezvous_timeout_s", self.rendezvous_timeout_s)
+
+    def _check_shape(self, found: Problems) -> None:
+        per_node = self.workers_per_node
+        if per_node is None:
+            return
+        found.at_least("scaling.workers_per_node", per_node, 1)
+        if is_number(per_node) and per_node >= 1 and self.num_workers % per_node:
+            found.require(False, "scaling.workers_per_node", per_node,
+                          f"scaling.num_workers={self.num_workers} must be a multiple of it (N nodes x {per_node})")
+        if self.placement_strategy not in PER_NODE_STRATEGIES:
+            found.require(False, "scaling.placement_strategy", self.placement_strategy,
+                          "with scaling.workers_per_node each node gets one bundle and nodes are spread strictly: "
+                          "leave it at PACK, set STRICT_SPREAD, or unset scaling.workers_per_node")
+
+    def _check_resources(self, found: Problems) -> None:
+        if self.memory_per_worker_gb is not None:
+            found.positive("scaling.memory_per_worker_gb", self.memory_per_worker_gb)
+        for name, amount in self.resources_per_worker.items():
+            key = f"scaling.resources_per_worker.{name}"
+            if name in RESERVED_RESOURCES:
+                found.require(False, key, amount, f"set {name} through {RESERVED_RESOURCES[name]}")
+            else:
+                found.positive(key, amount)
+        for name in self.nccl_env:
+            found.require(bool(_ENV_NAME.match(name)), "scaling.nccl_env", name,
+                          "keys must be environment variable names such as NCCL_DEBUG")
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -85,7 +179,7 @@ class TrainerConfig:
     """Optimizer steps to train; null = train by epochs."""
     seed: int = 0
     """Seed for model init, data split and shuffling; the same seed gives the same run."""
-    amp: str = "none"
+    amp: Amp = "none"
     """Mixed precision: none, bf16 (autocast) or fp16 (autocast + GradScaler)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step (gradients sync only on the last)."""
@@ -98,7 +192,7 @@ class TrainerConfig:
     checkpoint directory, or an MLflow run id; null = start fresh."""
     compile: bool = False
     """Compile the model with torch.compile, inside DDP (on CPU this needs a C++ compiler; the first steps compile)."""
-    compile_mode: str = "default"
+    compile_mode: CompileMode = "default"
     """torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune (slow compile, fastest kernels)."""
     tf32: bool = False
     """Allow TF32 tensor cores for float32 matmuls and convolutions on CUDA (Ampere and newer): faster, about
@@ -111,6 +205,26 @@ class TrainerConfig:
     loss, or (loss, metrics) with metrics a dict of scalars (logged as train/<key> and, in evaluation,
     eval/<key>); the batch is the loader's collated items, of any shape (dicts, ...). null = loss(model(inputs),
     targets) on (inputs, targets) items."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found` (but trainer.resume: see `check_resume`)."""
+        found.at_least("trainer.max_epochs", self.max_epochs, 1)
+        if self.max_steps is not None:
+            found.at_least("trainer.max_steps", self.max_steps, 1)
+        found.at_least("trainer.seed", self.seed, 0)
+        found.choice("trainer.amp", self.amp, AMP_MODES)
+        found.at_least("trainer.grad_accum_steps", self.grad_accum_steps, 1)
+        found.at_least("trainer.log_every_n_steps", self.log_every_n_steps, 1)
+        found.at_least("trainer.eval_every_n_epochs", self.eval_every_n_epochs, 1)
+        found.choice("trainer.compile_mode", self.compile_mode, COMPILE_MODES)
+        if self.peak_tflops is not None:
+            found.positive("trainer.peak_tflops", self.peak_tflops)
+
+    def check_resume(self, found: Problems) -> None:
+        """trainer.resume, when set, names something: latest, a checkpoint or a run."""
+        if self.resume is not None:
+            found.require(bool(self.resume.strip()), "trainer.resume", self.resume,
+                          "use latest, a checkpoint path or an MLflow run id")
 
 
 @dataclass(frozen=True)
@@ -126,12 +240,16 @@ class DdpConfig:
     find_unused_parameters: bool = False
     """Search each step's graph for parameters that got no gradient (needed only by models that skip some)."""
 
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        found.positive("ddp.bucket_cap_mb", self.bucket_cap_mb)
+
 
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimizer and learning-rate schedule."""
 
-    name: str = "adamw"
+    name: Optimizer = "adamw"
     """Optimizer: sgd or adamw."""
     lr: float = 0.003
     """Peak learning rate."""
@@ -139,10 +257,19 @@ class OptimConfig:
     """Weight decay."""
     momentum: float = 0.9
     """SGD momentum (sgd only)."""
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     """Learning-rate schedule after warm-up: constant or cosine (decays to 0 at the last step)."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to lr."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        found.choice("optim.name", self.name, OPTIMIZERS)
+        found.positive("optim.lr", self.lr)
+        found.at_least("optim.weight_decay", self.weight_decay, 0)
+        found.fraction("optim.momentum", self.momentum)
+        found.choice("optim.schedule", self.schedule, SCHEDULES)
+        found.at_least("optim.warmup_steps", self.warmup_steps, 0)
 
 
 @dataclass(frozen=True)
@@ -151,6 +278,9 @@ class ModelConfig:
 
     name: str = MISSING
     """Architecture; set by the group option (mlp, cnn, gpt)."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this model's own keys into `found` (the base has none)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +292,11 @@ class MlpConfig(ModelConfig):
     """Width of each hidden layer."""
     dropout: float = 0.0
     """Dropout after each hidden layer."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this model's own keys into `found`."""
+        found.sizes("model.hidden_sizes", self.hidden_sizes)
+        found.fraction("model.dropout", self.dropout)
 
 
 @dataclass(frozen=True)
@@ -177,6 +312,12 @@ class CnnConfig(ModelConfig):
     """Dropout before the classifier."""
     channels_last: bool = False
     """Keep conv weights and inputs in the channels_last memory format (faster on CUDA tensor cores, with amp)."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this model's own keys into `found`."""
+        found.sizes("model.channels", self.channels)
+        found.at_least("model.hidden", self.hidden, 1)
+        found.fraction("model.dropout", self.dropout)
 
 
 @dataclass(frozen=True)
@@ -194,6 +335,16 @@ class GptConfig(ModelConfig):
     """Longest sequence the model takes (its position embeddings); data.seq_len must not exceed it."""
     dropout: float = 0.0
     """Dropout on attention weights and after each residual branch."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this model's own keys into `found`."""
+        found.at_least("model.layers", self.layers, 1)
+        found.at_least("model.heads", self.heads, 1)
+        found.at_least("model.width", self.width, 1)
+        found.at_least("model.context", self.context, 1)
+        if all(is_number(value) and value >= 1 for value in (self.width, self.heads)) and self.width % self.heads:
+            found.require(False, "model.width", self.width, f"must be a multiple of model.heads={self.heads}")
+        found.fraction("model.dropout", self.dropout)
 
 
 @dataclass(frozen=True)
@@ -222,6 +373,12 @@ class DataConfig:
     test_fraction: float = 0.2
     """Share of the samples held out for evaluation (split fixed by trainer.seed)."""
 
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this data set's keys into `found`."""
+        found.at_least("data.batch_size", self.batch_size, 1)
+        test_ok = is_number(self.test_fraction) and 0 < self.test_fraction < 1
+        found.require(test_ok, "data.test_fraction", self.test_fraction, "must be in (0, 1)")
+
 
 @dataclass(frozen=True)
 class DigitsConfig(DataConfig):
@@ -242,6 +399,13 @@ class SyntheticConfig(DataConfig):
     num_classes: int = 10
     """Number of classes."""
 
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this data set's keys into `found`."""
+        super().check(found)
+        found.at_least("data.num_samples", self.num_samples, 2)
+        found.sizes("data.input_shape", self.input_shape)
+        found.at_least("data.num_classes", self.num_classes, 2)
+
 
 @dataclass(frozen=True)
 class TokensConfig(DataConfig):
@@ -254,6 +418,13 @@ class TokensConfig(DataConfig):
     """Tokens the model reads per sequence (at most model.context)."""
     vocab_size: int = 256
     """Distinct tokens."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this data set's keys into `found`."""
+        super().check(found)
+        found.at_least("data.num_sequences", self.num_sequences, 2)
+        found.at_least("data.seq_len", self.seq_len, 1)
+        found.at_least("data.vocab_size", self.vocab_size, 2)
 
 
 @dataclass(frozen=True)
@@ -269,6 +440,11 @@ class TargetDataConfig(DataConfig):
     """Keyword arguments of the call: the data node's keys other than `_target_` and the loader's."""
     num_workers: int = 0
     """DataLoader worker processes per rank (0 = load in the training process)."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this data set's keys into `found`."""
+        super().check(found)
+        found.at_least("data.num_workers", self.num_workers, 0)
 
 
 @dataclass(frozen=True)
@@ -295,7 +471,7 @@ class TrackingConfig:
     """MLflow run name; null lets MLflow pick one."""
     log_model: bool = True
     """Log the trained model with mlflow.pytorch.log_model under the name `model`."""
-    model_format: str = "pt2"
+    model_format: ModelFormat = "pt2"
     """Serialization of the logged model: pt2 (torch.export, MLflow 3's default) or pickle."""
     max_outage_s: float = 300.0
     """While the tracking store is unreachable, metrics are buffered and retried with backoff for up to this
@@ -303,6 +479,29 @@ class TrackingConfig:
     flush_timeout_s: float = 30.0
     """Longest wait at the end of the run for buffered metrics to reach the store; what is left is dropped
     and reported."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        found.require(bool(self.uri), "tracking.uri", self.uri,
+                      "must be a tracking URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
+        found.require(bool(self.experiment), "tracking.experiment", self.experiment, "must be a non-empty name")
+        found.choice("tracking.model_format", self.model_format, MODEL_FORMATS)
+        found.at_least("tracking.max_outage_s", self.max_outage_s, 0)
+        found.positive("tracking.flush_timeout_s", self.flush_timeout_s)
+        self._check_uri(found)
+
+    def _check_uri(self, found: Problems) -> None:
+        """A store MLflow knows, and no password inside (it would land in the config, the params and every log)."""
+        uri = self.uri
+        scheme = uri.partition("://")[0].split("+", 1)[0].lower()  # a bare "databricks" is its own scheme
+        if uri and scheme not in TRACKING_SCHEMES:
+            found.require(False, "tracking.uri", redact_value(uri), "use sqlite:///mlflow.db, "
+                          "http://127.0.0.1:5000 (a tracking server) or another MLflow store URI "
+                          f"({', '.join(TRACKING_SCHEMES)})")
+        shown = redact_value(uri)
+        found.require(shown == uri, "tracking.uri", shown, "credentials do not belong in the config: set "
+                      "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a PostgreSQL store: PGPASSWORD) "
+                      "in the environment")
 
 
 @dataclass(frozen=True)
@@ -318,6 +517,12 @@ class CheckpointConfig:
     upload: bool = False
     """Also store each complete checkpoint in the run's MLflow artifacts (under checkpoints/)."""
 
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        if self.every_n_steps is not None:
+            found.at_least("checkpoint.every_n_steps", self.every_n_steps, 1)
+        found.at_least("checkpoint.keep_last", self.keep_last, 1)
+
 
 @dataclass(frozen=True)
 class FailureConfig:
@@ -325,7 +530,7 @@ class FailureConfig:
 
     max_restarts: int = 3
     """Restarts from the newest checkpoint before the job fails; -1 = no limit."""
-    restart_on: str = "any"
+    restart_on: RestartOn = "any"
     """any (worker deaths, hangs and exceptions in user code) or infra_only (not exceptions)."""
     hang_timeout_s: float = 300.0
     """A rank that finishes no optimizer step for this long is treated as failed."""
@@ -333,6 +538,13 @@ class FailureConfig:
     """entrypoint=script: also restart a script that exited with an error status. By default that fails the
     job at once, as under torchrun (a bad argument fails the same way every time); a script killed by a
     signal (the OOM killer's SIGKILL) is restarted like any worker that died."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        restarts_ok = isinstance(self.max_restarts, int) and self.max_restarts >= -1
+        found.require(restarts_ok, "failure.max_restarts", self.max_restarts, "must be -1 (no limit) or a number >= 0")
+        found.choice("failure.restart_on", self.restart_on, RESTART_ON)
+        found.positive("failure.hang_timeout_s", self.hang_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -362,6 +574,24 @@ class ScriptConfig:
         """What the script gets as sys.argv[1:]: script.argv split as a shell would, else script.args."""
         return shlex.split(self.argv) if isinstance(self.argv, str) else list(self.args)
 
+    def check(self, found: Problems) -> None:
+        """script.argv: one command-line string that shlex can split, and not together with script.args."""
+        argv = self.argv
+        if argv is None:
+            return
+        if not isinstance(argv, str):
+            found.require(False, "script.argv", argv, "Hydra read it as a number, a boolean or a list, not as the "
+                          "text typed: quote the command line inside the override, 'script.argv=\"--lr 1e-3\"'")
+            return
+        try:
+            shlex.split(argv)
+        except ValueError as error:
+            found.require(False, "script.argv", argv, f"cannot be split into arguments as a shell would ({error}): "
+                          "close the quote, or escape it with a backslash")
+        if self.args:
+            found.require(False, "script.argv", argv, f"script.args={show(self.args)} is set too: give the "
+                          "arguments once, either as the list script.args or as the command line script.argv")
+
 
 @dataclass(frozen=True)
 class MonitorConfig:
@@ -382,6 +612,17 @@ class MonitorConfig:
     """Warn about a GPU whose mean utilization over its last 6 samples, after 6 warm-up samples from the
     first training step, is below this percentage (0 = never)."""
 
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        found.at_least("monitor.interval_s", self.interval_s, MIN_MONITOR_INTERVAL_S)
+        ratio = self.straggler_ratio
+        found.require(is_number(ratio) and ratio > 1, "monitor.straggler_ratio", ratio,
+                      "must be a number > 1 (a rank this many times slower than the median is a straggler)")
+        found.at_least("monitor.straggler_min_gap_s", self.straggler_min_gap_s, 0)
+        percent = self.low_util_percent
+        found.require(is_number(percent) and 0 <= percent <= 100, "monitor.low_util_percent", percent,
+                      "must be a percentage in [0, 100] (0 turns the low-utilization warning off)")
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -391,21 +632,27 @@ class SweepConfig:
     """The metric a trial returns to the sweeper (its last reported value) and early stopping compares:
     eval/accuracy, eval/loss, train/loss or train/samples_per_s; for entrypoint=script, any key the script
     reports with orchestrator.report."""
-    direction: str = "maximize"
+    direction: Direction = "maximize"
     """Whether a higher (maximize) or a lower (minimize) objective is better; hydra/sweeper=optuna optimizes
     in this direction."""
-    early_stop: str = "none"
+    early_stop: EarlyStop = "none"
     """none, or median: stop a trial whose objective at an evaluation is worse than the median of the
     completed trials' values at the same step (recorded KILLED with the tag orchestrator.early_stopped)."""
     early_stop_min_trials: int = 2
     """Completed trials with a value at that step that the median rule needs before it stops a trial."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found` (the objective depends on the entrypoint: rules.py)."""
+        found.choice("sweep.direction", self.direction, SWEEP_DIRECTIONS)
+        found.choice("sweep.early_stop", self.early_stop, EARLY_STOP_RULES)
+        found.at_least("sweep.early_stop_min_trials", self.early_stop_min_trials, 1)
 
 
 @dataclass(frozen=True)
 class JobConfig:
     """One training job: what runs, where, and how it is recorded."""
 
-    entrypoint: str = "builtin"
+    entrypoint: Entrypoint = "builtin"
     """What every worker runs: builtin (the training loop of this config) or script (script.path)."""
     script: ScriptConfig = field(default_factory=ScriptConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
