@@ -1,12 +1,15 @@
-"""Shared test helpers: composing jobs like the CLI does, and waiting on eventually-consistent state."""
+"""Shared test helpers: jobs composed like the CLI does or built directly, and waiting on eventually-consistent
+state."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import socket
 import subprocess
 import time
+import typing
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -20,6 +23,41 @@ def compose_job(overrides: Sequence[str], base_dir: Path) -> JobConfig:
     from orchestrator.config.compose import compose_job as compose
 
     return compose(overrides, base_dir)
+
+
+def job_config(overrides: Sequence[str] = ()) -> JobConfig:
+    """A validated JobConfig from the schema's dataclasses, without Hydra or OmegaConf: for the in-process tier.
+
+    Takes the same `key=value` overrides as the CLI (`model=mlp`, `scaling.num_workers=4`,
+    `+scaling.nccl_env.NCCL_DEBUG=INFO`), values read as YAML; the defaults are the schema's, with
+    conf/'s model=cnn and data=digits.
+    """
+    import yaml
+
+    from orchestrator.config.rules import validate
+    from orchestrator.config.schema import DATA_SCHEMAS, MODEL_SCHEMAS
+
+    job = JobConfig(model=MODEL_SCHEMAS["cnn"](name="cnn"), data=DATA_SCHEMAS["digits"](name="digits"), loss=None)
+    for override in overrides:
+        key, _, text = override.removeprefix("+").partition("=")
+        if key in ("model", "data"):
+            schemas = MODEL_SCHEMAS if key == "model" else DATA_SCHEMAS
+            job = dataclasses.replace(job, **{key: schemas[text](name=text)})
+        else:
+            job = _replaced(job, key.split("."), yaml.safe_load(text))
+    validate(job)
+    return job
+
+
+def _replaced(node, path: list[str], value, value_type=None):
+    """`node` with the value at `path` replaced; a dict entry takes its dict's declared value type."""
+    if not path:
+        return value_type(value) if value_type in (str, int, float) else value
+    if isinstance(node, dict):
+        return {**node, path[0]: _replaced(node.get(path[0]), path[1:], value, value_type)}
+    hint = typing.get_type_hints(type(node))[path[0]]
+    entry_type = typing.get_args(hint)[-1] if typing.get_origin(hint) is dict else None
+    return dataclasses.replace(node, **{path[0]: _replaced(getattr(node, path[0]), path[1:], value, entry_type)})
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -19,7 +19,7 @@ from orchestrator.sweep.trials import (
     sweep_status,
     varying,
 )
-from tests.helpers import compose_job
+from tests.helpers import job_config
 
 
 def _record(number, status, objective=None, overrides=("model=mlp", "optim.lr=0.001")):
@@ -34,10 +34,10 @@ def test_the_overrides_a_sweep_chose_are_those_of_keys_not_fixed_on_its_command_
 
 
 def test_trials_share_the_sweeps_cluster_store_experiment_and_objective_and_start_fresh(tmp_path: Path):
-    sweep = compose_job(["model=mlp"], tmp_path)
-    assert shared_key_problems(sweep, compose_job(["model=cnn", "optim.lr=0.1"], tmp_path)) == []
-    trial = compose_job(["tracking.experiment=other", "sweep.direction=minimize", "cluster.num_cpus=2",
-                         "trainer.resume=latest"], tmp_path)
+    sweep = job_config(["model=mlp"])
+    assert shared_key_problems(sweep, job_config(["model=cnn", "optim.lr=0.1"])) == []
+    trial = job_config(["tracking.experiment=other", "sweep.direction=minimize", "cluster.num_cpus=2",
+                         "trainer.resume=latest"])
     problems = shared_key_problems(sweep, trial)
     assert [problem.split(" ")[0] for problem in problems] == \
         ["cluster.num_cpus=2", "tracking.experiment=other", "sweep.direction=minimize", "trainer.resume=latest"]
