@@ -15,8 +15,6 @@ from orchestrator.config.schema import (
     TargetConfig,
     TargetDataConfig,
     TargetModelConfig,
-    data_input_shape,  # noqa: F401 (until the job runner imports it from the schema)
-    data_num_classes,  # noqa: F401 (the same)
 )
 from orchestrator.errors import ConfigError
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from orchestrator.cli.console import Console
 from orchestrator.config.schema import FailureConfig
 from orchestrator.errors import LaunchError
@@ -12,10 +14,12 @@ from orchestrator.lifecycle.controller import (
     STOP_GRACE_S,
     USER_STOP,
     Controller,
-    Phase,
+    ControllerSettings,
+    ResumePoint,
     StopRequests,
     stop_message,
 )
+from orchestrator.lifecycle.observers import routing_observers
 from orchestrator.lifecycle.rank_reports import (
     AttemptStartReport,
     CheckpointReport,
@@ -24,6 +28,7 @@ from orchestrator.lifecycle.rank_reports import (
     ResultReport,
     StepReport,
 )
+from orchestrator.lifecycle.states import Done, Restarting, Running, Stopping
 from orchestrator.lifecycle.worker_group import RankExited, RankLost, RankReport
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.tracking.metrics_sink import InMemorySink
@@ -86,10 +91,17 @@ class FakeClock:
         return self.now
 
 
-def _controller(group, clock=None, policy=FailureConfig(max_restarts=0)):
-    sink = InMemorySink()
-    controller = Controller(lambda: group, sink, Console(io.StringIO(), interactive=False), clock or FakeClock(),
-                            failure_policy=policy, wall_clock=lambda: 1_800_000_000.25)
+def _controller(groups, clock=None, policy=FailureConfig(max_restarts=0), *, observers=(), console=None,
+                entrypoint="builtin", startup_timeout_s=None, resume=ResumePoint(), **options):
+    """A controller taking its groups from `groups` (one FakeGroup, or a list for rebuilds), with the reports
+    routed as the job runner routes them: into an in-memory sink and the console."""
+    remaining = list(groups) if isinstance(groups, list) else [groups]
+    sink, clock = InMemorySink(), clock or FakeClock()
+    console = console or Console(io.StringIO(), interactive=False)
+    settings = ControllerSettings(failure_policy=policy, entrypoint=entrypoint, startup_timeout_s=startup_timeout_s)
+    controller = Controller(lambda: remaining.pop(0), console,
+                            [*observers, *routing_observers(sink, console, entrypoint, clock)], settings, resume,
+                            clock=clock, wall_clock=lambda: 1_800_000_000.25, **options)
     return controller, sink
 
 
@@ -106,8 +118,7 @@ def test_reports_are_routed_and_a_clean_end_is_finished():
         _results(),
     ])
     controller, sink = _controller(group)
-    controller.step()
-    assert controller.phase is Phase.RUNNING
+    assert isinstance(controller.step(), Running)
     controller.step()
     assert sink.series("train/loss") == [(1, 2.0)]
     outcome = controller.run()
@@ -162,13 +173,10 @@ def test_ranks_that_ignore_a_stop_are_killed_after_the_grace_period():
     group = FakeGroup([])
     controller, _ = _controller(group, clock)
     controller.step()
-    controller.interrupt()
-    assert controller.phase is Phase.STOPPING
-    controller.step()
-    assert controller.phase is Phase.STOPPING
+    assert isinstance(controller.interrupt(), Stopping)
+    assert isinstance(controller.step(), Stopping)
     clock.now += STOP_GRACE_S
-    controller.step()
-    assert controller.phase is Phase.DONE and controller.outcome.status == "KILLED"
+    assert isinstance(controller.step(), Done) and controller.outcome.status == "KILLED"
 
 
 class StoppingObserver:
@@ -191,8 +199,7 @@ class StoppingObserver:
 def test_a_stop_request_stops_the_ranks_and_its_reason_is_the_killed_runs_error():
     requests = StopRequests()
     group = FakeGroup([[RankReport(0, MetricsReport(1, {"eval/accuracy": 0.1}))], [], _results(stopped=True)])
-    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
-                            observers=[StoppingObserver(requests)], stop_requests=requests)
+    controller, _ = _controller(group, observers=[StoppingObserver(requests)], stop_requests=requests)
     controller.step()
     controller.step()
     assert group.stop_requests == 0  # taken between steps, never in the middle of one
@@ -205,8 +212,7 @@ def test_a_stop_request_stops_the_ranks_and_its_reason_is_the_killed_runs_error(
 def test_a_second_stop_request_ends_the_job_at_once_and_one_before_the_start_never_starts_it():
     requests = StopRequests()
     group = FakeGroup([[], [], []])
-    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
-                            stop_requests=requests)
+    controller, _ = _controller(group, stop_requests=requests)
     controller.step()
     requests.request("the sweep was interrupted")
     requests.request("the sweep was interrupted")
@@ -215,8 +221,7 @@ def test_a_second_stop_request_ends_the_job_at_once_and_one_before_the_start_nev
     unstarted = FakeGroup([])
     early = StopRequests()
     early.request("the sweep was interrupted")
-    outcome = Controller(lambda: unstarted, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
-                         stop_requests=early).run()
+    outcome = _controller(unstarted, stop_requests=early)[0].run()
     assert outcome.status == "KILLED" and unstarted.specs == [] and unstarted.shutdowns == 0
 
 
@@ -237,8 +242,7 @@ class RecordingObserver:
 def test_observers_see_the_group_every_report_and_the_end_even_on_failure():
     observer = RecordingObserver()
     group = FakeGroup([[RankReport(1, StepReport(1, 1, 3, 0, 0.2, 1))], [RankLost(0, "10.0.0.1", "gone")]])
-    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
-                            observers=[observer])
+    controller, _ = _controller(group, observers=[observer])
     assert controller.run().status == "FAILED"
     assert observer.calls == [("started", [0, 1]), ("report", 1, "StepReport"), ("ended", "FAILED")]
 
@@ -302,9 +306,7 @@ def test_a_script_killed_by_a_signal_is_restarted_and_each_attempt_is_numbered()
 def test_a_rebuilt_group_keeps_counting_attempts():
     first = FakeGroup([[RankLost(1, "10.0.0.1", "killed")]], restart_errors=[LaunchError("no node", retryable=True)])
     second = FakeGroup([_results()])
-    groups = [first, second]
-    controller = Controller(lambda: groups.pop(0), InMemorySink(), Console(io.StringIO(), interactive=False),
-                            FakeClock(), failure_policy=FailureConfig(max_restarts=3))
+    controller, _ = _controller([first, second], policy=FailureConfig(max_restarts=3))
     assert controller.run().status == "FINISHED"
     assert first.attempts == [0, 1] and second.attempts == [2]
 
@@ -317,8 +319,8 @@ def test_the_stop_message_says_how_each_entrypoint_stops():
     assert stop_message("stopped early", "script") == \
         f"stopping: stopped early; every rank's script gets SIGTERM and {STOP_GRACE_S:g} s to exit"
     printed = io.StringIO()
-    controller = Controller(lambda: FakeGroup([KeyboardInterrupt(), _results(stopped=True)]), InMemorySink(),
-                            Console(printed, interactive=False), FakeClock(), entrypoint="script")
+    controller, _ = _controller(FakeGroup([KeyboardInterrupt(), _results(stopped=True)]),
+                                console=Console(printed, interactive=False), entrypoint="script")
     assert controller.run().status == "KILLED"
     assert stop_message(USER_STOP, "script") in printed.getvalue() and "current step" not in printed.getvalue()
 
@@ -328,10 +330,8 @@ def test_a_broken_collective_waits_for_the_death_that_caused_it():
     group = FakeGroup([[RankReport(0, GLOO_ERROR)], [RankLost(1, "10.0.0.2", "killed")], _results()])
     controller, sink = _controller(group, clock, FailureConfig(max_restarts=1, restart_on="infra_only"))
     controller.step()
-    controller.step()
-    assert controller.phase is Phase.RUNNING  # settling: the gloo error alone is not the cause
-    controller.step()
-    assert controller.phase is Phase.RESTARTING and sink.tags == {}
+    assert isinstance(controller.step(), Running)  # settling: the gloo error alone is not the cause
+    assert isinstance(controller.step(), Restarting) and sink.tags == {}
     assert controller.run().status == "FINISHED"
     assert sink.tags["restart.1.kind"] == "worker died" and sink.tags["restart.1.rank"] == "1"
 
@@ -343,8 +343,8 @@ def test_a_broken_collective_with_no_death_is_retried_as_infrastructure_after_se
     controller.step()
     controller.step()
     clock.now += SETTLE_S
-    controller.step()
-    assert controller.phase is Phase.RESTARTING and controller.failure.kind.value == "communication"
+    state = controller.step()
+    assert isinstance(state, Restarting) and state.failure.kind.value == "communication"
 
 
 def test_a_rank_that_makes_no_progress_is_treated_as_hung_and_replaced():
@@ -356,10 +356,9 @@ def test_a_rank_that_makes_no_progress_is_treated_as_hung_and_replaced():
     controller._route(1, StepReport(1, 5, 100, 0, 0.1, 5))
     clock.now += 61
     controller._route(0, StepReport(0, 6, 100, 0, 0.1, 1))
-    controller.step()
-    assert controller.phase is Phase.RESTARTING and "rank 1 on 10.0.0.1 finished no step for 61 s" in controller.failure.summary
-    controller.step()
-    assert group.restarts == [({1}, None)] and controller.phase is Phase.RUNNING
+    state = controller.step()
+    assert isinstance(state, Restarting) and "rank 1 on 10.0.0.1 finished no step for 61 s" in state.failure.summary
+    assert isinstance(controller.step(), Running) and group.restarts == [({1}, None)]
 
 
 def test_an_attempts_start_is_judged_by_the_rendezvous_timeout_not_the_hang_timeout():
@@ -367,17 +366,15 @@ def test_an_attempts_start_is_judged_by_the_rendezvous_timeout_not_the_hang_time
     # on a busy machine that takes longer than a short hang timeout, and is no hang
     clock = FakeClock()
     group = FakeGroup([])
-    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), clock,
-                            failure_policy=FailureConfig(max_restarts=1, hang_timeout_s=10), startup_timeout_s=60)
+    controller, _ = _controller(group, clock, FailureConfig(max_restarts=1, hang_timeout_s=10), startup_timeout_s=60)
     controller.step()
     clock.now += 30
     controller._route(0, StepReport(0, 1, 100, 0, 0.1, 1))
-    controller.step()
-    assert controller.phase is Phase.RUNNING  # rank 1 is still starting: within its 60 s
+    assert isinstance(controller.step(), Running)  # rank 1 is still starting: within its 60 s
     clock.now += 11
-    controller.step()
-    assert controller.phase is Phase.RESTARTING
-    assert "rank 0 on 10.0.0.1 finished no step for 11 s (failure.hang_timeout_s=10)" in controller.failure.summary
+    state = controller.step()
+    assert isinstance(state, Restarting)
+    assert "rank 0 on 10.0.0.1 finished no step for 11 s (failure.hang_timeout_s=10)" in state.failure.summary
 
 
 def test_a_restart_that_cannot_be_placed_fails_the_job():
@@ -390,9 +387,7 @@ def test_a_failed_partial_restart_falls_back_to_a_whole_new_group():
     first = FakeGroup([[RankLost(1, "10.0.0.1", "killed")]],
                       restart_errors=[LaunchError("rank 0 died while the group was starting", retryable=True)])
     second = FakeGroup([_results()])
-    groups = [first, second]
-    controller = Controller(lambda: groups.pop(0), InMemorySink(), Console(io.StringIO(), interactive=False),
-                            FakeClock(), failure_policy=FailureConfig(max_restarts=3))
+    controller, _ = _controller([first, second], policy=FailureConfig(max_restarts=3))
     outcome = controller.run()
     assert outcome.status == "FINISHED" and outcome.restarts == 2
     assert first.shutdowns == 1 and second.started_from is None and second.shutdowns == 1
@@ -401,23 +396,44 @@ def test_a_failed_partial_restart_falls_back_to_a_whole_new_group():
 def test_a_worker_that_dies_while_the_first_group_starts_is_retried():
     first = FakeGroup([], start_error=LaunchError("rank 1 died while the group was starting", retryable=True))
     second = FakeGroup([_results()])
-    groups = [first, second]
-    controller = Controller(lambda: groups.pop(0), InMemorySink(), Console(io.StringIO(), interactive=False),
-                            FakeClock(), failure_policy=FailureConfig(max_restarts=1))
+    controller, _ = _controller([first, second], policy=FailureConfig(max_restarts=1))
     assert controller.run().status == "FINISHED" and first.shutdowns == 1
 
 
 def test_a_resumed_job_starts_from_its_checkpoint():
     group = FakeGroup([_results()])
-    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
-                            resume_from="/ckpt/run/step_000000040.pt", resumed_step=40)
+    controller, _ = _controller(group, resume=ResumePoint("/ckpt/run/step_000000040.pt", 40))
     assert controller.run().status == "FINISHED" and group.started_from == "/ckpt/run/step_000000040.pt"
 
 
 def test_a_restart_takes_the_newest_checkpoint_on_disk_even_if_its_report_is_still_in_flight():
     group = FakeGroup([[CHECKPOINT], [RankLost(1, "10.0.0.1", "killed")], _results()])
-    controller = Controller(lambda: group, InMemorySink(), Console(io.StringIO(), interactive=False), FakeClock(),
-                            failure_policy=FailureConfig(max_restarts=1),
-                            find_checkpoint=lambda: ("/ckpt/run/step_000000030.pt", 30))
+    controller, _ = _controller(group, policy=FailureConfig(max_restarts=1),
+                                find_checkpoint=lambda: ("/ckpt/run/step_000000030.pt", 30))
     assert controller.run().status == "FINISHED"
     assert group.restarts == [({1}, "/ckpt/run/step_000000030.pt")]
+
+
+def test_a_restart_is_announced_once_with_the_step_it_resumes_from():
+    printed = io.StringIO()
+    group = FakeGroup([[CHECKPOINT], [RankLost(1, "10.0.0.1", "killed"), RankLost(0, "10.0.0.1", "killed")],
+                       _results()])
+    controller, _ = _controller(group, policy=FailureConfig(max_restarts=2),
+                                console=Console(printed, interactive=False))
+    assert controller.run().status == "FINISHED"
+    assert printed.getvalue().count("; restart") == 1
+    assert "rank 1 on 10.0.0.1 died: killed; restart 1 (1 left) from step 20\n" in printed.getvalue()
+    assert group.restarts == [({0, 1}, "/ckpt/run/step_000000020.pt")]  # a death while restarting is replaced too
+
+
+class FailingAtTheEnd(RecordingObserver):
+    def job_ended(self, outcome):
+        raise RuntimeError("the monitor could not stop")
+
+
+def test_the_group_is_shut_down_even_if_an_observer_fails_at_the_end():
+    group = FakeGroup([_results()])
+    controller, _ = _controller(group, observers=[FailingAtTheEnd()])
+    with pytest.raises(RuntimeError, match="could not stop"):
+        controller.run()
+    assert controller.outcome.status == "FINISHED" and group.shutdowns == 1
