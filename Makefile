@@ -11,7 +11,7 @@ TORCH_INDEX_URL ?=
 # only appears after a reinstall.
 SOURCES := pyproject.toml $(shell find orchestrator launchers conf -type f \( -name '*.py' -o -name '*.yaml' \) 2>/dev/null)
 
-.PHONY: install install-dev run test test-fast mlflow docs clean
+.PHONY: install install-dev run test test-fast lint mlflow docs clean
 
 # torch first, pinned: with 2.13.0 in place, the package's `torch>=2.4` installs nothing more, so a
 # CPU machine never pulls the multi-GB CUDA wheels (a GPU machine gets the CUDA build of 2.13.0).
@@ -41,12 +41,18 @@ run: install
 
 # two pytest workers (pytest-xdist), a module's tests on one worker (they share its fixtures): most tests
 # wait on processes (Ray, servers, restarts), so two sessions side by side use the 2 cores better
-test: install-dev
+test: install-dev lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # the in-process tier for quick iterations: no Ray cluster, no server, no CLI process (tests marked slow)
 test-fast: install-dev
 	$(BIN)/python -m pytest -m "not gpu and not slow"
+
+# the checks that keep the code as it is: ruff's lint and format (configured in pyproject.toml) and mypy
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # a local MLflow tracking server on http://127.0.0.1:5000 until Ctrl-C, over the store that `make run` and
 # `orchestrator train` write by default (./mlflow.db, artifacts in ./mlartifacts), so it shows those runs;
@@ -60,4 +66,4 @@ docs: install-dev
 	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) build *.egg-info outputs multirun
+	rm -rf $(VENV) build *.egg-info outputs multirun site

@@ -8,11 +8,18 @@ import os
 import signal
 import threading
 import time
-from typing import Iterator
+from typing import Iterator, Optional, TypedDict
 
 from orchestrator.config.schema import ClusterConfig
 from orchestrator.errors import LaunchError
 from orchestrator.planning.plan import ClusterSnapshot, NodeSnapshot
+
+
+class _InitOptions(TypedDict):
+    """The ray.init options every connection uses (typed, so each checks against ray.init's own parameter)."""
+
+    logging_level: int
+    configure_logging: bool
 
 
 @contextlib.contextmanager
@@ -27,7 +34,7 @@ def connect(cluster: ClusterConfig) -> Iterator[ClusterSnapshot]:
     if ray.is_initialized():
         yield cluster_snapshot(fixed_size=False)
         return
-    options = {"logging_level": logging.WARNING, "configure_logging": True}
+    options: _InitOptions = {"logging_level": logging.WARNING, "configure_logging": True}
     try:
         with _keeping_sigterm_handler():
             if cluster.address is None:
@@ -66,7 +73,7 @@ CLIENT_START_BACKOFF_S = 2.0
 TRANSIENT_CLIENT_MARKER = "Starting Ray client server failed"
 
 
-def _init_with_retries(address: str, options: dict) -> None:
+def _init_with_retries(address: str, options: _InitOptions) -> None:
     """ray.init, retried when a Ray Client proxy fails to start this driver's server process.
 
     The proxy on the head starts one server process per client; on a busy head that start can fail
@@ -111,11 +118,13 @@ def _connect_help(cluster: ClusterConfig, error: Exception) -> str:
 
 def _error_chain_text(error: BaseException) -> str:
     # Ray wraps the GCS's InvalidAuthToken reply in a generic ConnectionError; the cause keeps the text
-    texts, seen = [], set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        texts.append(f"{type(error).__name__}: {error}")
-        error = error.__cause__ or error.__context__
+    texts: list[str] = []
+    seen: set[int] = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
     return "\n".join(texts)
 
 

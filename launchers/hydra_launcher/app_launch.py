@@ -15,10 +15,18 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from orchestrator.config.schema import ClusterConfig
 from orchestrator.errors import ConfigError
+
+if TYPE_CHECKING:  # only types here: the plugin imports this module when a batch launches
+    from hydra.core.utils import JobReturn
+    from hydra.types import HydraContext, TaskFunction
+    from omegaconf import DictConfig
+    from ray import ObjectRef
+
+    from hydra_plugins.orchestrator_ray_launcher.ray_launcher import RayLauncher
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +40,7 @@ class AppJobResources:
     max_concurrent: Optional[int]
 
 
-def app_job_resources(launcher) -> AppJobResources:
+def app_job_resources(launcher: RayLauncher) -> AppJobResources:
     """The launcher's settings for app jobs, or a ConfigError naming each bad one (before Ray starts)."""
     problems = []
     for key in ("cpus_per_job", "gpus_per_job"):
@@ -53,7 +61,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def launch_app(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+def launch_app(launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Run one batch of the app's jobs on Ray; one JobReturn per job, in order."""
     from hydra.core.utils import configure_log, setup_globals
 
@@ -78,7 +86,7 @@ def launch_app(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx
         return _run_jobs(launcher, jobs, resources)
 
 
-def _job_config(launcher, overrides: list[str], number: int):
+def _job_config(launcher: RayLauncher, overrides: list[str], number: int) -> DictConfig:
     from omegaconf import open_dict
 
     sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
@@ -94,14 +102,14 @@ def app_paths(main_file: Optional[str], cwd: str) -> list[str]:
     return list(dict.fromkeys([*folders, cwd]))
 
 
-def _runtime_env() -> dict:
+def _runtime_env() -> dict[str, dict[str, str]]:
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     inherited = [part for part in os.environ.get("PYTHONPATH", "").split(os.pathsep) if part]
     paths = list(dict.fromkeys([*app_paths(main_file, os.getcwd()), *inherited]))
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
 
 
-def _run_jobs(launcher, jobs: list, resources: AppJobResources) -> list:
+def _run_jobs(launcher: RayLauncher, jobs: list[DictConfig], resources: AppJobResources) -> list[JobReturn]:
     """Submit the jobs (at most max_concurrent at once) and gather their JobReturns in order.
 
     Every task still running when this returns or raises (Ctrl-C) is cancelled: the launcher owns them.
@@ -114,8 +122,8 @@ def _run_jobs(launcher, jobs: list, resources: AppJobResources) -> list:
     state, cwd = Singleton.get_state(), os.getcwd()
     limit = resources.max_concurrent or len(jobs)
     waiting = list(enumerate(jobs))
-    running: dict[Any, int] = {}
-    results: dict[int, Any] = {}
+    running: dict[ObjectRef[JobReturn], int] = {}
+    results: dict[int, JobReturn] = {}
     try:
         while waiting or running:
             while waiting and len(running) < limit:
@@ -131,7 +139,7 @@ def _run_jobs(launcher, jobs: list, resources: AppJobResources) -> list:
     return [results[index] for index in range(len(jobs))]
 
 
-def _job_return(ref, job_config):
+def _job_return(ref: ObjectRef[JobReturn], job_config: DictConfig) -> JobReturn:
     """The job's JobReturn; a job whose process died (killed, out of memory) becomes a FAILED one."""
     import ray
     from hydra.core.utils import JobReturn, JobStatus
@@ -148,7 +156,8 @@ def _job_return(ref, job_config):
     return failed
 
 
-def run_app_job(hydra_context, sweep_config, task_function, singleton_state, cwd: str):
+def run_app_job(hydra_context: HydraContext, sweep_config: DictConfig, task_function: TaskFunction,
+                singleton_state: dict[Any, Any], cwd: str) -> JobReturn:
     """What one job's Ray task runs: Hydra's state as on the driver, then `run_job` as Hydra's own launchers do."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton

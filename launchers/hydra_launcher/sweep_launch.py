@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 from orchestrator.config.export import redactor_for
 from orchestrator.config.hydra_output import remove_empty_dirs, write_hydra_files, write_redacted
@@ -25,6 +25,13 @@ from orchestrator.config.schema import JobConfig
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.sweep.session_holder import SweepSessionHolder
 from orchestrator.sweep.trials import FINISHED, STOPPED, TrialRecord, TrialSpec, override_key, shared_key_problems
+
+if TYPE_CHECKING:  # only types here: the plugin imports this module when a batch launches
+    from hydra.core.utils import JobReturn
+    from omegaconf import DictConfig
+
+    from hydra_plugins.orchestrator_ray_launcher.ray_launcher import RayLauncher
+    from launchers.jobs.sweep_session import SweepSession
 
 log = logging.getLogger(__name__)
 MULTIRUN_FILE = "multirun.yaml"
@@ -35,15 +42,15 @@ class PreparedTrial:
     """A trial ready to run, with what Hydra's JobReturn carries about it."""
 
     spec: TrialSpec
-    config: Any
-    """The trial's whole config (DictConfig, with its `hydra` node), for Hydra's callbacks."""
-    task_cfg: Any
-    hydra_cfg: Any
+    config: DictConfig
+    """The trial's whole config (with its `hydra` node), for Hydra's callbacks."""
+    task_cfg: DictConfig
+    hydra_cfg: DictConfig
     output_dir: str
     """Where the trial's .hydra/ files go (Hydra's sweep dir and subdir, resolved)."""
 
 
-def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+def launch(launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Run one batch of trials (as many at once as the cluster allows); one JobReturn per trial, in order.
 
     A trial that failed or was stopped still gives a COMPLETED JobReturn, so that the sweeper goes on:
@@ -102,14 +109,14 @@ def _check_own_components(jobs: Sequence[JobConfig]) -> None:
             check_components(job)
 
 
-def _session(launcher, sweep_job: JobConfig):
+def _session(launcher: RayLauncher, sweep_job: JobConfig) -> SweepSession:
     """The sweep's session, opened by the first batch and kept by the task function for the next ones."""
     from launchers.jobs.sweep_session import SweepSession, SweepSettings, new_sweep_id
 
     holder = _holder(launcher)
     config = launcher.config
 
-    def open_session():
+    def open_session() -> SweepSession:
         overrides = tuple(config.hydra.overrides.task)
         settings = SweepSettings(sweep_id=new_sweep_id(), sweeper=str(config.hydra.runtime.choices["hydra/sweeper"]),
                                  overrides=overrides, fixed_keys=_fixed_keys(overrides),
@@ -119,7 +126,7 @@ def _session(launcher, sweep_job: JobConfig):
     return holder.sweep_session(open_session)
 
 
-def _holder(launcher) -> SweepSessionHolder:
+def _holder(launcher: RayLauncher) -> SweepSessionHolder:
     """The task function that keeps the sweep's session: that of `orchestrator train -m`."""
     if not isinstance(launcher.task_function, SweepSessionHolder):
         raise ConfigError(["hydra/launcher=ray runs orchestrator trials: start the sweep with "
@@ -132,10 +139,12 @@ def _fixed_keys(overrides: Sequence[str]) -> frozenset[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    return frozenset(override_key(override.input_line) for override in parsed if not override.is_sweep_override())
+    # parse_overrides keeps each override's text as input_line (None only on overrides built in code)
+    return frozenset(override_key(override.input_line) for override in parsed
+                     if not override.is_sweep_override() and override.input_line is not None)
 
 
-def _hydra_problems(launcher) -> list[str]:
+def _hydra_problems(launcher: RayLauncher) -> list[str]:
     """Hydra settings this launcher cannot honour, each with what to do instead."""
     config, max_concurrent, problems = launcher.config, launcher.max_concurrent, []
     if max_concurrent is not None and (isinstance(max_concurrent, bool) or max_concurrent < 1):
@@ -155,7 +164,7 @@ def _hydra_problems(launcher) -> list[str]:
     return problems
 
 
-def _job(config) -> JobConfig:
+def _job(config: DictConfig) -> JobConfig:
     """The JobConfig of a composed config (its `hydra` node left out)."""
     from omegaconf import open_dict, read_write
 
@@ -165,7 +174,7 @@ def _job(config) -> JobConfig:
     return load_config(task_cfg, Path.cwd())
 
 
-def _prepare(launcher, overrides: list[str], number: int) -> PreparedTrial:
+def _prepare(launcher: RayLauncher, overrides: list[str], number: int) -> PreparedTrial:
     """Compose the trial's config and resolve its output directory (written later, once the batch is valid)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import filter_overrides
@@ -192,7 +201,8 @@ def _prepare(launcher, overrides: list[str], number: int) -> PreparedTrial:
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = output_dir
         HydraConfig.instance().set_config(config)
-        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        # set_config stores a DictConfig (OmegaConf.masked_copy); HydraConfig annotates cfg as HydraConf
+        hydra_cfg = copy.deepcopy(cast("DictConfig", HydraConfig.instance().cfg))
         task_cfg = copy.deepcopy(config)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
@@ -210,7 +220,7 @@ def _write_outputs(trial: PreparedTrial) -> Path:
                       redactor_for(trial.spec.job, overrides))
 
 
-def _redact_sweep_file(launcher, sweep_job: JobConfig) -> None:
+def _redact_sweep_file(launcher: RayLauncher, sweep_job: JobConfig) -> None:
     """Hydra's basic sweeper saved the whole config, command line included, as multirun.yaml: redact it."""
     written = Path(str(launcher.config.hydra.sweep.dir)) / MULTIRUN_FILE
     if written.is_file():
@@ -218,7 +228,7 @@ def _redact_sweep_file(launcher, sweep_job: JobConfig) -> None:
         write_redacted(written, written.read_text(encoding="utf-8"), redactor_for(sweep_job, overrides))
 
 
-def _discard_sweep_file(launcher) -> None:
+def _discard_sweep_file(launcher: RayLauncher) -> None:
     """A sweep rejected before any trial ran leaves no output: multirun.yaml (saved by the sweeper a moment
     ago) goes, then the folders made for it if they are empty."""
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
@@ -226,7 +236,7 @@ def _discard_sweep_file(launcher) -> None:
     remove_empty_dirs(sweep_dir, Path.cwd())
 
 
-def _job_return(trial: PreparedTrial, record: TrialRecord):
+def _job_return(trial: PreparedTrial, record: TrialRecord) -> JobReturn:
     from hydra.core.utils import JobReturn, JobRuntime, JobStatus
 
     job_return = JobReturn(overrides=list(trial.spec.overrides), cfg=trial.task_cfg, hydra_cfg=trial.hydra_cfg,

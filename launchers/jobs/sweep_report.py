@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shlex
-from typing import Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
 from orchestrator.config.export import redactor_for
 from orchestrator.config.schema import JobConfig, SweepConfig
 from orchestrator.redaction import redact_text
 from orchestrator.sweep.trials import FAILED, KILLED, TrialRecord, best_trial, counts, summary_table, varying
+
+if TYPE_CHECKING:  # sweep_session imports this module
+    from launchers.jobs.sweep_session import SweepSettings
 
 DEFAULT_EXPERIMENT = "orchestrator"
 
@@ -22,6 +25,7 @@ def parent_results(records: Sequence[TrialRecord], sweep: SweepConfig, status: s
     tags: dict[str, str] = {}
     best = best_trial(records, sweep.direction)
     if best is not None:
+        assert best.objective is not None  # best_trial picks among the trials that have an objective
         metrics["sweep/best_objective"] = best.objective
         tags["orchestrator.sweep.best_trial"] = str(best.number)
         if best.run_id:
@@ -35,8 +39,8 @@ def parent_results(records: Sequence[TrialRecord], sweep: SweepConfig, status: s
     return metrics, tags, error
 
 
-def print_summary(stream: TextIO, records: Sequence[TrialRecord], job: JobConfig, settings, parent_run_id: Optional[str],
-                  wall_s: float) -> None:
+def print_summary(stream: TextIO, records: Sequence[TrialRecord], job: JobConfig, settings: SweepSettings,
+                  parent_run_id: Optional[str], wall_s: float) -> None:
     """The sweep's last lines: totals, one row per trial, the best trial, and how to compare the trials."""
     redactor = redactor_for(job, settings.overrides)
     totals = ", ".join(f"{number} {status}" for status, number in counts(records).items()) or "no trials"

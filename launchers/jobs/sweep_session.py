@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO
+from typing import Optional, Sequence, TextIO
 
 from launchers.cluster.connection import cluster_snapshot, connect
 from launchers.jobs.sweep_report import parent_results, print_summary
@@ -43,7 +43,7 @@ from orchestrator.sweep.trials import (
     sweep_status,
     varying,
 )
-from orchestrator.tracking.metrics_sink import NullSink
+from orchestrator.tracking.metrics_sink import MetricsSink, NullSink
 from orchestrator.tracking.provenance import git_commit
 from orchestrator.tracking.transport import check_server, is_server
 
@@ -70,6 +70,10 @@ def new_sweep_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
+_Running = dict[int, tuple[threading.Thread, TrialWatch]]
+"""The trials running now: number -> (its thread, its watch)."""
+
+
 @dataclasses.dataclass(eq=False)
 class SweepSession:
     """Runs a sweep's batches of trials on one cluster, recorded under one parent run; `close` ends it."""
@@ -80,7 +84,7 @@ class SweepSession:
     admission: Admission
     rule: Optional[MedianStoppingRule]
     """sweep.early_stop=median's rule, shared by the trials; None without early stopping."""
-    parent: Any
+    parent: MetricsSink
     """The parent run's recorder (a NullSink without tracking)."""
     exits: contextlib.ExitStack
     """What `close` releases: the Ray connection."""
@@ -134,8 +138,8 @@ class SweepSession:
         """
         plans = {spec.number: self._plan(spec) for spec in trials}
         pending = collections.deque(trials)
-        running: dict[int, tuple[threading.Thread, TrialWatch]] = {}
-        ended: "queue.Queue[TrialRecord]" = queue.Queue()
+        running: _Running = {}
+        ended: queue.Queue[TrialRecord] = queue.Queue()
         try:
             while pending or running:
                 self._start_what_fits(pending, running, plans, ended)
@@ -155,7 +159,8 @@ class SweepSession:
             raise ConfigError([f"trial {spec.number}: {problem}" for problem in problems])
         return plan_job(spec.job, self.admission.baseline)
 
-    def _start_what_fits(self, pending, running, plans, ended) -> None:
+    def _start_what_fits(self, pending: collections.deque[TrialSpec], running: _Running, plans: dict[int, JobPlan],
+                         ended: queue.Queue[TrialRecord]) -> None:
         while pending:
             spec = pending[0]
             waits = self.admission.admit(spec.number, plans[spec.number], cluster_snapshot(fixed_size=False))
@@ -172,7 +177,7 @@ class SweepSession:
             thread.start()
             self.say(f"trial {spec.number} started: {self._label(spec.overrides)}")
 
-    def _trial_thread(self, spec: TrialSpec, watch: TrialWatch, ended: queue.Queue) -> None:
+    def _trial_thread(self, spec: TrialSpec, watch: TrialWatch, ended: queue.Queue[TrialRecord]) -> None:
         record = None
         try:
             console = trial_console(self.stderr, self.stdout, spec.number, self.lines)
@@ -182,7 +187,7 @@ class SweepSession:
             ended.put(record or TrialRecord(spec.number, spec.overrides, "FAILED", run_id=watch.run_id,
                                             error="the trial's thread stopped on an internal error"))
 
-    def _ended(self, record: TrialRecord, running: dict) -> None:
+    def _ended(self, record: TrialRecord, running: _Running) -> None:
         self.records[record.number] = record  # first: a Ctrl-C from here on cannot lose the record
         thread, watch = running.pop(record.number)
         thread.join()
@@ -193,7 +198,8 @@ class SweepSession:
         detail = f" ({record.error})" if record.error and record.status != FINISHED else ""
         self.say(f"trial {record.number} {record.status} in {record.duration_s:.1f} s{objective}{detail}")
 
-    def _interrupt(self, pending, running, ended) -> None:
+    def _interrupt(self, pending: collections.deque[TrialSpec], running: _Running,
+                   ended: queue.Queue[TrialRecord]) -> None:
         self.interrupted = True
         for spec in pending:
             self.records[spec.number] = TrialRecord(spec.number, spec.overrides, NOT_STARTED)
@@ -242,7 +248,7 @@ class SweepSession:
         return exit_code
 
 
-def open_parent_run(job: JobConfig, settings: SweepSettings):
+def open_parent_run(job: JobConfig, settings: SweepSettings) -> MetricsSink:
     """The sweep's parent run: the sweep's own settings as params, its id, sweeper and overrides as tags."""
     if not job.tracking.enabled:
         return NullSink()

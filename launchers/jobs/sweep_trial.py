@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Collection, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Collection, Optional, Sequence, TextIO
 
 from launchers.jobs.job_runner import TrialLink, run_job
 from orchestrator.cli.console import Console
@@ -14,6 +14,11 @@ from orchestrator.lifecycle.rank_reports import MetricsReport, StepReport
 from orchestrator.redaction import redact_value
 from orchestrator.sweep.early_stop import MedianStoppingRule
 from orchestrator.sweep.trials import FAILED, KILLED, STOPPED, TrialRecord, TrialSpec, varying
+from orchestrator.tracking.metrics_sink import MetricsSink
+
+if TYPE_CHECKING:
+    from orchestrator.lifecycle.controller import JobOutcome
+    from orchestrator.planning.rank_specs import WorkerSpec
 
 EARLY_STOP_TAG = "orchestrator.early_stopped"
 TRIAL_TAG = "orchestrator.trial"
@@ -73,9 +78,10 @@ class TrialWatch:
         self.last: Optional[float] = None
         self.total_steps: Optional[int] = None
         self.stopped_early: Optional[str] = None
-        self.sink = None
+        self.sink: Optional[MetricsSink] = None
+        """The trial's sink, from `observers` on (the job runner calls it before the job starts)."""
 
-    def observers(self, sink) -> Sequence["TrialWatch"]:
+    def observers(self, sink: MetricsSink) -> Sequence["TrialWatch"]:
         """The observers of the trial's job (given its sink, which early stopping tags)."""
         self.sink = sink
         return [self]
@@ -83,9 +89,9 @@ class TrialWatch:
     @property
     def run_id(self) -> Optional[str]:
         """The trial's run, once it has one."""
-        return getattr(self.sink, "run_id", None)
+        return None if self.sink is None else self.sink.run_id
 
-    def group_started(self, specs) -> None:
+    def group_started(self, specs: Sequence[WorkerSpec]) -> None:
         """Nothing to do: the sweep books the trial's resources when it starts it."""
 
     def report(self, world_rank: int, report: object) -> None:
@@ -103,10 +109,11 @@ class TrialWatch:
         reason = self.rule.verdict(report.step, value)
         if reason is not None:
             self.stopped_early = reason
+            assert self.sink is not None  # reports come from the job, which runs after observers(sink)
             self.sink.set_tags({EARLY_STOP_TAG: reason})
             self.stop_requests.request(reason)
 
-    def job_ended(self, outcome) -> None:
+    def job_ended(self, outcome: JobOutcome) -> None:
         """Nothing to release."""
 
 
@@ -130,6 +137,8 @@ def run_trial(spec: TrialSpec, console: Console, watch: TrialWatch, parent_run_i
     link = TrialLink(parent_run_id=parent_run_id, run_name=run_name, tags=tags, observers=watch.observers,
                      stop_requests=watch.stop_requests)
     summary = None
+    error_text: Optional[str]
+    run_id: Optional[str]
     try:
         summary = run_job(spec.job, console, spec.overrides, hydra_dir=spec.hydra_dir, link=link)
     except Exception as error:  # a trial that could not run (its store, its plan): recorded, the sweep goes on

@@ -11,9 +11,10 @@ is printed and ends monitoring; neither ends the job.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, ParamSpec, Sequence
 
 from launchers.monitoring.node_monitor import start_monitor_actor
+from orchestrator.cli.console import Console
 from orchestrator.config.schema import JobConfig, MonitorConfig
 from orchestrator.lifecycle.rank_reports import StepReport
 from orchestrator.monitoring.gpu_probe import ProbeFactory
@@ -22,6 +23,15 @@ from orchestrator.monitoring.nvml_probe import open_nvml_probe
 from orchestrator.monitoring.routing import SystemRecorder
 from orchestrator.monitoring.samples import NodeTargets
 from orchestrator.planning.rank_specs import WorkerSpec
+from orchestrator.tracking.metrics_sink import MetricsSink
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+    from launchers.monitoring.node_monitor import MonitorHandle
+    from orchestrator.lifecycle.controller import JobOutcome
+
+Args = ParamSpec("Args")
 
 POLL_INTERVAL_S = 0.2
 """How often (at most) a report makes the driver look for collected samples."""
@@ -31,7 +41,7 @@ STOP_TIMEOUT_S = 30.0
 """How long the end of the job waits for the monitors' last samples before killing them."""
 
 
-def job_observers(job: JobConfig, sink, console, job_name: str) -> list:
+def job_observers(job: JobConfig, sink: MetricsSink, console: Console, job_name: str) -> list[JobMonitor]:
     """The observers a job runs with: its monitoring, unless monitor.enabled=false."""
     return [JobMonitor(job.monitor, sink, console, job_name)] if job.monitor.enabled else []
 
@@ -39,7 +49,7 @@ def job_observers(job: JobConfig, sink, console, job_name: str) -> list:
 class JobMonitor:
     """Implements orchestrator.lifecycle.controller.JobObserver with node monitor actors and a SystemRecorder."""
 
-    def __init__(self, config: MonitorConfig, sink, console, job_name: str,
+    def __init__(self, config: MonitorConfig, sink: MetricsSink, console: Console, job_name: str,
                  probe_factory: ProbeFactory = open_nvml_probe, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.console = console
@@ -47,9 +57,9 @@ class JobMonitor:
         self.probe_factory = probe_factory
         self.clock = clock
         self.recorder = SystemRecorder(config, sink, console)
-        self.actors: dict[str, object] = {}
+        self.actors: dict[str, MonitorHandle] = {}
         self._node_ids: dict[str, str] = {}  # node name -> the Ray node its monitor is pinned to
-        self._pending: dict = {}  # outstanding call -> (node, "start" | "take")
+        self._pending: dict[ObjectRef[Any], tuple[str, str]] = {}  # outstanding call -> (node, "start" | "take")
         self._last_poll = float("-inf")
         self.failure: Optional[str] = None
 
@@ -61,18 +71,18 @@ class JobMonitor:
         """Feed step times to the straggler check; collect samples the monitors have taken."""
         self._guarded(self._report, report)
 
-    def job_ended(self, outcome) -> None:
+    def job_ended(self, outcome: JobOutcome) -> None:
         """Take the monitors' last samples, log the summary, and kill the monitors (always)."""
         try:
             self._guarded(self._finish)
         finally:
             self._kill(list(self.actors))
 
-    def _guarded(self, action, *args) -> None:
+    def _guarded(self, action: Callable[Args, None], *args: Args.args, **kwargs: Args.kwargs) -> None:
         if self.failure is not None:
             return
         try:
-            action(*args)
+            action(*args, **kwargs)
         except Exception as error:  # monitoring must never take the job down
             self.failure = f"{type(error).__name__}: {error}"
             self.console.warning(f"monitoring stopped: {self.failure}")
@@ -121,7 +131,7 @@ class JobMonitor:
             if kind == "take" and node in self.actors:
                 self._pending[self.actors[node].take.remote(LONG_POLL_S)] = (node, "take")
 
-    def _handle(self, node: str, kind: str, call) -> None:
+    def _handle(self, node: str, kind: str, call: ObjectRef[Any]) -> None:
         import ray
         from ray.exceptions import RayError
 
@@ -141,10 +151,10 @@ class JobMonitor:
         self._collect(self._stop_calls(list(self.actors)))
         self.recorder.finish()
 
-    def _stop_calls(self, nodes: list[str]) -> dict:
+    def _stop_calls(self, nodes: list[str]) -> dict[ObjectRef[Any], tuple[str, str]]:
         return {self.actors[node].stop.remote(): (node, "stop") for node in nodes}
 
-    def _collect(self, stops: dict) -> None:
+    def _collect(self, stops: dict[ObjectRef[Any], tuple[str, str]]) -> None:
         """Handle what the outstanding calls and these stop() calls return, in that order, then drop them."""
         import ray
 
@@ -154,11 +164,11 @@ class JobMonitor:
         if not calls:
             return
         ready, _ = ray.wait(calls, num_returns=len(calls), timeout=STOP_TIMEOUT_S)
-        ready = set(ready)
+        done = set(ready)
         for call in calls:
             node, kind = earlier.get(call) or stops[call]
             self._pending.pop(call, None)
-            if call in ready and node in self.actors:
+            if call in done and node in self.actors:
                 self._handle(node, "start" if kind == "start" else "take", call)
 
     def _kill(self, nodes: list[str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 from orchestrator.monitoring.gpu_probe import ProbeFactory
 from orchestrator.monitoring.node_sampler import NodeSampler, open_sampler
@@ -21,6 +21,11 @@ from orchestrator.monitoring.samples import (
     NodeTargets,
 )
 from orchestrator.thread_priority import lower_thread_priority
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+
+    from launchers.actor_handles import RemoteMethod
 
 MAX_BUFFERED = 10_000
 """Samples kept while the driver does not collect them (the oldest are dropped beyond this)."""
@@ -35,7 +40,7 @@ class NodeMonitorActor:
     def __init__(self, probe_factory: ProbeFactory, interval_s: float):
         self.probe_factory = probe_factory
         self.interval_s = interval_s
-        self._items: collections.deque = collections.deque(maxlen=MAX_BUFFERED)
+        self._items: collections.deque[MonitorItem] = collections.deque(maxlen=MAX_BUFFERED)
         self._ready = threading.Condition()
         self._stopping = threading.Event()
         self._busy = threading.Lock()  # held while the sampler reads, so it is never swapped or closed mid-read
@@ -102,12 +107,23 @@ def _read(sampler: NodeSampler) -> MonitorItem:
         return MonitorNote(node=sampler.targets.node, text=f"sampling failed: {type(error).__name__}: {error}")
 
 
-def start_monitor_actor(node_id: str, name: str, probe_factory: ProbeFactory, interval_s: float):
+if TYPE_CHECKING:
+    class MonitorHandle(ActorHandle[NodeMonitorActor]):
+        """A NodeMonitorActor's handle, as the driver calls it (see launchers/actor_handles.py)."""
+
+        start: RemoteMethod[[NodeTargets], MonitorStatus]
+        take: RemoteMethod[[float], list[MonitorItem]]
+        stop: RemoteMethod[[], list[MonitorItem]]
+
+
+def start_monitor_actor(node_id: str, name: str, probe_factory: ProbeFactory, interval_s: float) -> MonitorHandle:
     """Create the monitor actor on node `node_id` (hard affinity: it must sample that node or none)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(NodeMonitorActor).options(
+    handle = ray.remote(NodeMonitorActor).options(
         num_cpus=0, num_gpus=0, max_concurrency=ACTOR_CONCURRENCY, max_restarts=0, name=name,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
     ).remote(probe_factory, interval_s)
+    # Ray's stubs type the result as the handle or the class, with untyped methods
+    return cast("MonitorHandle", handle)

@@ -8,12 +8,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from launchers.cluster.connection import TOKEN_HOWTO
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import LaunchError
 from orchestrator.kubernetes.rayjob import without_runtime_env
+
+if TYPE_CHECKING:  # only a type here: Ray is imported when a job is submitted
+    from ray.job_submission import JobSubmissionClient
 
 # never uploaded with the working directory: environments, outputs and local run stores
 WORKING_DIR_EXCLUDES = [".venv", "venv", ".git", "build", "__pycache__", "outputs", "multirun", "mlruns",
@@ -75,7 +78,7 @@ def submit(address: str, submission: Submission, wait: bool, write: Callable[[st
     return EXIT_CODES.get(status, 1)
 
 
-def _client(address: str):
+def _client(address: str) -> JobSubmissionClient:
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -86,7 +89,8 @@ def _client(address: str):
         raise LaunchError(f"cannot submit to {address}: {text.strip()}.{hint}") from error
 
 
-def _submit_job(client, address: str, submission: Submission, clock=time.monotonic, sleep=time.sleep) -> str:
+def _submit_job(client: JobSubmissionClient, address: str, submission: Submission,
+                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
     """submit_job, retrying while a freshly started head has no job agent yet (a transient 500)."""
     deadline, delay = clock() + AGENT_WAIT_S, 0.5
     while True:
@@ -99,7 +103,7 @@ def _submit_job(client, address: str, submission: Submission, clock=time.monoton
         delay = min(delay * 2, 8.0)
 
 
-async def _stream_logs(client, submission_id: str, write: Callable[[str], None]) -> None:
+async def _stream_logs(client: JobSubmissionClient, submission_id: str, write: Callable[[str], None]) -> None:
     async for chunk in client.tail_job_logs(submission_id):
         write(chunk)
 

@@ -9,12 +9,19 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.lifecycle.rank_reports import ErrorReport
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.stop import StopSignal
+
+if TYPE_CHECKING:  # only types here: the loop's module imports torch, which a script's worker never needs
+    from ray.actor import ActorHandle
+
+    from launchers.actor_handles import RemoteMethod
+    from orchestrator.train.loop import WorkerCache
+    from orchestrator.worker.entry import Attempt
 
 _END = object()
 MAX_BATCH = 256
@@ -38,9 +45,9 @@ class WorkerActor:
 
     def __init__(self) -> None:
         self._stop = StopSignal()
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
-        self._cache = None  # data set and model kept for the next attempt of the same job
+        self._cache: Optional[WorkerCache] = None  # data set and model kept for the next attempt of the same job
 
     def node_ip(self) -> str:
         """The Ray node IP this actor runs on."""
@@ -102,10 +109,11 @@ class WorkerActor:
                 break
         done = batch[-1] is _END
         if done:
+            assert self._thread is not None  # _END comes from the attempt's thread, which start() made
             self._thread.join()
         return ReportBatch(reports=[item for item in batch if item is not _END], done=done)
 
-    def _train(self, spec: WorkerSpec, job: JobConfig, attempt, outbox: queue.SimpleQueue) -> None:
+    def _train(self, spec: WorkerSpec, job: JobConfig, attempt: Attempt, outbox: queue.SimpleQueue[object]) -> None:
         from orchestrator.worker.entry import run_worker
 
         try:
@@ -115,3 +123,16 @@ class WorkerActor:
                                    message=str(error), traceback=traceback.format_exc()))
         finally:
             outbox.put(_END)
+
+
+if TYPE_CHECKING:
+    class WorkerHandle(ActorHandle[WorkerActor]):
+        """A WorkerActor's handle, as the worker group calls it (see launchers/actor_handles.py)."""
+
+        node_ip: RemoteMethod[[], str]
+        free_port: RemoteMethod[[], int]
+        pid: RemoteMethod[[], int]
+        gpu_ids: RemoteMethod[[], list[str]]
+        stop: RemoteMethod[[], None]
+        start: RemoteMethod[[WorkerSpec, JobConfig, str, Optional[str], Optional[str]], None]
+        reports: RemoteMethod[[float], ReportBatch]

@@ -8,7 +8,7 @@ of a lost node), and every rank starts a new attempt from the checkpoint.
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, TypeVar, cast
 
 from launchers.cluster.connection import cluster_snapshot
 from launchers.workers.rank_actor import WorkerActor
@@ -19,6 +19,14 @@ from orchestrator.lifecycle.worker_group import GroupEvent, RankExited, RankLost
 from orchestrator.planning.placement import free_summary
 from orchestrator.planning.plan import JobPlan, format_resources
 from orchestrator.planning.rank_specs import AttemptSpec, PlacedBundle, WorkerSpec, rank_slots, worker_specs
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.util.placement_group import PlacementGroup
+
+    from launchers.workers.rank_actor import ReportBatch, WorkerHandle
+
+_Result = TypeVar("_Result")
 
 # reports(), stop() and the probes must be able to run at the same time on one actor
 ACTOR_CONCURRENCY = 4
@@ -41,10 +49,10 @@ class RayWorkerGroup:
         """The job's MLflow run (None without tracking): a script sees it in orchestrator.context()."""
         self.runtime_env = worker_runtime_env(job)
         """cluster.runtime_env, plus the user's own packages that the ranks import (py_modules)."""
-        self._placement_group = None
-        self._by_bundle: dict[int, list] = {}
-        self._actors: list = []
-        self._pending: dict = {}
+        self._placement_group: Optional[PlacementGroup] = None
+        self._by_bundle: dict[int, list[WorkerHandle]] = {}
+        self._actors: list[WorkerHandle] = []  # in rank order
+        self._pending: dict[ObjectRef[ReportBatch], int] = {}  # outstanding reports() call -> world rank
         self._specs: list[WorkerSpec] = []
         self._spawned = 0
 
@@ -70,8 +78,7 @@ class RayWorkerGroup:
 
     def start(self, resume_from: Optional[str] = None, attempt: int = 0) -> None:
         """Place the bundles, start one actor per rank (unless `spawn` did), and start every rank (attempt `attempt`)."""
-        if self.checkpoint_dir is None:
-            raise ValueError("the worker group needs its checkpoint folder before it starts")
+        self._checkpoint_folder()  # before anything is reserved
         self.spawn()
         self._wait_placed()
         self._launch(resume_from, attempt)
@@ -87,12 +94,19 @@ class RayWorkerGroup:
         self._launch(resume_from, attempt)
         return {"teardown": ended - started, "placement_and_start": time.perf_counter() - ended}
 
+    def _checkpoint_folder(self) -> str:
+        """`checkpoint_dir`, which the caller sets before the group starts (the run's folder)."""
+        if self.checkpoint_dir is None:
+            raise ValueError("the worker group needs its checkpoint folder before it starts")
+        return self.checkpoint_dir
+
     def _wait_placed(self) -> None:
-        if not self._placement_group.wait(timeout_seconds=self.job.scaling.placement_timeout_s):
+        if not self._reserved().wait(timeout_seconds=self.job.scaling.placement_timeout_s):
             raise LaunchError(self._placement_failure())
 
     def _launch(self, resume_from: Optional[str], attempt: int) -> None:
         """Fill every bundle with its workers, order them by rank, and start an attempt on each."""
+        checkpoint_dir = self._checkpoint_folder()
         placed = self._placed_bundles()
         slots = rank_slots(self.plan, placed)
         pools = {index: list(actors) for index, actors in self._by_bundle.items()}
@@ -109,7 +123,7 @@ class RayWorkerGroup:
         pids = _gather([actor.pid.remote() for actor in self._actors], slots)
         self._specs = worker_specs(self.plan, placed, master_port, gpu_ids, pids,
                                    AttemptSpec(self.name, attempt, self.job.failure.max_restarts))
-        _gather([actor.start.remote(spec, self.job, self.checkpoint_dir, resume_from, self.run_id)
+        _gather([actor.start.remote(spec, self.job, checkpoint_dir, resume_from, self.run_id)
                  for spec, actor in zip(self._specs, self._actors)], slots)
         self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank
                          for spec, actor in zip(self._specs, self._actors)}
@@ -132,7 +146,7 @@ class RayWorkerGroup:
         self._pending = {}
         return lost
 
-    def _discard(self, actor) -> None:
+    def _discard(self, actor: WorkerHandle) -> None:
         import ray
 
         ray.kill(actor, no_restart=True)
@@ -150,15 +164,15 @@ class RayWorkerGroup:
             for index, node_id in sorted(table["bundles_to_node_id"].items())
         ]
 
-    def _start_actor(self, bundle_index: int):
+    def _start_actor(self, bundle_index: int) -> WorkerHandle:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         resources = dict(self.plan.worker_resources)
-        strategy = PlacementGroupSchedulingStrategy(placement_group=self._placement_group,
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self._reserved(),
                                                     placement_group_bundle_index=bundle_index)
         self._spawned += 1
-        return ray.remote(WorkerActor).options(
+        handle = ray.remote(WorkerActor).options(
             num_cpus=resources.pop("CPU", 0.0),
             num_gpus=resources.pop("GPU", 0.0),
             memory=resources.pop("memory", None),
@@ -171,6 +185,14 @@ class RayWorkerGroup:
             # secrets included, travel through Ray and are written nowhere by the driver
             **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
         ).remote()
+        # Ray's stubs type the result as the handle or the class, with untyped methods
+        return cast("WorkerHandle", handle)
+
+    def _reserved(self) -> PlacementGroup:
+        """The placement group, which spawn() asked for (and shutdown() removes)."""
+        if self._placement_group is None:
+            raise RuntimeError("the worker group has no placement group: spawn() it first (and not after shutdown())")
+        return self._placement_group
 
     def _placement_failure(self) -> str:
         bundles = self.plan.bundles
@@ -196,7 +218,7 @@ class RayWorkerGroup:
             events.extend(self._collect(call))
         return events
 
-    def _collect(self, call) -> list[GroupEvent]:
+    def _collect(self, call: ObjectRef[ReportBatch]) -> list[GroupEvent]:
         import ray
         from ray.exceptions import RayActorError
 
@@ -231,7 +253,7 @@ class RayWorkerGroup:
             self._placement_group = None
 
 
-def _gather(calls: list, slots: Sequence[PlacedBundle]) -> list:
+def _gather(calls: Sequence[ObjectRef[_Result]], slots: Sequence[PlacedBundle]) -> list[_Result]:
     """Results of one call per rank; a rank whose worker died becomes a LaunchError naming it."""
     import ray
     from ray.exceptions import RayActorError

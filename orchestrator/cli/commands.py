@@ -7,7 +7,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
+
+if TYPE_CHECKING:  # only types here: the commands import what they need when they run
+    from omegaconf import DictConfig
+
+    from orchestrator.cli.job_summary import JobSummary
+    from orchestrator.config.schema import JobConfig
+    from orchestrator.train.components import ComponentCheck
 
 USAGE = """usage: orchestrator <command> [args]   (orchestrator --version: the installed version)
 
@@ -119,13 +127,13 @@ class TrainTask:
     def __init__(self) -> None:
         self.sweep: Optional[Any] = None
 
-    def sweep_session(self, open_session: Callable[[], object]):
+    def sweep_session(self, open_session: Callable[[], object]) -> Any:
         """The sweep's session, opened by `open_session` on the first call."""
         if self.sweep is None:
             self.sweep = open_session()
         return self.sweep
 
-    def __call__(self, cfg) -> Optional[float]:
+    def __call__(self, cfg: DictConfig) -> Optional[float]:
         """Run one job (`orchestrator train`, or a trial under hydra/launcher=basic); returns sweep.objective."""
         return _train_task(cfg)
 
@@ -140,20 +148,20 @@ def _exit_code(exit_request: SystemExit) -> int:
 class _sigterm_as_interrupt:
     """SIGTERM stops a job the way Ctrl-C does (ranks stop, the run is marked KILLED)."""
 
-    def __enter__(self):
+    def __enter__(self) -> _sigterm_as_interrupt:
         self.previous = signal.signal(signal.SIGTERM, self._raise)
         return self
 
     @staticmethod
-    def _raise(signum, frame):
+    def _raise(signum: int, frame: Optional[FrameType]) -> None:
         raise KeyboardInterrupt
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         signal.signal(signal.SIGTERM, self.previous)
         return False
 
 
-def _train_task(cfg) -> Optional[float]:
+def _train_task(cfg: DictConfig) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
 
     from orchestrator.cli.console import Console
@@ -185,16 +193,18 @@ def _train_task(cfg) -> Optional[float]:
     print_summary(job, summary)
     if summary.outcome.status != "FINISHED":
         raise SystemExit(130 if summary.outcome.status == "KILLED" else 1)
-    return summary.outcome.result.metrics.get(job.sweep.objective)
+    result = summary.outcome.result
+    assert result is not None  # a FINISHED job ends with rank 0's result
+    return result.metrics.get(job.sweep.objective)
 
 
-def _load(cfg):
+def _load(cfg: DictConfig) -> JobConfig:
     from orchestrator.config.load import load_config
 
     return load_config(cfg, Path.cwd())
 
 
-def _check_components(job):
+def _check_components(job: JobConfig) -> Optional[ComponentCheck]:
     """Your own model and data are built once here, before any cluster resource (None for built-in ones)."""
     from orchestrator.config.schema import TargetModelConfig
 
@@ -210,7 +220,7 @@ def _check_components(job):
     return check
 
 
-def print_summary(job, summary) -> None:
+def print_summary(job: JobConfig, summary: JobSummary) -> None:
     """The end of a train command: accuracy, the run id, and how to open the run in the MLflow UI."""
     from orchestrator.cli.job_summary import summary_lines
 
@@ -243,19 +253,18 @@ def plan_command(args: Sequence[str]) -> int:
     from launchers.cluster.connection import connect
     from orchestrator.config.compose import compose_job
     from orchestrator.errors import OrchestratorError
-    from orchestrator.planning.placement import predict_placement
-    from orchestrator.planning.plan import plan_job
+    from orchestrator.planning.planned_job import plan_on_cluster
     from orchestrator.planning.preflight import predicted_specs, preflight_dict, render_preflight
 
     as_json = "--json" in args
     try:
         job = compose_job([arg for arg in args if arg != "--json"], Path.cwd())
         with connect(job.cluster) as cluster:
-            plan = plan_job(job, cluster)
-            prediction = predict_placement(plan, cluster)
+            planned = plan_on_cluster(job, cluster)  # the same planning as train's
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
         return error.exit_code
+    plan, prediction = planned.plan, planned.prediction
     specs = predicted_specs(plan, cluster, prediction)
     if as_json:
         print(json.dumps(preflight_dict(plan, cluster, prediction, specs), indent=2))

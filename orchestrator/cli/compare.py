@@ -130,7 +130,7 @@ def select_runs(client: Any, request: CompareRequest) -> list[Any]:
         return _search(client, experiments, [f"attributes.run_id IN ({ids})", request.filter])
     experiment_id = _experiment_id(client, request.experiment)
     if request.sweep:
-        parent = _sweep_parent(client, experiment_id, request)
+        parent = _sweep_parent(client, experiment_id, request.sweep, request)
         return _search(client, [experiment_id], [f"tags.`{PARENT_TAG}` = '{parent}'", request.filter])
     # a sweep's parent run holds no training of its own: its children are the runs to compare
     return [run for run in _search(client, [experiment_id], [request.filter]) if SWEEP_TAG not in run.data.tags]
@@ -144,8 +144,9 @@ def _experiment_id(client: Any, name: str) -> str:
     return found.experiment_id
 
 
-def _sweep_parent(client: Any, experiment_id: str, request: CompareRequest) -> str:
-    parents = _search(client, [experiment_id], [f"tags.`{SWEEP_TAG}` = '{_quoted(request.sweep)}'"])
+def _sweep_parent(client: Any, experiment_id: str, sweep: str, request: CompareRequest) -> str:
+    """The parent run of sweep `sweep` (request.sweep, given) in the experiment."""
+    parents = _search(client, [experiment_id], [f"tags.`{SWEEP_TAG}` = '{_quoted(sweep)}'"])
     if not parents:
         tagged = _search(client, [experiment_id], [f"tags.`{SWEEP_TAG}` LIKE '%'"])
         sweeps = sorted({run.data.tags[SWEEP_TAG] for run in tagged})

@@ -58,7 +58,7 @@ def curves_figure(records: Sequence[RunRecord], rows: Sequence[Row], labels: Map
         label = texts[row.run_id] if row.run_id in named else "_nolegend_"
         line, = axes.plot(steps, values, label=label, linewidth=1.8,
                           marker="o" if len(steps) <= MARKERS_UP_TO else None, markersize=3)
-        if row.best_step is not None:
+        if row.best_step is not None and row.best is not None:  # set together, from the same point
             axes.scatter([row.best_step], [row.best], s=60, color=line.get_color(), edgecolors="black", zorder=3)
         drawn += 1
     better = "higher" if mode == "max" else "lower"

@@ -151,7 +151,7 @@ def _csv(rows: Sequence[Row], keys: Sequence[str]) -> str:
     return out.getvalue()
 
 
-def _blank(value) -> str:
+def _blank(value: object) -> str:
     return "" if value is None else str(value)
 
 

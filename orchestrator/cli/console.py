@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional, Protocol
 
 from orchestrator.lifecycle.rank_reports import LogReport, MetricsReport, StepReport
 
@@ -12,15 +12,29 @@ LINE_INTERVAL_S = 10.0
 """Without a terminal (CI, log files) a progress line is printed at most this often."""
 
 
+class TextStream(Protocol):
+    """What the console writes to: a text file (sys.stderr, io.StringIO) or a stand-in such as a sweep's
+    trial-prefixing stream, which is no full TextIO."""
+
+    def write(self, text: str, /) -> int:
+        """Write `text`; returns how many characters were taken."""
+
+    def flush(self) -> None:
+        """Push what was written on to its destination."""
+
+    def isatty(self) -> bool:
+        """Whether the stream is a terminal (the progress line is then redrawn in place)."""
+
+
 class Console:
     """Renders rank 0's progress; rewrites one line on a terminal, prints sparse lines elsewhere."""
 
-    def __init__(self, stream: Optional[TextIO] = None, interactive: Optional[bool] = None,
-                 clock: Callable[[], float] = time.monotonic, out: Optional[TextIO] = None):
+    def __init__(self, stream: Optional[TextStream] = None, interactive: Optional[bool] = None,
+                 clock: Callable[[], float] = time.monotonic, out: Optional[TextStream] = None):
         # looked up now, not at import: sys.stderr/sys.stdout may have been replaced since
         stream = sys.stderr if stream is None else stream
-        self.stream = stream
-        self.out = sys.stdout if out is None else out
+        self.stream: TextStream = stream
+        self.out: TextStream = sys.stdout if out is None else out
         self.interactive = stream.isatty() if interactive is None else interactive
         self.clock = clock
         self.loss: Optional[float] = None
@@ -53,21 +67,23 @@ class Console:
         if report.world_rank != 0:
             return
         now = self.clock()
-        if self.started is None:
-            self.started = (now, report.step)
+        started = self.started
+        if started is None:
+            started = self.started = (now, report.step)
         final = report.step >= report.total_steps
         if not self.interactive and not final and now - self.last_line < LINE_INTERVAL_S:
             return
         self.last_line = now
-        self._write(self._render(report, now), final)
+        self._write(self._render(report, now, started), final)
 
-    def _render(self, report: StepReport, now: float) -> str:
+    def _render(self, report: StepReport, now: float, started: tuple[float, int]) -> str:
+        """The progress line; `started` is (time, step) of the first heartbeat, whence the ETA."""
         parts = [f"epoch {report.epoch + 1}", f"step {report.step}/{report.total_steps}"]
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
         if self.samples_per_s is not None:
             parts.append(f"{self.samples_per_s:,.0f} samples/s")
-        start_time, start_step = self.started
+        start_time, start_step = started
         if report.step > start_step:
             remaining = (now - start_time) / (report.step - start_step) * (report.total_steps - report.step)
             parts.append(f"ETA {_clock_text(remaining)}")

@@ -23,11 +23,12 @@ def _writable(schema: type) -> DictConfig:
 
 def _clear_readonly(node: DictConfig | ListConfig) -> None:
     OmegaConf.set_readonly(node, None)
-    keys = range(len(node)) if isinstance(node, ListConfig) else node.keys()
-    for key in keys:
-        if OmegaConf.is_missing(node, key):
-            continue
-        child = node[key]
+    # a list is indexed by position, a dict by its keys (read lazily, one child at a time, as they are cleared)
+    if isinstance(node, ListConfig):
+        children = (node[index] for index in range(len(node)) if not OmegaConf.is_missing(node, index))
+    else:
+        children = (node[key] for key in node.keys() if not OmegaConf.is_missing(node, key))
+    for child in children:
         if isinstance(child, (DictConfig, ListConfig)):
             _clear_readonly(child)
 
@@ -36,8 +37,9 @@ def register_configs() -> None:
     """Register the job schema, the `model` / `data` group schemas and the sweep plugins' configs (idempotent)."""
     # the launcher plugin stores its own config (any Hydra app can use it); importing it here makes sure it
     # is there before the first composition, whenever Hydra scans its plugins
-    import hydra_plugins.orchestrator_ray_launcher.config  # noqa: F401
     from hydra.core.config_store import ConfigStore
+
+    import hydra_plugins.orchestrator_ray_launcher.config  # noqa: F401
 
     store = ConfigStore.instance()
     store.store(group="hydra/sweeper", name="optuna", node=_optuna_config(), provider="orchestrator")
@@ -52,7 +54,7 @@ def register_configs() -> None:
 class OptunaMissing:
     """Stands in for the Optuna sweeper when its package is not installed: says how to install it."""
 
-    def __init__(self, **_config) -> None:
+    def __init__(self, **_config: object) -> None:
         from orchestrator.errors import ConfigError
 
         raise ConfigError(["hydra/sweeper=optuna needs the hydra-optuna-sweeper package: "

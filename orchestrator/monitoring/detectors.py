@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import statistics
 from dataclasses import dataclass
-from typing import Hashable, Optional
+from typing import Generic, Hashable, Optional, TypeVar
 
 STRAGGLER_WINDOW = 5
 """StepReports per rank whose median is compared (the loop reports every log step and every second)."""
@@ -18,6 +18,9 @@ UTIL_WINDOW = 6
 """Samples per GPU averaged for the low-utilization check (30 s at the default 5 s interval)."""
 UTIL_WARMUP = 6
 """Samples per GPU ignored after training starts (data loading, compilation, NCCL set-up)."""
+
+GpuKey = TypeVar("GpuKey", bound=Hashable)
+"""However the caller names a GPU (the driver: its node and index); episodes name it the same way."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,10 @@ class StragglerEpisode:
 
 
 @dataclass(frozen=True)
-class LowUtilEpisode:
+class LowUtilEpisode(Generic[GpuKey]):
     """A GPU entered (started=True) or left a low-utilization episode."""
 
-    gpu: Hashable
+    gpu: GpuKey
     started: bool
     mean_percent: float
     samples: int
@@ -80,18 +83,18 @@ class StragglerDetector:
         return frozenset(self._straggling)
 
 
-class LowUtilDetector:
+class LowUtilDetector(Generic[GpuKey]):
     """Flags a GPU whose mean utilization over its last `window` samples (after `warmup`) is under a threshold."""
 
     def __init__(self, threshold_percent: float, window: int = UTIL_WINDOW, warmup: int = UTIL_WARMUP):
         self.threshold_percent = threshold_percent
         self.window = window
         self.warmup = warmup
-        self._seen: collections.Counter = collections.Counter()
-        self._readings: dict[Hashable, collections.deque] = {}
-        self._low: set[Hashable] = set()
+        self._seen: collections.Counter[GpuKey] = collections.Counter()
+        self._readings: dict[GpuKey, collections.deque[float]] = {}
+        self._low: set[GpuKey] = set()
 
-    def observe(self, gpu: Hashable, utilization_percent: float) -> Optional[LowUtilEpisode]:
+    def observe(self, gpu: GpuKey, utilization_percent: float) -> Optional[LowUtilEpisode[GpuKey]]:
         """Add one utilization reading of a GPU; the episode that starts or ends with it, if any."""
         self._seen[gpu] += 1
         if self._seen[gpu] <= self.warmup:

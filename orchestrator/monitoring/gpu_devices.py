@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TypeVar
 
 PCI_BUS_ID = "PCI_BUS_ID"
 FASTEST_FIRST = "FASTEST_FIRST"
@@ -122,7 +122,10 @@ def _resolve_entry(entry: str, ordered: Sequence[GpuDevice]) -> str:
     return _unique(entry, [d for d in ordered if d.uuid.lower().startswith(entry.lower())], "GPU").uuid
 
 
-def _unique(entry: str, matches: list, what: str):
+_Match = TypeVar("_Match")
+
+
+def _unique(entry: str, matches: Sequence[_Match], what: str) -> _Match:
     if len(matches) == 1:
         return matches[0]
     found = "no" if not matches else f"{len(matches)}"

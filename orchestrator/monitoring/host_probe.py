@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from orchestrator.monitoring.samples import HostSample
+
+if TYPE_CHECKING:  # only a type here: psutil is imported where it is used
+    import psutil
 
 
 class HostProbe:
@@ -13,9 +16,9 @@ class HostProbe:
 
     def __init__(self, ranks: Mapping[int, int]):
         self.ranks = dict(ranks)
-        self._processes: dict[int, Any] = {}
+        self._processes: dict[int, psutil.Process] = {}
         self._children: dict[int, list[int]] = {}
-        self._own: Any = None
+        self._own: Optional[psutil.Process] = None
 
     def start(self) -> None:
         """Take the baseline that the first CPU percentages are measured against."""
@@ -36,7 +39,8 @@ class HostProbe:
         import psutil
 
         memory = psutil.virtual_memory()
-        rss, cpu = {}, {}
+        rss: dict[int, int] = {}
+        cpu: dict[int, float] = {}
         for world_rank, pid in self.ranks.items():
             reading = self._read_tree(pid, refresh_children)
             if reading is not None:
@@ -47,7 +51,8 @@ class HostProbe:
                           rank_rss_bytes=rss, rank_cpu_percent=cpu,
                           monitor_cpu_s=None if own is None else own.user + own.system)
 
-    def _read_tree(self, pid: int, refresh: bool):
+    def _read_tree(self, pid: int, refresh: bool) -> Optional[tuple[int, float]]:
+        """(RSS bytes, CPU percent) of the worker's process tree; None when none of it is left."""
         import psutil
 
         rss, cpu, alive = 0, 0.0, False
@@ -60,7 +65,7 @@ class HostProbe:
                 continue
         return (rss, cpu) if alive else None
 
-    def _tree(self, pid: int, refresh: bool) -> list:
+    def _tree(self, pid: int, refresh: bool) -> list[psutil.Process]:
         # the same Process objects every time: cpu_percent() measures against that object's last call
         import psutil
 
@@ -74,7 +79,7 @@ class HostProbe:
                 self._children[pid] = []
         return [root] + [process for process in map(self._process, self._children[pid]) if process is not None]
 
-    def _process(self, pid: int):
+    def _process(self, pid: int) -> Optional[psutil.Process]:
         import psutil
 
         if pid not in self._processes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import atexit
 import logging
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, SupportsFloat, TypeVar
 
 from orchestrator.monitoring.gpu_devices import GpuDevice, MigDevice
 from orchestrator.monitoring.gpu_probe import GpuProbe, GpuProcess, GpuSample, NullProbe
@@ -32,6 +32,12 @@ GPM_METRICS = {
 _ABSENT = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_NOT_FOUND",
            "NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_ARGUMENT_VERSION_MISMATCH")
 MILLI = 1000.0
+
+Handle = Any
+"""An NVML device handle (pynvml's c_nvmlDevice_t; a test's fake NVML hands out its own): opaque here."""
+GpmSample = Any
+"""An NVML GPM sample buffer (pynvml's c_nvmlGpmSample_t), opaque here."""
+_Reading = TypeVar("_Reading")
 
 
 def open_nvml_probe() -> GpuProbe:
@@ -61,7 +67,7 @@ class NvmlProbe:
     def __init__(self, nvml: Any, note: str = "NVML"):
         self.nvml = nvml
         self.note = note
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, Handle] = {}
         self._gpm: dict[str, _GpmReader] = {}
         self._absent = tuple(getattr(nvml, name) for name in _ABSENT if hasattr(nvml, name))
         self._closed = False
@@ -87,7 +93,7 @@ class NvmlProbe:
             ))
         return found
 
-    def _mig_instances(self, handle) -> tuple[MigDevice, ...]:
+    def _mig_instances(self, handle: Handle) -> tuple[MigDevice, ...]:
         nvml = self.nvml
         mode = self._optional(nvml.nvmlDeviceGetMigMode, handle)
         if not mode or mode[0] != nvml.NVML_DEVICE_MIG_ENABLE:
@@ -131,7 +137,7 @@ class NvmlProbe:
         )
         return self._with_detail(sample, handle) if detail else sample
 
-    def _with_detail(self, sample: GpuSample, handle) -> GpuSample:
+    def _with_detail(self, sample: GpuSample, handle: Handle) -> GpuSample:
         import dataclasses
 
         nvml = self.nvml
@@ -148,7 +154,7 @@ class NvmlProbe:
             pcie_rx_kb_s=_float(self._optional(nvml.nvmlDeviceGetPcieThroughput, handle, nvml.NVML_PCIE_UTIL_RX_BYTES)),
         )
 
-    def _throttle_reasons(self, handle) -> Optional[int]:
+    def _throttle_reasons(self, handle: Handle) -> Optional[int]:
         # "clocks event reasons" is the current name; drivers before R535 only have "throttle reasons"
         for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
             function = getattr(self.nvml, name, None)
@@ -157,7 +163,8 @@ class NvmlProbe:
                 return int(value)
         return None
 
-    def _processes(self, handle):
+    def _processes(self, handle: Handle) -> Optional[Sequence[Any]]:
+        """The compute processes on the GPU (pynvml's c_nvmlProcessInfo_t entries); None where not offered."""
         # the unversioned call raises a library-mismatch error (not NVMLError) on drivers without _v3
         for name in ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"):
             function = getattr(self.nvml, name, None)
@@ -166,7 +173,7 @@ class NvmlProbe:
                 return listed
         return None
 
-    def _handle(self, uuid: str):
+    def _handle(self, uuid: str) -> Handle:
         if uuid not in self._handles:
             self._handles[uuid] = self.nvml.nvmlDeviceGetHandleByUUID(uuid)
         return self._handles[uuid]
@@ -176,7 +183,7 @@ class NvmlProbe:
             self._gpm[uuid] = _GpmReader.open(self, self._handle(uuid))
         return self._gpm[uuid]
 
-    def _optional(self, function, *args):
+    def _optional(self, function: Callable[..., _Reading], *args: Any) -> Optional[_Reading]:
         """function(*args), or None where the device or driver does not offer that reading."""
         try:
             return function(*args)
@@ -199,14 +206,15 @@ class NvmlProbe:
 class _GpmReader:
     """GPM metrics of one device between consecutive samples: two sample buffers, used in turn."""
 
-    def __init__(self, probe: NvmlProbe, handle, mig_parent, gpu_instance_id: Optional[int], buffers: list):
+    def __init__(self, probe: NvmlProbe, handle: Handle, mig_parent: Optional[Handle], gpu_instance_id: Optional[int],
+                 buffers: list[GpmSample]):
         self.probe, self.handle, self.mig_parent, self.gpu_instance_id = probe, handle, mig_parent, gpu_instance_id
         self.buffers = buffers
         self.taken = 0
         self.supported = bool(buffers)
 
     @classmethod
-    def open(cls, probe: NvmlProbe, handle) -> "_GpmReader":
+    def open(cls, probe: NvmlProbe, handle: Handle) -> "_GpmReader":
         """A reader with its two sample buffers, or an empty one where the driver offers no GPM."""
         nvml = probe.nvml
         parent, gpu_instance_id = None, None
@@ -233,7 +241,7 @@ class _GpmReader:
         self.taken += 1
         return self._metrics(previous, current) if self.taken > 1 else {}
 
-    def _metrics(self, earlier, later) -> dict[str, float]:
+    def _metrics(self, earlier: GpmSample, later: GpmSample) -> dict[str, float]:
         nvml = self.probe.nvml
         request = nvml.c_nvmlGpmMetricsGet_t()
         request.version = nvml.NVML_GPM_METRICS_GET_VERSION
@@ -253,9 +261,9 @@ class _GpmReader:
         self.buffers, self.supported = [], False
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _float(value) -> Optional[float]:
+def _float(value: Optional[SupportsFloat]) -> Optional[float]:
     return None if value is None else float(value)

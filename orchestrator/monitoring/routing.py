@@ -9,7 +9,7 @@ keep a single writer. System metrics are logged at the latest global step any ra
 from __future__ import annotations
 
 import collections
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from orchestrator.config.schema import MonitorConfig
 from orchestrator.lifecycle.rank_reports import StepReport
@@ -33,6 +33,10 @@ from orchestrator.monitoring.samples import (
 )
 from orchestrator.monitoring.summaries import GpuTally, HostTally
 from orchestrator.planning.rank_specs import WorkerSpec
+from orchestrator.tracking.metrics_sink import MetricsSink
+
+if TYPE_CHECKING:  # only a type here: the core does not import the command line's modules
+    from orchestrator.cli.console import Console
 
 SUMMARY_ARTIFACT = "system_summary.txt"
 
@@ -40,26 +44,26 @@ SUMMARY_ARTIFACT = "system_summary.txt"
 class SystemRecorder:
     """Turns node samples and step reports into metrics, tags, warnings and a summary."""
 
-    def __init__(self, config: MonitorConfig, sink, console):
+    def __init__(self, config: MonitorConfig, sink: MetricsSink, console: Console):
         self.config = config
         self.sink = sink
         self.console = console
         self.step = 0
         self.training = False
         self.stragglers = StragglerDetector(config.straggler_ratio, min_gap_s=config.straggler_min_gap_s)
-        self.low_util = LowUtilDetector(config.low_util_percent)
+        self.low_util: LowUtilDetector[tuple[str, int]] = LowUtilDetector(config.low_util_percent)
         self.hosts: dict[str, HostTally] = {}
         self.gpus: dict[tuple[str, int], GpuTally] = {}
         self.rank_nodes: dict[int, str] = {}
         self.gpu_ranks: dict[tuple[str, int], list[int]] = collections.defaultdict(list)
         self.notes_seen: set[str] = set()
-        self.episodes: collections.Counter = collections.Counter()
+        self.episodes: collections.Counter[str] = collections.Counter()
         self.samples = 0
 
     def on_group(self, specs: Sequence[WorkerSpec]) -> None:
         """Remember where each rank runs and which GPU it holds; tag the nodes."""
         self.gpu_ranks.clear()
-        tags = {}
+        tags: dict[str, str] = {}
         for spec in specs:
             node = node_name(spec.node_rank)
             self.rank_nodes[spec.world_rank] = node
@@ -143,7 +147,7 @@ class SystemRecorder:
         self.sink.set_tags({f"monitor.straggler.rank{rank}": text})
         self.console.warning(f"straggler: {text}")
 
-    def _low_util(self, episode: LowUtilEpisode) -> None:
+    def _low_util(self, episode: LowUtilEpisode[tuple[str, int]]) -> None:
         node, index = episode.gpu
         key = gpu_key(node, index)
         self.sink.log_metrics({f"monitor/{key}/low_util": float(episode.started)}, self.step)

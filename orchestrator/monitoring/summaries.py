@@ -8,7 +8,7 @@ the GPU's own reading times, so it covers the span from the first to the last sa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence, TypeVar
 
 from orchestrator.monitoring.gpu_probe import GpuSample
 from orchestrator.monitoring.samples import HostSample
@@ -54,11 +54,15 @@ def _joules(earlier: tuple[float, float], later: tuple[float, float]) -> float:
     return (p0 + p1) / 2.0 * (t1 - t0) if t1 > t0 else 0.0
 
 
+_Key = TypeVar("_Key", str, int)
+
+
 class _Stat:
     """Count, sum and peak of one series."""
 
     def __init__(self) -> None:
-        self.count, self.total, self.peak = 0, 0.0, None
+        self.count, self.total = 0, 0.0
+        self.peak: Optional[float] = None
 
     def add(self, value: Optional[float]) -> None:
         if value is None:
@@ -72,13 +76,37 @@ class _Stat:
         return self.total / self.count if self.count else None
 
 
+class _Series:
+    """Count, sum and peak of a series that exists from its first value on (so never empty): a GPM
+    metric or a rank's RSS, which appear with a reading rather than as a reading that may be missing."""
+
+    def __init__(self, first: float) -> None:
+        self.count, self.total, self.peak = 1, first, first
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.peak = max(self.peak, value)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
+
+def _add_to(series: dict[_Key, _Series], key: _Key, value: float) -> None:
+    if key in series:
+        series[key].add(value)
+    else:
+        series[key] = _Series(value)
+
+
 class GpuTally:
     """Folds one GPU's samples into its GpuSummary."""
 
     def __init__(self) -> None:
         self.samples = 0
         self.utilization, self.memory, self.power = _Stat(), _Stat(), _Stat()
-        self.gpm: dict[str, _Stat] = {}
+        self.gpm: dict[str, _Series] = {}
         self.joules = 0.0
         self.last_power: Optional[tuple[float, float]] = None
 
@@ -89,7 +117,7 @@ class GpuTally:
         self.memory.add(None if sample.memory_used_bytes is None else sample.memory_used_bytes / MIB)
         self.power.add(sample.power_w)
         for name, value in sample.gpm.items():
-            self.gpm.setdefault(name, _Stat()).add(value)
+            _add_to(self.gpm, name, value)
         if sample.power_w is not None:
             point = (sample.time_s, sample.power_w)
             if self.last_power is not None:
@@ -111,7 +139,7 @@ class HostTally:
     def __init__(self) -> None:
         self.samples = 0
         self.cpu, self.ram = _Stat(), _Stat()
-        self.rss: dict[int, _Stat] = {}
+        self.rss: dict[int, _Series] = {}
         self.monitor_cpu_s: Optional[float] = None
 
     def add(self, sample: HostSample) -> None:
@@ -121,7 +149,7 @@ class HostTally:
         self.cpu.add(sample.cpu_percent)
         self.ram.add(sample.ram_used_bytes / MIB)
         for world_rank, rss in sample.rank_rss_bytes.items():
-            self.rss.setdefault(world_rank, _Stat()).add(rss / MIB)
+            _add_to(self.rss, world_rank, rss / MIB)
 
     def summary(self) -> HostSummary:
         """The node's summary so far."""

@@ -58,12 +58,14 @@ def _leftover(free: Mapping[str, float], bundle: Mapping[str, float]) -> float:
     return sum(free.get(name, 0.0) - amount for name, amount in bundle.items())
 
 
-def _best(candidates: Sequence[str], free, bundle) -> Optional[str]:
+def _best(candidates: Sequence[str], free: Mapping[str, Mapping[str, float]],
+          bundle: Mapping[str, float]) -> Optional[str]:
     fitting = [node for node in candidates if _fits(free[node], bundle)]
     return min(fitting, key=lambda node: _leftover(free[node], bundle)) if fitting else None
 
 
-def _strict_pack(bundles, free, order) -> list[Optional[str]]:
+def _strict_pack(bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]],
+                 order: Sequence[str]) -> list[Optional[str]]:
     total: dict[str, float] = {}
     for bundle in bundles:
         for name, amount in bundle.items():
@@ -72,7 +74,8 @@ def _strict_pack(bundles, free, order) -> list[Optional[str]]:
     return [node] * len(bundles)
 
 
-def _pack(bundles, free, order) -> list[Optional[str]]:
+def _pack(bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]],
+          order: Sequence[str]) -> list[Optional[str]]:
     whole = _strict_pack(bundles, free, order)
     if whole and whole[0] is not None:
         return whole
@@ -86,7 +89,8 @@ def _pack(bundles, free, order) -> list[Optional[str]]:
     return nodes
 
 
-def _spread(bundles, free, order, strict: bool) -> list[Optional[str]]:
+def _spread(bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]], order: Sequence[str],
+            strict: bool) -> list[Optional[str]]:
     nodes: list[Optional[str]] = []
     for bundle in bundles:
         unused = [node for node in order if node not in nodes]

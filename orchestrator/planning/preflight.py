@@ -13,8 +13,10 @@ def predicted_specs(plan: JobPlan, cluster: ClusterSnapshot, prediction: Placeme
     """The rank table the job would get if Ray placed the bundles as predicted (empty if it cannot)."""
     if not prediction.placeable:
         return []
+    # placeable: every bundle has a node, so this drops none and keeps the bundle indices
+    nodes = [node_id for node_id in prediction.nodes if node_id is not None]
     placed = [PlacedBundle(bundle_index=index, node_id=node_id, node_ip=cluster.node(node_id).ip)
-              for index, node_id in enumerate(prediction.nodes)]
+              for index, node_id in enumerate(nodes)]
     return worker_specs(plan, placed, MASTER_PORT_UNKNOWN)
 
 

@@ -107,7 +107,8 @@ def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int
 
 def _torchrun_env(plan: JobPlan, world_rank: int, local_ranks: list[int], node_rank: int, num_nodes: int,
                   master_addr: str, master_port: int) -> dict[str, str]:
-    env = dict(plan.nccl_env)
+    # values of any kind (the NCCL settings, ranks and sizes) until the one str() at the end
+    env: dict[str, object] = dict(plan.nccl_env)
     env.update({
         "RANK": world_rank,
         "WORLD_SIZE": plan.world_size,

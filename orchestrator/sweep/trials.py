@@ -71,11 +71,13 @@ def varying(overrides: Sequence[str], fixed_keys: Collection[str]) -> tuple[str,
 
 def best_trial(records: Sequence[TrialRecord], direction: str) -> Optional[TrialRecord]:
     """The finished trial with the best objective (None when no finished trial has one)."""
-    scored = [record for record in records if record.status == FINISHED and _is_value(record.objective)]
+    # (objective, record) pairs: the objective, checked here, is a float and not None for the key
+    scored = [(record.objective, record) for record in records
+              if record.status == FINISHED and record.objective is not None and _is_value(record.objective)]
     if not scored:
         return None
     pick = max if direction == "maximize" else min
-    return pick(scored, key=lambda record: record.objective)
+    return pick(scored, key=lambda pair: pair[0])[1]
 
 
 def sweep_status(records: Sequence[TrialRecord], interrupted: bool) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Iterable, Iterator, TextIO
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+if TYPE_CHECKING:  # only types here: the tracking core does not import the command line's modules
+    from orchestrator.cli.console import Console, TextStream
 
 CONSOLE_ARTIFACT = "console.log"
 # a line redrawn in place (the driver's progress line: "\r" + erase line; a script's progress bar: "\r")
@@ -19,7 +22,7 @@ class ConsoleLog:
         self.lines: list[str] = []
         self.tees: list[Tee] = []
 
-    def tee(self, stream: TextIO) -> "Tee":
+    def tee(self, stream: TextStream) -> "Tee":
         """A stream that writes to `stream` and keeps a copy of its lines here."""
         tee = Tee(stream, self)
         self.tees.append(tee)
@@ -40,7 +43,7 @@ class ConsoleLog:
 class Tee:
     """A text stream that passes everything on to `stream` and hands its finished lines to a ConsoleLog."""
 
-    def __init__(self, stream: TextIO, log: ConsoleLog):
+    def __init__(self, stream: TextStream, log: ConsoleLog):
         self.stream = stream
         self.log = log
         self.partial = ""
@@ -77,7 +80,7 @@ class Tee:
 
 
 @contextlib.contextmanager
-def captured(console: Any) -> Iterator[ConsoleLog]:
+def captured(console: Console) -> Iterator[ConsoleLog]:
     """Tee `console.stream` and `console.out` (a script's stdout) into one ConsoleLog for the duration of the
     block; the streams are restored after."""
     log = ConsoleLog()

@@ -208,23 +208,25 @@ class MetricWriter:
             self._notices.append(f"MLflow rejected {len(batch)} metric values, which are dropped: {_short(error)}")
             self._drop(len(batch))
             return
-        if self._outage is None:
-            self._outage = _Outage(since=now, first_error=_short(error), dropped=DropLog())
-            self._notices.append(f"MLflow: cannot write metrics ({self._outage.first_error}); buffering them and "
+        outage = self._outage
+        if outage is None:
+            outage = self._outage = _Outage(since=now, first_error=_short(error), dropped=DropLog())
+            self._notices.append(f"MLflow: cannot write metrics ({outage.first_error}); buffering them and "
                                  f"retrying for up to {self.max_outage_s:g} s (tracking.max_outage_s)")
-        self._drop_older_than(now - self.max_outage_s)
-        delay = self.first_retry_s * 2 ** self._outage.attempts
-        self._outage.attempts += 1
+        self._drop_older_than(outage, now - self.max_outage_s)
+        delay = self.first_retry_s * 2 ** outage.attempts
+        outage.attempts += 1
         self._retry_at = now + min(delay, self.max_retry_s)
 
-    def _drop_older_than(self, cutoff: float) -> None:
+    def _drop_older_than(self, outage: _Outage, cutoff: float) -> None:
+        """Drop the values buffered at or before `cutoff`, counting them in the current `outage`'s log."""
         count = 0
         while count < len(self._pending) and self._pending[count][0] <= cutoff:
             count += 1
-        if count and not self._outage.dropped.total:
+        if count and not outage.dropped.total:
             self._notices.append(f"MLflow: still unreachable after {self.max_outage_s:g} s (tracking.max_outage_s): "
                                  f"dropping metric values older than that; training goes on")
-        self._drop(count, self._outage.dropped)
+        self._drop(count, outage.dropped)
 
     def _drop(self, count: int, also: Optional[DropLog] = None) -> None:
         values = [self._pending.popleft()[1] for _ in range(count)]

@@ -125,7 +125,7 @@ class MlflowServer:
     def __init__(self, spec: ServerSpec, log_path: Optional[Path] = None):
         self.spec = spec
         self.log_path = log_path
-        self.process: Optional[subprocess.Popen] = None
+        self.process: Optional[subprocess.Popen[bytes]] = None
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> "MlflowServer":
         """Start the server and wait until it answers /health; stops it again if it does not."""
@@ -134,11 +134,12 @@ class MlflowServer:
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         with contextlib.ExitStack() as files:
             log = files.enter_context(open(self.log_path, "ab")) if self.log_path else None
-            self.process = subprocess.Popen(server_command(self.spec), cwd=self.spec.data_dir, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT if log else None,
-                                            start_new_session=True, preexec_fn=_dies_with_its_parent())
+            process = self.process = subprocess.Popen(
+                server_command(self.spec), cwd=self.spec.data_dir, env=env, stdout=log,
+                stderr=subprocess.STDOUT if log else None, start_new_session=True,
+                preexec_fn=_dies_with_its_parent())
         try:
-            self._wait_healthy(timeout_s)
+            self._wait_healthy(process, timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -149,16 +150,16 @@ class MlflowServer:
         """The server's process id (also its process group id)."""
         return None if self.process is None else self.process.pid
 
-    def _wait_healthy(self, timeout_s: float) -> None:
+    def _wait_healthy(self, process: subprocess.Popen[bytes], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"mlflow server exited with code {self.process.returncode} while starting"
+            if process.poll() is not None:
+                raise ServerError(f"mlflow server exited with code {process.returncode} while starting"
                                   f"{self._log_tail()}")
             if _healthy(self.spec.url):
                 return
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=0.25)  # wakes early if the server dies
+                process.wait(timeout=0.25)  # wakes early if the server dies
         raise ServerError(f"mlflow server did not answer {self.spec.url}/health within {timeout_s:g} s"
                           f"{self._log_tail()}")
 
@@ -189,7 +190,7 @@ class MlflowServer:
     def __enter__(self) -> "MlflowServer":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -287,7 +288,9 @@ def mlflow_server_main(argv: Sequence[str]) -> int:
           f"  send runs:     orchestrator train tracking.uri={spec.url}\n"
           f"  compare runs:  orchestrator compare --tracking-uri {spec.url}", flush=True)
     try:
-        code = server.process.wait()
+        process = server.process
+        assert process is not None  # start() returned, so the process is running
+        code = process.wait()
         print(f"orchestrator mlflow-server: the server exited with code {code}", file=sys.stderr)
         return code or 1
     except KeyboardInterrupt:

@@ -68,4 +68,5 @@ def _active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
                 # the caller sets the real final status right after; this only pops the fluent run
                 mlflow.end_run()
         finally:
-            mlflow.set_tracking_uri(previous)
+            # None resets the URI and unsets the variable (MLflow's code does so; its annotation says str only)
+            mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]

@@ -172,7 +172,7 @@ class RunRecorder:
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_s: Optional[float] = None) -> None:
         """Buffer one step's metrics for the background writer; returns at once unless the buffer is full."""
         timestamp_ms = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
-        self.writer.put([MetricValue(key, float(value), timestamp_ms, step) for key, value in metrics.items()])
+        self._started_writer().put([MetricValue(key, float(value), timestamp_ms, step) for key, value in metrics.items()])
         self._announce()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -219,8 +219,9 @@ class RunRecorder:
         self.existing.add(name)
 
     def _write_text_when_up(self, text: str, artifact_file: str) -> None:
-        if not self.writer.reachable:
-            self.writer.flush(self.tracking.flush_timeout_s)
+        writer = self._started_writer()
+        if not writer.reachable:
+            writer.flush(self.tracking.flush_timeout_s)
         try:
             self._write_text(text, artifact_file)
         except Exception as error:  # the run goes on without this artifact; say so
@@ -238,7 +239,7 @@ class RunRecorder:
         started = time.monotonic()
         if self.flush_deadline is None:
             self.flush_deadline = started + self.tracking.flush_timeout_s
-        self.writer.flush(max(self.flush_deadline - started, 0.0))
+        self._started_writer().flush(max(self.flush_deadline - started, 0.0))
         self.flush_s = time.monotonic() - started
         self._announce()
 
@@ -250,7 +251,7 @@ class RunRecorder:
         report = self._close_writer()
         if self.background is not None:
             # with the server gone, queued tags and uploads would each wait out MLflow's retries
-            self.background.shutdown(wait=True, cancel_futures=not self.writer.reachable)
+            self.background.shutdown(wait=True, cancel_futures=not self._started_writer().reachable)
             self.background = None
         if report.dropped.total:
             self.notify(f"MLflow: {report.dropped.total} metric values were not recorded "
@@ -267,7 +268,7 @@ class RunRecorder:
         if self.report is None:
             now = time.monotonic()
             deadline = self.flush_deadline if self.flush_deadline is not None else now + self.tracking.flush_timeout_s
-            self.report = self.writer.close(max(deadline - now, 0.0))
+            self.report = self._started_writer().close(max(deadline - now, 0.0))
             self._announce()
         return self.report
 
@@ -276,14 +277,22 @@ class RunRecorder:
 
         Skipping then keeps the end of the run from hanging in MlflowClient's minutes of retries.
         """
-        if self.writer.reachable or not is_server(self.tracking.uri) or server_answers(self.tracking.uri):
+        # before start() no metric write has failed: nothing says the store is down
+        if (self.writer is None or self.writer.reachable or not is_server(self.tracking.uri)
+                or server_answers(self.tracking.uri)):
             return False
         self.notify(f"MLflow: the tracking server does not answer; {what} of run {self.run_id} is not recorded")
         return True
 
     def _announce(self) -> None:
-        for notice in self.writer.notices():
+        for notice in self._started_writer().notices():
             self.notify(notice)
+
+    def _started_writer(self) -> MetricWriter:
+        """The metric writer that start() made (create() and attach() return started recorders)."""
+        if self.writer is None:
+            raise RuntimeError("the run recorder is not started: call start() before recording metrics")
+        return self.writer
 
 
 @contextlib.contextmanager

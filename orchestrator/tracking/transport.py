@@ -9,12 +9,15 @@ the way MLflow itself reads them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.redaction import redact_value
 from orchestrator.tracking.metric_writer import MetricValue, Send
 from orchestrator.tracking.store_guard import StoreGuard
+
+if TYPE_CHECKING:  # only a type here: MLflow is imported where it is used
+    from mlflow.entities import Metric
 
 LOG_BATCH_ENDPOINT = "/api/2.0/mlflow/runs/log-batch"
 GET_EXPERIMENT_ENDPOINT = "/api/2.0/mlflow/experiments/get-by-name"
@@ -60,7 +63,7 @@ def store_sender(client: Any, run_id: str, guard: StoreGuard) -> Send:
     return send
 
 
-def _metric(value: MetricValue):
+def _metric(value: MetricValue) -> Metric:
     from mlflow.entities import Metric
 
     return Metric(value.key, value.value, value.timestamp_ms, value.step)

@@ -61,8 +61,9 @@ def batch_size_of(targets: Any) -> int:
 class LoaderBatches(RankShare):
     """This rank's micro-batches of a map-style data set, grouped per optimizer step (as ShardedBatches)."""
 
-    def __init__(self, dataset, world_size: int, world_rank: int, batch_size: int, accum_steps: int, seed: int,
+    def __init__(self, dataset: Any, world_size: int, world_rank: int, batch_size: int, accum_steps: int, seed: int,
                  num_workers: int, device: torch.device):
+        # `dataset`: the user's map-style data set (__getitem__ and __len__; a torch Dataset or not)
         super().__init__(len(dataset), world_size, world_rank, batch_size, accum_steps, seed)
         self.device = device
         self.indices = _EpochIndices()
@@ -97,7 +98,7 @@ class LoaderBatches(RankShare):
 
 
 @torch.no_grad()
-def evaluate_dataset(module: torch.nn.Module, dataset, step: Step, world_rank: int, world_size: int,
+def evaluate_dataset(module: torch.nn.Module, dataset: Any, step: Step, world_rank: int, world_size: int,
                      batch_size: int, amp: str, device: torch.device) -> dict[str, float]:
     """eval/loss over every sample exactly once (rank r takes samples r, r+W, ...), plus eval/accuracy when the
     outputs are class logits for integer targets, or eval/<key> for each metric trainer.step_fn returns."""
@@ -131,7 +132,7 @@ def _all_keys(keys: list[str], world_size: int) -> list[str]:
     return sorted(set().union(*gathered))
 
 
-def first_inputs(dataset, count: int = 4) -> Optional[Any]:
+def first_inputs(dataset: Any, count: int = 4) -> Optional[Any]:
     """The inputs of the data set's first `count` items, batched (the logged model's input example)."""
     from torch.utils.data import default_collate
 

@@ -15,7 +15,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Union, cast
 
 import torch
 import torch.distributed as dist
@@ -65,12 +65,12 @@ class WorkerCache:
     """
 
     key: tuple = ()
-    dataset: Optional[Any] = None
+    dataset: Union[Dataset, UserData, None] = None
     """A built-in Dataset (tensors) or the user's UserData."""
     flops_per_sample: Optional[float] = None
     """Measured once per process for the user's model (rank 0 reports it)."""
     module: Optional[torch.nn.Module] = None
-    wrapper: Optional[weakref.ref] = None
+    wrapper: Optional[weakref.ref[DistributedDataParallel]] = None
     """The DDP wrapper of the previous attempt: the module is only reused once that wrapper is gone."""
 
     def reusable_module(self) -> Optional[torch.nn.Module]:
@@ -109,7 +109,7 @@ class TrainContext:
     checkpoint_dir: Path
     resume_from: Optional[Path] = None
     cache: WorkerCache = field(default_factory=WorkerCache)
-    timings: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
     """Seconds already spent by the worker in this attempt (process_group), extended by the loop."""
 
 
@@ -183,27 +183,37 @@ def compiled(module: torch.nn.Module, trainer: TrainerConfig) -> torch.nn.Module
     torch.nn's own, such as nn.Sequential (torch 2.13 skips those frames inside DDP's forward). The
     price: a compiled backward hands DDP all gradients at its end, so all-reduces do not overlap it.
     """
-    return torch.compile(module, mode=trainer.compile_mode) if trainer.compile else module
+    if not trainer.compile:
+        return module
+    # torch.compile of a Module returns an OptimizedModule (a Module); its stubs say only a callable
+    return cast(torch.nn.Module, torch.compile(module, mode=trainer.compile_mode))
 
 
-def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Any, torch.nn.Module]:
+def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Union[Dataset, UserData], torch.nn.Module]:
     cache = ctx.cache
     key = (repr(job.data), repr(job.model), job.trainer.seed, str(ctx.device))
-    if cache.key != key:
+    dataset = cache.dataset
+    if cache.key != key or dataset is None:  # None: an earlier attempt set the key but failed to build the data
         cache.key, cache.module, cache.flops_per_sample = key, None, None
         if isinstance(job.data, TargetDataConfig):
-            cache.dataset = UserData(*build_target_data(job.data))
+            dataset = UserData(*build_target_data(job.data))
         else:
-            cache.dataset = _on_device(load_dataset(job.data, job.trainer.seed), ctx.device)
+            dataset = _on_device(load_dataset(job.data, job.trainer.seed), ctx.device)
+        cache.dataset = dataset
     # a fresh start builds a fresh model (its init must match a new process); a resume overwrites it
-    reused = cache.reusable_module() if ctx.resume_from is not None else None
-    if reused is None:
-        dataset = cache.dataset
+    module = cache.reusable_module() if ctx.resume_from is not None else None
+    if module is None:
         if isinstance(job.model, TargetModelConfig):
-            cache.module = build_target_model(job.model).to(ctx.device)
+            module = build_target_model(job.model).to(ctx.device)
+        elif isinstance(dataset, UserData):  # validation rejects this pair; a JobConfig built by hand may not
+            from orchestrator.errors import ConfigError
+
+            raise ConfigError([f"model={job.model.name}: a built-in model is sized for a built-in data set; "
+                               "set model._target_ to your model"])
         else:
-            cache.module = build_model(job.model, dataset.input_shape, dataset.num_classes).to(ctx.device)
-    return cache.dataset, cache.module
+            module = build_model(job.model, dataset.input_shape, dataset.num_classes).to(ctx.device)
+        cache.module = module
+    return dataset, module
 
 
 def _measure_flops(job: JobConfig, ctx: TrainContext, data: UserData, module: torch.nn.Module, step: Step) -> None:
@@ -263,7 +273,10 @@ class _Window:
 class Trainer:
     """Runs optimizer steps, logging, checkpoints and evaluation for one rank."""
 
-    def __init__(self, job, ctx, dataset, batches, model, module, optimizer, scheduler, scaler, steps, step: Step):
+    def __init__(self, job: JobConfig, ctx: TrainContext, dataset: Union[Dataset, UserData],
+                 batches: Union[LoaderBatches, ShardedBatches], model: DistributedDataParallel, module: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                 scaler: torch.amp.GradScaler, steps: int, step: Step):
         self.job, self.ctx, self.dataset, self.batches = job, ctx, dataset, batches
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.module = module
@@ -297,7 +310,7 @@ class Trainer:
                 self._end_epoch()
         return self._finish(stopped=False)
 
-    def _optimizer_step(self, micro_batches) -> None:
+    def _optimizer_step(self, micro_batches: list[Any]) -> None:
         amp = self.job.trainer.amp
         self.sync_timer.step_started()
         for index, batch in enumerate(micro_batches):
@@ -321,7 +334,7 @@ class Trainer:
         self.steps_in_epoch += 1
         self.window.steps += 1
 
-    def _step_metrics(self, metrics) -> dict[str, torch.Tensor]:
+    def _step_metrics(self, metrics: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         values = scalar_metrics(metrics, self.step_fn)
         keys = sorted(values)
         if self.metric_keys is None:
@@ -377,7 +390,7 @@ class Trainer:
                 **token_metrics(self.job, samples / elapsed, self.ctx.spec.world_size),
                 **model_flops_metrics(self.job, samples / elapsed, self.ctx.spec.world_size,
                                       self.ctx.cache.flops_per_sample),
-                "train/lr": self.scheduler.get_last_lr()[0],
+                "train/lr": float(self.scheduler.get_last_lr()[0]),  # a float lr (typed as float or tensor)
                 "train/epoch": float(self.epoch),
                 **own,
             }))
@@ -420,15 +433,16 @@ class Trainer:
             return
         self.checkpointed_at = self.step
         spec = self.ctx.spec
-        states = [None] * spec.world_size if spec.world_rank == 0 else None
+        # rank 0 gathers every rank's RNG states into its list; the other ranks only send theirs
+        states: Optional[list[Optional[dict[str, Any]]]] = [None] * spec.world_size if spec.world_rank == 0 else None
         if spec.world_size > 1:
             dist.gather_object(capture_rng(), states, dst=0)
         elif states is not None:
             states[0] = capture_rng()
-        if spec.world_rank == 0:
+        if states is not None:  # rank 0, which gathered every rank's states
             self.writer.submit(self._state(states), self.step)
 
-    def _state(self, rng_states: list) -> dict[str, Any]:
+    def _state(self, rng_states: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
         return {
             "model": snapshot(self.module.state_dict()),
             "optimizer": snapshot(self.optimizer.state_dict()),

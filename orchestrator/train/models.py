@@ -61,5 +61,6 @@ def _cnn(model: CnnConfig, input_shape: tuple[int, ...], num_classes: int) -> nn
         layers.append(nn.Dropout(model.dropout))
     layers.append(nn.Linear(model.hidden, num_classes))
     if model.channels_last:
-        return ChannelsLastSequential(*layers).to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (documented), which its stubs' overloads leave out
+        return ChannelsLastSequential(*layers).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return nn.Sequential(*layers)

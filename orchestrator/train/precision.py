@@ -31,7 +31,8 @@ def set_tf32(device: torch.device, enabled: bool) -> None:
     precision = "tf32" if enabled else "ieee"
     if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9; mixing in the legacy flags raises
         torch.backends.cuda.matmul.fp32_precision = precision
-        torch.backends.cudnn.conv.fp32_precision = precision
+        # cudnn's module gains `conv` at import (torch >= 2.9); its stubs do not declare it
+        torch.backends.cudnn.conv.fp32_precision = precision  # type: ignore[attr-defined]
     else:
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled

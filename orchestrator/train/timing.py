@@ -27,9 +27,11 @@ class SyncTimer:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self._started: Optional[object] = None  # perf_counter seconds, or a CUDA event
+        # the step's start: perf_counter seconds on CPU, a CUDA event on CUDA (the other stays None)
+        self._started_s: Optional[float] = None
+        self._started_event: Optional[torch.cuda.Event] = None
         self._reached = True
-        self._pending: list[tuple[object, object]] = []  # CUDA (start, reached) event pairs
+        self._pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # CUDA (start, reached) event pairs
         self._seconds: list[float] = []
 
     def attach(self, model: DistributedDataParallel) -> None:
@@ -38,7 +40,10 @@ class SyncTimer:
 
     def step_started(self) -> None:
         """An optimizer step begins (before the forward of its first micro-batch)."""
-        self._started = self._now()
+        if self.cuda:
+            self._started_event = _recorded_event()
+        else:
+            self._started_s = time.perf_counter()
         self._reached = False
 
     def take_mean(self) -> Optional[float]:
@@ -53,22 +58,24 @@ class SyncTimer:
         return mean
 
     def _hook(self, process_group, bucket):
-        # called once per bucket on the step that syncs (micro-batches under no_sync() never get here)
-        if not self._reached and self._started is not None:
+        # type: (Optional[torch.distributed.ProcessGroup], torch.distributed.GradBucket) -> torch.futures.Future[torch.Tensor]
+        # (a type comment: DDP's register_comm_hook checks the annotations of `bucket` and of the return at run
+        # time, and this module's postponed annotations would be strings it rejects)
+        # called once per bucket on the step that syncs (micro-batches under no_sync() never get here);
+        # `process_group` is the hook's state: None, DDP's default group
+        if not self._reached and self._started_event is not None:
             self._reached = True
-            self._record(self._started, self._now())
-        return allreduce_hook(process_group, bucket)
+            self._pending.append((self._started_event, _recorded_event()))
+            del self._pending[:-MAX_PENDING]
+        elif not self._reached and self._started_s is not None:
+            self._reached = True
+            self._seconds.append(time.perf_counter() - self._started_s)
+        # the hook takes None for the default group, which its stubs do not say
+        return allreduce_hook(process_group, bucket)  # type: ignore[arg-type]
 
-    def _now(self):
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
 
-    def _record(self, started, reached) -> None:
-        if not self.cuda:
-            self._seconds.append(reached - started)
-            return
-        self._pending.append((started, reached))
-        del self._pending[:-MAX_PENDING]
+def _recorded_event() -> torch.cuda.Event:
+    """A timing CUDA event recorded on the current stream."""
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event

@@ -6,15 +6,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.lifecycle.rank_reports import ErrorReport, ResultReport
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.stop import StopSignal
 
+if TYPE_CHECKING:  # only types here: a script's worker never imports torch
+    import torch
 
-def select_device(spec: WorkerSpec):
+    from orchestrator.train.loop import WorkerCache
+
+
+def select_device(spec: WorkerSpec) -> torch.device:
     """The rank's own GPU (CUDA_VISIBLE_DEVICES lists the node's job GPUs in local-rank order), else cpu."""
     import torch
 
@@ -31,8 +36,8 @@ class Attempt:
 
     checkpoint_dir: Path
     resume_from: Optional[Path] = None
-    cache: Any = None
-    """orchestrator.train.loop.WorkerCache kept by the worker process across attempts."""
+    cache: Optional[WorkerCache] = None
+    """What the worker process keeps across attempts (None: a fresh one)."""
     run_id: Optional[str] = None
     """The MLflow run the job records into (a script reads it from orchestrator.context())."""
 
@@ -48,7 +53,8 @@ def run_worker(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     return _run_builtin(spec, job, emit, stop, attempt)
 
 
-def _run_builtin(spec, job, emit, stop: StopSignal, attempt: Attempt) -> ResultReport:
+def _run_builtin(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
+                 attempt: Attempt) -> ResultReport:
     import torch
 
     from orchestrator.train.loop import TrainContext, WorkerCache, train

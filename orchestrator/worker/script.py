@@ -17,10 +17,11 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import IO, Callable, Iterable, Mapping, Optional, TextIO, Union
 
 from orchestrator import api
 from orchestrator.config.schema import JobConfig
+from orchestrator.errors import ConfigError
 from orchestrator.lifecycle.rank_reports import CheckpointReport, ErrorReport, LogReport, MetricsReport, ResultReport
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.network import SOCKET_IFNAME_VARIABLES, interface_holding
@@ -84,13 +85,16 @@ class ScriptAttempt:
 
 
 def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
-               attempt: ScriptAttempt):
+               attempt: ScriptAttempt) -> Union[ResultReport, ErrorReport]:
     """Run job.script on this rank to its end; ResultReport on exit 0, else ErrorReport.
 
     Besides its stdout and stderr, the script's reports (orchestrator.report, save_checkpoint) arrive
     on a pipe of their own and become MetricsReports and CheckpointReports.
     """
-    command = [sys.executable, "-c", _LAUNCHER, "-u", job.script.path, *job.script.arguments()]
+    script_path = job.script.path
+    if script_path is None:  # validation requires it; a JobConfig built by hand may still lack it
+        raise ConfigError(["entrypoint=script needs the script to run: set script.path=train.py"])
+    command = [sys.executable, "-c", _LAUNCHER, "-u", script_path, *job.script.arguments()]
     report_read, report_write = os.pipe()
     try:
         env = {**script_environment(spec, job), **attempt.environment(job, report_write)}
@@ -125,7 +129,7 @@ def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
         return ResultReport(world_rank=spec.world_rank, step=progress.step, stopped=stop.is_set(),
                             metrics=dict(progress.metrics))
     return ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type="ScriptFailed",
-                       message=f"{os.path.basename(job.script.path)} {exit_text(code)}",
+                       message=f"{os.path.basename(script_path)} {exit_text(code)}",
                        traceback="".join(tail), exit_code=code)
 
 
@@ -153,10 +157,10 @@ class Progress:
     value of every metric it reported (its result's metrics)."""
 
     step: int = 0
-    metrics: dict = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
-def read_report(line: str) -> object:
+def read_report(line: str) -> Union[MetricsReport, CheckpointReport]:
     """One line from orchestrator.api's pipe -> a MetricsReport or a CheckpointReport."""
     message = json.loads(line)
     if "checkpoint" in message:
@@ -164,7 +168,7 @@ def read_report(line: str) -> object:
     return MetricsReport(step=int(message["step"]), metrics={str(k): float(v) for k, v in message["metrics"].items()})
 
 
-def _pump_reports(descriptor: int, world_rank: int, emit, progress: Progress) -> None:
+def _pump_reports(descriptor: int, world_rank: int, emit: Callable[[object], None], progress: Progress) -> None:
     with open(descriptor, encoding="utf-8", errors="replace") as stream:
         for line in stream:
             try:
@@ -173,7 +177,7 @@ def _pump_reports(descriptor: int, world_rank: int, emit, progress: Progress) ->
                 emit(LogReport(world_rank=world_rank, stream="stderr",
                                line=f"orchestrator: unreadable report ignored ({type(error).__name__}: {error})"))
                 continue
-            progress.step = max(progress.step, report.step)  # type: ignore[attr-defined]
+            progress.step = max(progress.step, report.step)
             if isinstance(report, MetricsReport):
                 progress.metrics.update(report.metrics)
             emit(report)
@@ -192,12 +196,12 @@ def rank_log_dir(job: JobConfig, spec: WorkerSpec) -> Optional[str]:
     return os.path.join(job.script.log_dir, run, f"attempt_{number}", f"rank_{spec.world_rank}")
 
 
-def _pump(pipe, name: str, world_rank: int, emit, tail: Optional[collections.deque],
-          files: Optional[str] = None) -> None:
+def _pump(pipe: IO[bytes], name: str, world_rank: int, emit: Optional[Callable[[object], None]],
+          tail: Optional[collections.deque[str]], files: Optional[str] = None) -> None:
     # newline="": lines end at \n, \r\n or a lone \r (a progress bar redrawing itself), kept as they came
     stream = io.TextIOWrapper(pipe, errors="replace", newline="")  # the locale's encoding, as the script's
     with contextlib.ExitStack() as stack:
-        copy = None
+        copy: Optional[TextIO] = None
         if files is not None:
             path = os.path.join(files, f"{name}.log")
             try:
@@ -212,7 +216,8 @@ def _pump(pipe, name: str, world_rank: int, emit, tail: Optional[collections.deq
     stream.close()
 
 
-def _read_lines(stream, name: str, world_rank: int, emit, tail: Optional[collections.deque], copy) -> None:
+def _read_lines(stream: Iterable[str], name: str, world_rank: int, emit: Optional[Callable[[object], None]],
+                tail: Optional[collections.deque[str]], copy: Optional[TextIO]) -> None:
     redrawing = False
     for line in stream:
         if copy is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from hydra.plugins.launcher import Launcher
+
 from hydra_plugins.orchestrator_ray_launcher.config import RayLauncherConfig  # noqa: F401 (stores the config)
 
 
