@@ -72,9 +72,11 @@ def parse_args() -> argparse.Namespace:
 def require_device(device: str) -> torch.device:
     """The device to measure on; exits with what to do when CUDA was asked for and is not there."""
     if device == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"bench_gpu.py: no CUDA GPU here (torch {torch.__version__}, torch.cuda.is_available() is False). "
-                 "Run it on a GPU machine with a CUDA build of torch, or smoke-test it on CPU: "
-                 "--device cpu --tiny --compile off")
+        sys.exit(
+            f"bench_gpu.py: no CUDA GPU here (torch {torch.__version__}, torch.cuda.is_available() is False). "
+            "Run it on a GPU machine with a CUDA build of torch, or smoke-test it on CPU: "
+            "--device cpu --tiny --compile off"
+        )
     return torch.device(device, 0) if device == "cuda" else torch.device("cpu")
 
 
@@ -95,7 +97,7 @@ def peak_bf16_tflops(device: torch.device, size: int) -> float:
         left @ right
         synchronize(device)
         best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 / best / 1e12
+    return 2 * size**3 / best / 1e12
 
 
 def job_config(args, precision: str, compile_on: bool, checkpoint_dir: str) -> JobConfig:
@@ -103,12 +105,20 @@ def job_config(args, precision: str, compile_on: bool, checkpoint_dir: str) -> J
     sequences = (args.steps + 1) * args.batch
     return JobConfig(
         model=GptConfig(layers=args.layers, heads=args.heads, width=args.width, context=args.context),
-        data=TokensConfig(num_sequences=int(sequences / 0.95) + 1, seq_len=args.context, vocab_size=args.vocab,
-                          batch_size=args.batch, test_fraction=0.05),
-        trainer=TrainerConfig(max_steps=args.steps, log_every_n_steps=LOG_EVERY, amp=AMP[precision],
-                              compile=compile_on),
+        data=TokensConfig(
+            num_sequences=int(sequences / 0.95) + 1,
+            seq_len=args.context,
+            vocab_size=args.vocab,
+            batch_size=args.batch,
+            test_fraction=0.05,
+        ),
+        trainer=TrainerConfig(
+            max_steps=args.steps, log_every_n_steps=LOG_EVERY, amp=AMP[precision], compile=compile_on
+        ),
         optim=OptimConfig(lr=3e-4, schedule="constant"),
-        tracking=TrackingConfig(enabled=False), checkpoint=CheckpointConfig(dir=checkpoint_dir))
+        tracking=TrackingConfig(enabled=False),
+        checkpoint=CheckpointConfig(dir=checkpoint_dir),
+    )
 
 
 def rate(windows: list[tuple[int, float]], warmup_steps: int, tokens_per_step: int) -> float:
@@ -164,9 +174,20 @@ def run_orchestrator(job: JobConfig, device: torch.device, args) -> tuple[float,
         probe.bind(("127.0.0.1", 0))
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(probe.getsockname()[1]))
     backend = "nccl" if device.type == "cuda" else "gloo"
-    spec = WorkerSpec(world_rank=0, local_rank=0, node_rank=0, world_size=1, local_world_size=1, bundle_index=0,
-                      node_id="bench", node_ip="127.0.0.1", backend=backend, torch_threads=torch.get_num_threads(),
-                      env={}, cuda_device=device.index)
+    spec = WorkerSpec(
+        world_rank=0,
+        local_rank=0,
+        node_rank=0,
+        world_size=1,
+        local_world_size=1,
+        bundle_index=0,
+        node_id="bench",
+        node_ip="127.0.0.1",
+        backend=backend,
+        torch_threads=torch.get_num_threads(),
+        env={},
+        cuda_device=device.index,
+    )
     reports: list = []
     arrivals: list[tuple[int, float]] = []
 
@@ -176,8 +197,9 @@ def run_orchestrator(job: JobConfig, device: torch.device, args) -> tuple[float,
             reports.append(report)
 
     with process_group(spec, device, timeout_s=600):
-        context = TrainContext(spec=spec, device=device, emit=emit, stop_requested=lambda: False,
-                               checkpoint_dir=Path(job.checkpoint.dir))
+        context = TrainContext(
+            spec=spec, device=device, emit=emit, stop_requested=lambda: False, checkpoint_dir=Path(job.checkpoint.dir)
+        )
         train(job, context)
     tokens_per_step = args.batch * args.context
     timed = [(step, seconds - previous) for (_, previous), (step, seconds) in zip(arrivals, arrivals[1:])]
@@ -202,13 +224,19 @@ def main() -> int:
                     tokens_per_s, reported = measured if isinstance(measured, tuple) else (measured, None)
                     flops = tokens_per_s * training_flops_per_token(job.model, args.vocab, args.context)
                     rows[(precision, compile_on, runner)] = tokens_per_s
-                    print(f"{runner:12s} {precision:5s} compile {'on ' if compile_on else 'off'} "
-                          f"{tokens_per_s:12,.0f} tokens/s  {flops / 1e12:8.3g} TFLOP/s  MFU {flops / 1e12 / peak:6.1%}"
-                          + (f"  (the loop reported {reported:,.0f}: {reported / tokens_per_s:.3f}x)" if reported else ""),
-                          flush=True)
+                    print(
+                        f"{runner:12s} {precision:5s} compile {'on ' if compile_on else 'off'} "
+                        f"{tokens_per_s:12,.0f} tokens/s  {flops / 1e12:8.3g} TFLOP/s  MFU {flops / 1e12 / peak:6.1%}"
+                        + (
+                            f"  (the loop reported {reported:,.0f}: {reported / tokens_per_s:.3f}x)" if reported else ""
+                        ),
+                        flush=True,
+                    )
                     torch._dynamo.reset()  # each configuration compiles afresh
-    print(f"\ngpt: layers={args.layers} heads={args.heads} width={args.width} context={args.context} "
-          f"vocab={args.vocab}, batch {args.batch} sequences, {args.steps} steps ({args.warmup_steps} warm-up)")
+    print(
+        f"\ngpt: layers={args.layers} heads={args.heads} width={args.width} context={args.context} "
+        f"vocab={args.vocab}, batch {args.batch} sequences, {args.steps} steps ({args.warmup_steps} warm-up)"
+    )
     for (precision, compile_on, runner), tokens_per_s in rows.items():
         bare = rows.get((precision, compile_on, "bare"))
         if runner == "orchestrator" and bare:

@@ -80,21 +80,31 @@ def main() -> None:
     import ray
 
     ray.init(address="local", logging_level="WARNING", include_dashboard=False)
-    common = ["model=mlp", "data=synthetic", f"trainer.max_steps={args.steps}", "tracking.log_model=false",
-              "tracking.experiment=bench-monitor"]
+    common = [
+        "model=mlp",
+        "data=synthetic",
+        f"trainer.max_steps={args.steps}",
+        "tracking.log_model=false",
+        "tracking.experiment=bench-monitor",
+    ]
     results: dict[str, list[tuple[float, float, float]]] = {arm: [] for arm in ARMS}
     try:
         with tempfile.TemporaryDirectory() as workdir:
             names = list(ARMS)
             for rep in range(args.reps):
-                order = names[rep % len(names):] + names[:rep % len(names)]
+                order = names[rep % len(names) :] + names[: rep % len(names)]
                 for arm in order:
                     rate, wall, monitor_cpu_s = run_once(common + ARMS[arm], Path(workdir))
                     results[arm].append((rate, wall, monitor_cpu_s))
-                    print(f"rep {rep + 1} {arm:<28} {rate:>10,.0f} samples/s  {wall:6.1f} s  "
-                          f"monitor CPU {monitor_cpu_s:.2f} s", flush=True)
-        print(f"\nhost sample: {sampling_cost_ms(False):.2f} ms ({sampling_cost_ms(True):.2f} ms when it also looks "
-              f"for the workers' children, every 30 s); driver poll: {poll_cost_us():.0f} us")
+                    print(
+                        f"rep {rep + 1} {arm:<28} {rate:>10,.0f} samples/s  {wall:6.1f} s  "
+                        f"monitor CPU {monitor_cpu_s:.2f} s",
+                        flush=True,
+                    )
+        print(
+            f"\nhost sample: {sampling_cost_ms(False):.2f} ms ({sampling_cost_ms(True):.2f} ms when it also looks "
+            f"for the workers' children, every 30 s); driver poll: {poll_cost_us():.0f} us"
+        )
     finally:
         ray.shutdown()
     report(results, args)
@@ -107,10 +117,14 @@ def report(results: dict[str, list[tuple[float, float, float]]], args) -> None:
     workers had (2 x wall time): what monitoring can take from training at most on a full node.
     """
     baseline = statistics.median(rate for rate, _, _ in results["off"])
-    print(f"\n{args.reps} runs per arm, {args.steps} steps, load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs")
-    print(f"{'arm':<28} {'median samples/s':>16} {'ratio to off':>12} {'paired ratio':>12} {'median wall s':>13} "
-          f"{'monitor CPU s':>13} {'monitor CPU share':>17}")
+    print(
+        f"\n{args.reps} runs per arm, {args.steps} steps, load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'arm':<28} {'median samples/s':>16} {'ratio to off':>12} {'paired ratio':>12} {'median wall s':>13} "
+        f"{'monitor CPU s':>13} {'monitor CPU share':>17}"
+    )
     for arm, runs in results.items():
         rate = statistics.median(rate for rate, _, _ in runs)
         # each repetition's runs are neighbours in time: their ratio cancels most of the load's drift
@@ -118,8 +132,10 @@ def report(results: dict[str, list[tuple[float, float, float]]], args) -> None:
         wall = statistics.median(wall for _, wall, _ in runs)
         cpu = statistics.median(cpu for _, _, cpu in runs)
         share = statistics.median(cpu / (2 * wall) for _, wall, cpu in runs)
-        print(f"{arm:<28} {rate:>16,.0f} {rate / baseline:>12.4f} {paired:>12.4f} {wall:>13.1f} {cpu:>13.2f} "
-              f"{share:>16.2%}")
+        print(
+            f"{arm:<28} {rate:>16,.0f} {rate / baseline:>12.4f} {paired:>12.4f} {wall:>13.1f} {cpu:>13.2f} "
+            f"{share:>16.2%}"
+        )
 
 
 if __name__ == "__main__":

@@ -56,28 +56,61 @@ PYTHON = sys.executable
 ORCHESTRATOR = [PYTHON, "-m", "orchestrator"]
 # the built-in loop's equivalent of the workload: 256 -> 1024 -> 1024 -> 10, AdamW at 1e-3, 128 per worker
 # per step, one pass over 76,800 training samples (the 776 held out make the end-of-run evaluation small)
-BUILTIN = ["model=mlp", "model.hidden_sizes=[1024,1024]", "data=synthetic", "data.input_shape=[256]",
-           "data.num_classes=10", "data.batch_size=128", "data.num_samples=77576", "data.test_fraction=0.01",
-           "trainer.max_steps=300", "optim.lr=0.001", "optim.schedule=constant"]
+BUILTIN = [
+    "model=mlp",
+    "model.hidden_sizes=[1024,1024]",
+    "data=synthetic",
+    "data.input_shape=[256]",
+    "data.num_classes=10",
+    "data.batch_size=128",
+    "data.num_samples=77576",
+    "data.test_fraction=0.01",
+    "trainer.max_steps=300",
+    "optim.lr=0.001",
+    "optim.schedule=constant",
+]
 OFF = ["tracking.enabled=false", "monitor.enabled=false"]
-MODES = ["torchrun", "script", "builtin", "builtin-off", "raytrain", "bare-ray", "script-warm", "builtin-warm",
-         "bare-ray-warm"]
+MODES = [
+    "torchrun",
+    "script",
+    "builtin",
+    "builtin-off",
+    "raytrain",
+    "bare-ray",
+    "script-warm",
+    "builtin-warm",
+    "bare-ray-warm",
+]
 BASE_MODES = ["script@base", "builtin@base", "builtin-off@base", "script-warm@base", "builtin-warm@base"]
 
 
 def command(mode: str, result: Path, run_dir: Path, head: "RayHead | None") -> list[str]:
     """The command line of one run of `mode`, writing its timings to `result`."""
     if mode == "torchrun":
-        return [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKLOAD),
-                "--result", str(result)]
+        return [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(WORKLOAD),
+            "--result",
+            str(result),
+        ]
     if mode == "raytrain":
         return [PYTHON, str(HERE / "overhead" / "raytrain.py"), str(result), str(run_dir / "ray-train")]
     if mode.startswith("bare-ray"):
         return [PYTHON, str(HERE / "overhead" / "bare_ray.py"), str(result), *([head.address] if head else [])]
     warm = [f"cluster.address={head.address}"] if mode.endswith("-warm") else []
     if mode.startswith("script"):
-        return [*ORCHESTRATOR, "train", "entrypoint=script", f"script.path={WORKLOAD}",
-                f"script.args=[--result,{result}]", *warm]
+        return [
+            *ORCHESTRATOR,
+            "train",
+            "entrypoint=script",
+            f"script.path={WORKLOAD}",
+            f"script.args=[--result,{result}]",
+            *warm,
+        ]
     overrides = BUILTIN + (OFF if mode == "builtin-off" else []) + warm
     return [PYTHON, str(HERE / "overhead" / "builtin.py"), str(result), *overrides]
 
@@ -100,8 +133,11 @@ def run_once(mode: str, run_dir: Path, tracking_uri: str, head, base_src: "Path 
     if code != 0 or not result.exists():
         raise RuntimeError(f"{mode} failed (exit code {code}); see {run_dir / 'output.log'}")
     timings = json.loads(result.read_text())
-    return {"wall_s": wall_s, "first_step_s": timings["first_step_at"] - launched_at,
-            "samples_per_s": timings["steady_samples_per_s"]}
+    return {
+        "wall_s": wall_s,
+        "first_step_s": timings["first_step_at"] - launched_at,
+        "samples_per_s": timings["steady_samples_per_s"],
+    }
 
 
 def create_store(tracking_uri: str) -> None:
@@ -140,7 +176,9 @@ def main() -> int:
             try:
                 head.start()
                 for mode in warm if rep % 2 == 0 else list(reversed(warm)):
-                    report(rep, mode, results, run_once(mode, work / f"{rep}-{mode}", tracking_uri, head, args.base_src))
+                    report(
+                        rep, mode, results, run_once(mode, work / f"{rep}-{mode}", tracking_uri, head, args.base_src)
+                    )
             finally:
                 head.stop()
     print()
@@ -151,29 +189,51 @@ def main() -> int:
 def report(rep: int, mode: str, results: dict[str, list[dict]], result: dict) -> None:
     """Keep one run's result and print it."""
     results[mode].append(result)
-    print(f"rep {rep + 1} {mode:13s} wall {result['wall_s']:6.1f} s  first step {result['first_step_s']:5.1f} s"
-          f"  {result['samples_per_s']:8,.0f} samples/s", flush=True)
+    print(
+        f"rep {rep + 1} {mode:13s} wall {result['wall_s']:6.1f} s  first step {result['first_step_s']:5.1f} s"
+        f"  {result['samples_per_s']:8,.0f} samples/s",
+        flush=True,
+    )
 
 
 def table(results: dict[str, list[dict]], reps: int) -> str:
     """Median (min-max) of each measure per mode, and each median's ratio to torchrun's."""
+
     def cell(values: list[float], digits: int) -> str:
         return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
-    base = {key: statistics.median(run[key] for run in results["torchrun"]) for key in ("wall_s", "first_step_s",
-                                                                                       "samples_per_s")} \
-        if results.get("torchrun") else None
-    lines = [f"median (min-max) of {reps} interleaved repetitions; ratios are medians over torchrun's",
-             "| mode | total wall s | first step s | steady samples/s | wall / torchrun | first step - torchrun s "
-             "| samples/s / torchrun |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    base = (
+        {
+            key: statistics.median(run[key] for run in results["torchrun"])
+            for key in ("wall_s", "first_step_s", "samples_per_s")
+        }
+        if results.get("torchrun")
+        else None
+    )
+    lines = [
+        f"median (min-max) of {reps} interleaved repetitions; ratios are medians over torchrun's",
+        "| mode | total wall s | first step s | steady samples/s | wall / torchrun | first step - torchrun s "
+        "| samples/s / torchrun |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for mode, runs in results.items():
         walls, firsts, rates = ([run[key] for run in runs] for key in ("wall_s", "first_step_s", "samples_per_s"))
-        ratios = ("-", "-", "-") if base is None else (
-            f"{statistics.median(walls) / base['wall_s']:.2f}x", f"{statistics.median(firsts) - base['first_step_s']:+.1f}",
-            f"{statistics.median(rates) / base['samples_per_s']:.3f}x")
-        lines.append(f"| {mode} | {cell(walls, 1)} | {cell(firsts, 1)} | {cell(rates, 0)} | " + " | ".join(ratios) + " |")
+        ratios = (
+            ("-", "-", "-")
+            if base is None
+            else (
+                f"{statistics.median(walls) / base['wall_s']:.2f}x",
+                f"{statistics.median(firsts) - base['first_step_s']:+.1f}",
+                f"{statistics.median(rates) / base['samples_per_s']:.3f}x",
+            )
+        )
+        lines.append(
+            f"| {mode} | {cell(walls, 1)} | {cell(firsts, 1)} | {cell(rates, 0)} | " + " | ".join(ratios) + " |"
+        )
     if "builtin" in results and "builtin-off" in results:
-        on, off = (statistics.median(run["samples_per_s"] for run in results[mode]) for mode in ("builtin", "builtin-off"))
+        on, off = (
+            statistics.median(run["samples_per_s"] for run in results[mode]) for mode in ("builtin", "builtin-off")
+        )
         lines.append(f"\ntracking + monitoring on vs off (built-in loop, steady samples/s): {on / off:.3f}x")
     return "\n".join(lines)
 

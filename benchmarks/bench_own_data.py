@@ -29,8 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "examples" / "own_model")]
 
-COMMON = ["tracking.enabled=false", "trainer.log_every_n_steps=10", "data.batch_size=64", "optim.lr=0.003",
-          "checkpoint.keep_last=1"]
+COMMON = [
+    "tracking.enabled=false",
+    "trainer.log_every_n_steps=10",
+    "data.batch_size=64",
+    "optim.lr=0.003",
+    "checkpoint.keep_last=1",
+]
 MODES = {
     "in-memory": ["model=cnn", "data=digits"],
     "loader-w0": ["model._target_=own_data.parts.cnn", "data._target_=own_data.parts.digits", "data.num_workers=0"],
@@ -50,17 +55,36 @@ def run_once(overrides: list[str], workdir: Path) -> tuple[float, float]:
     from orchestrator.worker.ddp import process_group
 
     job = compose_job(overrides, workdir)
-    spec = WorkerSpec(world_rank=0, local_rank=0, node_rank=0, world_size=1, local_world_size=1, bundle_index=0,
-                      node_id="n", node_ip="127.0.0.1", backend="gloo", torch_threads=1, env={})
+    spec = WorkerSpec(
+        world_rank=0,
+        local_rank=0,
+        node_rank=0,
+        world_size=1,
+        local_world_size=1,
+        bundle_index=0,
+        node_id="n",
+        node_ip="127.0.0.1",
+        backend="gloo",
+        torch_threads=1,
+        env={},
+    )
     reports: list = []
     with tempfile.TemporaryDirectory() as checkpoints, process_group(spec, torch.device("cpu"), 60):
-        context = TrainContext(spec=spec, device=torch.device("cpu"), emit=reports.append,
-                               stop_requested=lambda: False, checkpoint_dir=Path(checkpoints))
+        context = TrainContext(
+            spec=spec,
+            device=torch.device("cpu"),
+            emit=reports.append,
+            stop_requested=lambda: False,
+            checkpoint_dir=Path(checkpoints),
+        )
         started = time.perf_counter()
         train(job, context)
         wall = time.perf_counter() - started
-    rates = [r.metrics["train/samples_per_s"] for r in reports
-             if isinstance(r, MetricsReport) and "train/samples_per_s" in r.metrics]
+    rates = [
+        r.metrics["train/samples_per_s"]
+        for r in reports
+        if isinstance(r, MetricsReport) and "train/samples_per_s" in r.metrics
+    ]
     return statistics.median(rates[1:]), wall
 
 
@@ -92,8 +116,10 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for mode in modes:
         rates, walls = [r for r, _ in results[mode]], [w for _, w in results[mode]]
-        print(f"| {mode} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | "
-              f"{statistics.median(walls):.1f} | {statistics.median(rates) / base:.3f}x |")
+        print(
+            f"| {mode} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) | "
+            f"{statistics.median(walls):.1f} | {statistics.median(rates) / base:.3f}x |"
+        )
 
 
 def _free_port() -> int:

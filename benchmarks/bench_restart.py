@@ -29,8 +29,15 @@ from pathlib import Path
 
 import psutil
 
-PHASES = [("detection", None), ("teardown", "teardown"), ("placement", "placement_and_start"),
-          ("pg", "process_group_s"), ("build", "build_s"), ("load", "checkpoint_load_s"), ("first step", "first_step_s")]
+PHASES = [
+    ("detection", None),
+    ("teardown", "teardown"),
+    ("placement", "placement_and_start"),
+    ("pg", "process_group_s"),
+    ("build", "build_s"),
+    ("load", "checkpoint_load_s"),
+    ("first step", "first_step_s"),
+]
 
 
 def _workers(driver: psutil.Process) -> list[psutil.Process]:
@@ -65,9 +72,19 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
 def measure(kills: int, workdir: Path) -> list[dict[str, float]]:
     """Kill a worker `kills` times; one dict of phase seconds per restart."""
     store = f"sqlite:///{workdir}/mlflow.db"
-    command = [sys.executable, "-m", "orchestrator", "train", "model=mlp", "trainer.max_steps=10000000",
-               "checkpoint.every_n_steps=50", "trainer.log_every_n_steps=50", f"failure.max_restarts={kills + 1}",
-               "tracking.log_model=false", f"tracking.uri={store}"]
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "train",
+        "model=mlp",
+        "trainer.max_steps=10000000",
+        "checkpoint.every_n_steps=50",
+        "trainer.log_every_n_steps=50",
+        f"failure.max_restarts={kills + 1}",
+        "tracking.log_model=false",
+        f"tracking.uri={store}",
+    ]
     # the driver's console goes to a file: its restart messages are printed with the table
     with (workdir / "driver.log").open("w") as log:
         driver_process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
@@ -90,8 +107,10 @@ def measure(kills: int, workdir: Path) -> list[dict[str, float]]:
 
 def _row(tags: dict[str, str], number: int, killed_at: float) -> dict[str, float]:
     prefix = f"restart.{number}."
-    row = {"total": float(tags[prefix + "first_step_at"]) - killed_at,
-           "detection": float(tags[prefix + "began_at"]) - killed_at}
+    row = {
+        "total": float(tags[prefix + "first_step_at"]) - killed_at,
+        "detection": float(tags[prefix + "began_at"]) - killed_at,
+    }
     for label, key in PHASES[1:]:
         row[label] = float(tags.get(prefix + key, "nan"))
     return row

@@ -47,8 +47,13 @@ print(len(received))
 def managed(calls: int) -> tuple[float, int]:
     """Reports into a pipe drained by another process that parses them as the worker does."""
     read, write = os.pipe()
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(read)], pass_fds=(read,), stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(read)],
+        pass_fds=(read,),
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     os.close(read)
     os.environ[api.REPORT_FD_VARIABLE] = str(write)
     try:

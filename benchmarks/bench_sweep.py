@@ -27,8 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator.cli.commands import main  # noqa: E402
 
 TRIALS = ["optim.lr=1e-3,3e-3", "optim.name=adamw,sgd", "model.dropout=0.0,0.1"]  # 2 x 2 x 2 = 8 trials
-TINY = ["model=mlp", "scaling.num_workers=1", "trainer.max_epochs=2", "tracking.log_model=false",
-        "monitor.enabled=false"]
+TINY = [
+    "model=mlp",
+    "scaling.num_workers=1",
+    "trainer.max_epochs=2",
+    "tracking.log_model=false",
+    "monitor.enabled=false",
+]
 
 
 def run_sweep(address: str, work_dir: Path, concurrency: int, tag: str) -> dict:
@@ -41,9 +46,19 @@ def run_sweep(address: str, work_dir: Path, concurrency: int, tag: str) -> dict:
     os.chdir(work_dir)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            code = main(["train", "-m", *TINY, *TRIALS, f"cluster.address={address}", f"tracking.uri={store}",
-                         f"tracking.experiment={experiment}", f"hydra.sweep.dir={work_dir}/{experiment}",
-                         f"hydra.launcher.max_concurrent={concurrency}"])
+            code = main(
+                [
+                    "train",
+                    "-m",
+                    *TINY,
+                    *TRIALS,
+                    f"cluster.address={address}",
+                    f"tracking.uri={store}",
+                    f"tracking.experiment={experiment}",
+                    f"hydra.sweep.dir={work_dir}/{experiment}",
+                    f"hydra.launcher.max_concurrent={concurrency}",
+                ]
+            )
     finally:
         os.chdir(previous)
     if code != 0:
@@ -53,8 +68,14 @@ def run_sweep(address: str, work_dir: Path, concurrency: int, tag: str) -> dict:
     [parent] = [run for run in runs if "orchestrator.sweep_id" in run.data.tags]
     durations = [(run.info.end_time - run.info.start_time) / 1000 for run in runs if run is not parent]
     wall_s = parent.data.metrics["sweep/wall_s"]
-    return {"concurrency": concurrency, "trials": len(durations), "wall_s": wall_s, "sum_s": sum(durations),
-            "mean_s": statistics.mean(durations), "packing": sum(durations) / (wall_s * concurrency)}
+    return {
+        "concurrency": concurrency,
+        "trials": len(durations),
+        "wall_s": wall_s,
+        "sum_s": sum(durations),
+        "mean_s": statistics.mean(durations),
+        "packing": sum(durations) / (wall_s * concurrency),
+    }
 
 
 def main_bench() -> None:
@@ -74,9 +95,12 @@ def main_bench() -> None:
                 for concurrency in order:
                     result = run_sweep(address, Path(temp), concurrency, f"c{concurrency}-r{rep}")
                     results[concurrency].append(result)
-                    print(f"max_concurrent={concurrency}: {result['trials']} trials, wall {result['wall_s']:.1f} s, "
-                          f"trial durations sum {result['sum_s']:.1f} s (mean {result['mean_s']:.1f} s), "
-                          f"packing efficiency {result['packing']:.2f}", flush=True)
+                    print(
+                        f"max_concurrent={concurrency}: {result['trials']} trials, wall {result['wall_s']:.1f} s, "
+                        f"trial durations sum {result['sum_s']:.1f} s (mean {result['mean_s']:.1f} s), "
+                        f"packing efficiency {result['packing']:.2f}",
+                        flush=True,
+                    )
     finally:
         ray.shutdown()
     one, two = (statistics.median(r["wall_s"] for r in results[c]) for c in (1, 2))

@@ -53,9 +53,13 @@ def run_once(overrides: list[str], work_dir: Path) -> dict:
     wall_s = time.monotonic() - started
     if summary.outcome.status != "FINISHED":
         raise RuntimeError(f"benchmark job {summary.outcome.status}: {summary.outcome.error}")
-    return {"samples_per_s": statistics.median(console.throughput[1:] or console.throughput),
-            "flush_s": summary.flush_s, "wall_s": wall_s, "train_s": console.seen_at[-1] - console.seen_at[0],
-            "end_s": time.monotonic() - console.seen_at[-1]}
+    return {
+        "samples_per_s": statistics.median(console.throughput[1:] or console.throughput),
+        "flush_s": summary.flush_s,
+        "wall_s": wall_s,
+        "train_s": console.seen_at[-1] - console.seen_at[0],
+        "end_s": time.monotonic() - console.seen_at[-1],
+    }
 
 
 def main() -> int:
@@ -69,12 +73,19 @@ def main() -> int:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
-    common = ["model=mlp", "data=synthetic", f"trainer.max_steps={args.steps}",
-              f"trainer.log_every_n_steps={args.log_every}", "tracking.log_model=false"]
+    common = [
+        "model=mlp",
+        "data=synthetic",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.log_every_n_steps={args.log_every}",
+        "tracking.log_model=false",
+    ]
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     server = MlflowServer(local_spec(work / "server", port=free_port()), log_path=work / "server.log").start()
-    modes = {"off": ["tracking.enabled=false"],
-             "server": [f"tracking.uri={server.spec.url}", "tracking.experiment=bench"]}
+    modes = {
+        "off": ["tracking.enabled=false"],
+        "server": [f"tracking.uri={server.spec.url}", "tracking.experiment=bench"],
+    }
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
     try:
         run_once(common + modes["off"], work / "warmup")  # first job pays for imports and worker start-up
@@ -84,9 +95,12 @@ def main() -> int:
                 result = run_once(common + modes[mode], work / f"{mode}-{rep}")
                 results[mode].append(result)
                 flush = "-" if result["flush_s"] is None else f"{result['flush_s'] * 1000:.1f} ms"
-                print(f"rep {rep + 1} {mode:6s}: {result['samples_per_s']:8,.0f} samples/s, wall "
-                      f"{result['wall_s']:.1f} s (training {result['train_s']:.1f} s, end {result['end_s']:.2f} s), "
-                      f"flush {flush}", flush=True)
+                print(
+                    f"rep {rep + 1} {mode:6s}: {result['samples_per_s']:8,.0f} samples/s, wall "
+                    f"{result['wall_s']:.1f} s (training {result['train_s']:.1f} s, end {result['end_s']:.2f} s), "
+                    f"flush {flush}",
+                    flush=True,
+                )
     finally:
         server.stop()
         ray.shutdown()
@@ -96,21 +110,30 @@ def main() -> int:
 
 def report(results: dict[str, list[dict]], args) -> None:
     """Medians per mode and the ratios against tracking off (the baseline measured in the same run)."""
+
     def median(mode: str, key: str) -> float:
         return statistics.median(result[key] for result in results[mode])
 
     off, on = median("off", "samples_per_s"), median("server", "samples_per_s")
     flushes = [result["flush_s"] for result in results["server"]]
-    print(f"\njob: model=mlp data=synthetic trainer.max_steps={args.steps} "
-          f"trainer.log_every_n_steps={args.log_every}, 2 workers, {args.reps} interleaved repetitions (medians)")
+    print(
+        f"\njob: model=mlp data=synthetic trainer.max_steps={args.steps} "
+        f"trainer.log_every_n_steps={args.log_every}, 2 workers, {args.reps} interleaved repetitions (medians)"
+    )
     print(f"samples/s   tracking off {off:10,.0f}   to mlflow server {on:10,.0f}   ratio {on / off:.3f}")
-    print(f"wall time   tracking off {median('off', 'wall_s'):9.1f} s  to mlflow server "
-          f"{median('server', 'wall_s'):9.1f} s  ratio {median('server', 'wall_s') / median('off', 'wall_s'):.3f}")
-    print(f"training span (first to last report) off {median('off', 'train_s'):.2f} s, server "
-          f"{median('server', 'train_s'):.2f} s; end of run (last report to return) off "
-          f"{median('off', 'end_s'):.2f} s, server {median('server', 'end_s'):.2f} s")
-    print(f"end-of-run flush of buffered metrics: median {statistics.median(flushes) * 1000:.1f} ms, "
-          f"max {max(flushes) * 1000:.1f} ms")
+    print(
+        f"wall time   tracking off {median('off', 'wall_s'):9.1f} s  to mlflow server "
+        f"{median('server', 'wall_s'):9.1f} s  ratio {median('server', 'wall_s') / median('off', 'wall_s'):.3f}"
+    )
+    print(
+        f"training span (first to last report) off {median('off', 'train_s'):.2f} s, server "
+        f"{median('server', 'train_s'):.2f} s; end of run (last report to return) off "
+        f"{median('off', 'end_s'):.2f} s, server {median('server', 'end_s'):.2f} s"
+    )
+    print(
+        f"end-of-run flush of buffered metrics: median {statistics.median(flushes) * 1000:.1f} ms, "
+        f"max {max(flushes) * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -60,11 +60,15 @@ class Context:
 def context() -> Context:
     """This process's place in the job, read from the environment the launcher gave it (torchrun's or ours)."""
     env = os.environ
-    return Context(world_rank=int(env.get("RANK", "0")), local_rank=int(env.get("LOCAL_RANK", "0")),
-                   world_size=int(env.get("WORLD_SIZE", "1")), run_id=env.get(RUN_ID_VARIABLE) or None,
-                   checkpoint_dir=Path(env.get(CHECKPOINT_DIR_VARIABLE) or DEFAULT_CHECKPOINT_DIR).absolute(),
-                   restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
-                   managed=bool(env.get(REPORT_FD_VARIABLE)))
+    return Context(
+        world_rank=int(env.get("RANK", "0")),
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        world_size=int(env.get("WORLD_SIZE", "1")),
+        run_id=env.get(RUN_ID_VARIABLE) or None,
+        checkpoint_dir=Path(env.get(CHECKPOINT_DIR_VARIABLE) or DEFAULT_CHECKPOINT_DIR).absolute(),
+        restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        managed=bool(env.get(REPORT_FD_VARIABLE)),
+    )
 
 
 def report(metrics: Mapping[str, Any], step: int) -> None:
@@ -140,8 +144,10 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
         try:
             values[str(key)] = float(value)
         except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of more than one element
-            raise ValueError(f"orchestrator.report: metric {key!r} must be a number or a one-element tensor, "
-                             f"got {type(value).__name__}") from None
+            raise ValueError(
+                f"orchestrator.report: metric {key!r} must be a number or a one-element tensor, "
+                f"got {type(value).__name__}"
+            ) from None
     return values
 
 
@@ -187,4 +193,3 @@ class _Channel:
 def _channel(descriptor: str) -> _Channel:
     # one channel per process and pipe: the pipe is the process's, handed over by the worker at start
     return _Channel(int(descriptor))
-

@@ -19,18 +19,21 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-SECRET_WORDS = frozenset({"password", "passwd", "pwd", "token", "secret", "key", "apikey", "credential",
-                          "credentials"})
+SECRET_WORDS = frozenset({"password", "passwd", "pwd", "token", "secret", "key", "apikey", "credential", "credentials"})
 MASK = "***"
 
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^/\s]+)@")
 _QUERY_SECRET = re.compile(r"(?P<name>[?&;][A-Za-z0-9_.-]+)=(?P<value>[^&#\s]*)")
 # `key: value`, `key=value` and `"key": value` forms in YAML, logs and override lists
-_ASSIGNMENT = re.compile(r"""(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<quote>["']?)(?P<sep>\s*[:=]\s*)(?P<value>[^\s,}\]]+)""")
-_TOKEN_SHAPES = re.compile(r"\b(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
-                           r"|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,}"
-                           r"|AKIA[0-9A-Z]{16})\b")
+_ASSIGNMENT = re.compile(
+    r"""(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<quote>["']?)(?P<sep>\s*[:=]\s*)(?P<value>[^\s,}\]]+)"""
+)
+_TOKEN_SHAPES = re.compile(
+    r"\b(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,}"
+    r"|AKIA[0-9A-Z]{16})\b"
+)
 _FLAG = re.compile(r"^-{1,2}(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)(?:=(?P<value>.*))?$")
 MIN_SECRET_LENGTH = 4
 """Shorter values found under secret keys are not masked verbatim (they would mask ordinary text); the
@@ -51,6 +54,7 @@ def redact_value(text: str) -> str:
 
 def redact_text(text: str) -> str:
     """Mask the values of secret-named assignments and any credentials in a free text (YAML, logs)."""
+
     def mask(match: re.Match) -> str:
         if not is_secret_key(match["key"]):
             return match[0]
@@ -78,8 +82,14 @@ class Redactor:
         found: set[str] = set()
         for source in sources:
             found.update(secret_values(source))
-        return cls(tuple(sorted((value for value in found if len(value) >= MIN_SECRET_LENGTH),
-                                key=lambda value: (-len(value), value))))
+        return cls(
+            tuple(
+                sorted(
+                    (value for value in found if len(value) >= MIN_SECRET_LENGTH),
+                    key=lambda value: (-len(value), value),
+                )
+            )
+        )
 
     def _literals(self, text: str) -> str:
         for secret in self.secrets:
@@ -150,8 +160,9 @@ def _string_secrets(text: str) -> Iterable[str]:
         if is_secret_key(match["key"]):
             yield match["value"].strip("'\"")
     # a flag and its value inside a list on the command line: `script.args=[--api-token,x]`
-    for flag in re.finditer(r"(?:^|[\[,\s])-{1,2}(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)(?:\s*,\s*|\s+)(?P<value>[^\s,\]]+)",
-                            text):
+    for flag in re.finditer(
+        r"(?:^|[\[,\s])-{1,2}(?P<name>[A-Za-z][A-Za-z0-9_.\-]*)(?:\s*,\s*|\s+)(?P<value>[^\s,\]]+)", text
+    ):
         if is_secret_key(flag["name"]):
             yield flag["value"].strip("'\"")
     # an assignment nested in a value: `env_vars={HF_TOKEN:x}` or `args=[--token=x]`

@@ -94,10 +94,16 @@ def ray_cluster(tmp_path_factory):
     # short: Ray's socket paths under it must fit AF_UNIX's 107 bytes, which pytest-xdist's basetemp
     # (.../pytest-N/popen-gw0/...) would not leave room for
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "include_dashboard": True, "dashboard_port": 0, "temp_dir": str(temp_dir),
-        "resources": {"head_node": 100},
-    })
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 4,
+            "include_dashboard": True,
+            "dashboard_port": 0,
+            "temp_dir": str(temp_dir),
+            "resources": {"head_node": 100},
+        },
+    )
     ray.init(address=cluster.address, logging_level="WARNING")
     yield cluster
     ray.shutdown()
@@ -143,22 +149,27 @@ def no_leaks():
     handlers = {signum: signal.getsignal(signum) for signum in WATCHED_SIGNALS}
     yield
     problems = []
-    new_threads = [t.name for t in threading.enumerate()
-                   if t not in threads and t.is_alive() and t.name.startswith("orchestrator")]
+    new_threads = [
+        t.name for t in threading.enumerate() if t not in threads and t.is_alive() and t.name.startswith("orchestrator")
+    ]
     if new_threads:
         problems.append(f"threads left running: {new_threads}")
     left = _new_live_children(children)
     if left:
         problems.append(f"child processes left running: {[(c.pid, _cmdline(c)) for c in left]}")
         kill_trees(left)
-    changed = sorted(k for k in set(environment) | set(os.environ)
-                     if environment.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST")
+    changed = sorted(
+        k
+        for k in set(environment) | set(os.environ)
+        if environment.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST"
+    )
     if changed:
         problems.append(f"environment variables changed: {changed}")
         os.environ.clear()
         os.environ.update({k: v for k, v in environment.items() if k != "PYTEST_CURRENT_TEST"})
-    replaced = [signal.Signals(signum).name for signum, handler in handlers.items()
-                if signal.getsignal(signum) is not handler]
+    replaced = [
+        signal.Signals(signum).name for signum, handler in handlers.items() if signal.getsignal(signum) is not handler
+    ]
     if replaced:
         problems.append(f"signal handlers left installed: {replaced}")
         for signum, handler in handlers.items():

@@ -84,8 +84,7 @@ def live_actors(address: Optional[str] = None) -> list:
     """Actors of the cluster at `address` (default: this session's) that are not dead, with details."""
     from ray.util.state import list_actors
 
-    return list_actors(address=address or session_address(), filters=[("state", "!=", "DEAD")], limit=1000,
-                       detail=True)
+    return list_actors(address=address or session_address(), filters=[("state", "!=", "DEAD")], limit=1000, detail=True)
 
 
 def job_resources_left(prefix: str = "orchestrator-", address: Optional[str] = None) -> tuple[list[str], list[str]]:
@@ -94,21 +93,30 @@ def job_resources_left(prefix: str = "orchestrator-", address: Optional[str] = N
 
     address = address or session_address()
     actors = [a.name for a in live_actors(address) if (a.name or "").startswith(prefix)]
-    groups = [g.name for g in list_placement_groups(address=address, limit=1000)
-              if (g.name or "").startswith(prefix) and g.state != "REMOVED"]
+    groups = [
+        g.name
+        for g in list_placement_groups(address=address, limit=1000)
+        if (g.name or "").startswith(prefix) and g.state != "REMOVED"
+    ]
     return actors, groups
 
 
 def assert_no_job_resources(prefix: str = "orchestrator-", timeout_s: float = 15.0) -> None:
     """Every actor and placement group of orchestrator jobs is gone (Ray reports deaths eventually)."""
-    wait_until(lambda: job_resources_left(prefix) == ([], []), timeout_s,
-               f"no actors/placement groups named {prefix}* (left: {job_resources_left(prefix)})")
+    wait_until(
+        lambda: job_resources_left(prefix) == ([], []),
+        timeout_s,
+        f"no actors/placement groups named {prefix}* (left: {job_resources_left(prefix)})",
+    )
 
 
 def worker_pid(address: Optional[str] = None) -> Optional[int]:
     """The PID of some alive worker actor of an orchestrator job, or None while there is none."""
-    alive = [a for a in live_actors(address) if a.state == "ALIVE" and a.class_name == "WorkerActor"
-             and (a.name or "").startswith("orchestrator-") and a.pid]
+    alive = [
+        a
+        for a in live_actors(address)
+        if a.state == "ALIVE" and a.class_name == "WorkerActor" and (a.name or "").startswith("orchestrator-") and a.pid
+    ]
     return alive[0].pid if alive else None
 
 

@@ -23,9 +23,17 @@ def user_package(folder: Path) -> Path:
 
 def own_overrides(folder: Path, *more: str) -> list[str]:
     """A job of the user's model, PNG data set (written under `folder`) and loss, as inline overrides."""
-    return ["model._target_=digitpng.nets.DigitNet", "+model.width=8", "+model.dropout=0.1",
-            "data._target_=digitpng.data.build", f"+data.root={folder / 'pngs'}", "data.batch_size=16",
-            "loss._target_=digitpng.losses.SmoothedCrossEntropy", "+loss.smoothing=0.05", *more]
+    return [
+        "model._target_=digitpng.nets.DigitNet",
+        "+model.width=8",
+        "+model.dropout=0.1",
+        "data._target_=digitpng.data.build",
+        f"+data.root={folder / 'pngs'}",
+        "data.batch_size=16",
+        "loss._target_=digitpng.losses.SmoothedCrossEntropy",
+        "+loss.smoothing=0.05",
+        *more,
+    ]
 
 
 def importable_package(folder: Path, monkeypatch, modules: dict[str, str]) -> Path:

@@ -20,8 +20,15 @@ MANAGED = (api.REPORT_FD_VARIABLE, api.RESUME_FROM_VARIABLE, api.RUN_ID_VARIABLE
 @pytest.fixture
 def standalone(tmp_path, monkeypatch):
     """One process outside the orchestrator, with its working directory in tmp."""
-    for variable in (*MANAGED, api.CHECKPOINT_DIR_VARIABLE, api.KEEP_LAST_VARIABLE, "RANK", "LOCAL_RANK",
-                     "WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT"):
+    for variable in (
+        *MANAGED,
+        api.CHECKPOINT_DIR_VARIABLE,
+        api.KEEP_LAST_VARIABLE,
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "TORCHELASTIC_RESTART_COUNT",
+    ):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -65,15 +72,20 @@ def test_the_checkpoint_folder_and_ranks_come_from_the_environment(standalone, m
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["step_000000002.pt"]
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: orchestrator.report({"loss": "high"}, 1),
-     "metric 'loss' must be a number or a one-element tensor, got str"),
-    (lambda: orchestrator.report({"loss": torch.ones(3)}, 1), "metric 'loss' must be a number"),
-    (lambda: orchestrator.report([1.0], 1), "metrics must be a dict of name -> number, got list"),
-    (lambda: orchestrator.report({"loss": 1.0}, -1), "step must be an int >= 0 (the global step), got -1"),
-    (lambda: orchestrator.save_checkpoint({}, 1.5), "save_checkpoint: step must be an int >= 0"),
-    (lambda: orchestrator.save_checkpoint([1], 1), "state must be a dict, got list"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: orchestrator.report({"loss": "high"}, 1),
+            "metric 'loss' must be a number or a one-element tensor, got str",
+        ),
+        (lambda: orchestrator.report({"loss": torch.ones(3)}, 1), "metric 'loss' must be a number"),
+        (lambda: orchestrator.report([1.0], 1), "metrics must be a dict of name -> number, got list"),
+        (lambda: orchestrator.report({"loss": 1.0}, -1), "step must be an int >= 0 (the global step), got -1"),
+        (lambda: orchestrator.save_checkpoint({}, 1.5), "save_checkpoint: step must be an int >= 0"),
+        (lambda: orchestrator.save_checkpoint([1], 1), "state must be a dict, got list"),
+    ],
+)
 def test_bad_calls_name_the_bad_value(standalone, call, message):
     with pytest.raises((ValueError, TypeError)) as raised:
         call()
@@ -99,8 +111,10 @@ def test_under_the_orchestrator_reports_and_checkpoints_go_through_the_pipe(stan
         os.close(read)
         os.close(write)
     assert capsys.readouterr().out == ""  # nothing printed: it goes to the run
-    assert [read_report(line) for line in lines] == [MetricsReport(step=3, metrics={"train/loss": 0.5}),
-                                                      CheckpointReport(step=4, path=str(path))]
+    assert [read_report(line) for line in lines] == [
+        MetricsReport(step=3, metrics={"train/loss": 0.5}),
+        CheckpointReport(step=4, path=str(path)),
+    ]
     assert path.parent == tmp_path / "run" and path.is_file()
 
 

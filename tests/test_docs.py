@@ -26,9 +26,24 @@ def site(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("site")
     # the banner Material prints about MkDocs 2.0 is noise in a failure message
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-                             str(ROOT / "mkdocs.yml"), "--site-dir", str(folder)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(folder),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
     return folder
 
@@ -48,7 +63,9 @@ def test_the_site_builds_strictly_with_the_generated_pages(site):
 def test_every_docs_page_is_in_the_nav():
     nav = set(re.findall(r"^\s*- [^:\n]+: (\S+\.md)$", (ROOT / "mkdocs.yml").read_text(), re.MULTILINE))
     pages = {path.name for path in (ROOT / "docs").glob("*.md")}
-    assert nav == pages, f"pages not in the nav: {sorted(pages - nav)}; nav entries without a page: {sorted(nav - pages)}"
+    assert nav == pages, (
+        f"pages not in the nav: {sorted(pages - nav)}; nav entries without a page: {sorted(nav - pages)}"
+    )
 
 
 def _headings_slugs(markdown: str) -> set[str]:
@@ -89,8 +106,9 @@ def _section(markdown: str, title: str) -> str:
 def _commands(markdown: str) -> list[list[str]]:
     """The `$ ...` lines of each console block, without their comments."""
     blocks = re.findall(r"^```console\n(.*?)^```", markdown, re.DOTALL | re.MULTILINE)
-    return [[line[2:].split("#", 1)[0].strip() for line in block.splitlines() if line.startswith("$ ")]
-            for block in blocks]
+    return [
+        [line[2:].split("#", 1)[0].strip() for line in block.splitlines() if line.startswith("$ ")] for block in blocks
+    ]
 
 
 def test_the_readme_is_a_landing_page_whose_quick_start_is_two_commands():
@@ -122,8 +140,11 @@ def _expected_defaults() -> dict[tuple[str, str | None], str]:
     import dataclasses
 
     base = _composed([])
-    expected = {(f"hydra.launcher.{key}", None): reference.format_value(value)
-                for key, value in base["hydra"]["launcher"].items() if not key.startswith("_")}
+    expected = {
+        (f"hydra.launcher.{key}", None): reference.format_value(value)
+        for key, value in base["hydra"]["launcher"].items()
+        if not key.startswith("_")
+    }
     for section in dataclasses.fields(schema.JobConfig):
         if section.name in reference.GROUP_OPTIONS:
             expected[(section.name, None)] = base["hydra"]["runtime"]["choices"][section.name]
@@ -141,17 +162,23 @@ def _expected_defaults() -> dict[tuple[str, str | None], str]:
 
 
 def test_the_configuration_reference_lists_every_key_with_its_composed_default():
-    rows = {(row["key"], row["option"]): row["default"].strip("`")
-            for row in ROW.finditer(reference.reference_markdown())}
+    rows = {
+        (row["key"], row["option"]): row["default"].strip("`") for row in ROW.finditer(reference.reference_markdown())
+    }
     free_keys = {key for key in rows if key[0].endswith(".<key>")}  # your own model's keywords: no default
     expected = _expected_defaults()
     assert set(rows) - free_keys == set(expected), "keys missing from (-) or extra in (+) the reference: " + str(
-        sorted(f"-{key}" for key in set(expected) - set(rows)) + sorted(f"+{key}" for key in set(rows) - free_keys - set(expected)))
+        sorted(f"-{key}" for key in set(expected) - set(rows))
+        + sorted(f"+{key}" for key in set(rows) - free_keys - set(expected))
+    )
     wrong = {key: (rows[key], value) for key, value in expected.items() if rows[key] != value}
     assert not wrong, f"(key, option): (the reference's default, the composed one): {wrong}"
 
 
 def test_every_key_of_the_reference_has_a_description():
-    undocumented = [row["key"] for row in ROW.finditer(reference.reference_markdown())
-                    if not row.string[row.end():].split("\n", 1)[0].strip(" |")]
+    undocumented = [
+        row["key"]
+        for row in ROW.finditer(reference.reference_markdown())
+        if not row.string[row.end() :].split("\n", 1)[0].strip(" |")
+    ]
     assert not undocumented, f"write a docstring under these fields in schema.py: {undocumented}"

@@ -69,11 +69,13 @@ def shell_words(line: str) -> list[str]:
     expanded, quoted = [], False
     for piece in re.split(r"('[^']*')", line):
         quoted = piece.startswith("'") and piece.endswith("'") and len(piece) > 1
-        expanded.append(piece if quoted else SHELL_VARIABLE.sub(lambda m: f"stand_in_for_{m.group(1).strip('{}')}", piece))
+        expanded.append(
+            piece if quoted else SHELL_VARIABLE.sub(lambda m: f"stand_in_for_{m.group(1).strip('{}')}", piece)
+        )
     words = shlex.split("".join(expanded), comments=True)
     for stop in ("|", "&&", ";", ">"):
         if stop in words:
-            words = words[:words.index(stop)]
+            words = words[: words.index(stop)]
     return words
 
 
@@ -92,7 +94,7 @@ def shown_commands(page: Path) -> Iterator[Shown]:
             if words[:1] != ["orchestrator"] or len(words) < 2 or words[1] not in COMMANDS:
                 continue
             output = []
-            for following in block[offset + 1:]:
+            for following in block[offset + 1 :]:
                 if following.startswith("$ "):
                     break
                 output.append(following)
@@ -159,4 +161,8 @@ def test_a_shown_command_composes_as_the_docs_say(shown: Shown, project: Path, m
 
 def test_shell_words_expand_variables_outside_single_quotes_only():
     assert shell_words("orchestrator train \"+x={T:$HF_TOKEN}\" 'y=${a}' | kubectl apply -f -  # comment") == [
-        "orchestrator", "train", "+x={T:stand_in_for_HF_TOKEN}", "y=${a}"]
+        "orchestrator",
+        "train",
+        "+x={T:stand_in_for_HF_TOKEN}",
+        "y=${a}",
+    ]

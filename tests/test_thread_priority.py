@@ -36,8 +36,9 @@ def test_only_the_calling_thread_is_lowered():
 
 def test_the_metric_writers_thread_runs_lowered_and_still_writes():
     written: list = []
-    writer = MetricWriter(lambda batch, timeout_s: written.extend(batch), max_outage_s=5.0,
-                          is_transient=lambda error: False).start()
+    writer = MetricWriter(
+        lambda batch, timeout_s: written.extend(batch), max_outage_s=5.0, is_transient=lambda error: False
+    ).start()
     try:
         writer.put([MetricValue("train/loss", 1.0, 0, 1)])
         assert writer.flush(10.0)

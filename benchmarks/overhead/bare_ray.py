@@ -39,8 +39,14 @@ def main() -> int:
                 return "127.0.0.1", probe.getsockname()[1]
 
         def train(self, rank: int, master: tuple[str, int], config: dict) -> None:
-            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                              MASTER_ADDR=master[0], MASTER_PORT=str(master[1]), OMP_NUM_THREADS="1")
+            os.environ.update(
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(WORLD_SIZE),
+                MASTER_ADDR=master[0],
+                MASTER_PORT=str(master[1]),
+                OMP_NUM_THREADS="1",
+            )
             workload.train_loop(config)
 
     if address is None:
@@ -51,8 +57,10 @@ def main() -> int:
     try:
         group = placement_group([{"CPU": 1}] * WORLD_SIZE, strategy="PACK")
         ray.get(group.ready())
-        ranks = [Rank.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, bundle)).remote()
-                 for bundle in range(WORLD_SIZE)]
+        ranks = [
+            Rank.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, bundle)).remote()
+            for bundle in range(WORLD_SIZE)
+        ]
         master = ray.get(ranks[0].address.remote())
         ray.get([actor.train.remote(rank, master, {"result": result_path}) for rank, actor in enumerate(ranks)])
     finally:

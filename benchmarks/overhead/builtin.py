@@ -46,8 +46,11 @@ class TimingRecorder:
         pass
 
     def result(self) -> dict:
-        return {"first_step_at": self.first_step_at, "end_at": time.time(),
-                "steady_samples_per_s": self.samples / self.seconds if self.seconds else None}
+        return {
+            "first_step_at": self.first_step_at,
+            "end_at": time.time(),
+            "steady_samples_per_s": self.samples / self.seconds if self.seconds else None,
+        }
 
 
 def main() -> int:

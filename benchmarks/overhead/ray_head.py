@@ -17,9 +17,17 @@ from typing import Optional
 
 from tests.helpers import free_ports  # the benchmark runs from a source checkout (its sys.path holds the root)
 
-PORT_OPTIONS = ("--port", "--node-manager-port", "--object-manager-port", "--ray-client-server-port",
-                "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                "--runtime-env-agent-port", "--metrics-export-port")
+PORT_OPTIONS = (
+    "--port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--ray-client-server-port",
+    "--dashboard-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
 WORKER_PORTS = 16
 STARTED_MARKER = "Ray runtime started"
 STOP_TIMEOUT_S = 30.0
@@ -41,9 +49,18 @@ class RayHead:
         options = [f"{option}={port}" for option, port in zip(PORT_OPTIONS, ports)]
         self.address = f"127.0.0.1:{ports[0]}"
         ray = str(Path(sys.executable).with_name("ray"))
-        argv = [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
-                f"--num-cpus={self.num_cpus}", "--include-dashboard=false", *options,
-                f"--worker-port-list={','.join(map(str, ports[len(PORT_OPTIONS):]))}"]
+        argv = [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={self.num_cpus}",
+            "--include-dashboard=false",
+            *options,
+            f"--worker-port-list={','.join(map(str, ports[len(PORT_OPTIONS) :]))}",
+        ]
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         seen = []
         for line in self.process.stdout:  # --block keeps it running; the marker says the head is up

@@ -1,6 +1,6 @@
 """The workload's `train_loop` under Ray Train's TorchTrainer: 2 CPU workers, gloo, an embedded Ray instance.
 
-    python benchmarks/overhead/raytrain.py RESULT STORAGE_DIR
+python benchmarks/overhead/raytrain.py RESULT STORAGE_DIR
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ def main() -> int:
     cloudpickle.register_pickle_by_value(workload)  # the workers get the function itself, not an import path
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
-        trainer = TorchTrainer(workload.train_loop, train_loop_config={"result": result_path, "RAY_TRAIN": True},
-                               scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
-                               torch_config=TorchConfig(backend="gloo"),
-                               run_config=RunConfig(storage_path=storage, name="overhead"))
+        trainer = TorchTrainer(
+            workload.train_loop,
+            train_loop_config={"result": result_path, "RAY_TRAIN": True},
+            scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
+            torch_config=TorchConfig(backend="gloo"),
+            run_config=RunConfig(storage_path=storage, name="overhead"),
+        )
         trainer.fit()
     finally:
         ray.shutdown()

@@ -33,8 +33,13 @@ SEED = 0
 
 def build_model() -> torch.nn.Module:
     """The benchmark MLP: 1,323,018 parameters."""
-    return torch.nn.Sequential(torch.nn.Linear(INPUT_FEATURES, HIDDEN), torch.nn.ReLU(),
-                               torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
+    return torch.nn.Sequential(
+        torch.nn.Linear(INPUT_FEATURES, HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN, HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN, CLASSES),
+    )
 
 
 def train_loop(config: dict) -> None:
@@ -53,7 +58,7 @@ def train_loop(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first_step_at = steady_from = None
     for step in range(1, STEPS + 1):
-        batch = order[(step - 1) * GLOBAL_BATCH + rank * per_rank:][:per_rank]
+        batch = order[(step - 1) * GLOBAL_BATCH + rank * per_rank :][:per_rank]
         loss = torch.nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -65,8 +70,15 @@ def train_loop(config: dict) -> None:
     steady_s = time.perf_counter() - steady_from
     if rank == 0:
         with open(config["result"], "w") as handle:
-            json.dump({"first_step_at": first_step_at, "end_at": time.time(), "final_loss": loss.item(),
-                       "steady_samples_per_s": (STEPS - WARMUP_STEPS) * GLOBAL_BATCH / steady_s}, handle)
+            json.dump(
+                {
+                    "first_step_at": first_step_at,
+                    "end_at": time.time(),
+                    "final_loss": loss.item(),
+                    "steady_samples_per_s": (STEPS - WARMUP_STEPS) * GLOBAL_BATCH / steady_s,
+                },
+                handle,
+            )
     if "RAY_TRAIN" not in config:  # Ray Train destroys the group it made
         dist.destroy_process_group()
 

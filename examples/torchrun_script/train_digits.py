@@ -64,7 +64,7 @@ def main() -> None:
     while step < args.epochs * steps_per_epoch:
         epoch, index = divmod(step, steps_per_epoch)
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(epoch))
-        batch = order[index * args.batch_size + where.world_rank * per_rank:][:per_rank]
+        batch = order[index * args.batch_size + where.world_rank * per_rank :][:per_rank]
         loss = torch.nn.functional.cross_entropy(model(train_x[batch]), train_y[batch])
         optimizer.zero_grad()
         loss.backward()
@@ -80,8 +80,9 @@ def main() -> None:
                 accuracy = (net(eval_x).argmax(dim=-1) == eval_y).float().mean().item()
             orchestrator.report({"eval/accuracy": accuracy, "epoch": step // steps_per_epoch}, step)
         if step % args.checkpoint_every == 0:
-            orchestrator.save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "step": step}, step)
+            orchestrator.save_checkpoint(
+                {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, step
+            )
     if distributed:
         dist.destroy_process_group()
 

@@ -90,15 +90,22 @@ def _init_with_retries(address: str, options: _InitOptions) -> None:
             transient = address.startswith("ray://") and TRANSIENT_CLIENT_MARKER in _error_chain_text(error)
             if not transient or attempt == CLIENT_START_ATTEMPTS:
                 raise
-            log.warning("the Ray Client proxy at %s could not start a server for this driver (attempt %d of %d); "
-                        "connecting again", address, attempt, CLIENT_START_ATTEMPTS)
+            log.warning(
+                "the Ray Client proxy at %s could not start a server for this driver (attempt %d of %d); "
+                "connecting again",
+                address,
+                attempt,
+                CLIENT_START_ATTEMPTS,
+            )
             time.sleep(CLIENT_START_BACKOFF_S * attempt)
 
 
 AUTH_MARKERS = ("InvalidAuthToken", "AuthenticationError", "Authentication token is missing or incorrect")
-TOKEN_HOWTO = ("export RAY_AUTH_MODE=token and give this machine the cluster's token: copy the head node's "
-               "~/.ray/auth_token to ~/.ray/auth_token here, or export RAY_AUTH_TOKEN=<token> "
-               "(or RAY_AUTH_TOKEN_PATH=<file>)")
+TOKEN_HOWTO = (
+    "export RAY_AUTH_MODE=token and give this machine the cluster's token: copy the head node's "
+    "~/.ray/auth_token to ~/.ray/auth_token here, or export RAY_AUTH_TOKEN=<token> "
+    "(or RAY_AUTH_TOKEN_PATH=<file>)"
+)
 
 
 def _connect_help(cluster: ClusterConfig, error: Exception) -> str:
@@ -107,10 +114,14 @@ def _connect_help(cluster: ClusterConfig, error: Exception) -> str:
     where = f"the Ray cluster at cluster.address={cluster.address}"
     mode = os.environ.get("RAY_AUTH_MODE", "unset")
     if any(marker in _error_chain_text(error) for marker in AUTH_MARKERS):
-        return (f"{where} refused this driver's authentication token (missing or wrong; RAY_AUTH_MODE is {mode}). "
-                f"Clusters started with `ray start` require a token by default (Ray 2.5x+): {TOKEN_HOWTO}")
-    message = (f"could not reach {where}: {type(error).__name__}: {error}. Check the address (auto, HOST:6379 "
-               f"or ray://HOST:10001) and that the head node is running")
+        return (
+            f"{where} refused this driver's authentication token (missing or wrong; RAY_AUTH_MODE is {mode}). "
+            f"Clusters started with `ray start` require a token by default (Ray 2.5x+): {TOKEN_HOWTO}"
+        )
+    message = (
+        f"could not reach {where}: {type(error).__name__}: {error}. Check the address (auto, HOST:6379 "
+        f"or ray://HOST:10001) and that the head node is running"
+    )
     if mode != "token":
         message += f"; if the cluster uses token authentication (the default for `ray start`), {TOKEN_HOWTO}"
     return message

@@ -50,8 +50,10 @@ def app_job_resources(launcher: RayLauncher) -> AppJobResources:
             problems.append(f"hydra.launcher.{key}={shown} is not valid: must be a number >= 0")
     limit = launcher.max_concurrent
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        problems.append(f"hydra.launcher.max_concurrent={limit} is not valid: must be null (as many as the cluster "
-                        "allows) or a number >= 1")
+        problems.append(
+            f"hydra.launcher.max_concurrent={limit} is not valid: must be null (as many as the cluster "
+            "allows) or a number >= 1"
+        )
     if problems:
         raise ConfigError(problems)
     return AppJobResources(cpus=float(launcher.cpus_per_job), gpus=float(launcher.gpus_per_job), max_concurrent=limit)
@@ -75,8 +77,9 @@ def launch_app(launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], in
         raise SystemExit(error.exit_code) from None
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     # every job's config is composed first: a bad override fails here, before the cluster is touched
-    jobs = [_job_config(launcher, list(overrides), initial_job_idx + index)
-            for index, overrides in enumerate(job_overrides)]
+    jobs = [
+        _job_config(launcher, list(overrides), initial_job_idx + index) for index, overrides in enumerate(job_overrides)
+    ]
     log.info(f"Ray launcher: launching {len(jobs)} jobs on Ray")
     for index, overrides in enumerate(job_overrides):
         log.info(f"\t#{initial_job_idx + index} : {' '.join(overrides)}")
@@ -118,7 +121,8 @@ def _run_jobs(launcher: RayLauncher, jobs: list[DictConfig], resources: AppJobRe
     from hydra.core.singleton import Singleton
 
     remote = ray.remote(max_calls=1, max_retries=0)(run_app_job).options(
-        num_cpus=resources.cpus, num_gpus=resources.gpus, runtime_env=_runtime_env())
+        num_cpus=resources.cpus, num_gpus=resources.gpus, runtime_env=_runtime_env()
+    )
     state, cwd = Singleton.get_state(), os.getcwd()
     limit = resources.max_concurrent or len(jobs)
     waiting = list(enumerate(jobs))
@@ -151,13 +155,22 @@ def _job_return(ref: ObjectRef[JobReturn], job_config: DictConfig) -> JobReturn:
         cause = error.as_instanceof_cause()
     except ray.exceptions.RayError as error:  # the worker died
         cause = RuntimeError(f"the job's Ray worker died: {error}")
-    failed = JobReturn(overrides=list(job_config.hydra.overrides.task), hydra_cfg=job_config,
-                       status=JobStatus.FAILED, _return_value=cause)
+    failed = JobReturn(
+        overrides=list(job_config.hydra.overrides.task),
+        hydra_cfg=job_config,
+        status=JobStatus.FAILED,
+        _return_value=cause,
+    )
     return failed
 
 
-def run_app_job(hydra_context: HydraContext, sweep_config: DictConfig, task_function: TaskFunction,
-                singleton_state: dict[Any, Any], cwd: str) -> JobReturn:
+def run_app_job(
+    hydra_context: HydraContext,
+    sweep_config: DictConfig,
+    task_function: TaskFunction,
+    singleton_state: dict[Any, Any],
+    cwd: str,
+) -> JobReturn:
     """What one job's Ray task runs: Hydra's state as on the driver, then `run_job` as Hydra's own launchers do."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
@@ -168,5 +181,10 @@ def run_app_job(hydra_context: HydraContext, sweep_config: DictConfig, task_func
     if os.path.isdir(cwd):  # a node that shares the driver's filesystem; elsewhere the worker's own directory
         os.chdir(cwd)  # this process runs this job only (max_calls=1)
     HydraConfig.instance().set_config(sweep_config)
-    return run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
-                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=sweep_config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )

@@ -66,10 +66,15 @@ def launch(launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], initia
         if problems:
             raise ConfigError(problems)
         sweep_job = _job(launcher.config)
-        trials = [_prepare(launcher, list(overrides), initial_job_idx + index)
-                  for index, overrides in enumerate(job_overrides)]
-        problems = [f"trial {trial.spec.number}: {problem}" for trial in trials
-                    for problem in shared_key_problems(sweep_job, trial.spec.job)]
+        trials = [
+            _prepare(launcher, list(overrides), initial_job_idx + index)
+            for index, overrides in enumerate(job_overrides)
+        ]
+        problems = [
+            f"trial {trial.spec.number}: {problem}"
+            for trial in trials
+            for problem in shared_key_problems(sweep_job, trial.spec.job)
+        ]
         if problems:
             raise ConfigError(problems)
         _check_own_components([trial.spec.job for trial in trials])
@@ -118,9 +123,13 @@ def _session(launcher: RayLauncher, sweep_job: JobConfig) -> SweepSession:
 
     def open_session() -> SweepSession:
         overrides = tuple(config.hydra.overrides.task)
-        settings = SweepSettings(sweep_id=new_sweep_id(), sweeper=str(config.hydra.runtime.choices["hydra/sweeper"]),
-                                 overrides=overrides, fixed_keys=_fixed_keys(overrides),
-                                 max_concurrent=launcher.max_concurrent)
+        settings = SweepSettings(
+            sweep_id=new_sweep_id(),
+            sweeper=str(config.hydra.runtime.choices["hydra/sweeper"]),
+            overrides=overrides,
+            fixed_keys=_fixed_keys(overrides),
+            max_concurrent=launcher.max_concurrent,
+        )
         return SweepSession.open(sweep_job, settings)
 
     return holder.sweep_session(open_session)
@@ -129,8 +138,9 @@ def _session(launcher: RayLauncher, sweep_job: JobConfig) -> SweepSession:
 def _holder(launcher: RayLauncher) -> SweepSessionHolder:
     """The task function that keeps the sweep's session: that of `orchestrator train -m`."""
     if not isinstance(launcher.task_function, SweepSessionHolder):
-        raise ConfigError(["hydra/launcher=ray runs orchestrator trials: start the sweep with "
-                           "`orchestrator train -m ...`"])
+        raise ConfigError(
+            ["hydra/launcher=ray runs orchestrator trials: start the sweep with `orchestrator train -m ...`"]
+        )
     return launcher.task_function
 
 
@@ -140,27 +150,38 @@ def _fixed_keys(overrides: Sequence[str]) -> frozenset[str]:
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     # parse_overrides keeps each override's text as input_line (None only on overrides built in code)
-    return frozenset(override_key(override.input_line) for override in parsed
-                     if not override.is_sweep_override() and override.input_line is not None)
+    return frozenset(
+        override_key(override.input_line)
+        for override in parsed
+        if not override.is_sweep_override() and override.input_line is not None
+    )
 
 
 def _hydra_problems(launcher: RayLauncher) -> list[str]:
     """Hydra settings this launcher cannot honour, each with what to do instead."""
     config, max_concurrent, problems = launcher.config, launcher.max_concurrent, []
     if max_concurrent is not None and (isinstance(max_concurrent, bool) or max_concurrent < 1):
-        problems.append(f"hydra.launcher.max_concurrent={max_concurrent} is not valid: must be null (as many as "
-                        f"the cluster's free resources allow) or a number >= 1")
+        problems.append(
+            f"hydra.launcher.max_concurrent={max_concurrent} is not valid: must be null (as many as "
+            f"the cluster's free resources allow) or a number >= 1"
+        )
     if launcher.address is not None:
-        problems.append(f"hydra.launcher.address={launcher.address} is not valid for orchestrator trials: they run "
-                        f"where cluster.address says; set cluster.address={launcher.address} instead")
+        problems.append(
+            f"hydra.launcher.address={launcher.address} is not valid for orchestrator trials: they run "
+            f"where cluster.address says; set cluster.address={launcher.address} instead"
+        )
     if config.hydra.job.chdir:
-        problems.append("hydra.job.chdir=true is not valid with hydra/launcher=ray: trials run side by side in one "
-                        "process, which has one working directory; leave it false (each trial's outputs go to its "
-                        "own directory anyway) or use hydra/launcher=basic")
+        problems.append(
+            "hydra.job.chdir=true is not valid with hydra/launcher=ray: trials run side by side in one "
+            "process, which has one working directory; leave it false (each trial's outputs go to its "
+            "own directory anyway) or use hydra/launcher=basic"
+        )
     if config.hydra.job.env_set:
-        problems.append(f"hydra.job.env_set={dict(config.hydra.job.env_set)} is not valid with hydra/launcher=ray: "
-                        f"trials share one process environment; set worker variables in "
-                        f"cluster.runtime_env.env_vars instead")
+        problems.append(
+            f"hydra.job.env_set={dict(config.hydra.job.env_set)} is not valid with hydra/launcher=ray: "
+            f"trials share one process environment; set worker variables in "
+            f"cluster.runtime_env.env_vars instead"
+        )
     return problems
 
 
@@ -196,8 +217,11 @@ def _prepare(launcher: RayLauncher, overrides: list[str], number: int) -> Prepar
     previous = HydraConfig.instance().cfg
     try:
         HydraConfig.instance().set_config(config)  # ${hydra:...} in the trial's config resolves against the trial
-        output_dir = os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                                                  str(OmegaConf.select(config, "hydra.sweep.subdir"))))
+        output_dir = os.path.abspath(
+            os.path.join(
+                str(OmegaConf.select(config, "hydra.sweep.dir")), str(OmegaConf.select(config, "hydra.sweep.subdir"))
+            )
+        )
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = output_dir
         HydraConfig.instance().set_config(config)
@@ -216,8 +240,9 @@ def _prepare(launcher: RayLauncher, overrides: list[str], number: int) -> Prepar
 def _write_outputs(trial: PreparedTrial) -> Path:
     """The trial's output directory and its redacted .hydra/ files, once every trial of the batch is valid."""
     overrides = list(trial.config.hydra.overrides.task)
-    return write_hydra_files(trial.output_dir, trial.task_cfg, trial.hydra_cfg, overrides,
-                      redactor_for(trial.spec.job, overrides))
+    return write_hydra_files(
+        trial.output_dir, trial.task_cfg, trial.hydra_cfg, overrides, redactor_for(trial.spec.job, overrides)
+    )
 
 
 def _redact_sweep_file(launcher: RayLauncher, sweep_job: JobConfig) -> None:
@@ -239,8 +264,13 @@ def _discard_sweep_file(launcher: RayLauncher) -> None:
 def _job_return(trial: PreparedTrial, record: TrialRecord) -> JobReturn:
     from hydra.core.utils import JobReturn, JobRuntime, JobStatus
 
-    job_return = JobReturn(overrides=list(trial.spec.overrides), cfg=trial.task_cfg, hydra_cfg=trial.hydra_cfg,
-                           working_dir=os.getcwd(), task_name=JobRuntime.instance().get("name"),
-                           status=JobStatus.COMPLETED)
+    job_return = JobReturn(
+        overrides=list(trial.spec.overrides),
+        cfg=trial.task_cfg,
+        hydra_cfg=trial.hydra_cfg,
+        working_dir=os.getcwd(),
+        task_name=JobRuntime.instance().get("name"),
+        status=JobStatus.COMPLETED,
+    )
     job_return.return_value = record.objective if record.status in (FINISHED, STOPPED) else None
     return job_return

@@ -24,8 +24,17 @@ from orchestrator.tracking.transport import check_server, is_server
 from orchestrator.train.checkpoint import checkpoint_step, latest_checkpoint
 from orchestrator.train.folder_lock import holding
 
-__all__ = ["RAY_NAME_TAG", "JobSummary", "TrialLink", "check_resume", "checkpoint_directory", "hydra_files",
-           "is_branch", "newest_checkpoint", "run_job"]
+__all__ = [
+    "RAY_NAME_TAG",
+    "JobSummary",
+    "TrialLink",
+    "check_resume",
+    "checkpoint_directory",
+    "hydra_files",
+    "is_branch",
+    "newest_checkpoint",
+    "run_job",
+]
 
 RAY_NAME_TAG = "orchestrator.ray_name"
 """Run tag: the name of the job's placement group, workers (`<name>-worker<N>`) and monitors on Ray."""
@@ -47,8 +56,15 @@ class TrialLink:
     """Where the sweep asks the trial to stop (early stopping, Ctrl-C), from any thread."""
 
 
-def run_job(job: JobConfig, console, overrides: Sequence[str] = (), *, hydra_dir: Optional[str] = None,
-            link: Optional[TrialLink] = None, components: Any = None) -> JobSummary:
+def run_job(
+    job: JobConfig,
+    console,
+    overrides: Sequence[str] = (),
+    *,
+    hydra_dir: Optional[str] = None,
+    link: Optional[TrialLink] = None,
+    components: Any = None,
+) -> JobSummary:
     """Run a validated job on its cluster; PlanError is raised before any actor starts.
 
     `hydra_dir` is the folder of this command's Hydra files (`<output dir>/.hydra`): they are logged with the
@@ -93,16 +109,37 @@ def _checked_target(job: JobConfig) -> Optional[ResumeTarget]:
     return target
 
 
-def _controller(job: JobConfig, groups: WorkerGroups, sink, console, link: TrialLink, target: Optional[ResumeTarget],
-                checkpoint_dir: str) -> Controller:
+def _controller(
+    job: JobConfig,
+    groups: WorkerGroups,
+    sink,
+    console,
+    link: TrialLink,
+    target: Optional[ResumeTarget],
+    checkpoint_dir: str,
+) -> Controller:
     """The job's controller: its groups, its observers (monitoring, the sweep's, then the run's records)."""
-    observers = [*job_observers(job, sink, console, groups.name), *link.observers(sink),
-                 *routing_observers(sink, console, job.entrypoint)]
-    settings = ControllerSettings(failure_policy=job.failure, watch_hangs=job.entrypoint == "builtin",
-                                  startup_timeout_s=job.scaling.rendezvous_timeout_s, entrypoint=job.entrypoint)
+    observers = [
+        *job_observers(job, sink, console, groups.name),
+        *link.observers(sink),
+        *routing_observers(sink, console, job.entrypoint),
+    ]
+    settings = ControllerSettings(
+        failure_policy=job.failure,
+        watch_hangs=job.entrypoint == "builtin",
+        startup_timeout_s=job.scaling.rendezvous_timeout_s,
+        entrypoint=job.entrypoint,
+    )
     resume = ResumePoint(str(target.checkpoint), target.step) if target is not None else ResumePoint()
-    return Controller(groups, console, observers, settings, resume, stop_requests=link.stop_requests,
-                      find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)))
+    return Controller(
+        groups,
+        console,
+        observers,
+        settings,
+        resume,
+        stop_requests=link.stop_requests,
+        find_checkpoint=lambda: newest_checkpoint(Path(checkpoint_dir)),
+    )
 
 
 def is_branch(target: ResumeTarget) -> bool:
@@ -134,8 +171,11 @@ def check_resume(job: JobConfig, target: ResumeTarget) -> None:
         from orchestrator.tracking.run_recorder import RunRecorder
 
         found = RunRecorder.lookup(job.tracking, target.run_id)
-        if found is not None and found[0] == "FINISHED" and not extends_finished_run(
-                job.trainer.max_steps, job.trainer.max_epochs, target.step, found[1]):
+        if (
+            found is not None
+            and found[0] == "FINISHED"
+            and not extends_finished_run(job.trainer.max_steps, job.trainer.max_epochs, target.step, found[1])
+        ):
             problems.append(finished_run_problem(resume, target.run_id, target.step))
     if problems:
         raise ConfigError(problems)

@@ -53,8 +53,16 @@ class RunRecord:
     (Ctrl-C) or FAILED with its console log; leaving always waits for the model being logged.
     """
 
-    def __init__(self, job: JobConfig, console, overrides: Sequence[str], link: RunLink, *,
-                 hydra_dir: Optional[str] = None, started_at: Optional[float] = None):
+    def __init__(
+        self,
+        job: JobConfig,
+        console,
+        overrides: Sequence[str],
+        link: RunLink,
+        *,
+        hydra_dir: Optional[str] = None,
+        started_at: Optional[float] = None,
+    ):
         self.job = job
         self.console = console
         self.overrides = overrides
@@ -75,8 +83,9 @@ class RunRecord:
             self._ends = stack.pop_all()
         return self
 
-    def __exit__(self, kind: Optional[type], error: Optional[BaseException],
-                 traceback: Optional[TracebackType]) -> None:
+    def __exit__(
+        self, kind: Optional[type], error: Optional[BaseException], traceback: Optional[TracebackType]
+    ) -> None:
         try:
             if error is not None:
                 self._abort(error)
@@ -109,18 +118,24 @@ class RunRecord:
         """Start logging the trained model (if it is to be logged) on a thread, or say why it cannot be."""
         self._model_logged = log_model_in_background(self.sink, self.job, outcome)
         if _model_without_example(self.job, outcome):
-            self.console.message("the trained model is not logged to MLflow: its inputs are unknown (items that "
-                                 "are not (inputs, targets), for trainer.step_fn); its weights are in the last "
-                                 "checkpoint")
+            self.console.message(
+                "the trained model is not logged to MLflow: its inputs are unknown (items that "
+                "are not (inputs, targets), for trainer.step_fn); its weights are in the last "
+                "checkpoint"
+            )
 
     def finish(self, outcome: JobOutcome) -> JobSummary:
         """Record the outcome: the buffered metrics, where the ranks ran, the model, the console log, the status."""
         with self.aborting():
             record_results(self.sink, self.job, outcome, self._model_logged)
             ended_at = time.time()
-            summary = JobSummary(outcome=outcome, run_id=self.sink.run_id,
-                                 experiment_id=getattr(self.sink, "experiment_id", None),
-                                 duration_s=ended_at - self.started_at, flush_s=getattr(self.sink, "flush_s", None))
+            summary = JobSummary(
+                outcome=outcome,
+                run_id=self.sink.run_id,
+                experiment_id=getattr(self.sink, "experiment_id", None),
+                duration_s=ended_at - self.started_at,
+                flush_s=getattr(self.sink, "flush_s", None),
+            )
             self.console_log.extend(line for line, _ in summary_lines(self.job, summary))
             finish_run(self.sink, outcome, self.console_log, end_time=ended_at)
             self._ended = True
@@ -133,8 +148,13 @@ class RunRecord:
             return None
         from orchestrator.tracking.run_recorder import RunRecorder
 
-        sink = RunRecorder.attach(job.tracking, target.run_id, notify=console.message,
-                                  upload_checkpoints=job.checkpoint.upload, redactor=redactor_for(job, self.overrides))
+        sink = RunRecorder.attach(
+            job.tracking,
+            target.run_id,
+            notify=console.message,
+            upload_checkpoints=job.checkpoint.upload,
+            redactor=redactor_for(job, self.overrides),
+        )
         if sink is not None:
             _warn_config_changes(sink.logged_params(), flat_params(job), console)
             sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
@@ -143,8 +163,15 @@ class RunRecord:
 
     def _create(self, plan: JobPlan, target: Optional[ResumeTarget]) -> Any:
         """A new run (a sweep's child); a resume that does not continue its run says so."""
-        sink = open_sink(self.job, plan, self.overrides, self.link, notify=self.console.message,
-                         hydra_dir=self.hydra_dir, started_at=self.started_at)
+        sink = open_sink(
+            self.job,
+            plan,
+            self.overrides,
+            self.link,
+            notify=self.console.message,
+            hydra_dir=self.hydra_dir,
+            started_at=self.started_at,
+        )
         if target is not None:
             sink.set_tags({"orchestrator.resumed_from": str(target.checkpoint)})
             self.console.message(f"resuming from step {target.step} ({target.checkpoint}) in a new run")
@@ -155,8 +182,11 @@ class RunRecord:
         if self.sink is None or self._ended:
             return
         self._ended = True
-        status, text = (("KILLED", USER_STOP) if isinstance(error, KeyboardInterrupt)
-                        else ("FAILED", f"{type(error).__name__}: {error}"))
+        status, text = (
+            ("KILLED", USER_STOP)
+            if isinstance(error, KeyboardInterrupt)
+            else ("FAILED", f"{type(error).__name__}: {error}")
+        )
         # the job's own error is what propagates; a store that refuses the log now is reported by finish()
         with contextlib.suppress(Exception):
             self.sink.log_text(self.console_log.text(), CONSOLE_ARTIFACT)
@@ -164,15 +194,27 @@ class RunRecord:
 
 
 def _warn_config_changes(logged: dict[str, str], current: dict[str, str], console) -> None:
-    changed = [f"{key}: {logged[key]} -> {value}" for key, value in current.items()
-               if key in logged and logged[key] != value and key != "trainer.resume"]
+    changed = [
+        f"{key}: {logged[key]} -> {value}"
+        for key, value in current.items()
+        if key in logged and logged[key] != value and key != "trainer.resume"
+    ]
     if changed:
-        console.message("warning: the resumed run was trained with a different config; exact continuation is "
-                        "not guaranteed: " + "; ".join(changed))
+        console.message(
+            "warning: the resumed run was trained with a different config; exact continuation is "
+            "not guaranteed: " + "; ".join(changed)
+        )
 
 
-def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], link: RunLink, notify=None,
-              hydra_dir: Optional[str] = None, started_at: Optional[float] = None):
+def open_sink(
+    job: JobConfig,
+    plan: JobPlan,
+    overrides: Sequence[str],
+    link: RunLink,
+    notify=None,
+    hydra_dir: Optional[str] = None,
+    started_at: Optional[float] = None,
+):
     """The run's MLflow recorder with params, tags, the resolved config and Hydra's files; NullSink when off."""
     if not job.tracking.enabled:
         return NullSink()
@@ -190,9 +232,16 @@ def open_sink(job: JobConfig, plan: JobPlan, overrides: Sequence[str], link: Run
         tags["mlflow.source.git.commit"] = commit
     tags.update(link.tags)
     tracking = dataclasses.replace(job.tracking, run_name=link.run_name) if link.run_name else job.tracking
-    sink = RunRecorder.create(tracking, flat_params(job), tags, parent_run_id=link.parent_run_id,
-                              upload_checkpoints=job.checkpoint.upload, redactor=redactor_for(job, overrides),
-                              start_time=started_at, **({"notify": notify} if notify else {}))
+    sink = RunRecorder.create(
+        tracking,
+        flat_params(job),
+        tags,
+        parent_run_id=link.parent_run_id,
+        upload_checkpoints=job.checkpoint.upload,
+        redactor=redactor_for(job, overrides),
+        start_time=started_at,
+        **({"notify": notify} if notify else {}),
+    )
     try:
         sink.log_text(config_yaml(job), CONFIG_ARTIFACT)
         for path in hydra_files(hydra_dir):
@@ -215,16 +264,25 @@ def workers_table(outcome: JobOutcome) -> list[dict]:
     parameters in the last attempt when it finished."""
     attempts = outcome.attempts or ((Attempt(outcome.restarts, outcome.workers),) if outcome.workers else ())
     return [
-        {"attempt": attempt.number, "rank": spec.world_rank, "node_rank": spec.node_rank,
-         "local_rank": spec.local_rank, "node_id": spec.node_id, "node_ip": spec.node_ip,
-         "params_digest": outcome.rank_results[spec.world_rank].params_digest
-         if attempt is attempts[-1] and spec.world_rank in outcome.rank_results else None}
-        for attempt in attempts for spec in attempt.workers
+        {
+            "attempt": attempt.number,
+            "rank": spec.world_rank,
+            "node_rank": spec.node_rank,
+            "local_rank": spec.local_rank,
+            "node_id": spec.node_id,
+            "node_ip": spec.node_ip,
+            "params_digest": outcome.rank_results[spec.world_rank].params_digest
+            if attempt is attempts[-1] and spec.world_rank in outcome.rank_results
+            else None,
+        }
+        for attempt in attempts
+        for spec in attempt.workers
     ]
 
 
-def record_results(sink, job: JobConfig, outcome: JobOutcome,
-                   model_logged: Optional[Callable[[], None]] = None) -> None:
+def record_results(
+    sink, job: JobConfig, outcome: JobOutcome, model_logged: Optional[Callable[[], None]] = None
+) -> None:
     """Wait (bounded) for the buffered metrics, then log where the ranks ran and the trained model.
 
     `model_logged` waits for a model already being logged by log_model_in_background; without it the
@@ -242,8 +300,9 @@ def record_results(sink, job: JobConfig, outcome: JobOutcome,
         log_model_in_background(sink, job, outcome)()
 
 
-def finish_run(sink, outcome: JobOutcome, console_log: Optional[ConsoleLog] = None,
-               end_time: Optional[float] = None) -> None:
+def finish_run(
+    sink, outcome: JobOutcome, console_log: Optional[ConsoleLog] = None, end_time: Optional[float] = None
+) -> None:
     """Log the console log, then the run's final status and error."""
     if console_log is not None:
         sink.log_text(console_log.text(), CONSOLE_ARTIFACT)

@@ -16,12 +16,14 @@ if TYPE_CHECKING:  # sweep_session imports this module
 DEFAULT_EXPERIMENT = "orchestrator"
 
 
-def parent_results(records: Sequence[TrialRecord], sweep: SweepConfig, status: str,
-                   error: Optional[str]) -> tuple[dict[str, float], dict[str, str], Optional[str]]:
+def parent_results(
+    records: Sequence[TrialRecord], sweep: SweepConfig, status: str, error: Optional[str]
+) -> tuple[dict[str, float], dict[str, str], Optional[str]]:
     """The parent run's metrics (trials per status, the best objective), tags (the best trial) and error."""
     metrics = {"sweep/trials": float(len(records))}
-    metrics.update({f"sweep/{name.lower().replace(' ', '_')}": float(number)
-                    for name, number in counts(records).items()})
+    metrics.update(
+        {f"sweep/{name.lower().replace(' ', '_')}": float(number) for name, number in counts(records).items()}
+    )
     tags: dict[str, str] = {}
     best = best_trial(records, sweep.direction)
     if best is not None:
@@ -34,13 +36,22 @@ def parent_results(records: Sequence[TrialRecord], sweep: SweepConfig, status: s
         error = error or "interrupted by the user"
     elif status == FAILED and error is None:
         failed = [str(record.number) for record in records if record.status == FAILED]
-        error = (f"trial{'s' if len(failed) != 1 else ''} {', '.join(failed)} failed" if failed
-                 else "the sweep stopped on an error (see the console)")
+        error = (
+            f"trial{'s' if len(failed) != 1 else ''} {', '.join(failed)} failed"
+            if failed
+            else "the sweep stopped on an error (see the console)"
+        )
     return metrics, tags, error
 
 
-def print_summary(stream: TextIO, records: Sequence[TrialRecord], job: JobConfig, settings: SweepSettings,
-                  parent_run_id: Optional[str], wall_s: float) -> None:
+def print_summary(
+    stream: TextIO,
+    records: Sequence[TrialRecord],
+    job: JobConfig,
+    settings: SweepSettings,
+    parent_run_id: Optional[str],
+    wall_s: float,
+) -> None:
     """The sweep's last lines: totals, one row per trial, the best trial, and how to compare the trials."""
     redactor = redactor_for(job, settings.overrides)
     totals = ", ".join(f"{number} {status}" for status, number in counts(records).items()) or "no trials"
@@ -49,11 +60,15 @@ def print_summary(stream: TextIO, records: Sequence[TrialRecord], job: JobConfig
     best = best_trial(records, job.sweep.direction)
     if best is not None:
         chosen = redactor.text(" ".join(varying(best.overrides, settings.fixed_keys)))
-        stream.write(f"best ({job.sweep.direction} {job.sweep.objective}): trial {best.number} ({chosen}): "
-                     f"{best.objective:.4f}\n")
+        stream.write(
+            f"best ({job.sweep.direction} {job.sweep.objective}): trial {best.number} ({chosen}): "
+            f"{best.objective:.4f}\n"
+        )
     if parent_run_id is not None:
-        stream.write(f"MLflow parent run: {parent_run_id} (experiment {job.tracking.experiment!r}); compare the "
-                     f"trials: {compare_command(job, settings.sweep_id)}\n")
+        stream.write(
+            f"MLflow parent run: {parent_run_id} (experiment {job.tracking.experiment!r}); compare the "
+            f"trials: {compare_command(job, settings.sweep_id)}\n"
+        )
     stream.flush()
 
 

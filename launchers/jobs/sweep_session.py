@@ -100,8 +100,9 @@ class SweepSession:
     """Trials whose wait for resources was already said."""
 
     @classmethod
-    def open(cls, job: JobConfig, settings: SweepSettings, stderr: Optional[TextIO] = None,
-             stdout: Optional[TextIO] = None) -> "SweepSession":
+    def open(
+        cls, job: JobConfig, settings: SweepSettings, stderr: Optional[TextIO] = None, stdout: Optional[TextIO] = None
+    ) -> "SweepSession":
         """Connect to the sweep's cluster (once, for every trial) and create the parent run."""
         if job.tracking.enabled and is_server(job.tracking.uri):
             check_server(job.tracking.uri, job.tracking.experiment)
@@ -113,14 +114,26 @@ class SweepSession:
             exits.close()
             raise
         sweep = job.sweep
-        rule = (MedianStoppingRule(sweep.objective, sweep.direction, sweep.early_stop_min_trials)
-                if sweep.early_stop == "median" else None)
-        session = cls(job, settings, Admission(baseline, settings.max_concurrent), rule, parent, exits,
-                      stderr or sys.stderr, stdout or sys.stdout)
+        rule = (
+            MedianStoppingRule(sweep.objective, sweep.direction, sweep.early_stop_min_trials)
+            if sweep.early_stop == "median"
+            else None
+        )
+        session = cls(
+            job,
+            settings,
+            Admission(baseline, settings.max_concurrent),
+            rule,
+            parent,
+            exits,
+            stderr or sys.stderr,
+            stdout or sys.stdout,
+        )
         where = f"; MLflow parent run {parent.run_id}" if parent.run_id else ""
         at_once = settings.max_concurrent or "as many as the free resources allow"
-        session.say(f"id {settings.sweep_id}, sweeper {settings.sweeper}, hydra/launcher=ray (trials at once: "
-                    f"{at_once}){where}")
+        session.say(
+            f"id {settings.sweep_id}, sweeper {settings.sweeper}, hydra/launcher=ray (trials at once: {at_once}){where}"
+        )
         return session
 
     def say(self, text: str) -> None:
@@ -159,8 +172,13 @@ class SweepSession:
             raise ConfigError([f"trial {spec.number}: {problem}" for problem in problems])
         return plan_job(spec.job, self.admission.baseline)
 
-    def _start_what_fits(self, pending: collections.deque[TrialSpec], running: _Running, plans: dict[int, JobPlan],
-                         ended: queue.Queue[TrialRecord]) -> None:
+    def _start_what_fits(
+        self,
+        pending: collections.deque[TrialSpec],
+        running: _Running,
+        plans: dict[int, JobPlan],
+        ended: queue.Queue[TrialRecord],
+    ) -> None:
         while pending:
             spec = pending[0]
             waits = self.admission.admit(spec.number, plans[spec.number], cluster_snapshot(fixed_size=False))
@@ -171,8 +189,9 @@ class SweepSession:
                 return
             pending.popleft()
             watch = TrialWatch(self.job.sweep.objective, self.rule)
-            thread = threading.Thread(target=self._trial_thread, args=(spec, watch, ended),
-                                      name=f"orchestrator-trial-{spec.number}")
+            thread = threading.Thread(
+                target=self._trial_thread, args=(spec, watch, ended), name=f"orchestrator-trial-{spec.number}"
+            )
             running[spec.number] = (thread, watch)
             thread.start()
             self.say(f"trial {spec.number} started: {self._label(spec.overrides)}")
@@ -184,8 +203,16 @@ class SweepSession:
             tags = trial_tags(spec, self.settings.sweep_id, self.settings.fixed_keys)
             record = run_trial(spec, console, watch, self.parent.run_id, tags)
         finally:  # the session waits for exactly one record per thread it started
-            ended.put(record or TrialRecord(spec.number, spec.overrides, "FAILED", run_id=watch.run_id,
-                                            error="the trial's thread stopped on an internal error"))
+            ended.put(
+                record
+                or TrialRecord(
+                    spec.number,
+                    spec.overrides,
+                    "FAILED",
+                    run_id=watch.run_id,
+                    error="the trial's thread stopped on an internal error",
+                )
+            )
 
     def _ended(self, record: TrialRecord, running: _Running) -> None:
         self.records[record.number] = record  # first: a Ctrl-C from here on cannot lose the record
@@ -198,8 +225,9 @@ class SweepSession:
         detail = f" ({record.error})" if record.error and record.status != FINISHED else ""
         self.say(f"trial {record.number} {record.status} in {record.duration_s:.1f} s{objective}{detail}")
 
-    def _interrupt(self, pending: collections.deque[TrialSpec], running: _Running,
-                   ended: queue.Queue[TrialRecord]) -> None:
+    def _interrupt(
+        self, pending: collections.deque[TrialSpec], running: _Running, ended: queue.Queue[TrialRecord]
+    ) -> None:
         self.interrupted = True
         for spec in pending:
             self.records[spec.number] = TrialRecord(spec.number, spec.overrides, NOT_STARTED)
@@ -239,8 +267,9 @@ class SweepSession:
             self.parent.set_tags(tags)
             self.parent.finish(status, error=error)
             with self.lines:
-                print_summary(self.stdout, records, self.job, self.settings, self.parent.run_id,
-                              time.monotonic() - self.started)
+                print_summary(
+                    self.stdout, records, self.job, self.settings, self.parent.run_id, time.monotonic() - self.started
+                )
         finally:
             self.exits.close()
         if exit_code == 0 and status == "FAILED":

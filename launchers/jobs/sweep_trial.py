@@ -126,16 +126,22 @@ def trial_tags(spec: TrialSpec, sweep_id: str, fixed_keys: Collection[str]) -> d
     return tags
 
 
-def run_trial(spec: TrialSpec, console: Console, watch: TrialWatch, parent_run_id: Optional[str],
-              tags: dict[str, str]) -> TrialRecord:
+def run_trial(
+    spec: TrialSpec, console: Console, watch: TrialWatch, parent_run_id: Optional[str], tags: dict[str, str]
+) -> TrialRecord:
     """Run the trial's job to its end and say how it ended; an error is the trial's, never the sweep's.
 
     Its run is a child of `parent_run_id` named after its number (`trial-3`, `<tracking.run_name>-3`).
     """
     run_name = f"{spec.job.tracking.run_name or 'trial'}-{spec.number}"
     started_at, started = time.time(), time.monotonic()
-    link = TrialLink(parent_run_id=parent_run_id, run_name=run_name, tags=tags, observers=watch.observers,
-                     stop_requests=watch.stop_requests)
+    link = TrialLink(
+        parent_run_id=parent_run_id,
+        run_name=run_name,
+        tags=tags,
+        observers=watch.observers,
+        stop_requests=watch.stop_requests,
+    )
     summary = None
     error_text: Optional[str]
     run_id: Optional[str]
@@ -150,6 +156,14 @@ def run_trial(spec: TrialSpec, console: Console, watch: TrialWatch, parent_run_i
     objective = None if status == FAILED else watch.last  # a failed trial's last value is no result
     # the job's own duration where it has one: the same number its run records in MLflow
     duration_s = summary.duration_s if summary is not None else time.monotonic() - started
-    return TrialRecord(number=spec.number, overrides=spec.overrides, status=status, objective=objective,
-                       duration_s=duration_s, run_id=run_id, error=error_text,
-                       started_at=started_at, ended_at=time.time())
+    return TrialRecord(
+        number=spec.number,
+        overrides=spec.overrides,
+        status=status,
+        objective=objective,
+        duration_s=duration_s,
+        run_id=run_id,
+        error=error_text,
+        started_at=started_at,
+        ended_at=time.time(),
+    )

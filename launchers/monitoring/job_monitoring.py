@@ -49,8 +49,15 @@ def job_observers(job: JobConfig, sink: MetricsSink, console: Console, job_name:
 class JobMonitor:
     """Implements orchestrator.lifecycle.controller.JobObserver with node monitor actors and a SystemRecorder."""
 
-    def __init__(self, config: MonitorConfig, sink: MetricsSink, console: Console, job_name: str,
-                 probe_factory: ProbeFactory = open_nvml_probe, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: MonitorConfig,
+        sink: MetricsSink,
+        console: Console,
+        job_name: str,
+        probe_factory: ProbeFactory = open_nvml_probe,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.config = config
         self.console = console
         self.job_name = job_name
@@ -103,8 +110,9 @@ class JobMonitor:
         fresh = node not in self.actors
         if fresh:
             self._node_ids[node] = node_id
-            self.actors[node] = start_monitor_actor(node_id, f"{self.job_name}-monitor-{node}", self.probe_factory,
-                                                    self.config.interval_s)
+            self.actors[node] = start_monitor_actor(
+                node_id, f"{self.job_name}-monitor-{node}", self.probe_factory, self.config.interval_s
+            )
         actor = self.actors[node]
         self._pending[actor.start.remote(targets)] = (node, "start")
         if fresh:

@@ -108,6 +108,7 @@ def _read(sampler: NodeSampler) -> MonitorItem:
 
 
 if TYPE_CHECKING:
+
     class MonitorHandle(ActorHandle[NodeMonitorActor]):
         """A NodeMonitorActor's handle, as the driver calls it (see launchers/actor_handles.py)."""
 
@@ -121,9 +122,17 @@ def start_monitor_actor(node_id: str, name: str, probe_factory: ProbeFactory, in
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    handle = ray.remote(NodeMonitorActor).options(
-        num_cpus=0, num_gpus=0, max_concurrency=ACTOR_CONCURRENCY, max_restarts=0, name=name,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote(probe_factory, interval_s)
+    handle = (
+        ray.remote(NodeMonitorActor)
+        .options(
+            num_cpus=0,
+            num_gpus=0,
+            max_concurrency=ACTOR_CONCURRENCY,
+            max_restarts=0,
+            name=name,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        )
+        .remote(probe_factory, interval_s)
+    )
     # Ray's stubs type the result as the handle or the class, with untyped methods
     return cast("MonitorHandle", handle)

@@ -19,8 +19,20 @@ if TYPE_CHECKING:  # only a type here: Ray is imported when a job is submitted
     from ray.job_submission import JobSubmissionClient
 
 # never uploaded with the working directory: environments, outputs and local run stores
-WORKING_DIR_EXCLUDES = [".venv", "venv", ".git", "build", "__pycache__", "outputs", "multirun", "mlruns",
-                        "mlartifacts", "checkpoints", "mlflow.db", "*.egg-info"]
+WORKING_DIR_EXCLUDES = [
+    ".venv",
+    "venv",
+    ".git",
+    "build",
+    "__pycache__",
+    "outputs",
+    "multirun",
+    "mlruns",
+    "mlartifacts",
+    "checkpoints",
+    "mlflow.db",
+    "*.egg-info",
+]
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
 AGENT_WAIT_S = 60.0
 """How long to keep retrying while the head's job agent is still starting."""
@@ -54,9 +66,11 @@ def build_submission(job: JobConfig, overrides: Sequence[str], working_dir: Path
 def local_store_warning(job: JobConfig) -> str | None:
     """A warning when the run would be recorded in a file on the cluster instead of a tracking server."""
     if job.tracking.enabled and job.tracking.uri.startswith("sqlite:"):
-        return ("warning: tracking.uri is a SQLite file, so the run is recorded in a file on the node that runs the "
-                "job's driver (a relative path lands in the job's temporary working directory); set "
-                "tracking.uri=http://<mlflow server>:5000 to keep it")
+        return (
+            "warning: tracking.uri is a SQLite file, so the run is recorded in a file on the node that runs the "
+            "job's driver (a relative path lands in the job's temporary working directory); set "
+            "tracking.uri=http://<mlflow server>:5000 to keep it"
+        )
     return None
 
 
@@ -89,8 +103,13 @@ def _client(address: str) -> JobSubmissionClient:
         raise LaunchError(f"cannot submit to {address}: {text.strip()}.{hint}") from error
 
 
-def _submit_job(client: JobSubmissionClient, address: str, submission: Submission,
-                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
+def _submit_job(
+    client: JobSubmissionClient,
+    address: str,
+    submission: Submission,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
     """submit_job, retrying while a freshly started head has no job agent yet (a transient 500)."""
     deadline, delay = clock() + AGENT_WAIT_S, 0.5
     while True:

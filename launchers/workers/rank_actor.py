@@ -75,8 +75,14 @@ class WorkerActor:
         """Ask the running rank to stop at the next step the ranks agree on."""
         self._stop.set()
 
-    def start(self, spec: WorkerSpec, job: JobConfig, checkpoint_dir: str, resume_from: Optional[str] = None,
-              run_id: Optional[str] = None) -> None:
+    def start(
+        self,
+        spec: WorkerSpec,
+        job: JobConfig,
+        checkpoint_dir: str,
+        resume_from: Optional[str] = None,
+        run_id: Optional[str] = None,
+    ) -> None:
         """Start an attempt of the rank on a thread of its own; its reports queue up for `reports()`."""
         from orchestrator.worker.entry import Attempt
 
@@ -88,12 +94,17 @@ class WorkerActor:
             from orchestrator.train.loop import WorkerCache
 
             self._cache = WorkerCache()
-        attempt = Attempt(checkpoint_dir=Path(checkpoint_dir), cache=self._cache,
-                          resume_from=Path(resume_from) if resume_from else None, run_id=run_id)
+        attempt = Attempt(
+            checkpoint_dir=Path(checkpoint_dir),
+            cache=self._cache,
+            resume_from=Path(resume_from) if resume_from else None,
+            run_id=run_id,
+        )
         self._stop = StopSignal()
         self._outbox = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._train, args=(spec, job, attempt, self._outbox),
-                                        name=f"rank-{spec.world_rank}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._train, args=(spec, job, attempt, self._outbox), name=f"rank-{spec.world_rank}", daemon=True
+        )
         self._thread.start()
 
     def reports(self, timeout_s: float) -> ReportBatch:
@@ -119,13 +130,21 @@ class WorkerActor:
         try:
             outbox.put(run_worker(spec, job, outbox.put, self._stop, attempt))
         except BaseException as error:  # report everything, user code included, with its traceback
-            outbox.put(ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type=type(error).__name__,
-                                   message=str(error), traceback=traceback.format_exc()))
+            outbox.put(
+                ErrorReport(
+                    world_rank=spec.world_rank,
+                    node_ip=spec.node_ip,
+                    error_type=type(error).__name__,
+                    message=str(error),
+                    traceback=traceback.format_exc(),
+                )
+            )
         finally:
             outbox.put(_END)
 
 
 if TYPE_CHECKING:
+
     class WorkerHandle(ActorHandle[WorkerActor]):
         """A WorkerActor's handle, as the worker group calls it (see launchers/actor_handles.py)."""
 

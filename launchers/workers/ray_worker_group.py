@@ -39,8 +39,14 @@ ABORT_GRACE_S = 20.0
 class RayWorkerGroup:
     """Implements orchestrator.lifecycle.worker_group.WorkerGroup with Ray actors inside one placement group."""
 
-    def __init__(self, plan: JobPlan, job: JobConfig, name: str, checkpoint_dir: Optional[str] = None,
-                 run_id: Optional[str] = None):
+    def __init__(
+        self,
+        plan: JobPlan,
+        job: JobConfig,
+        name: str,
+        checkpoint_dir: Optional[str] = None,
+        run_id: Optional[str] = None,
+    ):
         self.plan = plan
         self.job = job
         self.name = name
@@ -70,8 +76,9 @@ class RayWorkerGroup:
         from ray.util.placement_group import placement_group
 
         if self._placement_group is None:
-            self._placement_group = placement_group(list(self.plan.bundles), strategy=self.plan.strategy,
-                                                    name=self.name)
+            self._placement_group = placement_group(
+                list(self.plan.bundles), strategy=self.plan.strategy, name=self.name
+            )
             for index in range(len(self.plan.bundles)):
                 self._by_bundle[index] = [self._start_actor(index) for _ in range(self.plan.workers_per_bundle)]
         return self
@@ -121,12 +128,24 @@ class RayWorkerGroup:
             gpu_ids = _gather([actor.gpu_ids.remote() for actor in self._actors], slots)
         [master_port] = _gather([self._actors[0].free_port.remote()], slots)
         pids = _gather([actor.pid.remote() for actor in self._actors], slots)
-        self._specs = worker_specs(self.plan, placed, master_port, gpu_ids, pids,
-                                   AttemptSpec(self.name, attempt, self.job.failure.max_restarts))
-        _gather([actor.start.remote(spec, self.job, checkpoint_dir, resume_from, self.run_id)
-                 for spec, actor in zip(self._specs, self._actors)], slots)
-        self._pending = {actor.reports.remote(LONG_POLL_S): spec.world_rank
-                         for spec, actor in zip(self._specs, self._actors)}
+        self._specs = worker_specs(
+            self.plan,
+            placed,
+            master_port,
+            gpu_ids,
+            pids,
+            AttemptSpec(self.name, attempt, self.job.failure.max_restarts),
+        )
+        _gather(
+            [
+                actor.start.remote(spec, self.job, checkpoint_dir, resume_from, self.run_id)
+                for spec, actor in zip(self._specs, self._actors)
+            ],
+            slots,
+        )
+        self._pending = {
+            actor.reports.remote(LONG_POLL_S): spec.world_rank for spec, actor in zip(self._specs, self._actors)
+        }
 
     def _end_attempt(self, lost: set[int]) -> set[int]:
         """Stop the attempt on every survivor and drain its reports; a survivor that will not end is lost too."""
@@ -169,22 +188,27 @@ class RayWorkerGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         resources = dict(self.plan.worker_resources)
-        strategy = PlacementGroupSchedulingStrategy(placement_group=self._reserved(),
-                                                    placement_group_bundle_index=bundle_index)
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=self._reserved(), placement_group_bundle_index=bundle_index
+        )
         self._spawned += 1
-        handle = ray.remote(WorkerActor).options(
-            num_cpus=resources.pop("CPU", 0.0),
-            num_gpus=resources.pop("GPU", 0.0),
-            memory=resources.pop("memory", None),
-            resources=resources,
-            scheduling_strategy=strategy,
-            max_concurrency=ACTOR_CONCURRENCY,
-            max_restarts=0,
-            name=f"{self.name}-worker{self._spawned}",
-            # cluster.runtime_env reaches the ranks (and a script's process) here: the job's env_vars,
-            # secrets included, travel through Ray and are written nowhere by the driver
-            **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
-        ).remote()
+        handle = (
+            ray.remote(WorkerActor)
+            .options(
+                num_cpus=resources.pop("CPU", 0.0),
+                num_gpus=resources.pop("GPU", 0.0),
+                memory=resources.pop("memory", None),
+                resources=resources,
+                scheduling_strategy=strategy,
+                max_concurrency=ACTOR_CONCURRENCY,
+                max_restarts=0,
+                name=f"{self.name}-worker{self._spawned}",
+                # cluster.runtime_env reaches the ranks (and a script's process) here: the job's env_vars,
+                # secrets included, travel through Ray and are written nowhere by the driver
+                **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
+            )
+            .remote()
+        )
         # Ray's stubs type the result as the handle or the class, with untyped methods
         return cast("WorkerHandle", handle)
 
@@ -198,10 +222,12 @@ class RayWorkerGroup:
         bundles = self.plan.bundles
         total = {name: amount * len(bundles) for name, amount in bundles[0].items()}
         free = free_summary(cluster_snapshot(fixed_size=False).nodes)
-        return (f"the placement group was not placed within scaling.placement_timeout_s="
-                f"{self.job.scaling.placement_timeout_s:g}: the job asked for {len(bundles)} bundles of "
-                f"{format_resources(bundles[0])} (total {format_resources(total)}) with strategy "
-                f"{self.plan.strategy}; free now per node: {free}")
+        return (
+            f"the placement group was not placed within scaling.placement_timeout_s="
+            f"{self.job.scaling.placement_timeout_s:g}: the job asked for {len(bundles)} bundles of "
+            f"{format_resources(bundles[0])} (total {format_resources(total)}) with strategy "
+            f"{self.plan.strategy}; free now per node: {free}"
+        )
 
     def wait(self, timeout_s: float) -> list[GroupEvent]:
         """Reports, ends and deaths of ranks that arrived within `timeout_s`."""
@@ -263,8 +289,11 @@ def _gather(calls: Sequence[ObjectRef[_Result]], slots: Sequence[PlacedBundle]) 
         try:
             results.append(ray.get(call))
         except RayActorError as error:
-            raise LaunchError(f"rank {world_rank} on {slots[world_rank].node_ip} died while the group was "
-                              f"starting: {_first_line(error)}", retryable=True) from error
+            raise LaunchError(
+                f"rank {world_rank} on {slots[world_rank].node_ip} died while the group was "
+                f"starting: {_first_line(error)}",
+                retryable=True,
+            ) from error
     return results
 
 

@@ -85,8 +85,11 @@ def train_command(overrides: Sequence[str]) -> int:
     from orchestrator.config.hydra_output import OUTPUT_SUBDIR_KEY, sets_output_subdir
 
     if sets_output_subdir(overrides):
-        print(f"orchestrator: {OUTPUT_SUBDIR_KEY} is not valid to set: the orchestrator writes the output "
-              f"directory's .hydra/ itself, with secrets masked; remove the override", file=sys.stderr)
+        print(
+            f"orchestrator: {OUTPUT_SUBDIR_KEY} is not valid to set: the orchestrator writes the output "
+            f"directory's .hydra/ itself, with secrets masked; remove the override",
+            file=sys.stderr,
+        )
         return 2
     from orchestrator.config.compose import check_train_args
     from orchestrator.errors import OrchestratorError
@@ -178,8 +181,9 @@ def _train_task(cfg: DictConfig) -> Optional[float]:
             remove_empty_dirs(hydra.runtime.output_dir, Path.cwd())  # Hydra made it; a rejected config keeps none
             raise
         overrides = list(hydra.overrides.task)
-        hydra_dir = write_hydra_files(hydra.runtime.output_dir, cfg, HydraConfig.instance().cfg, overrides,
-                                      redactor_for(job, overrides))
+        hydra_dir = write_hydra_files(
+            hydra.runtime.output_dir, cfg, HydraConfig.instance().cfg, overrides, redactor_for(job, overrides)
+        )
         from launchers.jobs.job_runner import run_job
 
         console = Console()
@@ -215,8 +219,10 @@ def _check_components(job: JobConfig) -> Optional[ComponentCheck]:
     check = check_components(job)
     if check is not None:
         evaluation = "no eval set" if check.eval_samples is None else f"{check.eval_samples:,} eval samples"
-        print(f"model: {job.model.target}, {check.num_parameters:,} parameters; data: {job.data.target}, "
-              f"{check.train_samples:,} train samples, {evaluation}")
+        print(
+            f"model: {job.model.target}, {check.num_parameters:,} parameters; data: {job.data.target}, "
+            f"{check.train_samples:,} train samples, {evaluation}"
+        )
     return check
 
 
@@ -282,8 +288,10 @@ def submit_command(args: Sequence[str]) -> int:
     from orchestrator.config.export import redactor_for
     from orchestrator.errors import OrchestratorError
 
-    parser = argparse.ArgumentParser(prog="orchestrator submit", description="Run `orchestrator train` on a "
-                                     "remote Ray cluster through Ray Job Submission, streaming its logs.")
+    parser = argparse.ArgumentParser(
+        prog="orchestrator submit",
+        description="Run `orchestrator train` on a remote Ray cluster through Ray Job Submission, streaming its logs.",
+    )
     parser.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
     parser.add_argument("--no-wait", action="store_true", help="print the submission id and return")
     parser.add_argument("--working-dir", default=".", help="uploaded as the job's working_dir (default: .)")
@@ -308,6 +316,7 @@ def submit_command(args: Sequence[str]) -> int:
 
 # --- orchestrator k8s ------------------------------------------------------------------------------
 
+
 def k8s_command(args: Sequence[str]) -> int:
     """`orchestrator k8s [overrides] [--image] [--namespace] [--name]`: print the job's RayJob as YAML."""
     import argparse
@@ -319,21 +328,29 @@ def k8s_command(args: Sequence[str]) -> int:
     from orchestrator.errors import OrchestratorError
     from orchestrator.kubernetes import rayjob as manifests
 
-    parser = argparse.ArgumentParser(prog="orchestrator k8s", description="Print a KubeRay RayJob that runs "
-                                     "`orchestrator train OVERRIDES` on Kubernetes; pipe it to `kubectl apply -f -`.")
+    parser = argparse.ArgumentParser(
+        prog="orchestrator k8s",
+        description="Print a KubeRay RayJob that runs "
+        "`orchestrator train OVERRIDES` on Kubernetes; pipe it to `kubectl apply -f -`.",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides, exactly as for `orchestrator train`")
     parser.add_argument("--image", default=manifests.DEFAULT_IMAGE, help="image of the head and worker pods")
     parser.add_argument("--namespace", default=manifests.DEFAULT_NAMESPACE, help="namespace of k8s/base's MLflow")
-    parser.add_argument("--name", help="RayJob name (default: orchestrator-<UTC time>-<4 hex digits>, new for "
-                        "every run)")
-    parser.add_argument("--secret", default=manifests.DEFAULT_SECRET, help="Kubernetes Secret the pods read the "
-                        "job's secret environment variables from (default: %(default)s)")
+    parser.add_argument(
+        "--name", help="RayJob name (default: orchestrator-<UTC time>-<4 hex digits>, new for every run)"
+    )
+    parser.add_argument(
+        "--secret",
+        default=manifests.DEFAULT_SECRET,
+        help="Kubernetes Secret the pods read the job's secret environment variables from (default: %(default)s)",
+    )
     try:
         options = parser.parse_intermixed_args(list(args))
     except SystemExit as exit_request:  # --help, or a usage error (argparse exits 2)
         return _exit_code(exit_request)
-    name = options.name or manifests.default_name(datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
-                                                  secrets.token_hex(2))
+    name = options.name or manifests.default_name(
+        datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"), secrets.token_hex(2)
+    )
     target = manifests.RayJobTarget(image=options.image, namespace=options.namespace, name=name, secret=options.secret)
     try:
         job = compose_job(options.overrides, Path.cwd())
@@ -345,9 +362,12 @@ def k8s_command(args: Sequence[str]) -> int:
     secret_names = manifests.secret_env_names(job, redactor_for(job, options.overrides, environ={}))
     if secret_names:
         literals = " ".join(f'--from-literal={variable}="${variable}"' for variable in secret_names)
-        print(f"orchestrator: the pods read {', '.join(secret_names)} from the Secret {target.secret}, which this "
-              f"manifest does not contain; create it first (values from your environment, not the manifest):\n"
-              f"  kubectl -n {target.namespace} create secret generic {target.secret} {literals}", file=sys.stderr)
+        print(
+            f"orchestrator: the pods read {', '.join(secret_names)} from the Secret {target.secret}, which this "
+            f"manifest does not contain; create it first (values from your environment, not the manifest):\n"
+            f"  kubectl -n {target.namespace} create secret generic {target.secret} {literals}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -48,25 +48,43 @@ class CompareRequest:
 
 def parse_args(argv: Sequence[str]) -> CompareRequest:
     """Command-line options -> CompareRequest (argparse exits 2 on an unknown option or choice)."""
-    parser = argparse.ArgumentParser(prog="orchestrator compare", description=(
-        "Compare MLflow runs: one row per run with the params that differ between them and the metric's "
-        "final and best value, best first."))
-    parser.add_argument("--tracking-uri", help="MLflow store or server (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///mlflow.db in this directory, as `orchestrator train` uses)")
+    parser = argparse.ArgumentParser(
+        prog="orchestrator compare",
+        description=(
+            "Compare MLflow runs: one row per run with the params that differ between them and the metric's "
+            "final and best value, best first."
+        ),
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store or server (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db in this directory, as `orchestrator train` uses)",
+    )
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment name (default %(default)s)")
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--sweep", help=f"a sweep id: the children of the run tagged {SWEEP_TAG}=ID")
     selection.add_argument("--runs", nargs="+", default=(), metavar="ID", help="these run ids")
     parser.add_argument("--filter", default="", help="MLflow filter, e.g. \"params.model.name = 'cnn'\"")
     parser.add_argument("--metric", default=DEFAULT_METRIC, help="metric to rank and plot (default %(default)s)")
-    parser.add_argument("--mode", choices=MODES, help="higher (max) or lower (min) is better (default: min for "
-                        "losses and errors, else max)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        help="higher (max) or lower (min) is better (default: min for losses and errors, else max)",
+    )
     parser.add_argument("--plot", metavar="PNG", help="draw the metric's curves over steps into this PNG file")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output (default %(default)s)")
     args = parser.parse_args(list(argv))
-    return CompareRequest(tracking_uri=args.tracking_uri or default_tracking_uri(), experiment=args.experiment,
-                          sweep=args.sweep, runs=tuple(args.runs), filter=args.filter.strip(), metric=args.metric,
-                          mode=args.mode or default_mode(args.metric), plot=args.plot, format=args.format)
+    return CompareRequest(
+        tracking_uri=args.tracking_uri or default_tracking_uri(),
+        experiment=args.experiment,
+        sweep=args.sweep,
+        runs=tuple(args.runs),
+        filter=args.filter.strip(),
+        metric=args.metric,
+        mode=args.mode or default_mode(args.metric),
+        plot=args.plot,
+        format=args.format,
+    )
 
 
 def default_tracking_uri() -> str:
@@ -116,8 +134,9 @@ def load_records(client: Any, request: CompareRequest) -> list[RunRecord]:
         raise CompareError(f"no runs match in experiment {request.experiment!r}{_filter_hint(client, request)}")
     if not any(request.metric in run.data.metrics for run in runs):
         known = sorted({key for run in runs for key in run.data.metrics})
-        raise CompareError(f"--metric {request.metric!r}: none of the {len(runs)} selected runs has it; their "
-                           f"metrics: {_names(known)}")
+        raise CompareError(
+            f"--metric {request.metric!r}: none of the {len(runs)} selected runs has it; their metrics: {_names(known)}"
+        )
     return [_record(client, run, request.metric if request.metric in run.data.metrics else None) for run in runs]
 
 
@@ -150,8 +169,9 @@ def _sweep_parent(client: Any, experiment_id: str, sweep: str, request: CompareR
     if not parents:
         tagged = _search(client, [experiment_id], [f"tags.`{SWEEP_TAG}` LIKE '%'"])
         sweeps = sorted({run.data.tags[SWEEP_TAG] for run in tagged})
-        raise CompareError(f"--sweep {request.sweep!r} is not in experiment {request.experiment!r}; "
-                           f"sweeps there: {_names(sweeps)}")
+        raise CompareError(
+            f"--sweep {request.sweep!r} is not in experiment {request.experiment!r}; sweeps there: {_names(sweeps)}"
+        )
     return parents[0].info.run_id
 
 
@@ -177,8 +197,10 @@ def _search(client: Any, experiment_ids: Sequence[str], clauses: Sequence[str]) 
             if not token:
                 return runs
     except MlflowException as error:
-        raise CompareError(f"--filter {text!r} is not valid: {error.message}; for example "
-                           f"--filter \"params.model.name = 'cnn' AND metrics.`eval/accuracy` > 0.9\"") from None
+        raise CompareError(
+            f"--filter {text!r} is not valid: {error.message}; for example "
+            f"--filter \"params.model.name = 'cnn' AND metrics.`eval/accuracy` > 0.9\""
+        ) from None
 
 
 def _filter_hint(client: Any, request: CompareRequest) -> str:
@@ -192,9 +214,15 @@ def _filter_hint(client: Any, request: CompareRequest) -> str:
 def _record(client: Any, run: Any, metric: Optional[str]) -> RunRecord:
     history = client.get_metric_history(run.info.run_id, metric) if metric else []
     points = tuple((m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp)))
-    return RunRecord(run_id=run.info.run_id, name=run.info.run_name or run.info.run_id[:8], status=run.info.status,
-                     start_ms=run.info.start_time, end_ms=run.info.end_time, params=dict(run.data.params),
-                     history=points)
+    return RunRecord(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id[:8],
+        status=run.info.status,
+        start_ms=run.info.start_time,
+        end_ms=run.info.end_time,
+        params=dict(run.data.params),
+        history=points,
+    )
 
 
 def _names(names: Sequence[str]) -> str:

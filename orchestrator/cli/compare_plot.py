@@ -18,16 +18,18 @@ MARKERS_UP_TO = 30
 """Curves with at most this many points show each point."""
 
 
-def plot_curves(records: Sequence[RunRecord], rows: Sequence[Row], labels: Mapping[str, str], metric: str,
-                mode: str, path: str) -> int:
+def plot_curves(
+    records: Sequence[RunRecord], rows: Sequence[Row], labels: Mapping[str, str], metric: str, mode: str, path: str
+) -> int:
     """Draw the metric over steps into a PNG at `path`; returns the number of curves drawn."""
     figure, drawn = curves_figure(records, rows, labels, metric, mode)
     figure.savefig(path, dpi=DPI)
     return drawn
 
 
-def curves_figure(records: Sequence[RunRecord], rows: Sequence[Row], labels: Mapping[str, str], metric: str,
-                  mode: str) -> tuple[Any, int]:
+def curves_figure(
+    records: Sequence[RunRecord], rows: Sequence[Row], labels: Mapping[str, str], metric: str, mode: str
+) -> tuple[Any, int]:
     """The figure of the metric over steps for every run that has it, best first in the legend, and its curve count.
 
     The legend sits beside the axes, never on the curves, and the layout engine sizes the axes so that
@@ -40,8 +42,10 @@ def curves_figure(records: Sequence[RunRecord], rows: Sequence[Row], labels: Map
 
     by_id = {record.run_id: record for record in records}
     plotted = [row for row in rows if by_id[row.run_id].history]
-    texts = {row.run_id: textwrap.fill(labels[row.run_id], LABEL_WIDTH, subsequent_indent="  ",
-                                       break_on_hyphens=False) for row in plotted}
+    texts = {
+        row.run_id: textwrap.fill(labels[row.run_id], LABEL_WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+        for row in plotted
+    }
     if sum(text.count("\n") + 1 for text in texts.values()) > LEGEND_LINES:
         texts = {row.run_id: row.name for row in plotted}
     named = {row.run_id for row in plotted[:LEGEND_LINES]}
@@ -56,8 +60,9 @@ def curves_figure(records: Sequence[RunRecord], rows: Sequence[Row], labels: Map
     for row in plotted:
         steps, values = zip(*by_id[row.run_id].history)
         label = texts[row.run_id] if row.run_id in named else "_nolegend_"
-        line, = axes.plot(steps, values, label=label, linewidth=1.8,
-                          marker="o" if len(steps) <= MARKERS_UP_TO else None, markersize=3)
+        (line,) = axes.plot(
+            steps, values, label=label, linewidth=1.8, marker="o" if len(steps) <= MARKERS_UP_TO else None, markersize=3
+        )
         if row.best_step is not None and row.best is not None:  # set together, from the same point
             axes.scatter([row.best_step], [row.best], s=60, color=line.get_color(), edgecolors="black", zorder=3)
         drawn += 1
@@ -65,8 +70,9 @@ def curves_figure(records: Sequence[RunRecord], rows: Sequence[Row], labels: Map
     axes.set_xlabel("step")
     axes.set_ylabel(metric)
     shown = "best first" if drawn <= LEGEND_LINES else f"the best {LEGEND_LINES} named"
-    axes.set_title(f"{metric} over steps ({better} is better): {drawn} runs, {shown}; ringed dot = run's best",
-                   fontsize="medium")
+    axes.set_title(
+        f"{metric} over steps ({better} is better): {drawn} runs, {shown}; ringed dot = run's best", fontsize="medium"
+    )
     axes.grid(alpha=0.3)
     if drawn:
         figure.legend(loc="outside right upper", fontsize="small", frameon=False)

@@ -74,8 +74,15 @@ def build_rows(records: Sequence[RunRecord], mode: str) -> list[Row]:
     keys = differing_params(records)
     rows = [_row(record, keys, mode) for record in records]
     sign = -1.0 if mode == "max" else 1.0
-    return sorted(rows, key=lambda row: (row.best is None, sign * row.best if row.best is not None else 0.0,
-                                         sign * (row.final if row.final is not None else 0.0), row.name))
+    return sorted(
+        rows,
+        key=lambda row: (
+            row.best is None,
+            sign * row.best if row.best is not None else 0.0,
+            sign * (row.final if row.final is not None else 0.0),
+            row.name,
+        ),
+    )
 
 
 def _row(record: RunRecord, keys: Sequence[str], mode: str) -> Row:
@@ -85,8 +92,16 @@ def _row(record: RunRecord, keys: Sequence[str], mode: str) -> Row:
         pick = max if mode == "max" else min
         best_step, best = pick(finite, key=lambda pair: pair[1])
     final = record.history[-1][1] if record.history else None
-    return Row(run_id=record.run_id, name=record.name, status=record.status, duration_s=record.duration_s,
-               params={key: record.params.get(key) for key in keys}, final=final, best=best, best_step=best_step)
+    return Row(
+        run_id=record.run_id,
+        name=record.name,
+        status=record.status,
+        duration_s=record.duration_s,
+        params={key: record.params.get(key) for key in keys},
+        final=final,
+        best=best,
+        best_step=best_step,
+    )
 
 
 def shown_params(rows: Sequence[Row]) -> list[str]:
@@ -116,11 +131,16 @@ def curve_labels(rows: Sequence[Row]) -> dict[str, str]:
     """Legend text per run id: its shown params by their short names (those it sets), or its name when
     nothing differs; the name is added where two runs would read the same."""
     names = short_names(shown_params(rows))
-    base = {row.run_id: ", ".join(f"{names[key]}={row.params[key]}" for key in names
-                                  if row.params[key] is not None) or row.name for row in rows}
+    base = {
+        row.run_id: ", ".join(f"{names[key]}={row.params[key]}" for key in names if row.params[key] is not None)
+        or row.name
+        for row in rows
+    }
     counts = collections.Counter(base.values())
-    return {row.run_id: base[row.run_id] if counts[base[row.run_id]] == 1 else f"{base[row.run_id]} ({row.name})"
-            for row in rows}
+    return {
+        row.run_id: base[row.run_id] if counts[base[row.run_id]] == 1 else f"{base[row.run_id]} ({row.name})"
+        for row in rows
+    }
 
 
 def render(rows: Sequence[Row], metric: str, mode: str, output: str) -> str:
@@ -129,25 +149,48 @@ def render(rows: Sequence[Row], metric: str, mode: str, output: str) -> str:
     if output == "csv":
         return _csv(rows, keys)
     if output == "json":
-        return json.dumps({"metric": metric, "mode": mode, "differing_params": keys,
-                           "runs": [_json_row(row) for row in rows]}, indent=2) + "\n"
+        return (
+            json.dumps(
+                {"metric": metric, "mode": mode, "differing_params": keys, "runs": [_json_row(row) for row in rows]},
+                indent=2,
+            )
+            + "\n"
+        )
     return _table(rows, keys, metric, mode)
 
 
 def _json_row(row: Row) -> dict:
-    return {"run_id": row.run_id, "run_name": row.name, "status": row.status, "duration_s": row.duration_s,
-            "params": dict(row.params), "final": row.final, "best": row.best, "best_step": row.best_step}
+    return {
+        "run_id": row.run_id,
+        "run_name": row.name,
+        "status": row.status,
+        "duration_s": row.duration_s,
+        "params": dict(row.params),
+        "final": row.final,
+        "best": row.best,
+        "best_step": row.best_step,
+    }
 
 
 def _csv(rows: Sequence[Row], keys: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["run_id", "run_name", "status", "duration_s", *(f"params.{key}" for key in keys),
-                     "final", "best", "best_step"])
+    writer.writerow(
+        ["run_id", "run_name", "status", "duration_s", *(f"params.{key}" for key in keys), "final", "best", "best_step"]
+    )
     for row in rows:
-        writer.writerow([row.run_id, row.name, row.status, _blank(row.duration_s),
-                         *(_blank(row.params[key]) for key in keys), _blank(row.final), _blank(row.best),
-                         _blank(row.best_step)])
+        writer.writerow(
+            [
+                row.run_id,
+                row.name,
+                row.status,
+                _blank(row.duration_s),
+                *(_blank(row.params[key]) for key in keys),
+                _blank(row.final),
+                _blank(row.best),
+                _blank(row.best_step),
+            ]
+        )
     return out.getvalue()
 
 
@@ -160,14 +203,25 @@ def _table(rows: Sequence[Row], keys: Sequence[str], metric: str, mode: str) -> 
     names = short_names(shown)
     better = "higher" if mode == "max" else "lower"
     header = ["run", "name", "status", "wall", *(names[key] for key in shown), "final", "best @step"]
-    body = [[row.run_id[:8], row.name, row.status, _duration(row.duration_s),
-             *(_blank(row.params[key]) or "-" for key in shown), _number(row.final),
-             _number(row.best) + (f" @{row.best_step}" if row.best_step is not None else "")] for row in rows]
+    body = [
+        [
+            row.run_id[:8],
+            row.name,
+            row.status,
+            _duration(row.duration_s),
+            *(_blank(row.params[key]) or "-" for key in shown),
+            _number(row.final),
+            _number(row.best) + (f" @{row.best_step}" if row.best_step is not None else ""),
+        ]
+        for row in rows
+    ]
     widths = [max(len(line[column]) for line in [header, *body]) for column in range(len(header))]
     lines = [f"{metric}: {better} is better ({mode}); {len(rows)} runs, best first"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *body]]
-    notes = ["wall: the run's start to its end in MLflow, the time `run FINISHED in` prints (a resumed run counts "
-             "from its first start)"]
+    notes = [
+        "wall: the run's start to its end in MLflow, the time `run FINISHED in` prints (a resumed run counts "
+        "from its first start)"
+    ]
     renamed = [f"{names[key]} = {key}" for key in shown if names[key] != key]
     if renamed:
         notes.append("params: " + ", ".join(renamed))

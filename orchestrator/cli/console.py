@@ -29,8 +29,13 @@ class TextStream(Protocol):
 class Console:
     """Renders rank 0's progress; rewrites one line on a terminal, prints sparse lines elsewhere."""
 
-    def __init__(self, stream: Optional[TextStream] = None, interactive: Optional[bool] = None,
-                 clock: Callable[[], float] = time.monotonic, out: Optional[TextStream] = None):
+    def __init__(
+        self,
+        stream: Optional[TextStream] = None,
+        interactive: Optional[bool] = None,
+        clock: Callable[[], float] = time.monotonic,
+        out: Optional[TextStream] = None,
+    ):
         # looked up now, not at import: sys.stderr/sys.stdout may have been replaced since
         stream = sys.stderr if stream is None else stream
         self.stream: TextStream = stream

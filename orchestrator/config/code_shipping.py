@@ -52,8 +52,11 @@ def import_root(module_name: str) -> Optional[str]:
 
 def target_paths(job: JobConfig) -> list[str]:
     """The dotted paths of the user's callables in `job` (model, data, loss, trainer.step_fn)."""
-    paths = [node.target for node in (job.model, job.data, job.loss)
-             if isinstance(node, (TargetModelConfig, TargetDataConfig, TargetConfig))]
+    paths = [
+        node.target
+        for node in (job.model, job.data, job.loss)
+        if isinstance(node, (TargetModelConfig, TargetDataConfig, TargetConfig))
+    ]
     if job.trainer.step_fn:
         paths.append(job.trainer.step_fn)
     return list(dict.fromkeys(paths))

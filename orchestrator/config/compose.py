@@ -84,7 +84,7 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     variants = [fixed]
     for position, key, values in swept:
         for value in values[1:]:
-            variants.append([*fixed[:position], f"{key}={value}", *fixed[position + 1:]])
+            variants.append([*fixed[:position], f"{key}={value}", *fixed[position + 1 :]])
     return variants
 
 
@@ -123,8 +123,11 @@ def compose_job(overrides: Sequence[str], base_dir: Path, config_dirs: Sequence[
     from orchestrator.errors import ConfigError
 
     register_configs()
-    search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"] \
-        if config_dirs else []
+    search = (
+        [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"]
+        if config_dirs
+        else []
+    )
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[*with_target_options(overrides), *search])

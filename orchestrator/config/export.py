@@ -39,8 +39,9 @@ def _flatten(node: Any, prefix: str, out: dict[str, str]) -> None:
     out[key] = node if isinstance(node, str) else json.dumps(node)
 
 
-def redactor_for(job: JobConfig, overrides: Sequence[str] = (),
-                 environ: Optional[Mapping[str, str]] = None) -> Redactor:
+def redactor_for(
+    job: JobConfig, overrides: Sequence[str] = (), environ: Optional[Mapping[str, str]] = None
+) -> Redactor:
     """The redaction step for everything this job's driver writes: it masks the secrets of the job's
     config, of its command line and of the driver's environment (a token the user exported and a
     script then prints), wherever they turn up."""

@@ -53,8 +53,7 @@ def unknown_key_problem(full_key: str, setting: str, type_name: Optional[str] = 
     where = parent or "the config"
     if keys is None:
         return f"{setting} is not valid: {where} has no key {name}"
-    return (f"{setting} is not valid: {where} has no key {name}{_did_you_mean(name, keys)}; its keys: "
-            f"{', '.join(keys)}")
+    return f"{setting} is not valid: {where} has no key {name}{_did_you_mean(name, keys)}; its keys: {', '.join(keys)}"
 
 
 def translate(error: BaseException, overrides: Sequence[str]) -> str:

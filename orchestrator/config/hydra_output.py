@@ -20,8 +20,9 @@ HYDRA_SUBDIR = ".hydra"
 OUTPUT_SUBDIR_KEY = "hydra.output_subdir"
 
 
-def write_hydra_files(output_dir: str | os.PathLike, task_cfg: Any, hydra_cfg: Any, overrides: Sequence[str],
-                      redactor: Redactor) -> Path:
+def write_hydra_files(
+    output_dir: str | os.PathLike, task_cfg: Any, hydra_cfg: Any, overrides: Sequence[str], redactor: Redactor
+) -> Path:
     """Write `<output_dir>/.hydra/` (config.yaml, hydra.yaml, overrides.yaml) with secrets masked; returns it.
 
     An output directory that already holds an earlier command's files (two commands started in the
@@ -31,8 +32,11 @@ def write_hydra_files(output_dir: str | os.PathLike, task_cfg: Any, hydra_cfg: A
     from omegaconf import OmegaConf
 
     folder = new_hydra_folder(Path(output_dir))
-    texts = {"config.yaml": OmegaConf.to_yaml(task_cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
-             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides)))}
+    texts = {
+        "config.yaml": OmegaConf.to_yaml(task_cfg),
+        "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides))),
+    }
     for name, text in texts.items():
         write_redacted(folder / name, text, redactor)
     return folder

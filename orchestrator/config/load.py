@@ -63,7 +63,7 @@ def _absolute_paths(job: JobConfig, base_dir: Path) -> JobConfig:
     sqlite_prefix = "sqlite:///"
     if tracking.uri.startswith(sqlite_prefix) and not tracking.uri.startswith(sqlite_prefix + "/"):
         # sqlite:///name.db is relative to the working directory; sqlite:////abs/name.db is absolute
-        db_path = (base_dir / tracking.uri[len(sqlite_prefix):]).resolve()
+        db_path = (base_dir / tracking.uri[len(sqlite_prefix) :]).resolve()
         tracking = dataclasses.replace(tracking, uri=f"{sqlite_prefix}{db_path}")
     checkpoint = dataclasses.replace(job.checkpoint, dir=str((base_dir / job.checkpoint.dir).resolve()))
     script = job.script
@@ -100,8 +100,10 @@ def typed_targets(job: JobConfig) -> JobConfig:
         rest = {k: v for k, v in loss.items() if k != TARGET_KEY}
         if loss_target is None and rest:
             key = next(iter(rest))
-            problems.append(f"loss.{key}={show(rest[key])} is not valid without loss._target_: name the loss "
-                            "callable, e.g. loss._target_=torch.nn.CrossEntropyLoss")
+            problems.append(
+                f"loss.{key}={show(rest[key])} is not valid without loss._target_: name the loss "
+                "callable, e.g. loss._target_=torch.nn.CrossEntropyLoss"
+            )
         loss = None if loss_target is None else TargetConfig(target=str(loss_target), kwargs=rest)
     if problems:
         raise ConfigError(problems)
@@ -111,10 +113,10 @@ def typed_targets(job: JobConfig) -> JobConfig:
 def _target_of(group: str, node: dict, problems: list[str]) -> str:
     target = node.get(TARGET_KEY)
     if not isinstance(target, str) or not target:
-        problems.append(f"{group}.{TARGET_KEY}={show(target)} is not valid: a {group} config of your own needs "
-                        f"{group}.{TARGET_KEY}, the dotted path of a callable (e.g. mypkg.nets.Net), or pick a built-in "
-                        f"{group}")
+        problems.append(
+            f"{group}.{TARGET_KEY}={show(target)} is not valid: a {group} config of your own needs "
+            f"{group}.{TARGET_KEY}, the dotted path of a callable (e.g. mypkg.nets.Net), or pick a built-in "
+            f"{group}"
+        )
         return ""
     return target
-
-

@@ -81,8 +81,9 @@ def reference_tables() -> list[Table]:
             top_level.append(Row(section.name, choice, _doc(docs, schema.JobConfig, section.name)))
             tables.extend(_group_tables(section.name, docs, class_fields(source)))
         elif dataclasses.is_dataclass(value):
-            tables.append(Table(f"`{section.name}`", _class_doc(type(value)),
-                                tuple(_field_rows(section.name, type(value), docs))))
+            tables.append(
+                Table(f"`{section.name}`", _class_doc(type(value)), tuple(_field_rows(section.name, type(value), docs)))
+            )
         else:
             top_level.append(Row(section.name, format_value(value), _doc(docs, schema.JobConfig, section.name)))
     tables.insert(0, Table("Top-level keys", _class_doc(schema.JobConfig), tuple(top_level)))
@@ -94,8 +95,11 @@ def reference_tables() -> list[Table]:
 
 def _group_tables(group: str, docs: dict[tuple[str, str], str], declared: dict[str, list[str]]) -> Iterator[Table]:
     for option, option_type in GROUP_OPTIONS[group].items():
-        yield Table(f"`{group}={option}`", _class_doc(option_type),
-                    tuple(_field_rows(group, option_type, docs, option=f"{group}={option}")))
+        yield Table(
+            f"`{group}={option}`",
+            _class_doc(option_type),
+            tuple(_field_rows(group, option_type, docs, option=f"{group}={option}")),
+        )
     own = OWN_CODE_OPTIONS[group]
     rows = []
     # the fields the class declares and the loader's keys: an inherited field such as test_fraction is
@@ -106,15 +110,17 @@ def _group_tables(group: str, docs: dict[tuple[str, str], str], declared: dict[s
             continue
         if name in OWN_CODE_KEYS:
             # kwargs are free keys: nothing to default
-            row = dataclasses.replace(row, key=f"{group}.{OWN_CODE_KEYS[name]}",
-                                      default="" if name == "kwargs" else row.default)
+            row = dataclasses.replace(
+                row, key=f"{group}.{OWN_CODE_KEYS[name]}", default="" if name == "kwargs" else row.default
+            )
         rows.append(row)
     rows.sort(key=lambda row: not row.key.endswith("._target_"))  # the one key every such node needs, first
     yield Table(f"`{group}=target` (your own)", _class_doc(own), tuple(rows))
 
 
-def _field_rows(prefix: str, cls: type, docs: dict[tuple[str, str], str],
-                option: Optional[str] = None) -> Iterator[Row]:
+def _field_rows(
+    prefix: str, cls: type, docs: dict[tuple[str, str], str], option: Optional[str] = None
+) -> Iterator[Row]:
     for field in dataclasses.fields(cls):
         if field.name == "name" and option:  # the option itself says it: `model=cnn` sets model.name=cnn
             continue
@@ -134,11 +140,20 @@ def launcher_table() -> Optional[Table]:
     docs = field_docs(source)
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == LAUNCHER_CLASS:
-            rows = tuple(Row(f"{LAUNCHER_PREFIX}.{name}", format_value(ast.literal_eval(value)),
-                             docs.get((LAUNCHER_CLASS, name), ""))
-                         for name, value in _class_assignments(node) if not name.startswith("_"))
-            return Table(f"`{LAUNCHER_PREFIX}` (`hydra/launcher=ray`, the default for `-m`)",
-                         _first_paragraph(ast.get_docstring(node) or ""), rows)
+            rows = tuple(
+                Row(
+                    f"{LAUNCHER_PREFIX}.{name}",
+                    format_value(ast.literal_eval(value)),
+                    docs.get((LAUNCHER_CLASS, name), ""),
+                )
+                for name, value in _class_assignments(node)
+                if not name.startswith("_")
+            )
+            return Table(
+                f"`{LAUNCHER_PREFIX}` (`hydra/launcher=ray`, the default for `-m`)",
+                _first_paragraph(ast.get_docstring(node) or ""),
+                rows,
+            )
     return None
 
 
@@ -155,8 +170,13 @@ def default_options() -> dict[str, str]:
     from orchestrator.config.compose import conf_dir
 
     defaults = yaml.safe_load((conf_dir() / "config.yaml").read_text()).get("defaults", [])
-    return {group: option for entry in defaults if isinstance(entry, dict)
-            for group, option in entry.items() if group in GROUP_OPTIONS}
+    return {
+        group: option
+        for entry in defaults
+        if isinstance(entry, dict)
+        for group, option in entry.items()
+        if group in GROUP_OPTIONS
+    }
 
 
 def field_docs(source: str) -> dict[tuple[str, str], str]:
@@ -166,18 +186,28 @@ def field_docs(source: str) -> dict[tuple[str, str], str]:
         if not isinstance(node, ast.ClassDef):
             continue
         for field_node, following in zip(node.body, node.body[1:]):
-            if (isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)
-                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                    and isinstance(following.value.value, str)):
+            if (
+                isinstance(field_node, ast.AnnAssign)
+                and isinstance(field_node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
                 docs[(node.name, field_node.target.id)] = " ".join(following.value.value.split())
     return docs
 
 
 def class_fields(source: str) -> dict[str, list[str]]:
     """Class name -> the fields its own body declares (not the inherited ones), from Python source."""
-    return {node.name: [statement.target.id for statement in node.body
-                        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)]
-            for node in ast.parse(source).body if isinstance(node, ast.ClassDef)}
+    return {
+        node.name: [
+            statement.target.id
+            for statement in node.body
+            if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+        ]
+        for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef)
+    }
 
 
 def format_value(value: Any) -> str:

@@ -66,15 +66,23 @@ def script_rules(job: JobConfig, found: Problems) -> None:
     if ranks is not None:
         workers = job.scaling.num_workers
         bad = [rank for rank in ranks if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < workers]
-        found.require(not bad, "script.console_ranks", show(ranks), f"ranks are 0 to {workers - 1} "
-                      f"(scaling.num_workers={workers}); not {show(bad)}")
+        found.require(
+            not bad,
+            "script.console_ranks",
+            show(ranks),
+            f"ranks are 0 to {workers - 1} (scaling.num_workers={workers}); not {show(bad)}",
+        )
 
 
 def step_fn_rules(job: JobConfig, found: Problems) -> None:
     """A step function of your own goes with data of your own."""
     if job.trainer.step_fn is not None:
-        found.require(isinstance(job.data, TargetDataConfig), "trainer.step_fn", job.trainer.step_fn,
-                      "is for your own data set (data._target_); the built-in data sets use the built-in step")
+        found.require(
+            isinstance(job.data, TargetDataConfig),
+            "trainer.step_fn",
+            job.trainer.step_fn,
+            "is for your own data set (data._target_); the built-in data sets use the built-in step",
+        )
 
 
 def model_rules(job: JobConfig, found: Problems) -> None:
@@ -90,8 +98,12 @@ def model_rules(job: JobConfig, found: Problems) -> None:
     elif isinstance(model, GptConfig):
         gpt_data_rules(job, model, found)
     if not isinstance(model, GptConfig) and isinstance(job.data, TokensConfig):
-        found.require(False, "data", "tokens", f"token sequences need model=gpt (model={model.name} classifies "
-                      "tensors): set model=gpt, or data=synthetic")
+        found.require(
+            False,
+            "data",
+            "tokens",
+            f"token sequences need model=gpt (model={model.name} classifies tensors): set model=gpt, or data=synthetic",
+        )
 
 
 def own_components_rules(job: JobConfig, found: Problems) -> None:
@@ -99,11 +111,21 @@ def own_components_rules(job: JobConfig, found: Problems) -> None:
     built-in data sets); the callables themselves are checked where they can be imported (components)."""
     model, data = job.model, job.data
     if not isinstance(model, TargetModelConfig) and isinstance(data, TargetDataConfig):
-        found.require(False, "model", model.name, f"data._target_={data.target} is your own data set: a built-in "
-                      "model is sized for a built-in data set; set model._target_ to your model")
+        found.require(
+            False,
+            "model",
+            model.name,
+            f"data._target_={data.target} is your own data set: a built-in "
+            "model is sized for a built-in data set; set model._target_ to your model",
+        )
     if not isinstance(data, TargetDataConfig) and isinstance(model, TargetModelConfig):
-        found.require(False, "data", data.name, f"model._target_={model.target} is your own model: give it your "
-                      "own data with data._target_, or pick a built-in model")
+        found.require(
+            False,
+            "data",
+            data.name,
+            f"model._target_={model.target} is your own model: give it your "
+            "own data with data._target_, or pick a built-in model",
+        )
 
 
 def gpt_data_rules(job: JobConfig, model: GptConfig, found: Problems) -> None:
@@ -119,18 +141,31 @@ def cnn_input_rules(job: JobConfig, model: CnnConfig, found: Problems) -> None:
     """A cnn takes [channels, height, width] inputs that its 2x2 pools do not shrink to nothing."""
     shape = data_input_shape(job.data)
     if len(shape) != 3:
-        found.require(False, "data.input_shape", list(shape), "model=cnn needs image inputs [channels, height, "
-                      "width]: set data.input_shape=[1,8,8] or use model=mlp")
+        found.require(
+            False,
+            "data.input_shape",
+            list(shape),
+            "model=cnn needs image inputs [channels, height, width]: set data.input_shape=[1,8,8] or use model=mlp",
+        )
         return
     pools = max(len(model.channels) - 1, 0)
     smallest = min(shape[1], shape[2])
     if smallest >> pools < 1:
-        found.require(False, "model.channels", model.channels, f"{pools} 2x2 pools shrink a {shape[1]}x{shape[2]} "
-                      f"input to nothing: use at most {smallest.bit_length()} conv blocks")
+        found.require(
+            False,
+            "model.channels",
+            model.channels,
+            f"{pools} 2x2 pools shrink a {shape[1]}x{shape[2]} "
+            f"input to nothing: use at most {smallest.bit_length()} conv blocks",
+        )
 
 
 def sweep_rules(job: JobConfig, found: Problems) -> None:
     """The built-in loop can only optimize what it reports; a script's objective is any key it reports."""
     if job.entrypoint == "builtin":
-        found.require(job.sweep.objective in SWEEP_OBJECTIVES, "sweep.objective", job.sweep.objective,
-                      f"the built-in loop reports {', '.join(SWEEP_OBJECTIVES)}")
+        found.require(
+            job.sweep.objective in SWEEP_OBJECTIVES,
+            "sweep.objective",
+            job.sweep.objective,
+            f"the built-in loop reports {', '.join(SWEEP_OBJECTIVES)}",
+        )

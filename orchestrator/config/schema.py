@@ -66,8 +66,11 @@ SWEEP_OBJECTIVES = ("eval/accuracy", "eval/loss", "train/loss", "train/samples_p
 """Metrics the built-in loop reports that a sweep can optimize."""
 PER_NODE_STRATEGIES = ("PACK", "STRICT_SPREAD")
 """The placement strategies that go with scaling.workers_per_node (one bundle per node)."""
-RESERVED_RESOURCES = {"CPU": "scaling.cpus_per_worker", "GPU": "scaling.gpus_per_worker",
-                      "memory": "scaling.memory_per_worker_gb"}
+RESERVED_RESOURCES = {
+    "CPU": "scaling.cpus_per_worker",
+    "GPU": "scaling.gpus_per_worker",
+    "memory": "scaling.memory_per_worker_gb",
+}
 """Ray resources that have a key of their own, and which."""
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 """Stores MLflow 3 records into (a driver suffix such as postgresql+psycopg2 is allowed)."""
@@ -135,8 +138,12 @@ class ScalingConfig:
         found.choice("scaling.placement_strategy", self.placement_strategy, PLACEMENT_STRATEGIES)
         found.choice("scaling.backend", self.backend, BACKENDS)
         if self.backend == "nccl" and gpus_ok and gpus == 0:
-            found.require(False, "scaling.backend", "nccl", "nccl needs GPUs: set scaling.gpus_per_worker >= 1, or "
-                          "scaling.backend=auto or gloo")
+            found.require(
+                False,
+                "scaling.backend",
+                "nccl",
+                "nccl needs GPUs: set scaling.gpus_per_worker >= 1, or scaling.backend=auto or gloo",
+            )
         self._check_shape(found)
         self._check_resources(found)
         found.positive("scaling.placement_timeout_s", self.placement_timeout_s)
@@ -148,12 +155,20 @@ class ScalingConfig:
             return
         found.at_least("scaling.workers_per_node", per_node, 1)
         if is_number(per_node) and per_node >= 1 and self.num_workers % per_node:
-            found.require(False, "scaling.workers_per_node", per_node,
-                          f"scaling.num_workers={self.num_workers} must be a multiple of it (N nodes x {per_node})")
+            found.require(
+                False,
+                "scaling.workers_per_node",
+                per_node,
+                f"scaling.num_workers={self.num_workers} must be a multiple of it (N nodes x {per_node})",
+            )
         if self.placement_strategy not in PER_NODE_STRATEGIES:
-            found.require(False, "scaling.placement_strategy", self.placement_strategy,
-                          "with scaling.workers_per_node each node gets one bundle and nodes are spread strictly: "
-                          "leave it at PACK, set STRICT_SPREAD, or unset scaling.workers_per_node")
+            found.require(
+                False,
+                "scaling.placement_strategy",
+                self.placement_strategy,
+                "with scaling.workers_per_node each node gets one bundle and nodes are spread strictly: "
+                "leave it at PACK, set STRICT_SPREAD, or unset scaling.workers_per_node",
+            )
 
     def _check_resources(self, found: Problems) -> None:
         if self.memory_per_worker_gb is not None:
@@ -165,8 +180,12 @@ class ScalingConfig:
             else:
                 found.positive(key, amount)
         for name in self.nccl_env:
-            found.require(bool(_ENV_NAME.match(name)), "scaling.nccl_env", name,
-                          "keys must be environment variable names such as NCCL_DEBUG")
+            found.require(
+                bool(_ENV_NAME.match(name)),
+                "scaling.nccl_env",
+                name,
+                "keys must be environment variable names such as NCCL_DEBUG",
+            )
 
 
 @dataclass(frozen=True)
@@ -223,8 +242,12 @@ class TrainerConfig:
     def check_resume(self, found: Problems) -> None:
         """trainer.resume, when set, names something: latest, a checkpoint or a run."""
         if self.resume is not None:
-            found.require(bool(self.resume.strip()), "trainer.resume", self.resume,
-                          "use latest, a checkpoint path or an MLflow run id")
+            found.require(
+                bool(self.resume.strip()),
+                "trainer.resume",
+                self.resume,
+                "use latest, a checkpoint path or an MLflow run id",
+            )
 
 
 @dataclass(frozen=True)
@@ -482,8 +505,12 @@ class TrackingConfig:
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found`."""
-        found.require(bool(self.uri), "tracking.uri", self.uri,
-                      "must be a tracking URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
+        found.require(
+            bool(self.uri),
+            "tracking.uri",
+            self.uri,
+            "must be a tracking URI such as sqlite:///mlflow.db or http://127.0.0.1:5000",
+        )
         found.require(bool(self.experiment), "tracking.experiment", self.experiment, "must be a non-empty name")
         found.choice("tracking.model_format", self.model_format, MODEL_FORMATS)
         found.at_least("tracking.max_outage_s", self.max_outage_s, 0)
@@ -495,13 +522,23 @@ class TrackingConfig:
         uri = self.uri
         scheme = uri.partition("://")[0].split("+", 1)[0].lower()  # a bare "databricks" is its own scheme
         if uri and scheme not in TRACKING_SCHEMES:
-            found.require(False, "tracking.uri", redact_value(uri), "use sqlite:///mlflow.db, "
-                          "http://127.0.0.1:5000 (a tracking server) or another MLflow store URI "
-                          f"({', '.join(TRACKING_SCHEMES)})")
+            found.require(
+                False,
+                "tracking.uri",
+                redact_value(uri),
+                "use sqlite:///mlflow.db, "
+                "http://127.0.0.1:5000 (a tracking server) or another MLflow store URI "
+                f"({', '.join(TRACKING_SCHEMES)})",
+            )
         shown = redact_value(uri)
-        found.require(shown == uri, "tracking.uri", shown, "credentials do not belong in the config: set "
-                      "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a PostgreSQL store: PGPASSWORD) "
-                      "in the environment")
+        found.require(
+            shown == uri,
+            "tracking.uri",
+            shown,
+            "credentials do not belong in the config: set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a PostgreSQL store: PGPASSWORD) "
+            "in the environment",
+        )
 
 
 @dataclass(frozen=True)
@@ -580,17 +617,32 @@ class ScriptConfig:
         if argv is None:
             return
         if not isinstance(argv, str):
-            found.require(False, "script.argv", argv, "Hydra read it as a number, a boolean or a list, not as the "
-                          "text typed: quote the command line inside the override, 'script.argv=\"--lr 1e-3\"'")
+            found.require(
+                False,
+                "script.argv",
+                argv,
+                "Hydra read it as a number, a boolean or a list, not as the "
+                "text typed: quote the command line inside the override, 'script.argv=\"--lr 1e-3\"'",
+            )
             return
         try:
             shlex.split(argv)
         except ValueError as error:
-            found.require(False, "script.argv", argv, f"cannot be split into arguments as a shell would ({error}): "
-                          "close the quote, or escape it with a backslash")
+            found.require(
+                False,
+                "script.argv",
+                argv,
+                f"cannot be split into arguments as a shell would ({error}): "
+                "close the quote, or escape it with a backslash",
+            )
         if self.args:
-            found.require(False, "script.argv", argv, f"script.args={show(self.args)} is set too: give the "
-                          "arguments once, either as the list script.args or as the command line script.argv")
+            found.require(
+                False,
+                "script.argv",
+                argv,
+                f"script.args={show(self.args)} is set too: give the "
+                "arguments once, either as the list script.args or as the command line script.argv",
+            )
 
 
 @dataclass(frozen=True)
@@ -616,12 +668,20 @@ class MonitorConfig:
         """Report what is wrong with this section into `found`."""
         found.at_least("monitor.interval_s", self.interval_s, MIN_MONITOR_INTERVAL_S)
         ratio = self.straggler_ratio
-        found.require(is_number(ratio) and ratio > 1, "monitor.straggler_ratio", ratio,
-                      "must be a number > 1 (a rank this many times slower than the median is a straggler)")
+        found.require(
+            is_number(ratio) and ratio > 1,
+            "monitor.straggler_ratio",
+            ratio,
+            "must be a number > 1 (a rank this many times slower than the median is a straggler)",
+        )
         found.at_least("monitor.straggler_min_gap_s", self.straggler_min_gap_s, 0)
         percent = self.low_util_percent
-        found.require(is_number(percent) and 0 <= percent <= 100, "monitor.low_util_percent", percent,
-                      "must be a percentage in [0, 100] (0 turns the low-utilization warning off)")
+        found.require(
+            is_number(percent) and 0 <= percent <= 100,
+            "monitor.low_util_percent",
+            percent,
+            "must be a percentage in [0, 100] (0 turns the low-utilization warning off)",
+        )
 
 
 @dataclass(frozen=True)

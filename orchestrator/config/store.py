@@ -57,8 +57,12 @@ class OptunaMissing:
     def __init__(self, **_config: object) -> None:
         from orchestrator.errors import ConfigError
 
-        raise ConfigError(["hydra/sweeper=optuna needs the hydra-optuna-sweeper package: "
-                           "pip install 'orchestrator[sweep]' (make install-dev installs it)"])
+        raise ConfigError(
+            [
+                "hydra/sweeper=optuna needs the hydra-optuna-sweeper package: "
+                "pip install 'orchestrator[sweep]' (make install-dev installs it)"
+            ]
+        )
 
 
 def _optuna_config() -> DictConfig:

@@ -124,9 +124,11 @@ def override_key(override: str) -> str:
 def train_overrides(overrides: Sequence[str], namespace: str) -> list[str]:
     """The user's overrides plus what a job inside the RayJob needs, unless the user set it."""
     given = {override_key(override) for override in overrides}
-    added = [("cluster.address", "auto"),  # the cluster the RayJob created; null would start an embedded one
-             ("tracking.uri", mlflow_uri(namespace)),
-             ("checkpoint.dir", CHECKPOINT_MOUNT)]
+    added = [
+        ("cluster.address", "auto"),  # the cluster the RayJob created; null would start an embedded one
+        ("tracking.uri", mlflow_uri(namespace)),
+        ("checkpoint.dir", CHECKPOINT_MOUNT),
+    ]
     return [*overrides, *(f"{key}={value}" for key, value in added if key not in given)]
 
 
@@ -136,8 +138,7 @@ def without_runtime_env(overrides: Sequence[str]) -> list[str]:
     The driver's actors inherit the job's runtime env, so the command line need not repeat it, and a
     secret in it then appears in no command line (the dashboard shows every job's entrypoint).
     """
-    return [override for override in overrides
-            if not (override_key(override) + ".").startswith(RUNTIME_ENV_KEY + ".")]
+    return [override for override in overrides if not (override_key(override) + ".").startswith(RUNTIME_ENV_KEY + ".")]
 
 
 def entrypoint(overrides: Sequence[str], namespace: str) -> str:
@@ -148,8 +149,9 @@ def entrypoint(overrides: Sequence[str], namespace: str) -> str:
 def secret_env_names(job: JobConfig, redactor: Redactor) -> list[str]:
     """The runtime env's variables that hold secrets (by name or by value): a RayJob takes them from a Secret."""
     env_vars = job.cluster.runtime_env.get("env_vars") or {}
-    return sorted(name for name, value in env_vars.items()
-                  if is_secret_key(str(name)) or redactor.is_secret(str(value)))
+    return sorted(
+        name for name, value in env_vars.items() if is_secret_key(str(name)) or redactor.is_secret(str(value))
+    )
 
 
 def _public_runtime_env(job: JobConfig, secret_names: Sequence[str]) -> dict[str, Any]:
@@ -165,17 +167,22 @@ def _public_runtime_env(job: JobConfig, secret_names: Sequence[str]) -> dict[str
 
 def _secret_problems(overrides: Sequence[str], runtime_env: Mapping[str, Any], redactor: Redactor) -> list[str]:
     """Secrets a manifest would carry in plain text, where no Secret can stand in for them."""
-    problems = [f"{redactor.value(override)} is not valid for orchestrator k8s: a RayJob manifest is plain text and "
-                f"this override carries a secret; pass it as an environment variable "
-                f"('+cluster.runtime_env.env_vars={{NAME:...}}', which the pods then read from a Kubernetes Secret) "
-                f"and read it from the environment in your code"
-                for override in without_runtime_env(overrides) if redactor.is_secret(override)]
+    problems = [
+        f"{redactor.value(override)} is not valid for orchestrator k8s: a RayJob manifest is plain text and "
+        f"this override carries a secret; pass it as an environment variable "
+        f"('+cluster.runtime_env.env_vars={{NAME:...}}', which the pods then read from a Kubernetes Secret) "
+        f"and read it from the environment in your code"
+        for override in without_runtime_env(overrides)
+        if redactor.is_secret(override)
+    ]
     text = yaml.safe_dump(dict(runtime_env), sort_keys=True) if runtime_env else ""
     if redactor.text(text) != text:
-        problems.append(f"{RUNTIME_ENV_KEY}={redactor.text(json.dumps(dict(runtime_env)))} is not valid for "
-                        f"orchestrator k8s: a field other than env_vars holds a secret (a pip index URL with a "
-                        f"password, say); move it into an environment variable (PIP_INDEX_URL), which the pods then "
-                        f"read from a Kubernetes Secret")
+        problems.append(
+            f"{RUNTIME_ENV_KEY}={redactor.text(json.dumps(dict(runtime_env)))} is not valid for "
+            f"orchestrator k8s: a field other than env_vars holds a secret (a pip index URL with a "
+            f"password, say); move it into an environment variable (PIP_INDEX_URL), which the pods then "
+            f"read from a Kubernetes Secret"
+        )
     return problems
 
 
@@ -183,20 +190,30 @@ def check_request(job: JobConfig, overrides: Sequence[str], target: RayJobTarget
     """Reject what cannot become a working RayJob (raises ConfigError naming flag or key and value)."""
     problems = []
     if not (_DNS_1035.match(target.name) and len(target.name) <= RAYJOB_NAME_MAX):
-        problems.append(f"--name={target.name} is not valid: use at most {RAYJOB_NAME_MAX} lower-case letters, "
-                        "digits and '-', starting with a letter and ending with a letter or digit")
+        problems.append(
+            f"--name={target.name} is not valid: use at most {RAYJOB_NAME_MAX} lower-case letters, "
+            "digits and '-', starting with a letter and ending with a letter or digit"
+        )
     if not (_DNS_1123.match(target.namespace) and len(target.namespace) <= 63):
-        problems.append(f"--namespace={target.namespace} is not valid: use at most 63 lower-case letters, "
-                        "digits and '-', starting and ending with a letter or digit")
+        problems.append(
+            f"--namespace={target.namespace} is not valid: use at most 63 lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit"
+        )
     if not (_DNS_1123.match(target.secret) and len(target.secret) <= 253):
-        problems.append(f"--secret={target.secret} is not valid: use a Secret name of lower-case letters, digits "
-                        "and '-', starting and ending with a letter or digit")
+        problems.append(
+            f"--secret={target.secret} is not valid: use a Secret name of lower-case letters, digits "
+            "and '-', starting and ending with a letter or digit"
+        )
     if not target.image or any(character.isspace() for character in target.image):
-        problems.append(f"--image={target.image!r} is not valid: give an image reference such as "
-                        "registry.example.com/ml/orchestrator:0.1.0")
+        problems.append(
+            f"--image={target.image!r} is not valid: give an image reference such as "
+            "registry.example.com/ml/orchestrator:0.1.0"
+        )
     if "cluster.address" in {override_key(override) for override in overrides}:
-        problems.append(f"cluster.address={job.cluster.address} is not valid for orchestrator k8s: the job runs on "
-                        "the RayJob's own cluster (cluster.address=auto is set for you); remove the override")
+        problems.append(
+            f"cluster.address={job.cluster.address} is not valid for orchestrator k8s: the job runs on "
+            "the RayJob's own cluster (cluster.address=auto is set for you); remove the override"
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -241,10 +258,14 @@ def ray_cluster_spec(scaling: ScalingConfig, target: RayJobTarget, secret_env: S
     # the driver on the head receives the trained weights, as much memory as a worker holds; a GPU
     # job's larger cluster gets a second CPU for GCS and the dashboard
     head_memory_mib = 1024 * max(HEAD_MIN_MEMORY_GB, _whole(scaling.memory_per_worker_gb or 0))
-    head = _container("ray-head", target, {"cpu": "2" if pods.gpus else "1", "memory": _mebibytes(head_memory_mib)},
-                      secret_env)
-    head["ports"] = [{"name": "gcs-server", "containerPort": 6379}, {"name": "dashboard", "containerPort": 8265},
-                     {"name": "client", "containerPort": 10001}]
+    head = _container(
+        "ray-head", target, {"cpu": "2" if pods.gpus else "1", "memory": _mebibytes(head_memory_mib)}, secret_env
+    )
+    head["ports"] = [
+        {"name": "gcs-server", "containerPort": 6379},
+        {"name": "dashboard", "containerPort": 8265},
+        {"name": "client", "containerPort": 10001},
+    ]
     return {
         "rayVersion": RAY_VERSION,
         "authOptions": {"mode": "token"},
@@ -267,8 +288,14 @@ def worker_group(pods: WorkerPodSpec, target: RayJobTarget, secret_env: Sequence
     if pods.custom_resources:
         # KubeRay puts the value into the `ray start` shell command as it is: a quoted JSON string
         start_params["resources"] = shlex.quote(json.dumps(dict(sorted(pods.custom_resources.items()))))
-    return {"groupName": "workers", "replicas": pods.replicas, "minReplicas": pods.replicas,
-            "maxReplicas": pods.replicas, "rayStartParams": start_params, "template": template}
+    return {
+        "groupName": "workers",
+        "replicas": pods.replicas,
+        "minReplicas": pods.replicas,
+        "maxReplicas": pods.replicas,
+        "rayStartParams": start_params,
+        "template": template,
+    }
 
 
 def _add_gpu_node_settings(pod_spec: dict[str, Any], container: dict[str, Any], memory_mib: int) -> None:
@@ -280,10 +307,13 @@ def _add_gpu_node_settings(pod_spec: dict[str, Any], container: dict[str, Any], 
     container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
 
 
-def _container(name: str, target: RayJobTarget, limits: Mapping[str, str],
-               secret_env: Sequence[str] = ()) -> dict[str, Any]:
-    secrets = [{"name": variable, "valueFrom": {"secretKeyRef": {"name": target.secret, "key": variable}}}
-               for variable in secret_env]
+def _container(
+    name: str, target: RayJobTarget, limits: Mapping[str, str], secret_env: Sequence[str] = ()
+) -> dict[str, Any]:
+    secrets = [
+        {"name": variable, "valueFrom": {"secretKeyRef": {"name": target.secret, "key": variable}}}
+        for variable in secret_env
+    ]
     return {
         "name": name,
         "image": target.image,
@@ -300,8 +330,13 @@ def _pod_template(component: str, container: dict[str, Any]) -> dict[str, Any]:
         "metadata": {"labels": _labels(component)},
         "spec": {
             # the image's `ray` user (uid 1000, gid 100); fsGroup makes the checkpoint volume writable
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "runAsGroup": 100,
+                "fsGroup": 100,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [container],
             "volumes": [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": CHECKPOINT_CLAIM}}],
         },
@@ -309,8 +344,11 @@ def _pod_template(component: str, container: dict[str, Any]) -> dict[str, Any]:
 
 
 def _labels(component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "orchestrator", "app.kubernetes.io/component": component,
-            "app.kubernetes.io/part-of": "orchestrator"}
+    return {
+        "app.kubernetes.io/name": "orchestrator",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "orchestrator",
+    }
 
 
 def _mebibytes(mib: int) -> str:
@@ -326,4 +364,3 @@ def default_name(timestamp: str, suffix: str) -> str:
     """A fresh RayJob name per submission: a `YYYYMMDD-HHMMSS` timestamp (the CLI passes UTC now) and a
     random suffix, so that two commands in the same second never name, and so replace, the same RayJob."""
     return f"orchestrator-{timestamp}-{suffix}"
-

@@ -37,8 +37,21 @@ from orchestrator.lifecycle.states import (
 from orchestrator.lifecycle.worker_group import RankReport, WorkerGroup
 from orchestrator.planning.rank_specs import WorkerSpec
 
-__all__ = ["Attempt", "Controller", "ControllerSettings", "JobObserver", "JobOutcome", "RestartRecord", "ResumePoint",
-           "SETTLE_S", "STOP_GRACE_S", "StopRequests", "USER_STOP", "WAIT_S", "stop_message"]
+__all__ = [
+    "Attempt",
+    "Controller",
+    "ControllerSettings",
+    "JobObserver",
+    "JobOutcome",
+    "RestartRecord",
+    "ResumePoint",
+    "SETTLE_S",
+    "STOP_GRACE_S",
+    "StopRequests",
+    "USER_STOP",
+    "WAIT_S",
+    "stop_message",
+]
 
 WAIT_S = 1.0
 """Longest wait for worker events before the controller checks its deadlines again."""
@@ -75,11 +88,19 @@ class Controller:
     `find_checkpoint` gives the newest complete checkpoint on disk and its step, or None.
     """
 
-    def __init__(self, group_factory: Callable[[], WorkerGroup], console, observers: Sequence[JobObserver] = (),
-                 settings: ControllerSettings = ControllerSettings(), resume: ResumePoint = ResumePoint(), *,
-                 find_checkpoint: Callable[[], Optional[tuple[str, int]]] = lambda: None,
-                 stop_requests: Optional[StopRequests] = None, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        group_factory: Callable[[], WorkerGroup],
+        console,
+        observers: Sequence[JobObserver] = (),
+        settings: ControllerSettings = ControllerSettings(),
+        resume: ResumePoint = ResumePoint(),
+        *,
+        find_checkpoint: Callable[[], Optional[tuple[str, int]]] = lambda: None,
+        stop_requests: Optional[StopRequests] = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.group_factory = group_factory
         self.console = console
         self.observers = Observers(observers)
@@ -152,8 +173,9 @@ class Controller:
 
     def _restart(self, state: Restarting) -> State:
         history = state.history.with_newest(self.find_checkpoint())  # its report may still be in flight
-        record = RestartRecord(len(history.restarts) + 1, state.failure, history.checkpoint_step, self.clock(),
-                               self.wall_clock())
+        record = RestartRecord(
+            len(history.restarts) + 1, state.failure, history.checkpoint_step, self.clock(), self.wall_clock()
+        )
         history = history.with_restart(record)
         try:
             timings = self._relaunch(state, history)
@@ -203,8 +225,9 @@ class Controller:
     def _release(self) -> JobOutcome:
         """The end on every path: tell the observers, shut the group down, close the console (each despite the last)."""
         if not isinstance(self.state, Done):  # an unexpected error escaped the state machine
-            self.state = Done(self.state.history,
-                              JobOutcome(status="FAILED", error="the controller stopped on an internal error"))
+            self.state = Done(
+                self.state.history, JobOutcome(status="FAILED", error="the controller stopped on an internal error")
+            )
         outcome = self.state.outcome
         try:
             self.observers.job_ended(outcome)
@@ -227,4 +250,3 @@ class Controller:
     def _attempt(self) -> AttemptProgress:
         """An attempt that never ran: only the ranks its group has."""
         return AttemptProgress(workers=self._specs())
-

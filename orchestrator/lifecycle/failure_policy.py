@@ -37,9 +37,19 @@ class FailureKind(enum.Enum):
 
 
 # what gloo, NCCL and torch.distributed say when a peer crashed, vanished or stopped answering
-_COMMUNICATION_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Connection refused",
-                          "Broken pipe", "remote worker crashing", "NCCL error", "ncclRemoteError",
-                          "ProcessGroupNCCL", "ProcessGroupGloo", "Socket Timeout", "timed out after")
+_COMMUNICATION_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Connection refused",
+    "Broken pipe",
+    "remote worker crashing",
+    "NCCL error",
+    "ncclRemoteError",
+    "ProcessGroupNCCL",
+    "ProcessGroupGloo",
+    "Socket Timeout",
+    "timed out after",
+)
 _COMMUNICATION_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError")
 _DETERMINISTIC_TYPES = ("CheckpointLoadError", "ConfigError", "ModuleNotFoundError", "ImportError", "SyntaxError")
 
@@ -86,10 +96,15 @@ def decide(failure: Failure, restarts_done: int, policy: FailureConfig) -> Decis
     if failure.kind is FailureKind.DETERMINISTIC:
         return Decision(False, "every restart would fail the same way: not restarted")
     if failure.kind is FailureKind.SCRIPT_ERROR and not policy.retry_script_errors:
-        return Decision(False, "a script that exits with an error would exit the same way again: it is not "
-                        "restarted (set failure.retry_script_errors=true to retry it)")
+        return Decision(
+            False,
+            "a script that exits with an error would exit the same way again: it is not "
+            "restarted (set failure.retry_script_errors=true to retry it)",
+        )
     if not failure.kind.is_infra and policy.restart_on == "infra_only":
-        return Decision(False, "failure.restart_on=infra_only: errors of the code (exceptions, script errors) are not retried")
+        return Decision(
+            False, "failure.restart_on=infra_only: errors of the code (exceptions, script errors) are not retried"
+        )
     if policy.max_restarts != -1 and restarts_done >= policy.max_restarts:
         return Decision(False, f"gave up after {restarts_done} restarts (failure.max_restarts={policy.max_restarts})")
     # what is left once this restart is spent

@@ -139,8 +139,12 @@ class RestartRecords:
     def report(self, world_rank: int, report: object) -> None:
         """Tag how long the newest restart took to its first step (once, from rank 0's report)."""
         record = self.latest
-        if (not isinstance(report, AttemptStartReport) or report.world_rank != 0 or record is None
-                or "first_step_s" in record.timings):
+        if (
+            not isinstance(report, AttemptStartReport)
+            or report.world_rank != 0
+            or record is None
+            or "first_step_s" in record.timings
+        ):
             return
         timings = {**record.timings, **{f"{name}_s": seconds for name, seconds in report.timings.items()}}
         timings["to_first_step_s"] = self.clock() - record.began_at
@@ -160,8 +164,12 @@ def routing_observers(sink, console, entrypoint: str, clock: Callable[[], float]
 def restart_tags(record: RestartRecord) -> dict[str, str]:
     """The run's tags for one restart: `restart.<N>.<key>` for its cause, where it resumed and its timings."""
     failure = record.failure
-    tags = {"reason": failure.summary, "kind": failure.kind.value, "resumed_from_step": str(record.resumed_from_step),
-            "began_at": f"{record.began_wall:.3f}"}
+    tags = {
+        "reason": failure.summary,
+        "kind": failure.kind.value,
+        "resumed_from_step": str(record.resumed_from_step),
+        "began_at": f"{record.began_wall:.3f}",
+    }
     if failure.world_rank is not None:
         tags["rank"] = str(failure.world_rank)
     if failure.node_ip is not None:

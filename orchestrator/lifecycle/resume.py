@@ -39,9 +39,13 @@ def resolve_resume(resume: str, checkpoint_root: Path) -> ResumeTarget:
     else:
         checkpoint = None
     if checkpoint is None:
-        raise ConfigError([f"trainer.resume={resume} is not valid: found no complete checkpoint for it under "
-                           f"checkpoint.dir={checkpoint_root}; use latest, a checkpoint file, a run's checkpoint "
-                           f"directory or an MLflow run id"])
+        raise ConfigError(
+            [
+                f"trainer.resume={resume} is not valid: found no complete checkpoint for it under "
+                f"checkpoint.dir={checkpoint_root}; use latest, a checkpoint file, a run's checkpoint "
+                f"directory or an MLflow run id"
+            ]
+        )
     run_id = checkpoint.parent.name if _RUN_ID.match(checkpoint.parent.name) else None
     return ResumeTarget(checkpoint=checkpoint, step=checkpoint_step(checkpoint), run_id=run_id)
 
@@ -60,8 +64,9 @@ NOT_IDENTITY = frozenset({"data.num_workers"})
 
 def model_data_identity(params: Mapping[str, str]) -> dict[str, str]:
     """The flat params that decide whether a checkpoint fits a job: every model.* and data.* key."""
-    return {key: value for key, value in params.items()
-            if key.startswith(("model.", "data.")) and key not in NOT_IDENTITY}
+    return {
+        key: value for key, value in params.items() if key.startswith(("model.", "data.")) and key not in NOT_IDENTITY
+    }
 
 
 def identity_problems(resume: str, saved: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
@@ -69,28 +74,38 @@ def identity_problems(resume: str, saved: Mapping[str, str], current: Mapping[st
     differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
     if not differing:
         return []
-    changes = "; ".join(f"{key}: {saved.get(key, '(none)')} in the checkpoint, {current.get(key, '(none)')} now"
-                        for key in differing)
-    return [f"trainer.resume={resume} is not valid: its checkpoint was trained with a different model or data "
-            f"config ({changes}); resume with the checkpoint's model and data keys, or start a new run without "
-            f"trainer.resume"]
+    changes = "; ".join(
+        f"{key}: {saved.get(key, '(none)')} in the checkpoint, {current.get(key, '(none)')} now" for key in differing
+    )
+    return [
+        f"trainer.resume={resume} is not valid: its checkpoint was trained with a different model or data "
+        f"config ({changes}); resume with the checkpoint's model and data keys, or start a new run without "
+        f"trainer.resume"
+    ]
 
 
-def extends_finished_run(max_steps: Optional[int], max_epochs: int, checkpoint_step: int,
-                         logged: Mapping[str, str]) -> bool:
+def extends_finished_run(
+    max_steps: Optional[int], max_epochs: int, checkpoint_step: int, logged: Mapping[str, str]
+) -> bool:
     """Whether the job asks for more training than the finished run did: a trainer.max_steps beyond the
     checkpoint's step, or (training by epochs) a trainer.max_epochs above the run's."""
     if max_steps is not None:
         return max_steps > checkpoint_step
     logged_epochs = logged.get("trainer.max_epochs")
-    return logged.get("trainer.max_steps") in (None, "null") and logged_epochs is not None \
-        and logged_epochs.isdigit() and max_epochs > int(logged_epochs)
+    return (
+        logged.get("trainer.max_steps") in (None, "null")
+        and logged_epochs is not None
+        and logged_epochs.isdigit()
+        and max_epochs > int(logged_epochs)
+    )
 
 
 def finished_run_problem(resume: str, run_id: str, checkpoint_step: int) -> str:
     """The message that refuses to resume a FINISHED run without an extension."""
-    return (f"trainer.resume={resume} is not valid: MLflow run {run_id} FINISHED at step {checkpoint_step}, and a "
-            f"finished run is never changed by a later command; to train it further, extend it explicitly with "
-            f"trainer.max_steps=<more than {checkpoint_step}> (or a larger trainer.max_epochs), or start a new run "
-            f"from its checkpoint with tracking.run_name=... and trainer.resume=<the checkpoint file> after copying "
-            f"it out of the run's folder")
+    return (
+        f"trainer.resume={resume} is not valid: MLflow run {run_id} FINISHED at step {checkpoint_step}, and a "
+        f"finished run is never changed by a later command; to train it further, extend it explicitly with "
+        f"trainer.max_steps=<more than {checkpoint_step}> (or a larger trainer.max_epochs), or start a new run "
+        f"from its checkpoint with tracking.run_name=... and trainer.resume=<the checkpoint file> after copying "
+        f"it out of the run's folder"
+    )

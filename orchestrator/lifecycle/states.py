@@ -213,13 +213,29 @@ def stopping(state: Running, reason: str, now: float) -> Stopping:
     return Stopping(state.history, state.attempt, reason, now + STOP_GRACE_S)
 
 
-def ended(history: History, attempt: AttemptProgress, status: str, error: Optional[str] = None, traceback: str = "",
-          result: Optional[ResultReport] = None) -> Done:
+def ended(
+    history: History,
+    attempt: AttemptProgress,
+    status: str,
+    error: Optional[str] = None,
+    traceback: str = "",
+    result: Optional[ResultReport] = None,
+) -> Done:
     """The job ends with `status` in `attempt`."""
-    return Done(history, JobOutcome(status=status, result=result, rank_results=dict(attempt.results),
-                                    workers=attempt.workers, attempts=history.attempts, error=error,
-                                    traceback=traceback, last_checkpoint=history.checkpoint,
-                                    restarts=len(history.restarts)))
+    return Done(
+        history,
+        JobOutcome(
+            status=status,
+            result=result,
+            rank_results=dict(attempt.results),
+            workers=attempt.workers,
+            attempts=history.attempts,
+            error=error,
+            traceback=traceback,
+            last_checkpoint=history.checkpoint,
+            restarts=len(history.restarts),
+        ),
+    )
 
 
 def killed(state: State, reason: str, workers: Sequence[WorkerSpec]) -> State:
@@ -231,8 +247,9 @@ def killed(state: State, reason: str, workers: Sequence[WorkerSpec]) -> State:
     return ended(state.history, replace(attempt, workers=tuple(workers)), "KILLED", error=error)
 
 
-def restart_or_fail(history: History, attempt: AttemptProgress, failure: Failure, policy: FailureConfig,
-                    rebuild: bool = False) -> Union[Restarting, Done]:
+def restart_or_fail(
+    history: History, attempt: AttemptProgress, failure: Failure, policy: FailureConfig, rebuild: bool = False
+) -> Union[Restarting, Done]:
     """Restart after `failure` if the policy allows, else fail the job."""
     decision = decide(failure, len(history.restarts), policy)
     if decision.restart:
@@ -243,8 +260,9 @@ def restart_or_fail(history: History, attempt: AttemptProgress, failure: Failure
     return ended(history, attempt, "FAILED", error=summary, traceback=failure.traceback)
 
 
-def launch_failed(history: History, attempt: AttemptProgress, error: LaunchError,
-                  policy: FailureConfig) -> Union[Restarting, Done]:
+def launch_failed(
+    history: History, attempt: AttemptProgress, error: LaunchError, policy: FailureConfig
+) -> Union[Restarting, Done]:
     """A group that could not be (re)started: rebuilt from scratch if the error allows and the policy does."""
     if not error.retryable:
         return ended(history, attempt, "FAILED", error=str(error))
@@ -263,14 +281,22 @@ def on_event(state: State, event: GroupEvent, now: float, settings: ControllerSe
         return _on_report(state, event.world_rank, event.report, now, settings)
     if isinstance(event, RankLost):
         state = _attempt(state, lost=state.attempt.lost | {event.world_rank})
-        return on_failure(state, Failure(FailureKind.WORKER_DIED, f"rank {event.world_rank} on {event.node_ip} died: "
-                                         f"{event.reason}", event.world_rank, event.node_ip), now, settings)
+        return on_failure(
+            state,
+            Failure(
+                FailureKind.WORKER_DIED,
+                f"rank {event.world_rank} on {event.node_ip} died: {event.reason}",
+                event.world_rank,
+                event.node_ip,
+            ),
+            now,
+            settings,
+        )
     state = _attempt(state, exited=state.attempt.exited | {event.world_rank})
     return _all_exited(state, now, settings) if len(state.attempt.exited) == len(state.attempt.workers) else state
 
 
-def on_failure(state: Live, failure: Failure, now: float, settings: ControllerSettings,
-               settled: bool = False) -> State:
+def on_failure(state: Live, failure: Failure, now: float, settings: ControllerSettings, settled: bool = False) -> State:
     """A failure while a group runs: hold a broken collective briefly, else restart or fail (kill when stopping)."""
     if isinstance(state, Stopping):
         return ended(state.history, state.attempt, "KILLED", error=state.reason)
@@ -289,8 +315,12 @@ def on_deadlines(state: Live, now: float, settings: ControllerSettings) -> State
         return on_failure(state, suspect, now, settings, settled=True)  # no death explained it: the collective failed
     if isinstance(state, Stopping):
         if now >= state.deadline:
-            return ended(state.history, state.attempt, "KILLED",
-                         error=f"{state.reason}; ranks did not stop within {STOP_GRACE_S:g} s")
+            return ended(
+                state.history,
+                state.attempt,
+                "KILLED",
+                error=f"{state.reason}; ranks did not stop within {STOP_GRACE_S:g} s",
+            )
         return state
     hang = _hang(state.attempt, now, settings) if settings.watch_hangs else None
     return on_failure(state, hang, now, settings) if hang is not None else state
@@ -310,16 +340,26 @@ def stop_message(reason: str, entrypoint: str) -> str:
 def _on_report(state: Live, world_rank: int, report: object, now: float, settings: ControllerSettings) -> State:
     if isinstance(report, (StepReport, AttemptStartReport)):
         attempt = state.attempt
-        state = _attempt(state, last_progress={**attempt.last_progress, world_rank: now},
-                         stepping=attempt.stepping | {world_rank})
+        state = _attempt(
+            state, last_progress={**attempt.last_progress, world_rank: now}, stepping=attempt.stepping | {world_rank}
+        )
     if isinstance(report, CheckpointReport):
         return replace(state, history=replace(state.history, checkpoint=report.path, checkpoint_step=report.step))
     if isinstance(report, ResultReport):
         return _attempt(state, results={**state.attempt.results, world_rank: report})
     if isinstance(report, ErrorReport):
-        return on_failure(state, Failure(classify_error(report), f"rank {report.world_rank} on {report.node_ip} raised "
-                                         f"{report.error_type}: {report.message}", report.world_rank, report.node_ip,
-                                         report.traceback), now, settings)
+        return on_failure(
+            state,
+            Failure(
+                classify_error(report),
+                f"rank {report.world_rank} on {report.node_ip} raised {report.error_type}: {report.message}",
+                report.world_rank,
+                report.node_ip,
+                report.traceback,
+            ),
+            now,
+            settings,
+        )
     return state
 
 
@@ -335,9 +375,14 @@ def _all_exited(state: Live, now: float, settings: ControllerSettings) -> State:
         return ended(state.history, attempt, "FAILED", error="every rank exited but rank 0 sent no result")
     if len(set(digests.values())) > 1:
         differing = sorted(rank for rank, digest in digests.items() if digest != digests[0])
-        return ended(state.history, attempt, "FAILED", error=f"the ranks ended with different parameters (ranks "
-                     f"{differing} differ from rank 0): the DDP replicas diverged, so the trained model is not "
-                     f"trustworthy")
+        return ended(
+            state.history,
+            attempt,
+            "FAILED",
+            error=f"the ranks ended with different parameters (ranks "
+            f"{differing} differ from rank 0): the DDP replicas diverged, so the trained model is not "
+            f"trustworthy",
+        )
     if result.stopped:  # a stop the ranks saw though none was asked here: reported as the user's
         return ended(state.history, attempt, "KILLED", error=USER_STOP, result=result)
     return ended(state.history, attempt, "FINISHED", result=result)
@@ -351,10 +396,17 @@ def _hang(attempt: AttemptProgress, now: float, settings: ControllerSettings) ->
         if world_rank not in attempt.exited and now - seen > limit:
             spec = attempt.workers[world_rank]
             what = "finished no step for" if started else "finished no first step in"
-            setting = (f"failure.hang_timeout_s={policy.hang_timeout_s:g}" if started or
-                       limit == policy.hang_timeout_s else f"scaling.rendezvous_timeout_s={limit:g}")
-            return Failure(FailureKind.HANG, f"rank {world_rank} on {spec.node_ip} {what} {now - seen:.0f} s "
-                           f"({setting})", world_rank, spec.node_ip)
+            setting = (
+                f"failure.hang_timeout_s={policy.hang_timeout_s:g}"
+                if started or limit == policy.hang_timeout_s
+                else f"scaling.rendezvous_timeout_s={limit:g}"
+            )
+            return Failure(
+                FailureKind.HANG,
+                f"rank {world_rank} on {spec.node_ip} {what} {now - seen:.0f} s ({setting})",
+                world_rank,
+                spec.node_ip,
+            )
     return None
 
 

@@ -64,8 +64,9 @@ class StragglerDetector:
     def observe(self, world_rank: int, seconds: float) -> list[StragglerEpisode]:
         """Add one step-time reading of a rank; the episodes that start or end with it."""
         self._readings.setdefault(world_rank, collections.deque(maxlen=self.window)).append(seconds)
-        medians = {rank: statistics.median(values) for rank, values in self._readings.items()
-                   if len(values) == self.window}
+        medians = {
+            rank: statistics.median(values) for rank, values in self._readings.items() if len(values) == self.window
+        }
         if len(medians) < 2:  # a straggler is only slow relative to other ranks
             return []
         overall = statistics.median(medians.values())

@@ -82,8 +82,9 @@ def cuda_order(devices: Sequence[GpuDevice], device_order: Optional[str]) -> lis
     by_bus = sorted(devices, key=lambda device: device.pci_bus_id.lower())
     if device_order == PCI_BUS_ID:
         return by_bus
-    return sorted(by_bus, key=lambda device: (-device.compute_capability[0], -device.compute_capability[1],
-                                              -device.cores))
+    return sorted(
+        by_bus, key=lambda device: (-device.compute_capability[0], -device.compute_capability[1], -device.cores)
+    )
 
 
 def resolve_visible(text: str, devices: Sequence[GpuDevice], device_order: Optional[str]) -> DeviceMapping:
@@ -96,9 +97,11 @@ def resolve_visible(text: str, devices: Sequence[GpuDevice], device_order: Optio
     note = None
     mixed_models = len({device.name for device in devices}) > 1
     if device_order != PCI_BUS_ID and mixed_models and any(entry.isdigit() for entry in entries):
-        note = ("this node mixes GPU models and CUDA_DEVICE_ORDER is FASTEST_FIRST, whose order CUDA does not "
-                "document: GPU indices were mapped by compute capability and core count; set "
-                "CUDA_DEVICE_ORDER=PCI_BUS_ID on the nodes (or give Ray GPU UUIDs) for an exact mapping")
+        note = (
+            "this node mixes GPU models and CUDA_DEVICE_ORDER is FASTEST_FIRST, whose order CUDA does not "
+            "document: GPU indices were mapped by compute capability and core count; set "
+            "CUDA_DEVICE_ORDER=PCI_BUS_ID on the nodes (or give Ray GPU UUIDs) for an exact mapping"
+        )
     return DeviceMapping(uuids=uuids, note=note)
 
 
@@ -106,14 +109,17 @@ def _resolve_entry(entry: str, ordered: Sequence[GpuDevice]) -> str:
     if entry.isdigit():
         index = int(entry)
         if index >= len(ordered):
-            raise DeviceMappingError(f"CUDA_VISIBLE_DEVICES entry {entry} is past the {len(ordered)} GPUs NVML "
-                                     f"lists on this node")
+            raise DeviceMappingError(
+                f"CUDA_VISIBLE_DEVICES entry {entry} is past the {len(ordered)} GPUs NVML lists on this node"
+            )
         return ordered[index].uuid
     legacy = _LEGACY_MIG.match(entry)
     if legacy:
         parent = _unique(entry, [d for d in ordered if d.uuid.lower().startswith(legacy.group(1).lower())], "GPU")
         gpu_instance, compute_instance = int(legacy.group(2)), int(legacy.group(3))
-        matches = [m for m in parent.mig if (m.gpu_instance_id, m.compute_instance_id) == (gpu_instance, compute_instance)]
+        matches = [
+            m for m in parent.mig if (m.gpu_instance_id, m.compute_instance_id) == (gpu_instance, compute_instance)
+        ]
         return _unique(entry, matches, "MIG instance").uuid
     if entry.startswith("MIG-"):
         instances = [m for device in ordered for m in device.mig if m.uuid.lower().startswith(entry.lower())]
@@ -129,5 +135,6 @@ def _unique(entry: str, matches: Sequence[_Match], what: str) -> _Match:
     if len(matches) == 1:
         return matches[0]
     found = "no" if not matches else f"{len(matches)}"
-    raise DeviceMappingError(f"CUDA_VISIBLE_DEVICES entry {entry} matches {found} {what} on this node "
-                             f"(NVML lists its UUIDs)")
+    raise DeviceMappingError(
+        f"CUDA_VISIBLE_DEVICES entry {entry} matches {found} {what} on this node (NVML lists its UUIDs)"
+    )

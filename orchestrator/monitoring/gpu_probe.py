@@ -101,8 +101,9 @@ class ScriptedProbe:
     readings were taken. The detail flags it was called with are kept in `detail_calls`.
     """
 
-    def __init__(self, devices: Sequence[GpuDevice], script: Mapping[str, Sequence[GpuSample]],
-                 note: str = "scripted GPUs"):
+    def __init__(
+        self, devices: Sequence[GpuDevice], script: Mapping[str, Sequence[GpuSample]], note: str = "scripted GPUs"
+    ):
         self._devices = tuple(devices)
         self.script = {uuid: list(samples) for uuid, samples in script.items()}
         self.note = note

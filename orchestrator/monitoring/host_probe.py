@@ -46,10 +46,15 @@ class HostProbe:
             if reading is not None:
                 rss[world_rank], cpu[world_rank] = reading
         own = None if self._own is None else self._own.cpu_times()
-        return HostSample(time_s=time.monotonic(), cpu_percent=psutil.cpu_percent(interval=None),
-                          ram_used_bytes=int(memory.total - memory.available), ram_total_bytes=int(memory.total),
-                          rank_rss_bytes=rss, rank_cpu_percent=cpu,
-                          monitor_cpu_s=None if own is None else own.user + own.system)
+        return HostSample(
+            time_s=time.monotonic(),
+            cpu_percent=psutil.cpu_percent(interval=None),
+            ram_used_bytes=int(memory.total - memory.available),
+            ram_total_bytes=int(memory.total),
+            rank_rss_bytes=rss,
+            rank_cpu_percent=cpu,
+            monitor_cpu_s=None if own is None else own.user + own.system,
+        )
 
     def _read_tree(self, pid: int, refresh: bool) -> Optional[tuple[int, float]]:
         """(RSS bytes, CPU percent) of the worker's process tree; None when none of it is left."""

@@ -39,8 +39,11 @@ def gpu_key(node: str, index: int) -> str:
 def gpu_metrics(node: str, index: int, sample: GpuSample) -> dict[str, float]:
     """One GPU reading as metrics."""
     prefix = f"system/{gpu_key(node, index)}/"
-    metrics = {prefix + name: getattr(sample, field) * scale for name, (field, scale) in GPU_FIELDS.items()
-               if getattr(sample, field) is not None}
+    metrics = {
+        prefix + name: getattr(sample, field) * scale
+        for name, (field, scale) in GPU_FIELDS.items()
+        if getattr(sample, field) is not None
+    }
     if sample.processes is not None:
         metrics[prefix + "processes"] = float(len(sample.processes))
         used = [process.used_memory_bytes for process in sample.processes if process.used_memory_bytes is not None]
@@ -52,8 +55,11 @@ def gpu_metrics(node: str, index: int, sample: GpuSample) -> dict[str, float]:
 def host_metrics(node: str, host: HostSample) -> dict[str, float]:
     """One host reading as metrics: CPU, RAM, and each rank's RSS and CPU."""
     prefix = f"system/{node}/"
-    metrics = {prefix + "cpu_percent": host.cpu_percent, prefix + "ram_used_mib": host.ram_used_bytes / MIB,
-               prefix + "ram_total_mib": host.ram_total_bytes / MIB}
+    metrics = {
+        prefix + "cpu_percent": host.cpu_percent,
+        prefix + "ram_used_mib": host.ram_used_bytes / MIB,
+        prefix + "ram_total_mib": host.ram_total_bytes / MIB,
+    }
     for world_rank, rss in host.rank_rss_bytes.items():
         metrics[f"{prefix}rank{world_rank}_rss_mib"] = rss / MIB
     for world_rank, cpu in host.rank_cpu_percent.items():
@@ -76,18 +82,25 @@ def summary_metrics(node: str, host: Optional[HostSummary], gpus: Mapping[int, G
     metrics: dict[str, Optional[float]] = {}
     if host is not None:
         prefix = f"system/{node}/"
-        metrics.update({prefix + "cpu_percent_mean": host.cpu_mean_percent, prefix + "cpu_percent_peak":
-                        host.cpu_peak_percent, prefix + "ram_used_mib_peak": host.ram_used_peak_mib})
+        metrics.update(
+            {
+                prefix + "cpu_percent_mean": host.cpu_mean_percent,
+                prefix + "cpu_percent_peak": host.cpu_peak_percent,
+                prefix + "ram_used_mib_peak": host.ram_used_peak_mib,
+            }
+        )
         metrics.update({f"{prefix}rank{rank}_rss_mib_peak": peak for rank, peak in host.rank_rss_peak_mib.items()})
     for index, gpu in gpus.items():
         prefix = f"system/{gpu_key(node, index)}/"
-        metrics.update({
-            prefix + "utilization_percent_mean": gpu.utilization_mean_percent,
-            prefix + "utilization_percent_peak": gpu.utilization_peak_percent,
-            prefix + "memory_used_mib_peak": gpu.memory_used_peak_mib,
-            prefix + "power_w_mean": gpu.power_mean_w,
-            prefix + "energy_wh": gpu.energy_wh,
-        })
+        metrics.update(
+            {
+                prefix + "utilization_percent_mean": gpu.utilization_mean_percent,
+                prefix + "utilization_percent_peak": gpu.utilization_peak_percent,
+                prefix + "memory_used_mib_peak": gpu.memory_used_peak_mib,
+                prefix + "power_w_mean": gpu.power_mean_w,
+                prefix + "energy_wh": gpu.energy_wh,
+            }
+        )
         metrics.update({f"{prefix}{name}_mean": mean for name, mean in gpu.gpm_mean_percent.items()})
     return {name: value for name, value in metrics.items() if value is not None}
 
@@ -96,20 +109,28 @@ def summary_table(hosts: Mapping[str, HostSummary], gpus: Mapping[tuple[str, int
     """The end-of-job table: one line per GPU, then one per node."""
     lines = []
     if gpus:
-        lines.append(f"{'GPU':<12} {'samples':>7} {'util mean':>9} {'util peak':>9} {'SM active':>9} "
-                     f"{'mem peak MiB':>12} {'power W':>8} {'energy Wh':>9}")
+        lines.append(
+            f"{'GPU':<12} {'samples':>7} {'util mean':>9} {'util peak':>9} {'SM active':>9} "
+            f"{'mem peak MiB':>12} {'power W':>8} {'energy Wh':>9}"
+        )
         for (node, index), gpu in sorted(gpus.items()):
-            lines.append(f"{gpu_key(node, index):<12} {gpu.samples:>7} {_pct(gpu.utilization_mean_percent):>9} "
-                         f"{_pct(gpu.utilization_peak_percent):>9} "
-                         f"{_pct(gpu.gpm_mean_percent.get('gpm_sm_util_percent')):>9} "
-                         f"{_num(gpu.memory_used_peak_mib, 0):>12} {_num(gpu.power_mean_w, 1):>8} "
-                         f"{gpu.energy_wh:>9.3f}")
-    lines.append(f"{'node':<12} {'samples':>7} {'cpu mean':>9} {'cpu peak':>9} {'RAM peak MiB':>12} "
-                 f"{'monitor CPU s':>13}  rank: RSS peak MiB")
+            lines.append(
+                f"{gpu_key(node, index):<12} {gpu.samples:>7} {_pct(gpu.utilization_mean_percent):>9} "
+                f"{_pct(gpu.utilization_peak_percent):>9} "
+                f"{_pct(gpu.gpm_mean_percent.get('gpm_sm_util_percent')):>9} "
+                f"{_num(gpu.memory_used_peak_mib, 0):>12} {_num(gpu.power_mean_w, 1):>8} "
+                f"{gpu.energy_wh:>9.3f}"
+            )
+    lines.append(
+        f"{'node':<12} {'samples':>7} {'cpu mean':>9} {'cpu peak':>9} {'RAM peak MiB':>12} "
+        f"{'monitor CPU s':>13}  rank: RSS peak MiB"
+    )
     for node, host in sorted(hosts.items()):
         rss = ", ".join(f"{rank}: {peak:,.0f}" for rank, peak in host.rank_rss_peak_mib.items()) or "-"
-        lines.append(f"{node:<12} {host.samples:>7} {_pct(host.cpu_mean_percent):>9} {_pct(host.cpu_peak_percent):>9} "
-                     f"{_num(host.ram_used_peak_mib, 0):>12} {_num(host.monitor_cpu_s, 2):>13}  {rss}")
+        lines.append(
+            f"{node:<12} {host.samples:>7} {_pct(host.cpu_mean_percent):>9} {_pct(host.cpu_peak_percent):>9} "
+            f"{_num(host.ram_used_peak_mib, 0):>12} {_num(host.monitor_cpu_s, 2):>13}  {rss}"
+        )
     return lines
 
 

@@ -37,9 +37,15 @@ def targets_by_node(specs: Sequence[WorkerSpec]) -> dict[str, tuple[str, NodeTar
     targets = {}
     for node, group in groups.items():
         env = group[0].env  # every rank on a node sees the same job GPUs (rendezvous.worker_specs)
-        targets[node] = (group[0].node_id, NodeTargets(
-            node=node, ranks={spec.world_rank: spec.pid for spec in group if spec.pid is not None},
-            visible_devices=env.get("CUDA_VISIBLE_DEVICES"), device_order=env.get("CUDA_DEVICE_ORDER")))
+        targets[node] = (
+            group[0].node_id,
+            NodeTargets(
+                node=node,
+                ranks={spec.world_rank: spec.pid for spec in group if spec.pid is not None},
+                visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+                device_order=env.get("CUDA_DEVICE_ORDER"),
+            ),
+        )
     return targets
 
 
@@ -47,8 +53,15 @@ class NodeSampler:
     """Takes NodeSamples: host and GPUs every time; the slow readings (GPU process lists, ECC, PCIe, the
     workers' child processes) every `detail_every`-th time."""
 
-    def __init__(self, targets: NodeTargets, host: HostProbe, gpu: GpuProbe, gpus: Sequence[GpuInfo],
-                 detail_every: int, wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        targets: NodeTargets,
+        host: HostProbe,
+        gpu: GpuProbe,
+        gpus: Sequence[GpuInfo],
+        detail_every: int,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.targets = targets
         self.wall_clock = wall_clock
         self.host = host
@@ -62,8 +75,13 @@ class NodeSampler:
         detail = self.taken % self.detail_every == 0
         readings = {reading.uuid: reading for reading in self.gpu.sample([g.uuid for g in self.gpus], detail)}
         gpus = {gpu.index: readings[gpu.uuid] for gpu in self.gpus if gpu.uuid in readings}
-        sample = NodeSample(node=self.targets.node, index=self.taken, host=self.host.sample(refresh_children=detail),
-                            gpus=gpus, wall_time_s=self.wall_clock())
+        sample = NodeSample(
+            node=self.targets.node,
+            index=self.taken,
+            host=self.host.sample(refresh_children=detail),
+            gpus=gpus,
+            wall_time_s=self.wall_clock(),
+        )
         self.taken += 1
         return sample
 
@@ -77,7 +95,9 @@ def detail_every(interval_s: float) -> int:
     return max(1, round(DETAIL_INTERVAL_S / interval_s))
 
 
-def open_sampler(targets: NodeTargets, probe_factory: ProbeFactory, interval_s: float) -> tuple[NodeSampler, MonitorStatus]:
+def open_sampler(
+    targets: NodeTargets, probe_factory: ProbeFactory, interval_s: float
+) -> tuple[NodeSampler, MonitorStatus]:
     """Build the node's sampler on this node: host probe started, job GPUs resolved to UUIDs."""
     gpu, gpus, notes = _open_gpus(targets, probe_factory)
     host = HostProbe(targets.ranks)
@@ -86,7 +106,9 @@ def open_sampler(targets: NodeTargets, probe_factory: ProbeFactory, interval_s: 
     return NodeSampler(targets, host, gpu, gpus, detail_every(interval_s)), status
 
 
-def _open_gpus(targets: NodeTargets, probe_factory: ProbeFactory) -> tuple[GpuProbe, tuple[GpuInfo, ...], tuple[str, ...]]:
+def _open_gpus(
+    targets: NodeTargets, probe_factory: ProbeFactory
+) -> tuple[GpuProbe, tuple[GpuInfo, ...], tuple[str, ...]]:
     if not targets.visible_devices:
         return NullProbe("no GPUs in this job on this node"), (), ()  # CPU jobs never touch NVML
     probe = probe_factory()
@@ -104,7 +126,10 @@ def _open_gpus(targets: NodeTargets, probe_factory: ProbeFactory) -> tuple[GpuPr
     names.update({mig.uuid: f"{device.name} MIG" for device in devices for mig in device.mig})
     gpus = tuple(GpuInfo(index=index, uuid=uuid, name=names.get(uuid, "")) for index, uuid in enumerate(mapping.uuids))
     with_gpm = sum(probe.gpm_supported(gpu.uuid) for gpu in gpus)
-    gpm_note = (f"GPM metrics (SM and tensor-core activity) offered on {with_gpm} of {len(gpus)} GPUs"
-                if with_gpm else "GPM metrics not offered by this driver/GPU: utilization is kernel time only")
+    gpm_note = (
+        f"GPM metrics (SM and tensor-core activity) offered on {with_gpm} of {len(gpus)} GPUs"
+        if with_gpm
+        else "GPM metrics not offered by this driver/GPU: utilization is kernel time only"
+    )
     notes = (f"{probe.note}; {gpm_note}",) + ((mapping.note,) if mapping.note else ())
     return probe, gpus, notes

@@ -29,8 +29,13 @@ GPM_METRICS = {
 }
 """Our metric name -> the pynvml constant of the GPM metric (percent of the period or of the peak)."""
 # a reading the device or driver does not offer comes back as one of these: the field is left empty
-_ABSENT = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_NOT_FOUND",
-           "NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_ARGUMENT_VERSION_MISMATCH")
+_ABSENT = (
+    "NVML_ERROR_NOT_SUPPORTED",
+    "NVML_ERROR_NO_PERMISSION",
+    "NVML_ERROR_NOT_FOUND",
+    "NVML_ERROR_FUNCTION_NOT_FOUND",
+    "NVML_ERROR_ARGUMENT_VERSION_MISMATCH",
+)
 MILLI = 1000.0
 
 Handle = Any
@@ -83,14 +88,16 @@ class NvmlProbe:
         found = []
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            found.append(GpuDevice(
-                uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-                pci_bus_id=_text(nvml.nvmlDeviceGetPciInfo(handle).busId),
-                name=_text(nvml.nvmlDeviceGetName(handle)),
-                compute_capability=tuple(self._optional(nvml.nvmlDeviceGetCudaComputeCapability, handle) or (0, 0)),
-                cores=self._optional(nvml.nvmlDeviceGetNumGpuCores, handle) or 0,
-                mig=self._mig_instances(handle),
-            ))
+            found.append(
+                GpuDevice(
+                    uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+                    pci_bus_id=_text(nvml.nvmlDeviceGetPciInfo(handle).busId),
+                    name=_text(nvml.nvmlDeviceGetName(handle)),
+                    compute_capability=tuple(self._optional(nvml.nvmlDeviceGetCudaComputeCapability, handle) or (0, 0)),
+                    cores=self._optional(nvml.nvmlDeviceGetNumGpuCores, handle) or 0,
+                    mig=self._mig_instances(handle),
+                )
+            )
         return found
 
     def _mig_instances(self, handle: Handle) -> tuple[MigDevice, ...]:
@@ -102,9 +109,13 @@ class NvmlProbe:
         for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
             mig = self._optional(nvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot)
             if mig is not None:  # empty slots answer NOT_FOUND
-                instances.append(MigDevice(uuid=_text(nvml.nvmlDeviceGetUUID(mig)),
-                                           gpu_instance_id=nvml.nvmlDeviceGetGpuInstanceId(mig),
-                                           compute_instance_id=nvml.nvmlDeviceGetComputeInstanceId(mig)))
+                instances.append(
+                    MigDevice(
+                        uuid=_text(nvml.nvmlDeviceGetUUID(mig)),
+                        gpu_instance_id=nvml.nvmlDeviceGetGpuInstanceId(mig),
+                        compute_instance_id=nvml.nvmlDeviceGetComputeInstanceId(mig),
+                    )
+                )
         return tuple(instances)
 
     def gpm_supported(self, uuid: str) -> bool:
@@ -123,7 +134,8 @@ class NvmlProbe:
         power_mw = self._optional(nvml.nvmlDeviceGetPowerUsage, handle)
         limit_mw = self._optional(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
         sample = GpuSample(
-            uuid=uuid, time_s=time_s,
+            uuid=uuid,
+            time_s=time_s,
             utilization_percent=None if utilization is None else float(utilization.gpu),
             memory_utilization_percent=None if utilization is None else float(utilization.memory),
             memory_used_bytes=None if memory is None else int(memory.used),
@@ -141,15 +153,20 @@ class NvmlProbe:
         import dataclasses
 
         nvml = self.nvml
-        corrected = self._optional(nvml.nvmlDeviceGetTotalEccErrors, handle, nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
-                                   nvml.NVML_VOLATILE_ECC)
-        uncorrected = self._optional(nvml.nvmlDeviceGetTotalEccErrors, handle,
-                                     nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC)
+        corrected = self._optional(
+            nvml.nvmlDeviceGetTotalEccErrors, handle, nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, nvml.NVML_VOLATILE_ECC
+        )
+        uncorrected = self._optional(
+            nvml.nvmlDeviceGetTotalEccErrors, handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC
+        )
         processes = self._processes(handle)
         return dataclasses.replace(
-            sample, ecc_corrected_errors=corrected, ecc_uncorrected_errors=uncorrected,
-            processes=None if processes is None else tuple(
-                GpuProcess(pid=int(p.pid), used_memory_bytes=p.usedGpuMemory) for p in processes),
+            sample,
+            ecc_corrected_errors=corrected,
+            ecc_uncorrected_errors=uncorrected,
+            processes=None
+            if processes is None
+            else tuple(GpuProcess(pid=int(p.pid), used_memory_bytes=p.usedGpuMemory) for p in processes),
             pcie_tx_kb_s=_float(self._optional(nvml.nvmlDeviceGetPcieThroughput, handle, nvml.NVML_PCIE_UTIL_TX_BYTES)),
             pcie_rx_kb_s=_float(self._optional(nvml.nvmlDeviceGetPcieThroughput, handle, nvml.NVML_PCIE_UTIL_RX_BYTES)),
         )
@@ -206,8 +223,14 @@ class NvmlProbe:
 class _GpmReader:
     """GPM metrics of one device between consecutive samples: two sample buffers, used in turn."""
 
-    def __init__(self, probe: NvmlProbe, handle: Handle, mig_parent: Optional[Handle], gpu_instance_id: Optional[int],
-                 buffers: list[GpmSample]):
+    def __init__(
+        self,
+        probe: NvmlProbe,
+        handle: Handle,
+        mig_parent: Optional[Handle],
+        gpu_instance_id: Optional[int],
+        buffers: list[GpmSample],
+    ):
         self.probe, self.handle, self.mig_parent, self.gpu_instance_id = probe, handle, mig_parent, gpu_instance_id
         self.buffers = buffers
         self.taken = 0
@@ -251,8 +274,11 @@ class _GpmReader:
         for slot, name in enumerate(names):
             request.metrics[slot].metricId = getattr(nvml, GPM_METRICS[name])
         nvml.nvmlGpmMetricsGet(request)
-        return {name: float(request.metrics[slot].value) for slot, name in enumerate(names)
-                if request.metrics[slot].nvmlReturn == nvml.NVML_SUCCESS}
+        return {
+            name: float(request.metrics[slot].value)
+            for slot, name in enumerate(names)
+            if request.metrics[slot].nvmlReturn == nvml.NVML_SUCCESS
+        }
 
     def free(self) -> None:
         """Release the sample buffers."""

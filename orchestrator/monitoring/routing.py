@@ -121,8 +121,13 @@ class SystemRecorder:
         for node in sorted(hosts):  # one batch per node keeps each under MLflow's 1,000 metrics per request
             node_gpus = {index: summary for (name, index), summary in gpus.items() if name == node}
             self.sink.log_metrics(summary_metrics(node, hosts[node], node_gpus), self.step)
-        self.sink.log_metrics({"monitor/straggler_episodes": float(self.episodes["straggler"]),
-                               "monitor/low_util_episodes": float(self.episodes["low_util"])}, self.step)
+        self.sink.log_metrics(
+            {
+                "monitor/straggler_episodes": float(self.episodes["straggler"]),
+                "monitor/low_util_episodes": float(self.episodes["low_util"]),
+            },
+            self.step,
+        )
         table = summary_table(hosts, gpus)
         self.sink.log_text("\n".join(table) + "\n", SUMMARY_ARTIFACT)
         self.console.message("system summary:\n  " + "\n  ".join(table))
@@ -134,16 +139,25 @@ class SystemRecorder:
 
     def _straggler(self, episode: StragglerEpisode, measured: str) -> None:
         rank, node = episode.world_rank, self.rank_nodes.get(episode.world_rank, "?")
-        self.sink.log_metrics({f"monitor/rank{rank}/straggler": float(episode.started),
-                               f"monitor/rank{rank}/step_time_ratio": episode.ratio}, self.step)
+        self.sink.log_metrics(
+            {
+                f"monitor/rank{rank}/straggler": float(episode.started),
+                f"monitor/rank{rank}/step_time_ratio": episode.ratio,
+            },
+            self.step,
+        )
         if not episode.started:
-            self.console.message(f"monitor: rank {rank} on {node} is back within monitor.straggler_ratio="
-                                 f"{self.config.straggler_ratio:g} of the median ({episode.ratio:.2f}x)")
+            self.console.message(
+                f"monitor: rank {rank} on {node} is back within monitor.straggler_ratio="
+                f"{self.config.straggler_ratio:g} of the median ({episode.ratio:.2f}x)"
+            )
             return
         self.episodes["straggler"] += 1
-        text = (f"rank {rank} on {node} takes {episode.rank_median_s:.4f} s per step{' ' + measured if measured else ''} "
-                f"(median of its last {self.stragglers.window} reports), {episode.ratio:.2f}x the median over ranks "
-                f"({episode.median_s:.4f} s) at step {self.step}; monitor.straggler_ratio={self.config.straggler_ratio:g}")
+        text = (
+            f"rank {rank} on {node} takes {episode.rank_median_s:.4f} s per step{' ' + measured if measured else ''} "
+            f"(median of its last {self.stragglers.window} reports), {episode.ratio:.2f}x the median over ranks "
+            f"({episode.median_s:.4f} s) at step {self.step}; monitor.straggler_ratio={self.config.straggler_ratio:g}"
+        )
         self.sink.set_tags({f"monitor.straggler.rank{rank}": text})
         self.console.warning(f"straggler: {text}")
 
@@ -156,8 +170,10 @@ class SystemRecorder:
             return
         self.episodes["low_util"] += 1
         ranks = ",".join(str(rank) for rank in self.gpu_ranks.get((node, index), [])) or "?"
-        text = (f"{key} (rank {ranks}) averaged {episode.mean_percent:.1f}% utilization over its last "
-                f"{episode.samples} samples ({episode.samples * self.config.interval_s:g} s) at step {self.step}, "
-                f"under monitor.low_util_percent={self.config.low_util_percent:g}")
+        text = (
+            f"{key} (rank {ranks}) averaged {episode.mean_percent:.1f}% utilization over its last "
+            f"{episode.samples} samples ({episode.samples * self.config.interval_s:g} s) at step {self.step}, "
+            f"under monitor.low_util_percent={self.config.low_util_percent:g}"
+        )
         self.sink.set_tags({f"monitor.low_util.{node}.gpu{index}": text})
         self.console.warning(f"low GPU utilization: {text}")

@@ -91,5 +91,3 @@ MonitorItem = Union[NodeSample, MonitorNote]
 def node_name(node_rank: int) -> str:
     """The node's short name in metric names and messages: node<node_rank> (stable for the job)."""
     return f"node{node_rank}"
-
-

@@ -127,10 +127,15 @@ class GpuTally:
 
     def summary(self) -> GpuSummary:
         """The GPU's summary so far."""
-        return GpuSummary(samples=self.samples, utilization_mean_percent=self.utilization.mean,
-                          utilization_peak_percent=self.utilization.peak, memory_used_peak_mib=self.memory.peak,
-                          power_mean_w=self.power.mean, energy_wh=self.joules / SECONDS_PER_HOUR,
-                          gpm_mean_percent={name: stat.mean for name, stat in sorted(self.gpm.items())})
+        return GpuSummary(
+            samples=self.samples,
+            utilization_mean_percent=self.utilization.mean,
+            utilization_peak_percent=self.utilization.peak,
+            memory_used_peak_mib=self.memory.peak,
+            power_mean_w=self.power.mean,
+            energy_wh=self.joules / SECONDS_PER_HOUR,
+            gpm_mean_percent={name: stat.mean for name, stat in sorted(self.gpm.items())},
+        )
 
 
 class HostTally:
@@ -153,10 +158,14 @@ class HostTally:
 
     def summary(self) -> HostSummary:
         """The node's summary so far."""
-        return HostSummary(samples=self.samples, cpu_mean_percent=self.cpu.mean, cpu_peak_percent=self.cpu.peak,
-                           ram_used_peak_mib=self.ram.peak,
-                           rank_rss_peak_mib={rank: stat.peak for rank, stat in sorted(self.rss.items())},
-                           monitor_cpu_s=self.monitor_cpu_s)
+        return HostSummary(
+            samples=self.samples,
+            cpu_mean_percent=self.cpu.mean,
+            cpu_peak_percent=self.cpu.peak,
+            ram_used_peak_mib=self.ram.peak,
+            rank_rss_peak_mib={rank: stat.peak for rank, stat in sorted(self.rss.items())},
+            monitor_cpu_s=self.monitor_cpu_s,
+        )
 
 
 def summarize_gpu(samples: Iterable[GpuSample]) -> GpuSummary:

@@ -58,14 +58,16 @@ def _leftover(free: Mapping[str, float], bundle: Mapping[str, float]) -> float:
     return sum(free.get(name, 0.0) - amount for name, amount in bundle.items())
 
 
-def _best(candidates: Sequence[str], free: Mapping[str, Mapping[str, float]],
-          bundle: Mapping[str, float]) -> Optional[str]:
+def _best(
+    candidates: Sequence[str], free: Mapping[str, Mapping[str, float]], bundle: Mapping[str, float]
+) -> Optional[str]:
     fitting = [node for node in candidates if _fits(free[node], bundle)]
     return min(fitting, key=lambda node: _leftover(free[node], bundle)) if fitting else None
 
 
-def _strict_pack(bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]],
-                 order: Sequence[str]) -> list[Optional[str]]:
+def _strict_pack(
+    bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]], order: Sequence[str]
+) -> list[Optional[str]]:
     total: dict[str, float] = {}
     for bundle in bundles:
         for name, amount in bundle.items():
@@ -74,8 +76,9 @@ def _strict_pack(bundles: Sequence[Mapping[str, float]], free: dict[str, dict[st
     return [node] * len(bundles)
 
 
-def _pack(bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]],
-          order: Sequence[str]) -> list[Optional[str]]:
+def _pack(
+    bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]], order: Sequence[str]
+) -> list[Optional[str]]:
     whole = _strict_pack(bundles, free, order)
     if whole and whole[0] is not None:
         return whole
@@ -89,8 +92,9 @@ def _pack(bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, floa
     return nodes
 
 
-def _spread(bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]], order: Sequence[str],
-            strict: bool) -> list[Optional[str]]:
+def _spread(
+    bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]], order: Sequence[str], strict: bool
+) -> list[Optional[str]]:
     nodes: list[Optional[str]] = []
     for bundle in bundles:
         unused = [node for node in order if node not in nodes]
@@ -107,20 +111,22 @@ def _never_fits(plan: JobPlan, cluster: ClusterSnapshot) -> list[str]:
     problems = []
     for name, amount in plan.bundles[0].items() if plan.bundles else ():
         if not any(node.total.get(name, 0.0) > 0 for node in cluster.nodes):
-            problems.append(f"no node has the resource {name!r} (each bundle asks for {format_resources({name: amount})})")
+            problems.append(
+                f"no node has the resource {name!r} (each bundle asks for {format_resources({name: amount})})"
+            )
     if not problems and not any(_fits(node.total, plan.bundles[0]) for node in cluster.nodes):
-        problems.append(f"no node is big enough for one bundle {format_resources(plan.bundles[0])}, "
-                        f"even when idle")
+        problems.append(f"no node is big enough for one bundle {format_resources(plan.bundles[0])}, even when idle")
     if plan.strategy == "STRICT_SPREAD" and len(plan.bundles) > len(cluster.nodes):
-        problems.append(f"STRICT_SPREAD needs {len(plan.bundles)} distinct nodes, the cluster has "
-                        f"{len(cluster.nodes)}")
+        problems.append(f"STRICT_SPREAD needs {len(plan.bundles)} distinct nodes, the cluster has {len(cluster.nodes)}")
     return problems
 
 
 def _not_now(plan: JobPlan, cluster: ClusterSnapshot, nodes: Sequence[Optional[str]]) -> str:
     missing = sum(node is None for node in nodes)
-    return (f"{missing} of {len(nodes)} bundles {format_resources(plan.bundles[0])} cannot be placed "
-            f"with strategy {plan.strategy} on what is free now: " + free_summary(cluster.nodes))
+    return (
+        f"{missing} of {len(nodes)} bundles {format_resources(plan.bundles[0])} cannot be placed "
+        f"with strategy {plan.strategy} on what is free now: " + free_summary(cluster.nodes)
+    )
 
 
 def free_summary(nodes: Sequence[NodeSnapshot]) -> str:

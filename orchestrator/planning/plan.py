@@ -126,8 +126,10 @@ def _check_capacity(job: JobConfig, cluster: ClusterSnapshot, resources: Mapping
     for name, amount in resources.items():
         largest = max((node.total.get(name, 0.0) for node in cluster.nodes), default=0.0)
         if amount > largest:
-            raise PlanError(f"one worker needs {name}={_amount(name, amount)}, the largest node has "
-                            f"{_amount(name, largest)}: lower it in scaling.*_per_worker")
+            raise PlanError(
+                f"one worker needs {name}={_amount(name, amount)}, the largest node has "
+                f"{_amount(name, largest)}: lower it in scaling.*_per_worker"
+            )
 
 
 def _amount(name: str, amount: float) -> str:
@@ -141,7 +143,11 @@ _PLACEMENT_GROUP_RESOURCE = re.compile(r"_group_(\d+_)?[0-9a-f]{16,}$")
 def format_resources(resources: Mapping[str, float]) -> str:
     """`{CPU: 2, GPU: 1, memory: 4 GiB}`: resources as users write them (Ray's node: markers and placement
     groups' own resources left out)."""
-    shown = [f"{name}: {_amount(name, amount)}" for name, amount in sorted(resources.items())
-             if not name.startswith("node:") and not name.endswith("object_store_memory")
-             and not _PLACEMENT_GROUP_RESOURCE.search(name)]
+    shown = [
+        f"{name}: {_amount(name, amount)}"
+        for name, amount in sorted(resources.items())
+        if not name.startswith("node:")
+        and not name.endswith("object_store_memory")
+        and not _PLACEMENT_GROUP_RESOURCE.search(name)
+    ]
     return "{" + ", ".join(shown) + "}"

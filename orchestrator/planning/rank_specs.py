@@ -69,9 +69,14 @@ def rank_slots(plan: JobPlan, placed: Sequence[PlacedBundle]) -> list[PlacedBund
     return slots
 
 
-def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int,
-                 gpu_ids: Optional[Sequence[Sequence[str]]] = None,
-                 pids: Optional[Sequence[int]] = None, attempt: Optional[AttemptSpec] = None) -> list[WorkerSpec]:
+def worker_specs(
+    plan: JobPlan,
+    placed: Sequence[PlacedBundle],
+    master_port: int,
+    gpu_ids: Optional[Sequence[Sequence[str]]] = None,
+    pids: Optional[Sequence[int]] = None,
+    attempt: Optional[AttemptSpec] = None,
+) -> list[WorkerSpec]:
     """One spec per rank; MASTER_ADDR is rank 0's node, `master_port` was found free there.
 
     With `attempt` every rank also gets torchrun's TORCHELASTIC_RUN_ID, TORCHELASTIC_RESTART_COUNT and
@@ -87,8 +92,9 @@ def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int
     specs = []
     for world_rank, slot in enumerate(slots):
         local_ranks = ranks_of[slot.node_id]
-        env = _torchrun_env(plan, world_rank, local_ranks, node_ids.index(slot.node_id), len(node_ids),
-                            slots[0].node_ip, master_port)
+        env = _torchrun_env(
+            plan, world_rank, local_ranks, node_ids.index(slot.node_id), len(node_ids), slots[0].node_ip, master_port
+        )
         if attempt is not None:
             env.update(_elastic_env(attempt))
         cuda_device = None
@@ -96,35 +102,58 @@ def worker_specs(plan: JobPlan, placed: Sequence[PlacedBundle], master_port: int
             visible = list(dict.fromkeys(gpu for rank in local_ranks for gpu in gpu_ids[rank]))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
             cuda_device = visible.index(gpu_ids[world_rank][0])
-        specs.append(WorkerSpec(
-            world_rank=world_rank, local_rank=local_ranks.index(world_rank), node_rank=node_ids.index(slot.node_id),
-            world_size=plan.world_size, local_world_size=len(local_ranks), bundle_index=slot.bundle_index,
-            node_id=slot.node_id, node_ip=slot.node_ip, backend=plan.backend, torch_threads=plan.torch_threads,
-            env=env, cuda_device=cuda_device, pid=pids[world_rank] if pids is not None else None,
-        ))
+        specs.append(
+            WorkerSpec(
+                world_rank=world_rank,
+                local_rank=local_ranks.index(world_rank),
+                node_rank=node_ids.index(slot.node_id),
+                world_size=plan.world_size,
+                local_world_size=len(local_ranks),
+                bundle_index=slot.bundle_index,
+                node_id=slot.node_id,
+                node_ip=slot.node_ip,
+                backend=plan.backend,
+                torch_threads=plan.torch_threads,
+                env=env,
+                cuda_device=cuda_device,
+                pid=pids[world_rank] if pids is not None else None,
+            )
+        )
     return specs
 
 
-def _torchrun_env(plan: JobPlan, world_rank: int, local_ranks: list[int], node_rank: int, num_nodes: int,
-                  master_addr: str, master_port: int) -> dict[str, str]:
+def _torchrun_env(
+    plan: JobPlan,
+    world_rank: int,
+    local_ranks: list[int],
+    node_rank: int,
+    num_nodes: int,
+    master_addr: str,
+    master_port: int,
+) -> dict[str, str]:
     # values of any kind (the NCCL settings, ranks and sizes) until the one str() at the end
     env: dict[str, object] = dict(plan.nccl_env)
-    env.update({
-        "RANK": world_rank,
-        "WORLD_SIZE": plan.world_size,
-        "LOCAL_RANK": local_ranks.index(world_rank),
-        "LOCAL_WORLD_SIZE": len(local_ranks),
-        "GROUP_RANK": node_rank,
-        "GROUP_WORLD_SIZE": num_nodes,
-        "ROLE_RANK": world_rank,
-        "ROLE_WORLD_SIZE": plan.world_size,
-        "MASTER_ADDR": master_addr,
-        "MASTER_PORT": master_port,
-        "OMP_NUM_THREADS": plan.torch_threads,
-    })
+    env.update(
+        {
+            "RANK": world_rank,
+            "WORLD_SIZE": plan.world_size,
+            "LOCAL_RANK": local_ranks.index(world_rank),
+            "LOCAL_WORLD_SIZE": len(local_ranks),
+            "GROUP_RANK": node_rank,
+            "GROUP_WORLD_SIZE": num_nodes,
+            "ROLE_RANK": world_rank,
+            "ROLE_WORLD_SIZE": plan.world_size,
+            "MASTER_ADDR": master_addr,
+            "MASTER_PORT": master_port,
+            "OMP_NUM_THREADS": plan.torch_threads,
+        }
+    )
     return {key: str(value) for key, value in env.items()}
 
 
 def _elastic_env(attempt: AttemptSpec) -> dict[str, str]:
-    return {"TORCHELASTIC_RUN_ID": attempt.run_id, "TORCHELASTIC_RESTART_COUNT": str(attempt.restart_count),
-            "TORCHELASTIC_MAX_RESTARTS": str(attempt.max_restarts)}
+    return {
+        "TORCHELASTIC_RUN_ID": attempt.run_id,
+        "TORCHELASTIC_RESTART_COUNT": str(attempt.restart_count),
+        "TORCHELASTIC_MAX_RESTARTS": str(attempt.max_restarts),
+    }

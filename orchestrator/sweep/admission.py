@@ -44,8 +44,10 @@ def free_for_trials(baseline: ClusterSnapshot, now: ClusterSnapshot, bookings: l
         for held in bookings:
             for name, amount in held.get(node.node_id, {}).items():
                 booked[name] = booked.get(name, 0.0) + amount
-        available = {name: min(amount, start[node.node_id].get(name, 0.0) - booked.get(name, 0.0))
-                     for name, amount in node.available.items()}
+        available = {
+            name: min(amount, start[node.node_id].get(name, 0.0) - booked.get(name, 0.0))
+            for name, amount in node.available.items()
+        }
         nodes.append(replace(node, available=available))
     return replace(now, nodes=tuple(nodes))
 

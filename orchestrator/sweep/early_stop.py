@@ -37,5 +37,7 @@ class MedianStoppingRule:
         worse = value < median if self.direction == "maximize" else value > median
         if not worse:
             return None
-        return (f"stopped early: {self.objective}={value:.4g} at step {step} is worse than the median {median:.4g} "
-                f"of {len(seen)} completed trial{'s' if len(seen) != 1 else ''} (sweep.early_stop=median)")
+        return (
+            f"stopped early: {self.objective}={value:.4g} at step {step} is worse than the median {median:.4g} "
+            f"of {len(seen)} completed trial{'s' if len(seen) != 1 else ''} (sweep.early_stop=median)"
+        )

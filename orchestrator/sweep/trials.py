@@ -50,12 +50,17 @@ class TrialRecord:
 def shared_key_problems(sweep: JobConfig, trial: JobConfig) -> list[str]:
     """Keys a trial may not change from the sweep's config, each with what to do instead."""
     base, own = flat_params(sweep), flat_params(trial)
-    problems = [f"{key}={own[key]} is not valid in a trial: every trial of a sweep uses the sweep's {key}={base[key]} "
-                f"(one cluster, one MLflow experiment, one objective); set it once, outside the swept values"
-                for key in own if key.startswith(SHARED_SECTIONS) and own[key] != base.get(key)]
+    problems = [
+        f"{key}={own[key]} is not valid in a trial: every trial of a sweep uses the sweep's {key}={base[key]} "
+        f"(one cluster, one MLflow experiment, one objective); set it once, outside the swept values"
+        for key in own
+        if key.startswith(SHARED_SECTIONS) and own[key] != base.get(key)
+    ]
     if trial.trainer.resume is not None:
-        problems.append(f"trainer.resume={trial.trainer.resume} is not valid in a sweep: each trial starts fresh; "
-                        f"resume a trial's run with a single `orchestrator train trainer.resume=RUN_ID ...`")
+        problems.append(
+            f"trainer.resume={trial.trainer.resume} is not valid in a sweep: each trial starts fresh; "
+            f"resume a trial's run with a single `orchestrator train trainer.resume=RUN_ID ...`"
+        )
     return problems
 
 
@@ -72,8 +77,11 @@ def varying(overrides: Sequence[str], fixed_keys: Collection[str]) -> tuple[str,
 def best_trial(records: Sequence[TrialRecord], direction: str) -> Optional[TrialRecord]:
     """The finished trial with the best objective (None when no finished trial has one)."""
     # (objective, record) pairs: the objective, checked here, is a float and not None for the key
-    scored = [(record.objective, record) for record in records
-              if record.status == FINISHED and record.objective is not None and _is_value(record.objective)]
+    scored = [
+        (record.objective, record)
+        for record in records
+        if record.status == FINISHED and record.objective is not None and _is_value(record.objective)
+    ]
     if not scored:
         return None
     pick = max if direction == "maximize" else min
@@ -89,21 +97,32 @@ def sweep_status(records: Sequence[TrialRecord], interrupted: bool) -> str:
 
 def counts(records: Sequence[TrialRecord]) -> dict[str, int]:
     """Trials per status, in a fixed order, leaving out statuses no trial has."""
-    found = {status: sum(record.status == status for record in records)
-             for status in (FINISHED, STOPPED, FAILED, KILLED, NOT_STARTED)}
+    found = {
+        status: sum(record.status == status for record in records)
+        for status in (FINISHED, STOPPED, FAILED, KILLED, NOT_STARTED)
+    }
     return {status: number for status, number in found.items() if number}
 
 
 def summary_table(records: Sequence[TrialRecord], fixed_keys: Collection[str], objective: str) -> str:
     """One line per trial: number, the overrides the sweep chose, status, objective, duration, run id."""
     header = ("trial", "overrides", "status", objective, "duration", "run")
-    rows = [(str(record.number), " ".join(varying(record.overrides, fixed_keys)) or "-", record.status,
-             f"{record.objective:.4f}" if _is_value(record.objective) else "-",
-             f"{record.duration_s:.1f} s" if record.started_at is not None else "-", record.run_id or "-")
-            for record in sorted(records, key=lambda record: record.number)]
+    rows = [
+        (
+            str(record.number),
+            " ".join(varying(record.overrides, fixed_keys)) or "-",
+            record.status,
+            f"{record.objective:.4f}" if _is_value(record.objective) else "-",
+            f"{record.duration_s:.1f} s" if record.started_at is not None else "-",
+            record.run_id or "-",
+        )
+        for record in sorted(records, key=lambda record: record.number)
+    ]
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in [header, *rows]) + "\n"
+    return (
+        "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows])
+        + "\n"
+    )
 
 
 def _is_value(value: Optional[float]) -> bool:

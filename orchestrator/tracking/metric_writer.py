@@ -82,9 +82,16 @@ class WriterReport:
 class MetricWriter:
     """Owns the buffer and the thread that drains it; `close()` stops the thread on every path."""
 
-    def __init__(self, send: Send, max_outage_s: float, is_transient: Callable[[BaseException], bool],
-                 buffer_limit: int = BUFFER_LIMIT, first_retry_s: float = FIRST_RETRY_S,
-                 max_retry_s: float = MAX_RETRY_S, name: str = "orchestrator-metric-writer"):
+    def __init__(
+        self,
+        send: Send,
+        max_outage_s: float,
+        is_transient: Callable[[BaseException], bool],
+        buffer_limit: int = BUFFER_LIMIT,
+        first_retry_s: float = FIRST_RETRY_S,
+        max_retry_s: float = MAX_RETRY_S,
+        name: str = "orchestrator-metric-writer",
+    ):
         self.send = send
         self.max_outage_s = max_outage_s
         self.is_transient = is_transient
@@ -140,8 +147,12 @@ class MetricWriter:
             # the thread gives up at the deadline; one request may still be in flight, bounded by its timeout
             self._thread.join(timeout=timeout_s + REQUEST_TIMEOUT_S)
         with self._cond:
-            return WriterReport(written=self._written, dropped=self._dropped, flush_s=time.monotonic() - started,
-                                reachable=self._outage is None)
+            return WriterReport(
+                written=self._written,
+                dropped=self._dropped,
+                flush_s=time.monotonic() - started,
+                reachable=self._outage is None,
+            )
 
     @property
     def reachable(self) -> bool:
@@ -211,10 +222,12 @@ class MetricWriter:
         outage = self._outage
         if outage is None:
             outage = self._outage = _Outage(since=now, first_error=_short(error), dropped=DropLog())
-            self._notices.append(f"MLflow: cannot write metrics ({outage.first_error}); buffering them and "
-                                 f"retrying for up to {self.max_outage_s:g} s (tracking.max_outage_s)")
+            self._notices.append(
+                f"MLflow: cannot write metrics ({outage.first_error}); buffering them and "
+                f"retrying for up to {self.max_outage_s:g} s (tracking.max_outage_s)"
+            )
         self._drop_older_than(outage, now - self.max_outage_s)
-        delay = self.first_retry_s * 2 ** outage.attempts
+        delay = self.first_retry_s * 2**outage.attempts
         outage.attempts += 1
         self._retry_at = now + min(delay, self.max_retry_s)
 
@@ -224,8 +237,10 @@ class MetricWriter:
         while count < len(self._pending) and self._pending[count][0] <= cutoff:
             count += 1
         if count and not outage.dropped.total:
-            self._notices.append(f"MLflow: still unreachable after {self.max_outage_s:g} s (tracking.max_outage_s): "
-                                 f"dropping metric values older than that; training goes on")
+            self._notices.append(
+                f"MLflow: still unreachable after {self.max_outage_s:g} s (tracking.max_outage_s): "
+                f"dropping metric values older than that; training goes on"
+            )
         self._drop(count, outage.dropped)
 
     def _drop(self, count: int, also: Optional[DropLog] = None) -> None:

@@ -66,29 +66,44 @@ class ServerSpec:
         return f"http://{self.host}:{self.port}"
 
 
-def local_spec(data_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-               backend_store_uri: Optional[str] = None, artifacts_destination: Optional[str] = None,
-               workers: int = 1, basic_auth: bool = False) -> ServerSpec:
+def local_spec(
+    data_dir: Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    backend_store_uri: Optional[str] = None,
+    artifacts_destination: Optional[str] = None,
+    workers: int = 1,
+    basic_auth: bool = False,
+) -> ServerSpec:
     """A spec with SQLite and artifacts inside `data_dir` unless a store or destination is given."""
     data_dir = data_dir.resolve()
-    return ServerSpec(backend_store_uri=backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}",
-                      artifacts_destination=artifacts_destination or str(data_dir / "artifacts"),
-                      data_dir=str(data_dir), host=host, port=port, workers=workers, basic_auth=basic_auth)
+    return ServerSpec(
+        backend_store_uri=backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}",
+        artifacts_destination=artifacts_destination or str(data_dir / "artifacts"),
+        data_dir=str(data_dir),
+        host=host,
+        port=port,
+        workers=workers,
+        basic_auth=basic_auth,
+    )
 
 
 def validate_spec(spec: ServerSpec) -> None:
     """Reject what `mlflow server` would fail on later, naming the flag, the value and what is valid."""
     problems = []
     if not spec.backend_store_uri.startswith(BACKEND_SCHEMES):
-        problems.append(f"--backend-store-uri={redact_value(spec.backend_store_uri)} is not valid: use "
-                        f"sqlite:///path/to/mlflow.db or postgresql://user@host:5432/dbname")
+        problems.append(
+            f"--backend-store-uri={redact_value(spec.backend_store_uri)} is not valid: use "
+            f"sqlite:///path/to/mlflow.db or postgresql://user@host:5432/dbname"
+        )
     elif spec.backend_store_uri.startswith("postgresql") and not _importable("psycopg2"):
         problems.append("a PostgreSQL store needs the psycopg2 driver: pip install psycopg2-binary")
     if not 1 <= spec.port <= 65535:
         problems.append(f"--port={spec.port} is not valid: use a port in 1-65535")
     elif not _port_free(spec.host, spec.port):
-        problems.append(f"--port={spec.port} is not valid: {spec.host}:{spec.port} is already in use; "
-                        f"choose another port")
+        problems.append(
+            f"--port={spec.port} is not valid: {spec.host}:{spec.port} is already in use; choose another port"
+        )
     if spec.workers < 1:
         problems.append(f"--workers={spec.workers} is not valid: use 1 or more")
     if spec.basic_auth:
@@ -102,20 +117,37 @@ def _basic_auth_problems(spec: ServerSpec) -> list[str]:
     if not _importable("flask_wtf"):
         problems.append("--basic-auth needs MLflow's auth extra: pip install 'mlflow[auth]'")
     if not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
-        problems.append("--basic-auth needs MLFLOW_FLASK_SERVER_SECRET_KEY in the environment (any long random "
-                        "string, the same for every server process)")
+        problems.append(
+            "--basic-auth needs MLFLOW_FLASK_SERVER_SECRET_KEY in the environment (any long random "
+            "string, the same for every server process)"
+        )
     first_start = not (Path(spec.data_dir) / AUTH_DATABASE).exists()
     if first_start and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-        problems.append("--basic-auth starts with no users: set MLFLOW_AUTH_ADMIN_PASSWORD in the environment for "
-                        "the first start (it creates the user `admin`)")
+        problems.append(
+            "--basic-auth starts with no users: set MLFLOW_AUTH_ADMIN_PASSWORD in the environment for "
+            "the first start (it creates the user `admin`)"
+        )
     return problems
 
 
 def server_command(spec: ServerSpec) -> list[str]:
     """The `mlflow server` command line for `spec`."""
-    command = [sys.executable, "-m", "mlflow", "server", "--host", spec.host, "--port", str(spec.port),
-               "--backend-store-uri", spec.backend_store_uri, "--artifacts-destination", spec.artifacts_destination,
-               "--workers", str(spec.workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+        "--backend-store-uri",
+        spec.backend_store_uri,
+        "--artifacts-destination",
+        spec.artifacts_destination,
+        "--workers",
+        str(spec.workers),
+    ]
     return command + (["--app-name", "basic-auth"] if spec.basic_auth else [])
 
 
@@ -135,9 +167,14 @@ class MlflowServer:
         with contextlib.ExitStack() as files:
             log = files.enter_context(open(self.log_path, "ab")) if self.log_path else None
             process = self.process = subprocess.Popen(
-                server_command(self.spec), cwd=self.spec.data_dir, env=env, stdout=log,
-                stderr=subprocess.STDOUT if log else None, start_new_session=True,
-                preexec_fn=_dies_with_its_parent())
+                server_command(self.spec),
+                cwd=self.spec.data_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT if log else None,
+                start_new_session=True,
+                preexec_fn=_dies_with_its_parent(),
+            )
         try:
             self._wait_healthy(process, timeout_s)
         except BaseException:
@@ -154,14 +191,16 @@ class MlflowServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise ServerError(f"mlflow server exited with code {process.returncode} while starting"
-                                  f"{self._log_tail()}")
+                raise ServerError(
+                    f"mlflow server exited with code {process.returncode} while starting{self._log_tail()}"
+                )
             if _healthy(self.spec.url):
                 return
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.25)  # wakes early if the server dies
-        raise ServerError(f"mlflow server did not answer {self.spec.url}/health within {timeout_s:g} s"
-                          f"{self._log_tail()}")
+        raise ServerError(
+            f"mlflow server did not answer {self.spec.url}/health within {timeout_s:g} s{self._log_tail()}"
+        )
 
     def _log_tail(self) -> str:
         if not self.log_path or not self.log_path.exists():
@@ -252,23 +291,41 @@ def _importable(module: str) -> bool:
 
 def parse_args(argv: Sequence[str]) -> ServerSpec:
     """`orchestrator mlflow-server` options -> ServerSpec (defaults: SQLite and artifacts in ./mlflow-server)."""
-    parser = argparse.ArgumentParser(prog="orchestrator mlflow-server", description=(
-        "Run an MLflow tracking server until Ctrl-C. Jobs log to it with tracking.uri=http://HOST:PORT."))
-    parser.add_argument("--host", default=DEFAULT_HOST, help="interface to listen on (default %(default)s; "
-                        "0.0.0.0 lets workers on other machines reach it)")
+    parser = argparse.ArgumentParser(
+        prog="orchestrator mlflow-server",
+        description=("Run an MLflow tracking server until Ctrl-C. Jobs log to it with tracking.uri=http://HOST:PORT."),
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="interface to listen on (default %(default)s; 0.0.0.0 lets workers on other machines reach it)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
-    parser.add_argument("--dir", default=DEFAULT_DIR, help="data folder: SQLite store, artifacts, auth users "
-                        "(default ./%(default)s)")
-    parser.add_argument("--backend-store-uri", help="sqlite:///path.db (default: <dir>/mlflow.db) or "
-                        "postgresql://user@host:5432/db (password in PGPASSWORD)")
+    parser.add_argument(
+        "--dir", default=DEFAULT_DIR, help="data folder: SQLite store, artifacts, auth users (default ./%(default)s)"
+    )
+    parser.add_argument(
+        "--backend-store-uri",
+        help="sqlite:///path.db (default: <dir>/mlflow.db) or postgresql://user@host:5432/db (password in PGPASSWORD)",
+    )
     parser.add_argument("--artifacts-destination", help="where served artifacts go (default: <dir>/artifacts)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default %(default)s)")
-    parser.add_argument("--basic-auth", action="store_true", help="MLflow's basic-auth app: needs "
-                        "MLFLOW_FLASK_SERVER_SECRET_KEY, and MLFLOW_AUTH_ADMIN_PASSWORD on the first start")
+    parser.add_argument(
+        "--basic-auth",
+        action="store_true",
+        help="MLflow's basic-auth app: needs "
+        "MLFLOW_FLASK_SERVER_SECRET_KEY, and MLFLOW_AUTH_ADMIN_PASSWORD on the first start",
+    )
     args = parser.parse_args(list(argv))
-    return local_spec(Path(args.dir), host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
-                      artifacts_destination=args.artifacts_destination, workers=args.workers,
-                      basic_auth=args.basic_auth)
+    return local_spec(
+        Path(args.dir),
+        host=args.host,
+        port=args.port,
+        backend_store_uri=args.backend_store_uri,
+        artifacts_destination=args.artifacts_destination,
+        workers=args.workers,
+        basic_auth=args.basic_auth,
+    )
 
 
 def mlflow_server_main(argv: Sequence[str]) -> int:
@@ -282,11 +339,14 @@ def mlflow_server_main(argv: Sequence[str]) -> int:
         return error.exit_code
     except SystemExit as exit_request:  # argparse: --help or a usage error
         return exit_request.code if isinstance(exit_request.code, int) else 2
-    print(f"MLflow tracking server: {spec.url} (pid {server.pid}; Ctrl-C stops it)\n"
-          f"  backend store: {redact_value(spec.backend_store_uri)}\n"
-          f"  artifacts:     {spec.artifacts_destination} (served through the server)\n"
-          f"  send runs:     orchestrator train tracking.uri={spec.url}\n"
-          f"  compare runs:  orchestrator compare --tracking-uri {spec.url}", flush=True)
+    print(
+        f"MLflow tracking server: {spec.url} (pid {server.pid}; Ctrl-C stops it)\n"
+        f"  backend store: {redact_value(spec.backend_store_uri)}\n"
+        f"  artifacts:     {spec.artifacts_destination} (served through the server)\n"
+        f"  send runs:     orchestrator train tracking.uri={spec.url}\n"
+        f"  compare runs:  orchestrator compare --tracking-uri {spec.url}",
+        flush=True,
+    )
     try:
         process = server.process
         assert process is not None  # start() returned, so the process is running

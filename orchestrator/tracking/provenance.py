@@ -10,8 +10,9 @@ from typing import Optional
 def git_commit(directory: Path) -> Optional[str]:
     """HEAD's commit of the git checkout holding `directory`, or None outside a checkout."""
     try:
-        completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
-                                   timeout=10, check=False)
+        completed = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     commit = completed.stdout.strip()

@@ -32,8 +32,17 @@ HYDRA_ARTIFACT_DIR = ".hydra"
 ERROR_ARTIFACT = "error.txt"
 ERROR_TAG = "orchestrator.error"
 PARENT_TAG = "mlflow.parentRunId"
-__all__ = ["RunRecorder", "MODEL_ARTIFACT", "CONFIG_ARTIFACT", "WORKERS_ARTIFACT", "CHECKPOINT_ARTIFACT_DIR",
-           "HYDRA_ARTIFACT_DIR", "ERROR_ARTIFACT", "ERROR_TAG", "PARENT_TAG"]
+__all__ = [
+    "RunRecorder",
+    "MODEL_ARTIFACT",
+    "CONFIG_ARTIFACT",
+    "WORKERS_ARTIFACT",
+    "CHECKPOINT_ARTIFACT_DIR",
+    "HYDRA_ARTIFACT_DIR",
+    "ERROR_ARTIFACT",
+    "ERROR_TAG",
+    "PARENT_TAG",
+]
 
 Notify = Callable[[str], None]
 
@@ -51,9 +60,17 @@ def local_artifact_root(tracking_uri: str) -> Optional[str]:
 class RunRecorder:
     """Writes one MLflow run: params, tags, metrics, artifacts, model and final status."""
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str, tracking: TrackingConfig,
-                 guard: StoreGuard, notify: Notify = _print_notice, upload_checkpoints: bool = False,
-                 redactor: redact.Redactor = redact.Redactor()):
+    def __init__(
+        self,
+        client: Any,
+        run_id: str,
+        experiment_id: str,
+        tracking: TrackingConfig,
+        guard: StoreGuard,
+        notify: Notify = _print_notice,
+        upload_checkpoints: bool = False,
+        redactor: redact.Redactor = redact.Redactor(),
+    ):
         self.client = client
         self.redactor = redactor
         self.run_id = run_id
@@ -75,10 +92,17 @@ class RunRecorder:
         self.report: Optional[WriterReport] = None
 
     @classmethod
-    def create(cls, tracking: TrackingConfig, params: Mapping[str, str], tags: Mapping[str, str],
-               parent_run_id: Optional[str] = None, notify: Notify = _print_notice,
-               upload_checkpoints: bool = False, redactor: redact.Redactor = redact.Redactor(),
-               start_time: Optional[float] = None) -> "RunRecorder":
+    def create(
+        cls,
+        tracking: TrackingConfig,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        parent_run_id: Optional[str] = None,
+        notify: Notify = _print_notice,
+        upload_checkpoints: bool = False,
+        redactor: redact.Redactor = redact.Redactor(),
+        start_time: Optional[float] = None,
+    ) -> "RunRecorder":
         """Create the run in `tracking.experiment` (created when missing), as a child of `parent_run_id` if given.
 
         `redactor` knows the job's secret values (Redactor.of its config and command line). `start_time`
@@ -89,16 +113,24 @@ class RunRecorder:
         tags = dict(tags, **({PARENT_TAG: parent_run_id} if parent_run_id else {}))
         run_name = None if tracking.run_name is None else redactor.value(tracking.run_name)
         start_ms = None if start_time is None else int(start_time * 1000)
-        run = guard.call(lambda: client.create_run(experiment_id, run_name=run_name, start_time=start_ms,
-                                                   tags=_limited_tags(redactor.items(tags))))
+        run = guard.call(
+            lambda: client.create_run(
+                experiment_id, run_name=run_name, start_time=start_ms, tags=_limited_tags(redactor.items(tags))
+            )
+        )
         recorder = cls(client, run.info.run_id, experiment_id, tracking, guard, notify, upload_checkpoints, redactor)
         recorder.log_params(params)
         return recorder.start()
 
     @classmethod
-    def attach(cls, tracking: TrackingConfig, run_id: str, notify: Notify = _print_notice,
-               upload_checkpoints: bool = False,
-               redactor: redact.Redactor = redact.Redactor()) -> Optional["RunRecorder"]:
+    def attach(
+        cls,
+        tracking: TrackingConfig,
+        run_id: str,
+        notify: Notify = _print_notice,
+        upload_checkpoints: bool = False,
+        redactor: redact.Redactor = redact.Redactor(),
+    ) -> Optional["RunRecorder"]:
         """Continue an existing run (a resumed job): marked RUNNING again; None if the store has no such run."""
         from mlflow.exceptions import MlflowException
 
@@ -141,8 +173,9 @@ class RunRecorder:
 
     def _in_background(self, call: Callable[..., None], *args: Any) -> None:
         if self.background is None:
-            self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-mlflow-io",
-                                                 initializer=lower_thread_priority)
+            self.background = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="orchestrator-mlflow-io", initializer=lower_thread_priority
+            )
         self.background.submit(call, *args)
 
     def _upload(self, path: str) -> None:
@@ -166,13 +199,15 @@ class RunRecorder:
         safe = self.redactor.items(params)
         items = [Param(key, _cut(value, MAX_PARAM_VAL_LENGTH)) for key, value in safe.items()]
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            batch = items[start:start + MAX_PARAMS_TAGS_PER_BATCH]
+            batch = items[start : start + MAX_PARAMS_TAGS_PER_BATCH]
             self.guard.call(lambda: self.client.log_batch(self.run_id, params=batch))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_s: Optional[float] = None) -> None:
         """Buffer one step's metrics for the background writer; returns at once unless the buffer is full."""
         timestamp_ms = int((time.time() if timestamp_s is None else timestamp_s) * 1000)
-        self._started_writer().put([MetricValue(key, float(value), timestamp_ms, step) for key, value in metrics.items()])
+        self._started_writer().put(
+            [MetricValue(key, float(value), timestamp_ms, step) for key, value in metrics.items()]
+        )
         self._announce()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -231,8 +266,9 @@ class RunRecorder:
         """Log the model under the name `model` with its signature and input example."""
         if self._store_down("the model"):
             return
-        self.guard.attempt(lambda: log_pytorch_model(self.tracking.uri, self.run_id, model, input_example,
-                                                     self.tracking.model_format))
+        self.guard.attempt(
+            lambda: log_pytorch_model(self.tracking.uri, self.run_id, model, input_example, self.tracking.model_format)
+        )
 
     def flush(self) -> None:
         """Wait until buffered metrics are written, at most `tracking.flush_timeout_s` for the whole run."""
@@ -254,8 +290,7 @@ class RunRecorder:
             self.background.shutdown(wait=True, cancel_futures=not self._started_writer().reachable)
             self.background = None
         if report.dropped.total:
-            self.notify(f"MLflow: {report.dropped.total} metric values were not recorded "
-                        f"({report.dropped.describe()})")
+            self.notify(f"MLflow: {report.dropped.total} metric values were not recorded ({report.dropped.describe()})")
         if self._store_down(f"the final status {status}"):
             return
         if error:
@@ -278,8 +313,12 @@ class RunRecorder:
         Skipping then keeps the end of the run from hanging in MlflowClient's minutes of retries.
         """
         # before start() no metric write has failed: nothing says the store is down
-        if (self.writer is None or self.writer.reachable or not is_server(self.tracking.uri)
-                or server_answers(self.tracking.uri)):
+        if (
+            self.writer is None
+            or self.writer.reachable
+            or not is_server(self.tracking.uri)
+            or server_answers(self.tracking.uri)
+        ):
             return False
         self.notify(f"MLflow: the tracking server does not answer; {what} of run {self.run_id} is not recorded")
         return True
@@ -359,7 +398,7 @@ def _limited_tags(tags: Mapping[str, str]) -> dict[str, str]:
 
 def _cut(text: str, limit: int) -> str:
     marker = "...[truncated]"
-    return text if len(text) <= limit else text[:limit - len(marker)] + marker
+    return text if len(text) <= limit else text[: limit - len(marker)] + marker
 
 
 SESSION_TAG = "orchestrator.sessions"

@@ -35,7 +35,7 @@ def sqlite_path(tracking_uri: str) -> Optional[Path]:
     if not tracking_uri.startswith(SQLITE_PREFIX):
         return None
     # sqlite:////abs/path.db names /abs/path.db; sqlite:///rel.db a path relative to the working directory
-    return Path(tracking_uri[len(SQLITE_PREFIX):].split("?", 1)[0]).resolve()
+    return Path(tracking_uri[len(SQLITE_PREFIX) :].split("?", 1)[0]).resolve()
 
 
 def is_transient(error: BaseException) -> bool:

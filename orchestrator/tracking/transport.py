@@ -22,8 +22,10 @@ if TYPE_CHECKING:  # only a type here: MLflow is imported where it is used
 LOG_BATCH_ENDPOINT = "/api/2.0/mlflow/runs/log-batch"
 GET_EXPERIMENT_ENDPOINT = "/api/2.0/mlflow/experiments/get-by-name"
 CHECK_TIMEOUT_S = 5.0
-CREDENTIALS_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
-                    "environment; credentials never go into the config")
+CREDENTIALS_HINT = (
+    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+    "environment; credentials never go into the config"
+)
 
 
 class TrackingUnavailable(OrchestratorError, ValueError):
@@ -46,9 +48,16 @@ def http_sender(tracking_uri: str, run_id: str) -> Send:
 
     def send(values: Sequence[MetricValue], timeout_s: float) -> None:
         body = message_to_json(LogBatch(run_id=run_id, metrics=[_metric(value).to_proto() for value in values]))
-        response = http_request(get_default_host_creds(tracking_uri), LOG_BATCH_ENDPOINT, "POST", max_retries=0,
-                                backoff_factor=0, timeout=timeout_s, data=body,
-                                extra_headers={"Content-Type": "application/json"})
+        response = http_request(
+            get_default_host_creds(tracking_uri),
+            LOG_BATCH_ENDPOINT,
+            "POST",
+            max_retries=0,
+            backoff_factor=0,
+            timeout=timeout_s,
+            data=body,
+            extra_headers={"Content-Type": "application/json"},
+        )
         verify_rest_response(response, LOG_BATCH_ENDPOINT)
 
     return send
@@ -56,6 +65,7 @@ def http_sender(tracking_uri: str, run_id: str) -> Send:
 
 def store_sender(client: Any, run_id: str, guard: StoreGuard) -> Send:
     """Send batches through MlflowClient (SQLite, PostgreSQL), holding the store's write lock."""
+
     def send(values: Sequence[MetricValue], timeout_s: float) -> None:
         metrics = [_metric(value) for value in values]
         guard.attempt(lambda: client.log_batch(run_id, metrics=metrics))
@@ -75,8 +85,14 @@ def server_answers(tracking_uri: str) -> bool:
     from mlflow.utils.rest_utils import http_request
 
     try:
-        response = http_request(get_default_host_creds(tracking_uri), "/health", "GET", max_retries=0,
-                                backoff_factor=0, timeout=CHECK_TIMEOUT_S)
+        response = http_request(
+            get_default_host_creds(tracking_uri),
+            "/health",
+            "GET",
+            max_retries=0,
+            backoff_factor=0,
+            timeout=CHECK_TIMEOUT_S,
+        )
     except Exception:  # any failure to get an answer means: not now
         return False
     return response.status_code == 200
@@ -92,16 +108,28 @@ def check_server(tracking_uri: str, experiment: str, setting: str = "tracking.ur
 
     shown = redact_value(tracking_uri)
     try:
-        response = http_request(get_default_host_creds(tracking_uri), GET_EXPERIMENT_ENDPOINT, "GET", max_retries=0,
-                                backoff_factor=0, timeout=CHECK_TIMEOUT_S, params={"experiment_name": experiment})
+        response = http_request(
+            get_default_host_creds(tracking_uri),
+            GET_EXPERIMENT_ENDPOINT,
+            "GET",
+            max_retries=0,
+            backoff_factor=0,
+            timeout=CHECK_TIMEOUT_S,
+            params={"experiment_name": experiment},
+        )
     except Exception as error:
         raise TrackingUnavailable(
             f"the MLflow tracking server at {setting}={shown} is not reachable ({type(error).__name__}): "
             f"start one with `orchestrator mlflow-server` (or `make mlflow`), or set {setting} to a running "
-            f"server or to sqlite:///mlflow.db") from None
+            f"server or to sqlite:///mlflow.db"
+        ) from None
     if response.status_code in (401, 403):
-        raise TrackingUnavailable(f"the MLflow tracking server at {setting}={shown} refused the login "
-                                  f"(HTTP {response.status_code}): {CREDENTIALS_HINT}")
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {setting}={shown} refused the login "
+            f"(HTTP {response.status_code}): {CREDENTIALS_HINT}"
+        )
     if response.status_code >= 500:
-        raise TrackingUnavailable(f"the MLflow tracking server at {setting}={shown} answered HTTP "
-                                  f"{response.status_code}: {response.text[:200]}")
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {setting}={shown} answered HTTP "
+            f"{response.status_code}: {response.text[:200]}"
+        )

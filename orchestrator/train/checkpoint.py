@@ -136,8 +136,9 @@ class CheckpointWriter:
     def submit(self, state: Mapping[str, Any], step: int) -> None:
         """Write `state` (already a snapshot) as the checkpoint of `step`, in the background."""
         self.wait()
-        self._thread = threading.Thread(target=self._write, args=(state, step), daemon=True,
-                                        name="orchestrator-checkpoint-writer")
+        self._thread = threading.Thread(
+            target=self._write, args=(state, step), daemon=True, name="orchestrator-checkpoint-writer"
+        )
         self._thread.start()
 
     def _write(self, state: Mapping[str, Any], step: int) -> None:

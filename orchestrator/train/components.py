@@ -36,8 +36,12 @@ def import_target(key: str, path: str) -> Callable[..., Any]:
     except Exception as error:  # the user's module raised while it was imported
         raise ConfigError([f"{key}={path}: importing {module_name} failed: {type(error).__name__}: {error}"]) from None
     if not hasattr(module, attribute):
-        raise ConfigError([f"{key}={path} is not valid: {module_name} has no attribute {attribute}"
-                           f"{_did_you_mean(attribute, [n for n in dir(module) if not n.startswith('_')])}"])
+        raise ConfigError(
+            [
+                f"{key}={path} is not valid: {module_name} has no attribute {attribute}"
+                f"{_did_you_mean(attribute, [n for n in dir(module) if not n.startswith('_')])}"
+            ]
+        )
     found = getattr(module, attribute)
     if not callable(found):
         raise ConfigError([f"{key}={path} is not valid: it is a {type(found).__name__}, not a class or function"])
@@ -48,8 +52,10 @@ def _missing_module(key: str, path: str, module_name: str, error: ModuleNotFound
     if error.name and not module_name.startswith(error.name) and error.name != module_name:
         # the module exists but imports something that is not installed
         return f"{key}={path}: importing {module_name} failed: {error}"
-    return (f"{key}={path} is not valid: no module named {error.name or module_name} (run from the folder that "
-            "holds your package, or install it; on a cluster ship it with cluster.runtime_env)")
+    return (
+        f"{key}={path} is not valid: no module named {error.name or module_name} (run from the folder that "
+        "holds your package, or install it; on a cluster ship it with cluster.runtime_env)"
+    )
 
 
 def _did_you_mean(name: str, candidates: list[str]) -> str:
@@ -74,14 +80,19 @@ def _check_arguments(group: str, target: str, function: Callable[..., Any], kwar
         return
     parameters = signature.parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    named = [name for name, p in parameters.items()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    named = [
+        name
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
     problems = []
     if not takes_any:
         for key in kwargs:
             if key not in named:
-                problems.append(f"{group}.{key}={kwargs[key]} is not valid: {target} has no parameter {key}"
-                                f"{_did_you_mean(key, named)}; its parameters: {', '.join(named) or 'none'}")
+                problems.append(
+                    f"{group}.{key}={kwargs[key]} is not valid: {target} has no parameter {key}"
+                    f"{_did_you_mean(key, named)}; its parameters: {', '.join(named) or 'none'}"
+                )
     for name in named:
         parameter = parameters[name]
         if parameter.default is inspect.Parameter.empty and name not in kwargs:
@@ -94,8 +105,12 @@ def build_target_model(model: TargetModelConfig) -> nn.Module:
     """The user's model, built from its config."""
     built = call_target("model", model.target, dict(model.kwargs))
     if not isinstance(built, nn.Module):
-        raise ConfigError([f"model._target_={model.target} is not valid: it returned a {type(built).__name__}, "
-                           "expected a torch.nn.Module"])
+        raise ConfigError(
+            [
+                f"model._target_={model.target} is not valid: it returned a {type(built).__name__}, "
+                "expected a torch.nn.Module"
+            ]
+        )
     return built
 
 
@@ -103,15 +118,23 @@ def build_target_data(data: TargetDataConfig) -> tuple[Any, Optional[Any]]:
     """The user's (train_dataset, eval_dataset or None), each checked to be a non-empty map-style data set."""
     built = call_target("data", data.target, dict(data.kwargs))
     if not (isinstance(built, (tuple, list)) and len(built) == 2):
-        raise ConfigError([f"data._target_={data.target} is not valid: it returned {_describe(built)}, expected "
-                           "(train_dataset, eval_dataset or None)"])
+        raise ConfigError(
+            [
+                f"data._target_={data.target} is not valid: it returned {_describe(built)}, expected "
+                "(train_dataset, eval_dataset or None)"
+            ]
+        )
     train, evaluation = built
     for role, dataset in (("train", train), ("eval", evaluation)):
         if dataset is None and role == "eval":
             continue
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise ConfigError([f"data._target_={data.target} is not valid: its {role} set is {_describe(dataset)}, "
-                               "expected a map-style torch.utils.data.Dataset (with __getitem__ and __len__)"])
+            raise ConfigError(
+                [
+                    f"data._target_={data.target} is not valid: its {role} set is {_describe(dataset)}, "
+                    "expected a map-style torch.utils.data.Dataset (with __getitem__ and __len__)"
+                ]
+            )
         if len(dataset) == 0:
             raise ConfigError([f"data._target_={data.target} is not valid: its {role} set is empty"])
     return train, evaluation
@@ -145,8 +168,12 @@ def split_item(data: TargetDataConfig, item: Any, index: int) -> tuple[Any, Any]
     """(inputs, targets) of one item of the user's data set, or a ConfigError saying what it is instead."""
     if isinstance(item, (tuple, list)) and len(item) == 2:
         return item[0], item[1]
-    raise ConfigError([f"data._target_={data.target} is not valid: item {index} of its train set is "
-                       f"{_describe(item)}, expected (inputs, targets)"])
+    raise ConfigError(
+        [
+            f"data._target_={data.target} is not valid: item {index} of its train set is "
+            f"{_describe(item)}, expected (inputs, targets)"
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -176,15 +203,22 @@ def check_components(job: JobConfig) -> Optional[ComponentCheck]:
     try:
         batch = default_collate(items)
     except Exception as error:
-        raise ConfigError([f"data._target_={job.data.target}: two items of its train set do not batch together "
-                           f"({type(error).__name__}: {error}); make every item's tensors the same shape"]) from None
+        raise ConfigError(
+            [
+                f"data._target_={job.data.target}: two items of its train set do not batch together "
+                f"({type(error).__name__}: {error}); make every item's tensors the same shape"
+            ]
+        ) from None
     model.eval()
     if step.user is not None:
         _check_user_step(job, step, model, batch)
     else:
         _check_model_and_loss(job, step.loss_fn, model, *batch)
-    return ComponentCheck(num_parameters=sum(p.numel() for p in model.parameters()), train_samples=len(train),
-                          eval_samples=None if evaluation is None else len(evaluation))
+    return ComponentCheck(
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        train_samples=len(train),
+        eval_samples=None if evaluation is None else len(evaluation),
+    )
 
 
 def _check_user_step(job: JobConfig, step: Any, model: nn.Module, batch: Any) -> None:
@@ -196,8 +230,12 @@ def _check_user_step(job: JobConfig, step: Any, model: nn.Module, batch: Any) ->
     except ConfigError:
         raise
     except Exception as error:
-        raise ConfigError([f"trainer.step_fn={step.user} fails on a batch of two items of data._target_="
-                           f"{job.data.target}: {type(error).__name__}: {error}"]) from None
+        raise ConfigError(
+            [
+                f"trainer.step_fn={step.user} fails on a batch of two items of data._target_="
+                f"{job.data.target}: {type(error).__name__}: {error}"
+            ]
+        ) from None
     scalar_metrics(metrics, step)
 
 
@@ -206,14 +244,22 @@ def _check_model_and_loss(job: JobConfig, loss_fn: LossFn, model: nn.Module, inp
         with torch.no_grad():
             outputs = model(inputs)
     except Exception as error:
-        raise ConfigError([f"model._target_={job.model.target} fails on a batch of data._target_={job.data.target} "
-                           f"(inputs of shape {_shape(inputs)}): {type(error).__name__}: {error}"]) from None
+        raise ConfigError(
+            [
+                f"model._target_={job.model.target} fails on a batch of data._target_={job.data.target} "
+                f"(inputs of shape {_shape(inputs)}): {type(error).__name__}: {error}"
+            ]
+        ) from None
     try:
         value = loss_fn(outputs, targets)
     except Exception as error:
-        raise ConfigError([f"the loss fails on the outputs of model._target_={job.model.target} (shape "
-                           f"{_shape(outputs)}) and the targets of data._target_={job.data.target} (shape "
-                           f"{_shape(targets)}): {type(error).__name__}: {error}"]) from None
+        raise ConfigError(
+            [
+                f"the loss fails on the outputs of model._target_={job.model.target} (shape "
+                f"{_shape(outputs)}) and the targets of data._target_={job.data.target} (shape "
+                f"{_shape(targets)}): {type(error).__name__}: {error}"
+            ]
+        ) from None
     if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
         raise ConfigError([f"the loss returned {_describe(value)}, expected a scalar float tensor"])
 

@@ -94,13 +94,18 @@ class RankShare:
     """This rank's share of a data set of `num_items` in DistributedSampler's seeded order, counted in
     micro-batches and optimizer steps (the same counts on every rank)."""
 
-    def __init__(self, num_items: int, world_size: int, world_rank: int, batch_size: int, accum_steps: int,
-                 seed: int):
+    def __init__(self, num_items: int, world_size: int, world_rank: int, batch_size: int, accum_steps: int, seed: int):
         self.batch_size = batch_size
         self.accum_steps = accum_steps
         # the sampler only needs the length: a range keeps it from touching the data
-        self.sampler: DistributedSampler = DistributedSampler(range(num_items), num_replicas=world_size,  # type: ignore[arg-type]
-                                                              rank=world_rank, shuffle=True, seed=seed, drop_last=False)
+        self.sampler: DistributedSampler = DistributedSampler(
+            range(num_items),  # type: ignore[arg-type]  # a Sequence: the sampler only takes its length
+            num_replicas=world_size,
+            rank=world_rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
 
     @property
     def micro_batches_per_epoch(self) -> int:
@@ -121,8 +126,16 @@ class ShardedBatches(RankShare):
     the world size: 2 workers with batch b see the data a single worker with batch 2b sees.
     """
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, world_size: int, world_rank: int,
-                 batch_size: int, accum_steps: int, seed: int):
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        world_size: int,
+        world_rank: int,
+        batch_size: int,
+        accum_steps: int,
+        seed: int,
+    ):
         # inputs and labels live where the model runs (the whole set is moved once, see loop._on_device):
         # each micro-batch is then one gather on the device, with no per-step host-to-device copy
         super().__init__(len(labels), world_size, world_rank, batch_size, accum_steps, seed)
@@ -137,8 +150,5 @@ class ShardedBatches(RankShare):
         indices = to_device(torch.tensor(list(iter(self.sampler)), dtype=torch.long), self.inputs.device)
         step_samples = self.batch_size * self.accum_steps
         for start in range(skip_steps * step_samples, len(indices), step_samples):
-            chunk = indices[start:start + step_samples]
-            yield [
-                (self.inputs[part], self.labels[part])
-                for part in torch.split(chunk, self.batch_size)
-            ]
+            chunk = indices[start : start + step_samples]
+            yield [(self.inputs[part], self.labels[part]) for part in torch.split(chunk, self.batch_size)]

@@ -15,8 +15,15 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mea
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, world_rank: int, world_size: int,
-             batch_size: int, amp: str) -> dict[str, float]:
+def evaluate(
+    module: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    world_rank: int,
+    world_size: int,
+    batch_size: int,
+    amp: str,
+) -> dict[str, float]:
     """Loss and accuracy over every test sample exactly once (rank r takes samples r, r+W, ...); per token for gpt.
 
     DistributedSampler would pad the split with repeated samples to even out the shards, which makes

@@ -19,7 +19,7 @@ from orchestrator.config.schema import GptConfig
 
 def matmul_params(model: GptConfig, vocab_size: int) -> int:
     """Weights that take part in a matrix multiplication per token (N above)."""
-    return 12 * model.layers * model.width ** 2 + vocab_size * model.width
+    return 12 * model.layers * model.width**2 + vocab_size * model.width
 
 
 def training_flops_per_token(model: GptConfig, vocab_size: int, seq_len: int) -> int:

@@ -51,9 +51,11 @@ def holding(folder: Path, purpose: str, *, required: bool = True) -> Iterator[No
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FolderInUse(f"cannot {purpose}: {folder} is in use by another command"
-                              f"{_holder_text(descriptor)}; wait for it to end (or stop it with Ctrl-C), then run "
-                              f"this command again") from None
+            raise FolderInUse(
+                f"cannot {purpose}: {folder} is in use by another command"
+                f"{_holder_text(descriptor)}; wait for it to end (or stop it with Ctrl-C), then run "
+                f"this command again"
+            ) from None
         _write_holder(descriptor)
         yield
     finally:
@@ -63,8 +65,12 @@ def holding(folder: Path, purpose: str, *, required: bool = True) -> Iterator[No
 def _write_holder(descriptor: int) -> None:
     # the program and its subcommand only: the rest of a command line can hold secrets (a tracking URI's password)
     words = [os.path.basename(sys.argv[0]), *(word for word in sys.argv[1:2] if word.isidentifier())]
-    holder = {"pid": os.getpid(), "host": socket.gethostname(),
-              "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "command": " ".join(words)}
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(words),
+    }
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, json.dumps(holder).encode(), 0)
 
@@ -73,8 +79,7 @@ def _holder_text(descriptor: int) -> str:
     holder = _read_holder(descriptor)
     if holder is None:
         return ""
-    return (f" (PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: "
-            f"{holder.get('command')})")
+    return f" (PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: {holder.get('command')})"
 
 
 def _read_holder(descriptor: int) -> Optional[dict]:

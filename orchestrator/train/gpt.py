@@ -27,10 +27,12 @@ class CausalSelfAttention(nn.Module):
         batch, length, width = hidden.shape
         query, key, value = self.qkv(hidden).split(width, dim=2)
         # (batch, length, width) -> (batch, heads, length, head width)
-        query, key, value = (part.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
-                             for part in (query, key, value))
-        attended = functional.scaled_dot_product_attention(query, key, value, is_causal=True,
-                                                           dropout_p=self.dropout if self.training else 0.0)
+        query, key, value = (
+            part.view(batch, length, self.heads, width // self.heads).transpose(1, 2) for part in (query, key, value)
+        )
+        attended = functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out(attended.transpose(1, 2).reshape(batch, length, width))
 
 

@@ -61,15 +61,30 @@ def batch_size_of(targets: Any) -> int:
 class LoaderBatches(RankShare):
     """This rank's micro-batches of a map-style data set, grouped per optimizer step (as ShardedBatches)."""
 
-    def __init__(self, dataset: Any, world_size: int, world_rank: int, batch_size: int, accum_steps: int, seed: int,
-                 num_workers: int, device: torch.device):
+    def __init__(
+        self,
+        dataset: Any,
+        world_size: int,
+        world_rank: int,
+        batch_size: int,
+        accum_steps: int,
+        seed: int,
+        num_workers: int,
+        device: torch.device,
+    ):
         # `dataset`: the user's map-style data set (__getitem__ and __len__; a torch Dataset or not)
         super().__init__(len(dataset), world_size, world_rank, batch_size, accum_steps, seed)
         self.device = device
         self.indices = _EpochIndices()
-        self.loader: Optional[DataLoader] = DataLoader(dataset, batch_size=batch_size, sampler=self.indices, num_workers=num_workers,
-                                 pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-                                 generator=torch.Generator().manual_seed(seed))
+        self.loader: Optional[DataLoader] = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.indices,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     def close(self) -> None:
         """End the loader's worker processes now. The trainer and its checkpoint writer refer to each other, so
@@ -84,7 +99,7 @@ class LoaderBatches(RankShare):
         whatever shape the items have (dicts, ...), for trainer.step_fn.
         """
         self.sampler.set_epoch(epoch)
-        self.indices.indices = list(iter(self.sampler))[skip_steps * self.batch_size * self.accum_steps:]
+        self.indices.indices = list(iter(self.sampler))[skip_steps * self.batch_size * self.accum_steps :]
         step: list[Any] = []
         if self.loader is None:
             raise RuntimeError("LoaderBatches.epoch after close()")
@@ -98,8 +113,16 @@ class LoaderBatches(RankShare):
 
 
 @torch.no_grad()
-def evaluate_dataset(module: torch.nn.Module, dataset: Any, step: Step, world_rank: int, world_size: int,
-                     batch_size: int, amp: str, device: torch.device) -> dict[str, float]:
+def evaluate_dataset(
+    module: torch.nn.Module,
+    dataset: Any,
+    step: Step,
+    world_rank: int,
+    world_size: int,
+    batch_size: int,
+    amp: str,
+    device: torch.device,
+) -> dict[str, float]:
     """eval/loss over every sample exactly once (rank r takes samples r, r+W, ...), plus eval/accuracy when the
     outputs are class logits for integer targets, or eval/<key> for each metric trainer.step_fn returns."""
     was_training = module.training
@@ -112,8 +135,12 @@ def evaluate_dataset(module: torch.nn.Module, dataset: Any, step: Step, world_ra
             loss, metrics = step.evaluate(module, batch)
         samples = batch_size_of(batch)
         for key, value in {**scalar_metrics(metrics, step), "loss": loss}.items():
-            pair = torch.stack([value.detach().double().reshape(()).to(device) * samples,
-                                torch.tensor(float(samples), dtype=torch.float64, device=device)])
+            pair = torch.stack(
+                [
+                    value.detach().double().reshape(()).to(device) * samples,
+                    torch.tensor(float(samples), dtype=torch.float64, device=device),
+                ]
+            )
             sums[key] = sums[key] + pair if key in sums else pair
     keys = sorted(sums)
     if world_size > 1:

@@ -141,18 +141,43 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
         _measure_flops(job, ctx, dataset, module, step)
     seed_everything(seed + 1 + spec.world_rank)  # per-rank randomness (dropout) after the shared init
     if isinstance(dataset, UserData):
-        batches: Any = LoaderBatches(dataset.train, spec.world_size, spec.world_rank, job.data.batch_size,
-                                     job.trainer.grad_accum_steps, seed, job.data.num_workers, ctx.device)
+        batches: Any = LoaderBatches(
+            dataset.train,
+            spec.world_size,
+            spec.world_rank,
+            job.data.batch_size,
+            job.trainer.grad_accum_steps,
+            seed,
+            job.data.num_workers,
+            ctx.device,
+        )
     else:
-        batches = ShardedBatches(dataset.train_x, dataset.train_y, spec.world_size, spec.world_rank,
-                                 job.data.batch_size, job.trainer.grad_accum_steps, seed)
+        batches = ShardedBatches(
+            dataset.train_x,
+            dataset.train_y,
+            spec.world_size,
+            spec.world_rank,
+            job.data.batch_size,
+            job.trainer.grad_accum_steps,
+            seed,
+        )
     model = wrap_ddp(compiled(module, job.trainer), ctx.device, job.ddp)
     ctx.cache.wrapper = weakref.ref(model)
     optimizer = build_optimizer(job.optim, module.parameters())
     steps = total_steps(job.trainer, batches.steps_per_epoch)
-    trainer = Trainer(job, ctx, dataset, batches, model, module, optimizer,
-                      build_scheduler(job.optim, optimizer, steps), grad_scaler(ctx.device, job.trainer.amp), steps,
-                      step)
+    trainer = Trainer(
+        job,
+        ctx,
+        dataset,
+        batches,
+        model,
+        module,
+        optimizer,
+        build_scheduler(job.optim, optimizer, steps),
+        grad_scaler(ctx.device, job.trainer.amp),
+        steps,
+        step,
+    )
     trainer.sync_timer.attach(model)  # each rank's time to reach gradient sync: the straggler signal
     ctx.timings["build"] = time.perf_counter() - started
     if ctx.resume_from is not None:
@@ -162,17 +187,23 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
         except Exception as error:  # the same file fails the same way on every restart: say so, never retry
             from orchestrator.errors import CheckpointLoadError
 
-            raise CheckpointLoadError(f"checkpoint {ctx.resume_from} does not load into this job: "
-                                      f"{type(error).__name__}: {error}") from error
+            raise CheckpointLoadError(
+                f"checkpoint {ctx.resume_from} does not load into this job: {type(error).__name__}: {error}"
+            ) from error
         ctx.timings["checkpoint_load"] = time.perf_counter() - loaded
     return trainer
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device, ddp: DdpConfig) -> DistributedDataParallel:
     """The DDP wrapper with the `ddp` config's bucket size, bucket views, static graph and unused-parameter search."""
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   bucket_cap_mb=ddp.bucket_cap_mb, gradient_as_bucket_view=ddp.gradient_as_bucket_view,
-                                   static_graph=ddp.static_graph, find_unused_parameters=ddp.find_unused_parameters)
+    return DistributedDataParallel(
+        module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        bucket_cap_mb=ddp.bucket_cap_mb,
+        gradient_as_bucket_view=ddp.gradient_as_bucket_view,
+        static_graph=ddp.static_graph,
+        find_unused_parameters=ddp.find_unused_parameters,
+    )
 
 
 def compiled(module: torch.nn.Module, trainer: TrainerConfig) -> torch.nn.Module:
@@ -208,8 +239,12 @@ def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Union[Dataset, U
         elif isinstance(dataset, UserData):  # validation rejects this pair; a JobConfig built by hand may not
             from orchestrator.errors import ConfigError
 
-            raise ConfigError([f"model={job.model.name}: a built-in model is sized for a built-in data set; "
-                               "set model._target_ to your model"])
+            raise ConfigError(
+                [
+                    f"model={job.model.name}: a built-in model is sized for a built-in data set; "
+                    "set model._target_ to your model"
+                ]
+            )
         else:
             module = build_model(job.model, dataset.input_shape, dataset.num_classes).to(ctx.device)
         cache.module = module
@@ -259,24 +294,43 @@ class _Window:
 
     def state(self) -> dict[str, Any]:
         """The sums so far: a resumed run logs the same mean loss at the next log step."""
-        return {"loss_sum": self.loss_sum.item(), "micro_batches": self.micro_batches, "samples": self.samples,
-                "steps": self.steps, "metric_sums": {key: value.item() for key, value in self.metric_sums.items()}}
+        return {
+            "loss_sum": self.loss_sum.item(),
+            "micro_batches": self.micro_batches,
+            "samples": self.samples,
+            "steps": self.steps,
+            "metric_sums": {key: value.item() for key, value in self.metric_sums.items()},
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.reset()
         self.loss_sum += state["loss_sum"]
         self.micro_batches, self.samples, self.steps = state["micro_batches"], state["samples"], state["steps"]
-        self.add_metrics({key: torch.tensor(value, dtype=torch.float64, device=self.device)
-                          for key, value in state.get("metric_sums", {}).items()})
+        self.add_metrics(
+            {
+                key: torch.tensor(value, dtype=torch.float64, device=self.device)
+                for key, value in state.get("metric_sums", {}).items()
+            }
+        )
 
 
 class Trainer:
     """Runs optimizer steps, logging, checkpoints and evaluation for one rank."""
 
-    def __init__(self, job: JobConfig, ctx: TrainContext, dataset: Union[Dataset, UserData],
-                 batches: Union[LoaderBatches, ShardedBatches], model: DistributedDataParallel, module: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                 scaler: torch.amp.GradScaler, steps: int, step: Step):
+    def __init__(
+        self,
+        job: JobConfig,
+        ctx: TrainContext,
+        dataset: Union[Dataset, UserData],
+        batches: Union[LoaderBatches, ShardedBatches],
+        model: DistributedDataParallel,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        scaler: torch.amp.GradScaler,
+        steps: int,
+        step: Step,
+    ):
         self.job, self.ctx, self.dataset, self.batches = job, ctx, dataset, batches
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.module = module
@@ -342,17 +396,27 @@ class Trainer:
         elif keys != self.metric_keys:
             from orchestrator.errors import ConfigError
 
-            raise ConfigError([f"trainer.step_fn={self.step_fn.user} is not valid: it returned the metrics "
-                               f"{keys} at step {self.step + 1} after {self.metric_keys} before; return the same "
-                               "keys at every step"])
+            raise ConfigError(
+                [
+                    f"trainer.step_fn={self.step_fn.user} is not valid: it returned the metrics "
+                    f"{keys} at step {self.step + 1} after {self.metric_keys} before; return the same "
+                    "keys at every step"
+                ]
+            )
         return {key: value.to(self.ctx.device) for key, value in values.items()}
 
     def _attempt_started(self) -> None:
         if self.ctx.device.type == "cuda":  # once per attempt: the first step's time is the device's, not the queue's
             torch.cuda.synchronize(self.ctx.device)
         self.ctx.timings["first_step"] = time.perf_counter() - self.window.started
-        self.ctx.emit(AttemptStartReport(world_rank=self.ctx.spec.world_rank, resumed_step=self.resumed_step,
-                                         timings=dict(self.ctx.timings), wall_time=time.time()))
+        self.ctx.emit(
+            AttemptStartReport(
+                world_rank=self.ctx.spec.world_rank,
+                resumed_step=self.resumed_step,
+                timings=dict(self.ctx.timings),
+                wall_time=time.time(),
+            )
+        )
 
     def _after_step(self) -> bool:
         """Log, heartbeat and checkpoint as due; True when the ranks agreed to stop here."""
@@ -372,9 +436,13 @@ class Trainer:
         values = [float(self.window.micro_batches), float(self.window.samples), vote]
         keys = self.metric_keys or []
         zero = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        totals = torch.cat([self.window.loss_sum.reshape(1),
-                            torch.tensor(values, dtype=torch.float64, device=self.ctx.device),
-                            torch.stack([self.window.metric_sums.get(key, zero) for key in keys] or [zero])])
+        totals = torch.cat(
+            [
+                self.window.loss_sum.reshape(1),
+                torch.tensor(values, dtype=torch.float64, device=self.ctx.device),
+                torch.stack([self.window.metric_sums.get(key, zero) for key in keys] or [zero]),
+            ]
+        )
         if self.ctx.spec.world_size > 1:
             dist.all_reduce(totals)
         loss_sum, micro_batches, samples, votes, *metric_sums = totals.tolist()
@@ -384,25 +452,39 @@ class Trainer:
         ended = time.perf_counter()
         elapsed = ended - self.window.started
         if self.ctx.spec.world_rank == 0:
-            self.ctx.emit(MetricsReport(step=self.step, metrics={
-                "train/loss": loss_sum / micro_batches,
-                "train/samples_per_s": samples / elapsed,
-                **token_metrics(self.job, samples / elapsed, self.ctx.spec.world_size),
-                **model_flops_metrics(self.job, samples / elapsed, self.ctx.spec.world_size,
-                                      self.ctx.cache.flops_per_sample),
-                "train/lr": float(self.scheduler.get_last_lr()[0]),  # a float lr (typed as float or tensor)
-                "train/epoch": float(self.epoch),
-                **own,
-            }))
+            self.ctx.emit(
+                MetricsReport(
+                    step=self.step,
+                    metrics={
+                        "train/loss": loss_sum / micro_batches,
+                        "train/samples_per_s": samples / elapsed,
+                        **token_metrics(self.job, samples / elapsed, self.ctx.spec.world_size),
+                        **model_flops_metrics(
+                            self.job, samples / elapsed, self.ctx.spec.world_size, self.ctx.cache.flops_per_sample
+                        ),
+                        "train/lr": float(self.scheduler.get_last_lr()[0]),  # a float lr (typed as float or tensor)
+                        "train/epoch": float(self.epoch),
+                        **own,
+                    },
+                )
+            )
         self._heartbeat(elapsed)
         self.window.reset(started=ended)  # the report's own time belongs to the next window
         return votes > 0
 
     def _heartbeat(self, elapsed: float) -> None:
         steps = max(self.window.steps, 1)
-        self.ctx.emit(StepReport(world_rank=self.ctx.spec.world_rank, step=self.step, total_steps=self.total_steps,
-                                 epoch=self.epoch, step_time_s=elapsed / steps, steps_timed=self.window.steps,
-                                 reach_sync_s=self.sync_timer.take_mean()))
+        self.ctx.emit(
+            StepReport(
+                world_rank=self.ctx.spec.world_rank,
+                step=self.step,
+                total_steps=self.total_steps,
+                epoch=self.epoch,
+                step_time_s=elapsed / steps,
+                steps_timed=self.window.steps,
+                reach_sync_s=self.sync_timer.take_mean(),
+            )
+        )
         self.last_heartbeat = time.monotonic()
 
     def _end_epoch(self) -> None:
@@ -417,12 +499,26 @@ class Trainer:
         if isinstance(self.dataset, UserData):
             if self.dataset.eval is None:
                 return
-            self.eval_metrics = evaluate_dataset(self.module, self.dataset.eval, self.step_fn, spec.world_rank,
-                                                 spec.world_size, self.job.data.batch_size, self.job.trainer.amp,
-                                                 self.ctx.device)
+            self.eval_metrics = evaluate_dataset(
+                self.module,
+                self.dataset.eval,
+                self.step_fn,
+                spec.world_rank,
+                spec.world_size,
+                self.job.data.batch_size,
+                self.job.trainer.amp,
+                self.ctx.device,
+            )
         else:
-            self.eval_metrics = evaluate(self.module, self.dataset.test_x, self.dataset.test_y, spec.world_rank,
-                                         spec.world_size, self.job.data.batch_size, self.job.trainer.amp)
+            self.eval_metrics = evaluate(
+                self.module,
+                self.dataset.test_x,
+                self.dataset.test_y,
+                spec.world_rank,
+                spec.world_size,
+                self.job.data.batch_size,
+                self.job.trainer.amp,
+            )
         self.evaluated_at = self.step
         if spec.world_rank == 0:
             self.ctx.emit(MetricsReport(step=self.step, metrics=self.eval_metrics))
@@ -448,7 +544,9 @@ class Trainer:
             "optimizer": snapshot(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "step": self.step, "epoch": self.epoch, "steps_in_epoch": self.steps_in_epoch,
+            "step": self.step,
+            "epoch": self.epoch,
+            "steps_in_epoch": self.steps_in_epoch,
             "window": self.window.state(),
             "rng": rng_states,
             "world_size": self.ctx.spec.world_size,
@@ -480,8 +578,13 @@ class Trainer:
         self._checkpoint()  # the end state is always on disk (a no-op when this step is saved already)
         self.writer.wait()
         weights = {name: tensor.detach().cpu() for name, tensor in self.module.state_dict().items()}
-        result = ResultReport(world_rank=self.ctx.spec.world_rank, step=self.step, stopped=stopped,
-                              metrics=self.eval_metrics, params_digest=state_digest(weights))
+        result = ResultReport(
+            world_rank=self.ctx.spec.world_rank,
+            step=self.step,
+            stopped=stopped,
+            metrics=self.eval_metrics,
+            params_digest=state_digest(weights),
+        )
         if self.ctx.spec.world_rank != 0:
             return result
         return dataclasses.replace(result, model_state=weights, input_example=self._input_example())
@@ -507,8 +610,9 @@ def token_metrics(job: JobConfig, samples_per_s: float, world_size: int) -> dict
     return metrics
 
 
-def model_flops_metrics(job: JobConfig, samples_per_s: float, world_size: int,
-                        flops_per_sample: Optional[float]) -> dict[str, float]:
+def model_flops_metrics(
+    job: JobConfig, samples_per_s: float, world_size: int, flops_per_sample: Optional[float]
+) -> dict[str, float]:
     """For the user's model: model TFLOP/s of all ranks from the FLOPs torch counted per sample and, with
     trainer.peak_tflops, MFU."""
     if flops_per_sample is None:

@@ -48,11 +48,19 @@ class Step:
     def _checked(self, value: Any) -> tuple[torch.Tensor, Mapping[str, Any]]:
         loss, metrics = value if isinstance(value, tuple) and len(value) == 2 else (value, {})
         if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
-            raise ConfigError([f"{STEP_FN_KEY}={self.user} is not valid: it returned {_describe(value)}, expected a "
-                               "scalar float loss tensor or (loss, metrics) with metrics a dict of scalars"])
+            raise ConfigError(
+                [
+                    f"{STEP_FN_KEY}={self.user} is not valid: it returned {_describe(value)}, expected a "
+                    "scalar float loss tensor or (loss, metrics) with metrics a dict of scalars"
+                ]
+            )
         if not isinstance(metrics, Mapping):
-            raise ConfigError([f"{STEP_FN_KEY}={self.user} is not valid: its metrics are a "
-                               f"{type(metrics).__name__}, expected a dict of name -> scalar"])
+            raise ConfigError(
+                [
+                    f"{STEP_FN_KEY}={self.user} is not valid: its metrics are a "
+                    f"{type(metrics).__name__}, expected a dict of name -> scalar"
+                ]
+            )
         return loss, metrics
 
 
@@ -64,8 +72,12 @@ def build_step(step_fn: Optional[str], loss_fn: LossFn) -> Step:
     try:
         inspect.signature(function).bind(None, None)
     except TypeError:
-        raise ConfigError([f"{STEP_FN_KEY}={step_fn} is not valid: it must take (model, batch), its signature is "
-                           f"{inspect.signature(function)}"]) from None
+        raise ConfigError(
+            [
+                f"{STEP_FN_KEY}={step_fn} is not valid: it must take (model, batch), its signature is "
+                f"{inspect.signature(function)}"
+            ]
+        ) from None
     except ValueError:  # no signature to read (a builtin): the first call will say
         pass
     return Step(loss_fn, function, step_fn)
@@ -80,16 +92,24 @@ def scalar_metrics(metrics: Mapping[str, Any], step: Step) -> dict[str, torch.Te
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             values[str(key)] = torch.tensor(float(value), dtype=torch.float64)
         else:
-            raise ConfigError([f"{STEP_FN_KEY}={step.user} is not valid: its metric {key!r} is "
-                               f"{_describe(value)}, expected a number or a one-element tensor"])
+            raise ConfigError(
+                [
+                    f"{STEP_FN_KEY}={step.user} is not valid: its metric {key!r} is "
+                    f"{_describe(value)}, expected a number or a one-element tensor"
+                ]
+            )
     return values
 
 
 def class_logits(outputs: Any, targets: Any) -> bool:
     """Whether `outputs` are class scores for integer `targets` (their shape plus one class axis)."""
-    return (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)
-            and not targets.is_floating_point() and outputs.dim() == targets.dim() + 1
-            and outputs.shape[:-1] == targets.shape)
+    return (
+        isinstance(outputs, torch.Tensor)
+        and isinstance(targets, torch.Tensor)
+        and not targets.is_floating_point()
+        and outputs.dim() == targets.dim() + 1
+        and outputs.shape[:-1] == targets.shape
+    )
 
 
 def _as_float(outputs: Any) -> Any:

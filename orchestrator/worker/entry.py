@@ -42,19 +42,23 @@ class Attempt:
     """The MLflow run the job records into (a script reads it from orchestrator.context())."""
 
 
-def run_worker(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
-               attempt: Attempt) -> Union[ResultReport, ErrorReport]:
+def run_worker(
+    spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal, attempt: Attempt
+) -> Union[ResultReport, ErrorReport]:
     """Run this rank of the job to its end and return its result."""
     if job.entrypoint == "script":
         from orchestrator.worker.script import ScriptAttempt, run_script
 
         resume_from = str(attempt.resume_from) if attempt.resume_from else None
-        return run_script(spec, job, emit, stop, ScriptAttempt(str(attempt.checkpoint_dir), resume_from, attempt.run_id))
+        return run_script(
+            spec, job, emit, stop, ScriptAttempt(str(attempt.checkpoint_dir), resume_from, attempt.run_id)
+        )
     return _run_builtin(spec, job, emit, stop, attempt)
 
 
-def _run_builtin(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
-                 attempt: Attempt) -> ResultReport:
+def _run_builtin(
+    spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal, attempt: Attempt
+) -> ResultReport:
     import torch
 
     from orchestrator.train.loop import TrainContext, WorkerCache, train
@@ -67,8 +71,14 @@ def _run_builtin(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None
     device = select_device(spec)
     started = time.perf_counter()
     with process_group(spec, device, job.scaling.rendezvous_timeout_s):
-        context = TrainContext(spec=spec, device=device, emit=emit, stop_requested=stop.is_set,
-                               checkpoint_dir=attempt.checkpoint_dir, resume_from=attempt.resume_from,
-                               cache=attempt.cache if attempt.cache is not None else WorkerCache(),
-                               timings={"process_group": time.perf_counter() - started})
+        context = TrainContext(
+            spec=spec,
+            device=device,
+            emit=emit,
+            stop_requested=stop.is_set,
+            checkpoint_dir=attempt.checkpoint_dir,
+            resume_from=attempt.resume_from,
+            cache=attempt.cache if attempt.cache is not None else WorkerCache(),
+            timings={"process_group": time.perf_counter() - started},
+        )
         return train(job, context)

@@ -43,8 +43,7 @@ _LAUNCHER = (
 )
 
 
-def script_environment(spec: WorkerSpec, job: JobConfig,
-                       environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+def script_environment(spec: WorkerSpec, job: JobConfig, environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The worker's environment (`environ`, default os.environ) as torchrun would hand it to the rank.
 
     Plus the rank's torchrun variables, socket interface pins and TORCH_NCCL_ASYNC_ERROR_HANDLING=1;
@@ -77,15 +76,20 @@ class ScriptAttempt:
 
     def environment(self, job: JobConfig, report_fd: int) -> dict[str, str]:
         """The variables orchestrator.api reads in the script."""
-        env = {api.REPORT_FD_VARIABLE: str(report_fd), api.CHECKPOINT_DIR_VARIABLE: self.checkpoint_dir,
-               api.KEEP_LAST_VARIABLE: str(job.checkpoint.keep_last), api.RESUME_FROM_VARIABLE: self.resume_from or ""}
+        env = {
+            api.REPORT_FD_VARIABLE: str(report_fd),
+            api.CHECKPOINT_DIR_VARIABLE: self.checkpoint_dir,
+            api.KEEP_LAST_VARIABLE: str(job.checkpoint.keep_last),
+            api.RESUME_FROM_VARIABLE: self.resume_from or "",
+        }
         if self.run_id:
             env[api.RUN_ID_VARIABLE] = self.run_id
         return env
 
 
-def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal,
-               attempt: ScriptAttempt) -> Union[ResultReport, ErrorReport]:
+def run_script(
+    spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal, attempt: ScriptAttempt
+) -> Union[ResultReport, ErrorReport]:
     """Run job.script on this rank to its end; ResultReport on exit 0, else ErrorReport.
 
     Besides its stdout and stderr, the script's reports (orchestrator.report, save_checkpoint) arrive
@@ -98,8 +102,9 @@ def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     report_read, report_write = os.pipe()
     try:
         env = {**script_environment(spec, job), **attempt.environment(job, report_write)}
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   pass_fds=(report_write,))
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(report_write,)
+        )
     except BaseException:
         os.close(report_read)
         raise
@@ -111,14 +116,24 @@ def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     shown = job.script.console_ranks is None or spec.world_rank in job.script.console_ranks
     files = rank_log_dir(job, spec)
     readers = [
-        threading.Thread(target=_pump, args=(process.stdout, "stdout", spec.world_rank, emit if shown else None,
-                                             None, files),
-                         name=f"orchestrator-rank{spec.world_rank}-stdout", daemon=True),
-        threading.Thread(target=_pump, args=(process.stderr, "stderr", spec.world_rank, emit if shown else None,
-                                             tail, files),
-                         name=f"orchestrator-rank{spec.world_rank}-stderr", daemon=True),
-        threading.Thread(target=_pump_reports, args=(report_read, spec.world_rank, emit, progress),
-                         name=f"orchestrator-rank{spec.world_rank}-reports", daemon=True),
+        threading.Thread(
+            target=_pump,
+            args=(process.stdout, "stdout", spec.world_rank, emit if shown else None, None, files),
+            name=f"orchestrator-rank{spec.world_rank}-stdout",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=_pump,
+            args=(process.stderr, "stderr", spec.world_rank, emit if shown else None, tail, files),
+            name=f"orchestrator-rank{spec.world_rank}-stderr",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=_pump_reports,
+            args=(report_read, spec.world_rank, emit, progress),
+            name=f"orchestrator-rank{spec.world_rank}-reports",
+            daemon=True,
+        ),
     ]
     for reader in readers:
         reader.start()
@@ -126,11 +141,17 @@ def run_script(spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None],
     for reader in readers:
         reader.join()
     if code == 0 or stop.is_set():
-        return ResultReport(world_rank=spec.world_rank, step=progress.step, stopped=stop.is_set(),
-                            metrics=dict(progress.metrics))
-    return ErrorReport(world_rank=spec.world_rank, node_ip=spec.node_ip, error_type="ScriptFailed",
-                       message=f"{os.path.basename(script_path)} {exit_text(code)}",
-                       traceback="".join(tail), exit_code=code)
+        return ResultReport(
+            world_rank=spec.world_rank, step=progress.step, stopped=stop.is_set(), metrics=dict(progress.metrics)
+        )
+    return ErrorReport(
+        world_rank=spec.world_rank,
+        node_ip=spec.node_ip,
+        error_type="ScriptFailed",
+        message=f"{os.path.basename(script_path)} {exit_text(code)}",
+        traceback="".join(tail),
+        exit_code=code,
+    )
 
 
 def exit_text(code: int) -> str:
@@ -174,8 +195,13 @@ def _pump_reports(descriptor: int, world_rank: int, emit: Callable[[object], Non
             try:
                 report = read_report(line)
             except (ValueError, KeyError, TypeError, AttributeError) as error:  # not our API's line: say so, go on
-                emit(LogReport(world_rank=world_rank, stream="stderr",
-                               line=f"orchestrator: unreadable report ignored ({type(error).__name__}: {error})"))
+                emit(
+                    LogReport(
+                        world_rank=world_rank,
+                        stream="stderr",
+                        line=f"orchestrator: unreadable report ignored ({type(error).__name__}: {error})",
+                    )
+                )
                 continue
             progress.step = max(progress.step, report.step)
             if isinstance(report, MetricsReport):
@@ -196,8 +222,14 @@ def rank_log_dir(job: JobConfig, spec: WorkerSpec) -> Optional[str]:
     return os.path.join(job.script.log_dir, run, f"attempt_{number}", f"rank_{spec.world_rank}")
 
 
-def _pump(pipe: IO[bytes], name: str, world_rank: int, emit: Optional[Callable[[object], None]],
-          tail: Optional[collections.deque[str]], files: Optional[str] = None) -> None:
+def _pump(
+    pipe: IO[bytes],
+    name: str,
+    world_rank: int,
+    emit: Optional[Callable[[object], None]],
+    tail: Optional[collections.deque[str]],
+    files: Optional[str] = None,
+) -> None:
     # newline="": lines end at \n, \r\n or a lone \r (a progress bar redrawing itself), kept as they came
     stream = io.TextIOWrapper(pipe, errors="replace", newline="")  # the locale's encoding, as the script's
     with contextlib.ExitStack() as stack:
@@ -210,14 +242,25 @@ def _pump(pipe: IO[bytes], name: str, world_rank: int, emit: Optional[Callable[[
                 copy = stack.enter_context(open(path, "x", encoding="utf-8", newline=""))
             except OSError as error:  # the output still reaches the driver; the pipe must be drained either way
                 if emit is not None:
-                    emit(LogReport(world_rank=world_rank, stream="stderr",
-                                   line=f"orchestrator: {path} not written: {type(error).__name__}: {error}"))
+                    emit(
+                        LogReport(
+                            world_rank=world_rank,
+                            stream="stderr",
+                            line=f"orchestrator: {path} not written: {type(error).__name__}: {error}",
+                        )
+                    )
         _read_lines(stream, name, world_rank, emit, tail, copy)
     stream.close()
 
 
-def _read_lines(stream: Iterable[str], name: str, world_rank: int, emit: Optional[Callable[[object], None]],
-                tail: Optional[collections.deque[str]], copy: Optional[TextIO]) -> None:
+def _read_lines(
+    stream: Iterable[str],
+    name: str,
+    world_rank: int,
+    emit: Optional[Callable[[object], None]],
+    tail: Optional[collections.deque[str]],
+    copy: Optional[TextIO],
+) -> None:
     redrawing = False
     for line in stream:
         if copy is not None:

@@ -13,10 +13,15 @@ from orchestrator.cli.commands import main
 from orchestrator.config import schema
 
 FINDINGS = [
-    ("scaling.num_worker=2", "scaling.num_worker=2 is not valid: scaling has no key num_worker (did you mean "
-                             "num_workers?); its keys: num_workers, cpus_per_worker"),
-    ("+scaling.num_worker=2", "+scaling.num_worker is not valid: scaling has no key num_worker (did you mean "
-                              "num_workers?)"),
+    (
+        "scaling.num_worker=2",
+        "scaling.num_worker=2 is not valid: scaling has no key num_worker (did you mean "
+        "num_workers?); its keys: num_workers, cpus_per_worker",
+    ),
+    (
+        "+scaling.num_worker=2",
+        "+scaling.num_worker is not valid: scaling has no key num_worker (did you mean num_workers?)",
+    ),
     ("scaling.num_workers=two", "scaling.num_workers=two is not valid: must be an integer"),
     ("model=resnet", "model=resnet is not valid: use one of cnn, gpt, mlp, target"),
     ("model=mpl", "model=mpl is not valid: use one of cnn, gpt, mlp, target (did you mean mlp?)"),

@@ -39,8 +39,10 @@ def test_gpus_on_a_cpu_cluster_exit_2_after_connecting_before_any_actor(ray_clus
     monkeypatch.chdir(tmp_path)
     code = main(["train", "scaling.gpus_per_worker=1", f"cluster.address={ray_cluster.address}"])
     assert code == 2
-    assert ("job needs 2 GPUs, cluster has 0: set scaling.gpus_per_worker=0 or set cluster.address to a GPU cluster"
-            in capsys.readouterr().err)
+    assert (
+        "job needs 2 GPUs, cluster has 0: set scaling.gpus_per_worker=0 or set cluster.address to a GPU cluster"
+        in capsys.readouterr().err
+    )
     assert job_resources_left() == ([], [])
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -53,8 +55,14 @@ def test_unknown_command_and_help(capsys):
 
 
 def _orchestrator(*args: str, cwd: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
 def test_console_script_exit_code_and_cfg_job(tmp_path):
@@ -64,11 +72,17 @@ def test_console_script_exit_code_and_cfg_job(tmp_path):
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
         "import atexit, gc, os\n"
-        "atexit.register(lambda: open(os.environ['FROZEN_AT_EXIT'], 'w').write(str(gc.get_freeze_count())))\n")
+        "atexit.register(lambda: open(os.environ['FROZEN_AT_EXIT'], 'w').write(str(gc.get_freeze_count())))\n"
+    )
     frozen = tmp_path / "frozen"
-    bad = subprocess.run([str(Path(sys.executable).with_name("orchestrator")), "train", "trainer.amp=fp8"],
-                         cwd=tmp_path, text=True, capture_output=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(hook), "FROZEN_AT_EXIT": str(frozen)})
+    bad = subprocess.run(
+        [str(Path(sys.executable).with_name("orchestrator")), "train", "trainer.amp=fp8"],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(hook), "FROZEN_AT_EXIT": str(frozen)},
+    )
     assert bad.returncode == 2 and "trainer.amp=fp8 is not valid" in bad.stderr
     assert int(frozen.read_text()) > 10_000
     shown = _orchestrator("train", "--cfg", "job", "model=mlp", cwd=tmp_path)
@@ -128,8 +142,14 @@ def test_sigterm_stops_the_ranks_marks_the_run_killed_and_releases_the_cluster(r
     """
     from mlflow import MlflowClient
 
-    process = _orchestrator("train", "model=mlp", "trainer.max_steps=1000000", "tracking.log_model=false",
-                            f"cluster.address={ray_cluster.address}", cwd=tmp_path)
+    process = _orchestrator(
+        "train",
+        "model=mlp",
+        "trainer.max_steps=1000000",
+        "tracking.log_model=false",
+        f"cluster.address={ray_cluster.address}",
+        cwd=tmp_path,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), name="test-stderr-reader")
     reader.start()

@@ -33,8 +33,10 @@ def plant(client, experiment_id, name, tags=None, start_ms=1_000_000, seconds=60
     run_id = run.info.run_id
     points = ACCURACY.get(name, [])
     metrics = [Metric("eval/accuracy", value, start_ms + step, step) for step, value in points]
-    metrics += [Metric("train/loss", 2.0 / (1 + step / 50) + len(name) / 100, start_ms + step, step)
-                for step in range(10, 310, 10)]
+    metrics += [
+        Metric("train/loss", 2.0 / (1 + step / 50) + len(name) / 100, start_ms + step, step)
+        for step in range(10, 310, 10)
+    ]
     params = [Param(key, value) for key, value in PARAMS.get(name, {}).items()]
     client.log_batch(run_id, metrics=metrics, params=params)
     client.set_terminated(run_id, "FINISHED", end_time=start_ms + int(seconds * 1000))
@@ -50,8 +52,16 @@ def store(tmp_path_factory):
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("cmp")
     parent = client.create_run(experiment_id, run_name="sweep-sw1", tags={"orchestrator.sweep_id": "sw1"}).info.run_id
-    ids = {name: plant(client, experiment_id, name, tags={"mlflow.parentRunId": parent} if name in ("beta", "gamma")
-                       else None, seconds=60.0 + index) for index, name in enumerate(PARAMS)}
+    ids = {
+        name: plant(
+            client,
+            experiment_id,
+            name,
+            tags={"mlflow.parentRunId": parent} if name in ("beta", "gamma") else None,
+            seconds=60.0 + index,
+        )
+        for index, name in enumerate(PARAMS)
+    }
     return uri, ids
 
 
@@ -70,8 +80,20 @@ def test_the_table_ranks_runs_best_first_and_shows_only_differing_params(store, 
     assert title == "eval/accuracy: higher is better (max); 4 runs, best first"
     assert header.split() == ["run", "name", "status", "wall", "model.name", "lr", "final", "best", "@step"]
     assert [line.split()[1] for line in lines[:4]] == ["beta", "alpha", "gamma", "delta"]  # the sweep parent left out
-    assert lines[0].split() == [ids["beta"][:8], "beta", "FINISHED", "1", "min", "01", "s", "cnn", "0.001", "0.9500",
-                                "0.9500", "@300"]
+    assert lines[0].split() == [
+        ids["beta"][:8],
+        "beta",
+        "FINISHED",
+        "1",
+        "min",
+        "01",
+        "s",
+        "cnn",
+        "0.001",
+        "0.9500",
+        "0.9500",
+        "@300",
+    ]
     assert lines[1].split()[-3:] == ["0.8800", "0.9000", "@200"]  # final differs from best
     assert lines[3].split()[-2:] == ["-", "-"]  # no eval/accuracy: last, without values
     assert lines[4].startswith("wall: the run's start to its end in MLflow, the time `run FINISHED in` prints")
@@ -88,9 +110,16 @@ def test_params_only_some_runs_set_to_one_value_leave_the_table_and_the_legend(t
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("cmp")
     cnn = {"model.name": "cnn", "model.channels": "[32, 64]", "trainer.max_steps": "null", "model.compile": "false"}
-    runs = {"a": cnn, "b": {**cnn, "trainer.max_steps": "30"},
-            "c": {"model.name": "mlp", "model.hidden_sizes": "[128, 128]", "trainer.max_steps": "null",
-                  "model.compile": "false"}}
+    runs = {
+        "a": cnn,
+        "b": {**cnn, "trainer.max_steps": "30"},
+        "c": {
+            "model.name": "mlp",
+            "model.hidden_sizes": "[128, 128]",
+            "trainer.max_steps": "null",
+            "model.compile": "false",
+        },
+    }
     for name, params in runs.items():
         PARAMS[name] = params
         try:
@@ -109,11 +138,17 @@ def test_params_only_some_runs_set_to_one_value_leave_the_table_and_the_legend(t
     request = CompareRequest(uri, "cmp", None, (), "", "train/loss", "min", None, "table")
     rows = build_rows(load_records(open_client(uri), request), "min")
     labels = curve_labels(rows)
-    assert sorted(labels.values()) == ["model.name=cnn, max_steps=30", "model.name=cnn, max_steps=null",
-                                       "model.name=mlp, max_steps=null"]
-    assert json.loads(compare(capsys, uri, "--metric", "train/loss", "--format", "json")[1])[
-        "differing_params"] == [
-        "model.channels", "model.hidden_sizes", "model.name", "trainer.max_steps"]
+    assert sorted(labels.values()) == [
+        "model.name=cnn, max_steps=30",
+        "model.name=cnn, max_steps=null",
+        "model.name=mlp, max_steps=null",
+    ]
+    assert json.loads(compare(capsys, uri, "--metric", "train/loss", "--format", "json")[1])["differing_params"] == [
+        "model.channels",
+        "model.hidden_sizes",
+        "model.name",
+        "trainer.max_steps",
+    ]
 
 
 def test_a_sweep_selects_its_children_and_runs_and_filters_narrow_the_selection(store, capsys):
@@ -132,8 +167,17 @@ def test_csv_and_json_shapes(store, capsys):
     uri, ids = store
     _, out, _ = compare(capsys, uri, "--metric", "train/loss", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0]) == ["run_id", "run_name", "status", "duration_s", "params.model.name", "params.optim.lr",
-                             "final", "best", "best_step"]
+    assert list(rows[0]) == [
+        "run_id",
+        "run_name",
+        "status",
+        "duration_s",
+        "params.model.name",
+        "params.optim.lr",
+        "final",
+        "best",
+        "best_step",
+    ]
     assert [row["run_name"] for row in rows] == ["beta", "alpha", "delta", "gamma"]  # min: lowest loss first
     assert rows[0]["run_id"] == ids["beta"] and rows[0]["best_step"] == "300"
     assert float(rows[0]["best"]) == pytest.approx(2.0 / 7 + 0.04) and float(rows[0]["duration_s"]) == 61.0
@@ -141,12 +185,22 @@ def test_csv_and_json_shapes(store, capsys):
     _, out, _ = compare(capsys, uri, "--format", "json", "--mode", "min")
     report = json.loads(out)
     assert set(report) == {"metric", "mode", "differing_params", "runs"}
-    assert (report["metric"], report["mode"], report["differing_params"]) == ("eval/accuracy", "min",
-                                                                              ["model.name", "optim.lr"])
+    assert (report["metric"], report["mode"], report["differing_params"]) == (
+        "eval/accuracy",
+        "min",
+        ["model.name", "optim.lr"],
+    )
     gamma = report["runs"][0]
-    assert gamma == {"run_id": ids["gamma"], "run_name": "gamma", "status": "FINISHED", "duration_s": 62.0,
-                     "params": {"model.name": "mlp", "optim.lr": "0.01"}, "final": 0.6, "best": 0.5,
-                     "best_step": 100}
+    assert gamma == {
+        "run_id": ids["gamma"],
+        "run_name": "gamma",
+        "status": "FINISHED",
+        "duration_s": 62.0,
+        "params": {"model.name": "mlp", "optim.lr": "0.01"},
+        "final": 0.6,
+        "best": 0.5,
+        "best_step": 100,
+    }
 
 
 def test_the_plot_is_a_png_of_the_expected_size_with_one_curve_per_run(store, capsys, tmp_path):
@@ -170,20 +224,38 @@ def _layout(count: int, label: str):
 
     from orchestrator.cli.compare_plot import curves_figure
 
-    records = [RunRecord(f"r{index}", f"run-{index}", "FINISHED", 0, 1000, {"x": str(index)},
-                         tuple((step, index + step / 100) for step in range(1, 50))) for index in range(count)]
+    records = [
+        RunRecord(
+            f"r{index}",
+            f"run-{index}",
+            "FINISHED",
+            0,
+            1000,
+            {"x": str(index)},
+            tuple((step, index + step / 100) for step in range(1, 50)),
+        )
+        for index in range(count)
+    ]
     rows = build_rows(records, "max")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib says when a layout does not fit: that would fail here
-        figure, drawn = curves_figure(records, rows, {row.run_id: f"{label}={row.run_id}" for row in rows},
-                                      "eval/accuracy", "max")
+        figure, drawn = curves_figure(
+            records, rows, {row.run_id: f"{label}={row.run_id}" for row in rows}, "eval/accuracy", "max"
+        )
         figure.canvas.draw()
     renderer = figure.canvas.get_renderer()
     [legend] = figure.legends
     axes = figure.axes[0]
     texts = [text.get_text() for text in legend.get_texts()]
-    return (figure.bbox, axes.get_window_extent(renderer), legend.get_window_extent(renderer),
-            axes.title.get_window_extent(renderer), texts, drawn, axes.get_title())
+    return (
+        figure.bbox,
+        axes.get_window_extent(renderer),
+        legend.get_window_extent(renderer),
+        axes.title.get_window_extent(renderer),
+        texts,
+        drawn,
+        axes.get_title(),
+    )
 
 
 @pytest.mark.parametrize("count", [3, 12])
@@ -205,16 +277,24 @@ def test_a_legend_too_tall_for_the_canvas_names_runs_and_only_the_best(capsys):
     assert canvas.y0 <= legend.y0 and legend.y1 <= canvas.y1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--experiment", "nope"], "--experiment 'nope' does not exist; experiments: cmp, Default"),
-    (["--sweep", "sw9"], "--sweep 'sw9' is not in experiment 'cmp'; sweeps there: sw1"),
-    (["--metric", "eval/f1"], "--metric 'eval/f1': none of the 4 selected runs has it; their metrics: "
-                              "eval/accuracy, train/loss"),
-    (["--runs", "0123456789abcdef"], "--runs: no run with id '0123456789abcdef'"),
-    (["--filter", "params.model = 'cnn'"], "no runs match in experiment 'cmp' with --filter \"params.model = 'cnn'\" "
-                                           "(4 runs without it; their params: model.name, optim.lr, trainer.seed)"),
-    (["--filter", "bogus ="], "--filter 'bogus =' is not valid: Invalid clause(s) in filter string"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--experiment", "nope"], "--experiment 'nope' does not exist; experiments: cmp, Default"),
+        (["--sweep", "sw9"], "--sweep 'sw9' is not in experiment 'cmp'; sweeps there: sw1"),
+        (
+            ["--metric", "eval/f1"],
+            "--metric 'eval/f1': none of the 4 selected runs has it; their metrics: eval/accuracy, train/loss",
+        ),
+        (["--runs", "0123456789abcdef"], "--runs: no run with id '0123456789abcdef'"),
+        (
+            ["--filter", "params.model = 'cnn'"],
+            "no runs match in experiment 'cmp' with --filter \"params.model = 'cnn'\" "
+            "(4 runs without it; their params: model.name, optim.lr, trainer.seed)",
+        ),
+        (["--filter", "bogus ="], "--filter 'bogus =' is not valid: Invalid clause(s) in filter string"),
+    ],
+)
 def test_unknown_names_exit_2_saying_what_exists(store, capsys, args, message):
     uri, _ = store
     code, out, err = compare(capsys, uri, *args)
@@ -238,13 +318,17 @@ def test_compare_reads_runs_from_a_tracking_server(mlflow_server, capsys):
     ids = {name: plant(client, experiment_id, name) for name in ("alpha", "gamma")}
     code, out, err = compare(capsys, url, "--format", "json")
     assert code == 0, err
-    assert [(run["run_id"], run["best"]) for run in json.loads(out)["runs"]] == [(ids["alpha"], 0.9),
-                                                                                (ids["gamma"], 0.6)]
+    assert [(run["run_id"], run["best"]) for run in json.loads(out)["runs"]] == [
+        (ids["alpha"], 0.9),
+        (ids["gamma"], 0.6),
+    ]
 
 
 def test_runs_lacking_a_param_count_as_differing_and_nan_never_wins():
-    records = [RunRecord("a", "a", "FINISHED", 0, 1000, {"x": "1", "y": "2"}, ((1, float("nan")), (2, 0.5))),
-               RunRecord("b", "b", "FINISHED", 0, None, {"x": "1"}, ((1, 0.4),))]
+    records = [
+        RunRecord("a", "a", "FINISHED", 0, 1000, {"x": "1", "y": "2"}, ((1, float("nan")), (2, 0.5))),
+        RunRecord("b", "b", "FINISHED", 0, None, {"x": "1"}, ((1, 0.4),)),
+    ]
     assert differing_params(records) == ["y"]
     rows = build_rows(records, "max")
     assert [(row.run_id, row.best, row.duration_s) for row in rows] == [("a", 0.5, 1.0), ("b", 0.4, None)]

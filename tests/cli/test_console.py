@@ -64,5 +64,7 @@ def test_a_scripts_reports_draw_a_line_of_the_latest_values_sparse_without_a_ter
     console.on_script_metrics(MetricsReport(step=20, metrics={"train/loss": 0.25}))  # within 10 s: not printed
     clock[0] = 11.0
     console.on_script_metrics(MetricsReport(step=22, metrics={"eval/accuracy": 0.9}))
-    assert stream.getvalue().splitlines() == ["step 10 | train/loss 0.5",
-                                              "step 22 | train/loss 0.25 | eval/accuracy 0.9"]
+    assert stream.getvalue().splitlines() == [
+        "step 10 | train/loss 0.5",
+        "step 22 | train/loss 0.25 | eval/accuracy 0.9",
+    ]

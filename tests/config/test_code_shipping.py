@@ -27,12 +27,18 @@ def test_the_users_folder_goes_to_the_ranks_and_installed_libraries_do_not(tmp_p
     (steps / "mysteps.py").write_text("def step(model, batch):\n    return model(batch).mean()\n")
     monkeypatch.syspath_prepend(str(steps))
     job = compose_job([*own_overrides(folder), "trainer.step_fn=mysteps.step"], tmp_path)
-    assert worker_runtime_env(job, environ={})["env_vars"]["PYTHONPATH"] == \
-        os.pathsep.join([str(folder.resolve()), str(steps.resolve())])
+    assert worker_runtime_env(job, environ={})["env_vars"]["PYTHONPATH"] == os.pathsep.join(
+        [str(folder.resolve()), str(steps.resolve())]
+    )
 
 
 def test_setting_a_target_alone_picks_the_groups_target_option():
     assert with_target_options(["-m", "model._target_=a.B", "+model.width=3", "optim.lr=1,2"]) == [
-        "-m", "model=target", "model._target_=a.B", "+model.width=3", "optim.lr=1,2"]
+        "-m",
+        "model=target",
+        "model._target_=a.B",
+        "+model.width=3",
+        "optim.lr=1,2",
+    ]
     assert with_target_options(["model=mynet", "model._target_=a.B"]) == ["model=mynet", "model._target_=a.B"]
     assert with_target_options(["data._target_=a.b", "model=mlp"]) == ["data=target", "data._target_=a.b", "model=mlp"]

@@ -14,8 +14,13 @@ from orchestrator.redaction import Redactor
 
 def _write(folder, lr: float, token: str = "hf_0123456789abcdefghij"):
     task = OmegaConf.create({"optim": {"lr": lr}, "token": token})
-    return write_hydra_files(folder, task, OmegaConf.create({"run": {"dir": str(folder)}}), [f"optim.lr={lr}"],
-                             Redactor.of({"token": token}, [], {}))
+    return write_hydra_files(
+        folder,
+        task,
+        OmegaConf.create({"run": {"dir": str(folder)}}),
+        [f"optim.lr={lr}"],
+        Redactor.of({"token": token}, [], {}),
+    )
 
 
 def test_a_second_command_in_the_same_output_directory_keeps_the_first_ones_files(tmp_path):

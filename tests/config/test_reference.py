@@ -11,8 +11,10 @@ from orchestrator.config import reference
 
 
 def test_rendering_the_reference_imports_no_heavy_library():
-    code = ("import sys\nfrom orchestrator.config.reference import reference_markdown\nreference_markdown()\n"
-            "print(','.join(m for m in ['ray', 'mlflow', 'torch', 'hydra', 'pynvml'] if m in sys.modules))")
+    code = (
+        "import sys\nfrom orchestrator.config.reference import reference_markdown\nreference_markdown()\n"
+        "print(','.join(m for m in ['ray', 'mlflow', 'torch', 'hydra', 'pynvml'] if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"rendering the reference pulled in: {loaded}"
 
@@ -20,15 +22,17 @@ def test_rendering_the_reference_imports_no_heavy_library():
 def test_the_module_itself_names_no_heavy_import():
     # omegaconf arrives through schema.py (MISSING) only; the renderer must not depend on it by itself
     tree = ast.parse(Path(reference.__file__).read_text())
-    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not names & {"ray", "mlflow", "torch", "omegaconf", "hydra"}
 
 
 def test_defaults_are_written_as_in_a_config():
-    assert [reference.format_value(value) for value in (None, True, False, [32, 64], {}, {"_target_": None}, 0.003,
-                                                        "???")] == [
-        "null", "true", "false", "[32, 64]", "{}", "{_target_: null}", "0.003", reference.REQUIRED]
+    assert [
+        reference.format_value(value) for value in (None, True, False, [32, 64], {}, {"_target_": None}, 0.003, "???")
+    ] == ["null", "true", "false", "[32, 64]", "{}", "{_target_: null}", "0.003", reference.REQUIRED]
 
 
 def test_descriptions_keep_their_words_in_a_table_cell():

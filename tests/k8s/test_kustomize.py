@@ -38,9 +38,24 @@ def _kinds(documents) -> list[str]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_the_whole_stack(rendered, overlay):
-    assert _kinds(rendered[overlay]) == sorted([
-        "Namespace", "ConfigMap", "Secret", "Secret", "Service", "Service", "Service", "PersistentVolumeClaim",
-        "Deployment", "StatefulSet", "StatefulSet", "NetworkPolicy", "NetworkPolicy", "RayCluster"])
+    assert _kinds(rendered[overlay]) == sorted(
+        [
+            "Namespace",
+            "ConfigMap",
+            "Secret",
+            "Secret",
+            "Service",
+            "Service",
+            "Service",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "StatefulSet",
+            "StatefulSet",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "RayCluster",
+        ]
+    )
     assert {document["metadata"].get("namespace", "orchestrator") for document in rendered[overlay]} == {"orchestrator"}
 
 
@@ -68,16 +83,22 @@ def test_no_secret_value_is_written_in_a_manifest(rendered):
         for where, _, container in (item for document in documents for item in containers(document)):
             for variable in container.get("env", []):
                 if SECRET_NAME.search(variable["name"]) and variable["name"] != "MLFLOW_BACKEND_STORE_URI":
-                    assert "secretKeyRef" in variable.get("valueFrom", {}), f"{where}: {variable['name']} is not from a Secret"
+                    assert "secretKeyRef" in variable.get("valueFrom", {}), (
+                        f"{where}: {variable['name']} is not from a Secret"
+                    )
     for copied in ("k8s/base/postgres.env", "k8s/base/minio.env"):
         ignored = subprocess.run(["git", "check-ignore", "-q", copied], cwd=REPO)
         assert ignored.returncode == 0, f"{copied} (real credentials) must be git-ignored"
 
 
 def test_secret_generator_takes_the_keys_of_the_examples(rendered):
-    secrets = {d["metadata"]["name"].rsplit("-", 1)[0]: sorted(d["data"]) for d in rendered["cpu-dev"] if d["kind"] == "Secret"}
-    assert secrets == {"minio-credentials": ["MINIO_ROOT_PASSWORD", "MINIO_ROOT_USER"],
-                       "postgres-credentials": ["POSTGRES_PASSWORD", "POSTGRES_USER"]}
+    secrets = {
+        d["metadata"]["name"].rsplit("-", 1)[0]: sorted(d["data"]) for d in rendered["cpu-dev"] if d["kind"] == "Secret"
+    }
+    assert secrets == {
+        "minio-credentials": ["MINIO_ROOT_PASSWORD", "MINIO_ROOT_USER"],
+        "postgres-credentials": ["POSTGRES_PASSWORD", "POSTGRES_USER"],
+    }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -104,10 +125,14 @@ def test_mlflow_stores_runs_in_postgres_and_proxies_artifacts_to_minio(rendered)
     mlflow = next(d for d in rendered["cpu-dev"] if d["kind"] == "Deployment")
     server = mlflow["spec"]["template"]["spec"]["containers"][0]
     env = {variable["name"]: variable for variable in server["env"]}
-    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@postgres:5432/")
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith(
+        "postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@postgres:5432/"
+    )
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert {"--serve-artifacts", "--artifacts-destination=s3://mlflow/artifacts", "--port=5000"} <= set(server["args"])
-    service = next(d for d in rendered["cpu-dev"] if d["kind"] == "Service" and d["metadata"]["name"] == manifests.MLFLOW_SERVICE)
+    service = next(
+        d for d in rendered["cpu-dev"] if d["kind"] == "Service" and d["metadata"]["name"] == manifests.MLFLOW_SERVICE
+    )
     assert service["spec"]["ports"][0]["port"] == manifests.MLFLOW_PORT
 
 
@@ -138,11 +163,19 @@ def test_gpu_workers_request_gpus_in_limits_only_on_gpu_nodes_with_shared_memory
 
 
 def test_env_examples_list_every_secret_key_the_manifests_read(rendered):
-    keys = {line.split("=", 1)[0] for path in (REPO / "k8s").rglob("*.env.example")
-            for line in path.read_text().splitlines() if line and not line.startswith("#")}
-    referenced = {variable["valueFrom"]["secretKeyRef"]["key"]
-                  for document in rendered["cpu-dev"] for _, _, container in containers(document)
-                  for variable in container.get("env", []) if "secretKeyRef" in variable.get("valueFrom", {})}
+    keys = {
+        line.split("=", 1)[0]
+        for path in (REPO / "k8s").rglob("*.env.example")
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    referenced = {
+        variable["valueFrom"]["secretKeyRef"]["key"]
+        for document in rendered["cpu-dev"]
+        for _, _, container in containers(document)
+        for variable in container.get("env", [])
+        if "secretKeyRef" in variable.get("valueFrom", {})
+    }
     assert referenced == keys
 
 

@@ -54,7 +54,9 @@ def test_core_unknown_field_fails_strict_validation_only(deployment):
 
 
 def test_core_wrong_type_fails(deployment):
-    assert "is not of type 'integer'" in " ".join(core_errors(_changed(deployment, lambda d: d["spec"].update(replicas="1"))))
+    assert "is not of type 'integer'" in " ".join(
+        core_errors(_changed(deployment, lambda d: d["spec"].update(replicas="1")))
+    )
 
 
 def test_core_missing_required_field_fails(deployment):
@@ -70,8 +72,12 @@ def test_ray_unknown_field_fails_at_any_depth(rayjob):
 
 
 def test_ray_wrong_type_fails(rayjob):
-    assert "'1' is not of type 'integer'" in " ".join(crd_errors(_changed(rayjob, lambda d: d["spec"].update(backoffLimit="1"))))
-    assert "is not of type 'integer'" in " ".join(crd_errors(_changed(rayjob, lambda d: _worker(d).update(replicas="2"))))
+    assert "'1' is not of type 'integer'" in " ".join(
+        crd_errors(_changed(rayjob, lambda d: d["spec"].update(backoffLimit="1")))
+    )
+    assert "is not of type 'integer'" in " ".join(
+        crd_errors(_changed(rayjob, lambda d: _worker(d).update(replicas="2")))
+    )
 
 
 def test_ray_missing_required_field_fails(rayjob):
@@ -85,8 +91,13 @@ def test_required_fields_with_a_default_are_optional(rayjob):
     # minReplicas and maxReplicas are required in the CRD but defaulted by the API server
     defaulted = _changed(rayjob, lambda d: [_worker(d).pop(key) for key in ("minReplicas", "maxReplicas")])
     assert crd_errors(defaulted) == []
-    schema = strict_schema({"type": "object", "required": ["a", "b"],
-                            "properties": {"a": {"type": "integer", "default": 1}, "b": {"type": "integer"}}})
+    schema = strict_schema(
+        {
+            "type": "object",
+            "required": ["a", "b"],
+            "properties": {"a": {"type": "integer", "default": 1}, "b": {"type": "integer"}},
+        }
+    )
     assert schema["required"] == ["b"] and schema["additionalProperties"] is False
 
 
@@ -100,8 +111,10 @@ def test_a_resource_set_both_in_limits_and_ray_start_params_is_caught(rayjob):
     def add_gpus_twice(document):
         _worker(document)["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "1"
         _worker(document)["rayStartParams"]["num-gpus"] = "1"
+
     assert ray_start_params_set_twice(_changed(rayjob, add_gpus_twice)) == [
-        "workers: nvidia.com/gpu in limits and num-gpus in rayStartParams"]
+        "workers: nvidia.com/gpu in limits and num-gpus in rayStartParams"
+    ]
     assert ray_start_params_set_twice(rayjob) == []
 
 

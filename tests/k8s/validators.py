@@ -64,8 +64,10 @@ def crd_dir() -> Path:
     """
     given = os.environ.get(CRD_DIR_VARIABLE)
     if not given:
-        pytest.skip(f"the KubeRay CRD schema check needs {CRD_DIR_VARIABLE}=<folder with {' and '.join(CRD_FILES)}> "
-                    f"(KubeRay v1.7.0's config/crd/bases); it is unset")
+        pytest.skip(
+            f"the KubeRay CRD schema check needs {CRD_DIR_VARIABLE}=<folder with {' and '.join(CRD_FILES)}> "
+            f"(KubeRay v1.7.0's config/crd/bases); it is unset"
+        )
     folder = Path(given)
     missing = [name for name in CRD_FILES if not (folder / name).is_file()]
     if missing:
@@ -97,8 +99,7 @@ def crd_errors(document: Mapping[str, Any]) -> list[str]:
     validator = crd_validators().get((group, version, document["kind"]))
     if validator is None:
         return [f"no CRD schema for {document['apiVersion']} {document['kind']}"]
-    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-            for error in validator.iter_errors(document)]
+    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(document)]
 
 
 def core_errors(document: Mapping[str, Any], strict: bool = True) -> list[str]:
@@ -128,8 +129,11 @@ def ray_start_params_set_twice(document: Mapping[str, Any]) -> list[str]:
         pairs = [("nvidia.com/gpu", "num-gpus"), ("memory", "memory")]
         if name != "head":  # the head's num-cpus "0" deliberately keeps workers off it
             pairs.append(("cpu", "num-cpus"))
-        problems += [f"{name}: {limit} in limits and {param} in rayStartParams" for limit, param in pairs
-                     if limit in limits and param in params]
+        problems += [
+            f"{name}: {limit} in limits and {param} in rayStartParams"
+            for limit, param in pairs
+            if limit in limits and param in params
+        ]
     return problems
 
 
@@ -143,8 +147,9 @@ def kubectl() -> str:
 
 def render_overlay(k8s_copy: Path, overlay: str) -> list[dict[str, Any]]:
     """`kubectl kustomize` of one overlay, as a list of documents."""
-    result = subprocess.run([kubectl(), "kustomize", str(k8s_copy / "overlays" / overlay)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(k8s_copy / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"kubectl kustomize overlays/{overlay} failed:\n{result.stderr}"
     return [document for document in yaml.safe_load_all(result.stdout) if document]
 

@@ -27,11 +27,20 @@ GOLDEN_DIR = Path(__file__).resolve().parents[1] / "k8s" / "golden"
 TARGET = ["--image", "registry.example.com/ml/orchestrator:0.1.0", "--namespace", "ml-team", "--name", "digits-demo"]
 CONFIGS = {
     "cpu": ["trainer.max_epochs=2"],
-    "gpu-4-workers": ["scaling.num_workers=4", "scaling.gpus_per_worker=1", "scaling.cpus_per_worker=4",
-                      "scaling.memory_per_worker_gb=16"],
-    "gpu-2-nodes-x-8": ["scaling.num_workers=16", "scaling.workers_per_node=8", "scaling.gpus_per_worker=1",
-                        "scaling.cpus_per_worker=8", "scaling.memory_per_worker_gb=32",
-                        "+scaling.resources_per_worker={accelerator_type\\:H100:0.001}"],
+    "gpu-4-workers": [
+        "scaling.num_workers=4",
+        "scaling.gpus_per_worker=1",
+        "scaling.cpus_per_worker=4",
+        "scaling.memory_per_worker_gb=16",
+    ],
+    "gpu-2-nodes-x-8": [
+        "scaling.num_workers=16",
+        "scaling.workers_per_node=8",
+        "scaling.gpus_per_worker=1",
+        "scaling.cpus_per_worker=8",
+        "scaling.memory_per_worker_gb=32",
+        "+scaling.resources_per_worker={accelerator_type\\:H100:0.001}",
+    ],
 }
 MORE_CONFIGS = {
     "fractional-cpus": ["scaling.num_workers=6", "scaling.workers_per_node=3", "scaling.cpus_per_worker=0.5"],
@@ -50,6 +59,7 @@ def _worker_group(document: dict) -> dict:
 
 # --- pod sizing ------------------------------------------------------------------------------------
 
+
 def test_without_workers_per_node_every_worker_gets_its_own_pod(tmp_path):
     pods = manifests.worker_pod_spec(compose_job([], tmp_path).scaling)
     assert pods == manifests.WorkerPodSpec(replicas=2, workers_per_pod=1, cpus=2, memory_mib=4 * 1024, gpus=0)
@@ -64,7 +74,9 @@ def test_workers_per_node_makes_one_pod_per_node_holding_its_workers(tmp_path):
 
 def test_fractions_round_up_to_whole_pod_resources_without_float_noise(tmp_path):
     assert manifests.worker_pod_spec(compose_job(MORE_CONFIGS["fractional-cpus"], tmp_path).scaling).cpus == 2 + 1
-    seven = compose_job(["scaling.num_workers=10", "scaling.workers_per_node=10", "scaling.cpus_per_worker=0.7"], tmp_path)
+    seven = compose_job(
+        ["scaling.num_workers=10", "scaling.workers_per_node=10", "scaling.cpus_per_worker=0.7"], tmp_path
+    )
     assert manifests.worker_pod_spec(seven.scaling).cpus == 7 + 1  # 0.7 * 10 = 7.000000000000001
     half_gpu = manifests.worker_pod_spec(compose_job(MORE_CONFIGS["fractional-gpus"], tmp_path).scaling)
     assert (half_gpu.replicas, half_gpu.gpus) == (2, 1)
@@ -76,8 +88,10 @@ def _ray_node(node_id: str, group: dict) -> NodeSnapshot:
     """What Ray sees on a pod of this group: KubeRay derives num-cpus, memory and num-gpus from the limits."""
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     params = group["rayStartParams"]
-    resources = {"CPU": float(params.get("num-cpus", limits["cpu"])),
-                 "memory": float(re.sub(r"Gi$|Mi$", "", limits["memory"])) * (GIB if limits["memory"].endswith("Gi") else 2**20)}
+    resources = {
+        "CPU": float(params.get("num-cpus", limits["cpu"])),
+        "memory": float(re.sub(r"Gi$|Mi$", "", limits["memory"])) * (GIB if limits["memory"].endswith("Gi") else 2**20),
+    }
     if "nvidia.com/gpu" in limits:
         resources["GPU"] = float(limits["nvidia.com/gpu"])
     if "resources" in params:
@@ -116,6 +130,7 @@ def test_a_pod_one_cpu_smaller_would_not_hold_a_node_of_workers(tmp_path):
 
 # --- restarts, entrypoint, overrides ---------------------------------------------------------------
 
+
 def test_backoff_limit_follows_the_restart_budget(tmp_path):
     assert [manifests.backoff_limit(budget) for budget in (0, 1, 3, -1)] == [0, 1, 1, 1]
     assert _render(["failure.max_restarts=0"], tmp_path)["spec"]["backoffLimit"] == 0
@@ -129,16 +144,33 @@ def test_rayjob_cleans_up_after_itself(tmp_path):
 
 
 def test_override_keys():
-    assert [manifests.override_key(o) for o in ("a.b=1", "+a.b=1", "++a.b={x:1}", "~a.b", "model=mlp", "db@x.y=z")] == \
-        ["a.b", "a.b", "a.b", "a.b", "model", "db"]
+    assert [manifests.override_key(o) for o in ("a.b=1", "+a.b=1", "++a.b={x:1}", "~a.b", "model=mlp", "db@x.y=z")] == [
+        "a.b",
+        "a.b",
+        "a.b",
+        "a.b",
+        "model",
+        "db",
+    ]
 
 
 def test_entrypoint_adds_the_cluster_mlflow_and_checkpoint_volume_unless_set(tmp_path):
     command = shlex.split(_render(["model=mlp"], tmp_path, namespace="ml")["spec"]["entrypoint"])
-    assert command == ["orchestrator", "train", "model=mlp", "cluster.address=auto",
-                       "tracking.uri=http://mlflow.ml.svc.cluster.local:5000", "checkpoint.dir=/mnt/checkpoints"]
+    assert command == [
+        "orchestrator",
+        "train",
+        "model=mlp",
+        "cluster.address=auto",
+        "tracking.uri=http://mlflow.ml.svc.cluster.local:5000",
+        "checkpoint.dir=/mnt/checkpoints",
+    ]
     own = ["tracking.uri=http://mlflow.other:5000", "checkpoint.dir=/data/ckpt"]
-    assert shlex.split(_render(own, tmp_path)["spec"]["entrypoint"]) == ["orchestrator", "train", *own, "cluster.address=auto"]
+    assert shlex.split(_render(own, tmp_path)["spec"]["entrypoint"]) == [
+        "orchestrator",
+        "train",
+        *own,
+        "cluster.address=auto",
+    ]
 
 
 def test_overrides_are_quoted_for_the_shell(tmp_path):
@@ -156,17 +188,21 @@ def test_runtime_env_becomes_the_rayjob_runtime_env(tmp_path):
 
 # --- the command -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["scaling.num_workers=0", "trainer.amp=fp8"], "scaling.num_workers=0 is not valid: must be a number >= 1"),
-    (["trainer.amp=fp8"], "trainer.amp=fp8 is not valid: use one of none, bf16, fp16"),
-    (["scaling.num_workers=3", "scaling.workers_per_node=2"], "scaling.workers_per_node=2 is not valid"),
-    (["scaling.num_workers=abc"], "scaling.num_workers=abc is not valid: must be an integer"),
-    (["scaling.bogus=1"], "scaling.bogus=1 is not valid: scaling has no key bogus"),
-    (["cluster.address=ray://head:10001"], "cluster.address=ray://head:10001 is not valid for orchestrator k8s"),
-    (["--name", "Digits_Demo"], "--name=Digits_Demo is not valid"),
-    (["--name", "x" * 48], "is not valid: use at most 47"),
-    (["--namespace", "ML"], "--namespace=ML is not valid"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["scaling.num_workers=0", "trainer.amp=fp8"], "scaling.num_workers=0 is not valid: must be a number >= 1"),
+        (["trainer.amp=fp8"], "trainer.amp=fp8 is not valid: use one of none, bf16, fp16"),
+        (["scaling.num_workers=3", "scaling.workers_per_node=2"], "scaling.workers_per_node=2 is not valid"),
+        (["scaling.num_workers=abc"], "scaling.num_workers=abc is not valid: must be an integer"),
+        (["scaling.bogus=1"], "scaling.bogus=1 is not valid: scaling has no key bogus"),
+        (["cluster.address=ray://head:10001"], "cluster.address=ray://head:10001 is not valid for orchestrator k8s"),
+        (["--name", "Digits_Demo"], "--name=Digits_Demo is not valid"),
+        (["--name", "x" * 48], "is not valid: use at most 47"),
+        (["--namespace", "ML"], "--namespace=ML is not valid"),
+    ],
+)
 def test_a_bad_config_exits_2_and_prints_no_manifest(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     assert main(["k8s", *args]) == 2
@@ -206,6 +242,7 @@ def test_golden_rayjob(tmp_path, monkeypatch, capsys, name):
 
 # --- validity and consistency ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", [*CONFIGS, *MORE_CONFIGS])
 def test_rendered_rayjob_validates_against_the_kuberay_crd(tmp_path, name):
     document = yaml.safe_load(manifests.to_yaml(_render({**CONFIGS, **MORE_CONFIGS}[name], tmp_path)))
@@ -238,8 +275,10 @@ def test_rayjob_cluster_is_built_like_the_base_raycluster(tmp_path):
         assert rendered[key] == base[key]
     assert rendered["headGroupSpec"]["rayStartParams"] == base["headGroupSpec"]["rayStartParams"]
     assert [g["groupName"] for g in rendered["workerGroupSpecs"]] == [g["groupName"] for g in base["workerGroupSpecs"]]
-    pairs = [(rendered["headGroupSpec"], base["headGroupSpec"]), (_worker_group({"spec": {"rayClusterSpec": rendered}}),
-                                                                   base["workerGroupSpecs"][0])]
+    pairs = [
+        (rendered["headGroupSpec"], base["headGroupSpec"]),
+        (_worker_group({"spec": {"rayClusterSpec": rendered}}), base["workerGroupSpecs"][0]),
+    ]
     for ours, theirs in pairs:
         ours, theirs = ours["template"]["spec"], theirs["template"]["spec"]
         assert ours["securityContext"] == theirs["securityContext"] and ours["volumes"] == theirs["volumes"]

@@ -23,8 +23,10 @@ SMALL = ["model=mlp", "trainer.max_steps=3", "tracking.log_model=false", "data.b
 def three_nodes(ray_cluster):
     """Nodes b and c join the session's head for this module: 2 CPUs each, marker resources, and 2 `pin`s."""
     with signal_handlers_kept():
-        added = [ray_cluster.add_node(num_cpus=2, resources={"node_b": 100, "pin": 2}),
-                 ray_cluster.add_node(num_cpus=2, resources={"node_c": 100, "pin": 2})]
+        added = [
+            ray_cluster.add_node(num_cpus=2, resources={"node_b": 100, "pin": 2}),
+            ray_cluster.add_node(num_cpus=2, resources={"node_c": 100, "pin": 2}),
+        ]
     ray_cluster.wait_for_nodes()
     yield ray_cluster
     with signal_handlers_kept():
@@ -63,20 +65,35 @@ def test_pack_keeps_workers_together_and_strict_spread_gives_each_its_own_node(t
 
 def test_workers_per_node_gives_contiguous_ranks_and_torchrun_variables(three_nodes, tmp_path):
     out = tmp_path / "weights.pt"
-    overrides = ["entrypoint=script", f"script.path={SCRIPT}", f"script.args=[--steps,3,--out,{out}]",
-                 "scaling.num_workers=4", "scaling.workers_per_node=2", "+scaling.resources_per_worker.pin=1",
-                 "+scaling.nccl_env.NCCL_DEBUG=WARN"]
+    overrides = [
+        "entrypoint=script",
+        f"script.path={SCRIPT}",
+        f"script.args=[--steps,3,--out,{out}]",
+        "scaling.num_workers=4",
+        "scaling.workers_per_node=2",
+        "+scaling.resources_per_worker.pin=1",
+        "+scaling.nccl_env.NCCL_DEBUG=WARN",
+    ]
     outcome = _run(overrides, tmp_path)
     assert outcome.status == "FINISHED", outcome.error
     layout = _layout(outcome.workers)
     assert {name for _, name, _, _ in layout} == {"b", "c"}
-    assert [(rank, node_rank, local_rank) for rank, _, node_rank, local_rank in layout] == \
-        [(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)]
+    assert [(rank, node_rank, local_rank) for rank, _, node_rank, local_rank in layout] == [
+        (0, 0, 0),
+        (1, 0, 1),
+        (2, 1, 0),
+        (3, 1, 1),
+    ]
     assert layout[0][1] == layout[1][1] != layout[2][1] == layout[3][1]
     seen = [json.loads(Path(f"{out}.rank{rank}.json").read_text()) for rank in range(4)]
     for rank, env in enumerate(seen):
-        assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], env["GROUP_RANK"]) == \
-            (str(rank), "4", str(rank % 2), "2", str(rank // 2))
+        assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], env["GROUP_RANK"]) == (
+            str(rank),
+            "4",
+            str(rank % 2),
+            "2",
+            str(rank // 2),
+        )
         assert env["MASTER_ADDR"] == outcome.workers[0].node_ip and env["MASTER_PORT"] == seen[0]["MASTER_PORT"]
         assert env["NCCL_DEBUG"] == "WARN"
 
@@ -107,11 +124,15 @@ def test_plan_shows_where_the_job_then_runs(three_nodes, tmp_path, monkeypatch, 
     assert per_node == sorted((name, local_rank) for _, name, _, local_rank in _layout(outcome.workers))
 
 
-def test_an_unsatisfiable_spread_fails_within_its_timeout_and_leaves_nothing_reserved(three_nodes, tmp_path,
-                                                                                      monkeypatch, capsys):
+def test_an_unsatisfiable_spread_fails_within_its_timeout_and_leaves_nothing_reserved(
+    three_nodes, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
-    overrides = SMALL + ["scaling.num_workers=4", "scaling.placement_strategy=STRICT_SPREAD",
-                         "scaling.placement_timeout_s=3"]
+    overrides = SMALL + [
+        "scaling.num_workers=4",
+        "scaling.placement_strategy=STRICT_SPREAD",
+        "scaling.placement_timeout_s=3",
+    ]
     assert main(["plan", *overrides]) == 1
     assert "STRICT_SPREAD needs 4 distinct nodes, the cluster has 3" in capsys.readouterr().out
     started = time.monotonic()
@@ -143,9 +164,18 @@ def test_gpu_ranks_on_a_node_see_its_job_gpus_in_local_rank_order(three_nodes, t
         gpu_node = three_nodes.add_node(num_cpus=2, num_gpus=2, resources={"node_gpu": 100})
     try:
         out = tmp_path / "weights.pt"
-        outcome = _run(["entrypoint=script", f"script.path={SCRIPT}", f"script.args=[--steps,2,--out,{out}]",
-                        "scaling.num_workers=2", "scaling.gpus_per_worker=1", "scaling.backend=gloo",
-                        "+scaling.resources_per_worker.node_gpu=1"], tmp_path)
+        outcome = _run(
+            [
+                "entrypoint=script",
+                f"script.path={SCRIPT}",
+                f"script.args=[--steps,2,--out,{out}]",
+                "scaling.num_workers=2",
+                "scaling.gpus_per_worker=1",
+                "scaling.backend=gloo",
+                "+scaling.resources_per_worker.node_gpu=1",
+            ],
+            tmp_path,
+        )
         assert outcome.status == "FINISHED", outcome.error
         seen = [json.loads(Path(f"{out}.rank{rank}.json").read_text()) for rank in range(2)]
         assert seen[0]["CUDA_VISIBLE_DEVICES"] == seen[1]["CUDA_VISIBLE_DEVICES"]

@@ -73,13 +73,33 @@ class TwoHosts:
     def start_ray(self) -> None:
         log_a, log_b = self.temp / "head.log", self.temp / "worker.log"
         common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
-        self.run(0, str(VENV_BIN / "ray"), "start", "--head", f"--node-ip-address={self.ips[0]}", "--port=6379",
-                 "--include-dashboard=false", f"--temp-dir={self.temp / 'a'}", *common,
-                 stdout=log_a.open("w"), stderr=subprocess.STDOUT, env=ray_env(self.auth))
+        self.run(
+            0,
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            f"--node-ip-address={self.ips[0]}",
+            "--port=6379",
+            "--include-dashboard=false",
+            f"--temp-dir={self.temp / 'a'}",
+            *common,
+            stdout=log_a.open("w"),
+            stderr=subprocess.STDOUT,
+            env=ray_env(self.auth),
+        )
         wait_until(lambda: "Ray runtime started" in log_a.read_text(), 90, f"the head in {self.names[0]}")
-        self.run(1, str(VENV_BIN / "ray"), "start", f"--address={self.ips[0]}:6379", f"--node-ip-address={self.ips[1]}",
-                 f"--temp-dir={self.temp / 'b'}", *common, stdout=log_b.open("w"), stderr=subprocess.STDOUT,
-                 env=ray_env(self.auth))
+        self.run(
+            1,
+            str(VENV_BIN / "ray"),
+            "start",
+            f"--address={self.ips[0]}:6379",
+            f"--node-ip-address={self.ips[1]}",
+            f"--temp-dir={self.temp / 'b'}",
+            *common,
+            stdout=log_b.open("w"),
+            stderr=subprocess.STDOUT,
+            env=ray_env(self.auth),
+        )
         wait_until(lambda: "Ray runtime started" in log_b.read_text(), 90, f"the worker node in {self.names[1]}")
 
     def destroy(self) -> None:
@@ -120,8 +140,9 @@ def two_hosts(ray_token_env):
     tag = str(os.getpid() % 10000)
     reason = _namespaces_allowed(f"orchprobe{tag}")
     if reason is not None:  # a container without CAP_NET_ADMIN, a laptop without root
-        pytest.skip(f"two hosts are simulated with two network namespaces, which needs root and iproute2's `ip`; "
-                    f"here {reason}")
+        pytest.skip(
+            f"two hosts are simulated with two network namespaces, which needs root and iproute2's `ip`; here {reason}"
+        )
     hosts = TwoHosts(tag, ray_token_env)
     try:
         hosts.create()
@@ -133,11 +154,26 @@ def two_hosts(ray_token_env):
 
 def test_ddp_over_gloo_across_two_hosts(two_hosts, tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    driver = two_hosts.run(0, sys.executable, "-m", "orchestrator", "train", f"cluster.address={two_hosts.ips[0]}:6379",
-                           "scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD", "model=mlp",
-                           "trainer.max_steps=20", "tracking.log_model=false", f"tracking.uri={store}",
-                           "scaling.rendezvous_timeout_s=60", cwd=tmp_path, env=ray_env(two_hosts.auth), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    driver = two_hosts.run(
+        0,
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "train",
+        f"cluster.address={two_hosts.ips[0]}:6379",
+        "scaling.num_workers=2",
+        "scaling.placement_strategy=STRICT_SPREAD",
+        "model=mlp",
+        "trainer.max_steps=20",
+        "tracking.log_model=false",
+        f"tracking.uri={store}",
+        "scaling.rendezvous_timeout_s=60",
+        cwd=tmp_path,
+        env=ray_env(two_hosts.auth),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err[-3000:]
     from mlflow import MlflowClient

@@ -35,8 +35,19 @@ from orchestrator.tracking.metrics_sink import InMemorySink
 
 
 def _spec(rank: int) -> WorkerSpec:
-    return WorkerSpec(world_rank=rank, local_rank=rank, node_rank=0, world_size=2, local_world_size=2,
-                      bundle_index=rank, node_id="n0", node_ip="10.0.0.1", backend="gloo", torch_threads=1, env={})
+    return WorkerSpec(
+        world_rank=rank,
+        local_rank=rank,
+        node_rank=0,
+        world_size=2,
+        local_world_size=2,
+        bundle_index=rank,
+        node_id="n0",
+        node_ip="10.0.0.1",
+        backend="gloo",
+        torch_threads=1,
+        env={},
+    )
 
 
 class FakeGroup:
@@ -91,32 +102,54 @@ class FakeClock:
         return self.now
 
 
-def _controller(groups, clock=None, policy=FailureConfig(max_restarts=0), *, observers=(), console=None,
-                entrypoint="builtin", startup_timeout_s=None, resume=ResumePoint(), **options):
+def _controller(
+    groups,
+    clock=None,
+    policy=FailureConfig(max_restarts=0),
+    *,
+    observers=(),
+    console=None,
+    entrypoint="builtin",
+    startup_timeout_s=None,
+    resume=ResumePoint(),
+    **options,
+):
     """A controller taking its groups from `groups` (one FakeGroup, or a list for rebuilds), with the reports
     routed as the job runner routes them: into an in-memory sink and the console."""
     remaining = list(groups) if isinstance(groups, list) else [groups]
     sink, clock = InMemorySink(), clock or FakeClock()
     console = console or Console(io.StringIO(), interactive=False)
     settings = ControllerSettings(failure_policy=policy, entrypoint=entrypoint, startup_timeout_s=startup_timeout_s)
-    controller = Controller(lambda: remaining.pop(0), console,
-                            [*observers, *routing_observers(sink, console, entrypoint, clock)], settings, resume,
-                            clock=clock, wall_clock=lambda: 1_800_000_000.25, **options)
+    controller = Controller(
+        lambda: remaining.pop(0),
+        console,
+        [*observers, *routing_observers(sink, console, entrypoint, clock)],
+        settings,
+        resume,
+        clock=clock,
+        wall_clock=lambda: 1_800_000_000.25,
+        **options,
+    )
     return controller, sink
 
 
 def _results(stopped=False, digest1="same"):
-    return [RankReport(0, ResultReport(world_rank=0, step=3, stopped=stopped, params_digest="same")),
-            RankReport(1, ResultReport(world_rank=1, step=3, stopped=stopped, params_digest=digest1)),
-            RankExited(0), RankExited(1)]
+    return [
+        RankReport(0, ResultReport(world_rank=0, step=3, stopped=stopped, params_digest="same")),
+        RankReport(1, ResultReport(world_rank=1, step=3, stopped=stopped, params_digest=digest1)),
+        RankExited(0),
+        RankExited(1),
+    ]
 
 
 def test_reports_are_routed_and_a_clean_end_is_finished():
-    group = FakeGroup([
-        [RankReport(0, StepReport(0, 1, 3, 0, 0.1, 1)), RankReport(0, MetricsReport(1, {"train/loss": 2.0}))],
-        [RankReport(0, CheckpointReport(3, "/ckpt/step_000000003.pt"))],
-        _results(),
-    ])
+    group = FakeGroup(
+        [
+            [RankReport(0, StepReport(0, 1, 3, 0, 0.1, 1)), RankReport(0, MetricsReport(1, {"train/loss": 2.0}))],
+            [RankReport(0, CheckpointReport(3, "/ckpt/step_000000003.pt"))],
+            _results(),
+        ]
+    )
     controller, sink = _controller(group)
     assert isinstance(controller.step(), Running)
     controller.step()
@@ -128,8 +161,13 @@ def test_reports_are_routed_and_a_clean_end_is_finished():
 
 
 def test_a_user_exception_fails_the_job_with_rank_node_and_traceback():
-    error = ErrorReport(world_rank=1, node_ip="10.0.0.1", error_type="ValueError", message="bad batch",
-                        traceback="Traceback ...\nValueError: bad batch")
+    error = ErrorReport(
+        world_rank=1,
+        node_ip="10.0.0.1",
+        error_type="ValueError",
+        message="bad batch",
+        traceback="Traceback ...\nValueError: bad batch",
+    )
     outcome = _controller(FakeGroup([[RankReport(1, error)]]))[0].run()
     assert outcome.status == "FAILED"
     assert outcome.error == "rank 1 on 10.0.0.1 raised ValueError: bad batch"
@@ -248,14 +286,24 @@ def test_observers_see_the_group_every_report_and_the_end_even_on_failure():
 
 
 CHECKPOINT = RankReport(0, CheckpointReport(20, "/ckpt/run/step_000000020.pt"))
-GLOO_ERROR = ErrorReport(world_rank=0, node_ip="10.0.0.1", error_type="RuntimeError",
-                         message="[gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.1]:4711", traceback="")
+GLOO_ERROR = ErrorReport(
+    world_rank=0,
+    node_ip="10.0.0.1",
+    error_type="RuntimeError",
+    message="[gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.1]:4711",
+    traceback="",
+)
 
 
 def test_a_dead_worker_is_replaced_and_the_job_resumes_from_the_last_checkpoint():
-    group = FakeGroup([[CHECKPOINT], [RankLost(1, "10.0.0.1", "killed")],
-                       [RankReport(0, AttemptStartReport(0, 20, {"process_group": 0.2, "first_step": 0.1}, 1e9))],
-                       _results()])
+    group = FakeGroup(
+        [
+            [CHECKPOINT],
+            [RankLost(1, "10.0.0.1", "killed")],
+            [RankReport(0, AttemptStartReport(0, 20, {"process_group": 0.2, "first_step": 0.1}, 1e9))],
+            _results(),
+        ]
+    )
     controller, sink = _controller(group, policy=FailureConfig(max_restarts=2))
     outcome = controller.run()
     assert outcome.status == "FINISHED" and outcome.restarts == 1
@@ -283,9 +331,20 @@ def test_infra_only_fails_on_an_exception_in_user_code():
 
 
 def _script_exit(world_rank: int, exit_code: int, tail: str = "") -> RankReport:
-    message = f"train.py exited with code {exit_code}" if exit_code > 0 else f"train.py was killed (signal {-exit_code})"
-    return RankReport(world_rank, ErrorReport(world_rank=world_rank, node_ip="10.0.0.1", error_type="ScriptFailed",
-                                              message=message, traceback=tail, exit_code=exit_code))
+    message = (
+        f"train.py exited with code {exit_code}" if exit_code > 0 else f"train.py was killed (signal {-exit_code})"
+    )
+    return RankReport(
+        world_rank,
+        ErrorReport(
+            world_rank=world_rank,
+            node_ip="10.0.0.1",
+            error_type="ScriptFailed",
+            message=message,
+            traceback=tail,
+            exit_code=exit_code,
+        ),
+    )
 
 
 def test_a_script_that_exits_with_an_error_fails_at_once_and_says_why_it_was_not_restarted():
@@ -312,15 +371,24 @@ def test_a_rebuilt_group_keeps_counting_attempts():
 
 
 def test_the_stop_message_says_how_each_entrypoint_stops():
-    assert stop_message(USER_STOP, "builtin") == \
-        "stopping: the ranks finish their current step (Ctrl-C again to kill them)"
-    assert stop_message(USER_STOP, "script") == \
-        f"stopping: every rank's script gets SIGTERM and {STOP_GRACE_S:g} s to exit (Ctrl-C again to kill them)"
-    assert stop_message("stopped early", "script") == \
-        f"stopping: stopped early; every rank's script gets SIGTERM and {STOP_GRACE_S:g} s to exit"
+    assert (
+        stop_message(USER_STOP, "builtin")
+        == "stopping: the ranks finish their current step (Ctrl-C again to kill them)"
+    )
+    assert (
+        stop_message(USER_STOP, "script")
+        == f"stopping: every rank's script gets SIGTERM and {STOP_GRACE_S:g} s to exit (Ctrl-C again to kill them)"
+    )
+    assert (
+        stop_message("stopped early", "script")
+        == f"stopping: stopped early; every rank's script gets SIGTERM and {STOP_GRACE_S:g} s to exit"
+    )
     printed = io.StringIO()
-    controller, _ = _controller(FakeGroup([KeyboardInterrupt(), _results(stopped=True)]),
-                                console=Console(printed, interactive=False), entrypoint="script")
+    controller, _ = _controller(
+        FakeGroup([KeyboardInterrupt(), _results(stopped=True)]),
+        console=Console(printed, interactive=False),
+        entrypoint="script",
+    )
     assert controller.run().status == "KILLED"
     assert stop_message(USER_STOP, "script") in printed.getvalue() and "current step" not in printed.getvalue()
 
@@ -384,8 +452,10 @@ def test_a_restart_that_cannot_be_placed_fails_the_job():
 
 
 def test_a_failed_partial_restart_falls_back_to_a_whole_new_group():
-    first = FakeGroup([[RankLost(1, "10.0.0.1", "killed")]],
-                      restart_errors=[LaunchError("rank 0 died while the group was starting", retryable=True)])
+    first = FakeGroup(
+        [[RankLost(1, "10.0.0.1", "killed")]],
+        restart_errors=[LaunchError("rank 0 died while the group was starting", retryable=True)],
+    )
     second = FakeGroup([_results()])
     controller, _ = _controller([first, second], policy=FailureConfig(max_restarts=3))
     outcome = controller.run()
@@ -408,18 +478,21 @@ def test_a_resumed_job_starts_from_its_checkpoint():
 
 def test_a_restart_takes_the_newest_checkpoint_on_disk_even_if_its_report_is_still_in_flight():
     group = FakeGroup([[CHECKPOINT], [RankLost(1, "10.0.0.1", "killed")], _results()])
-    controller, _ = _controller(group, policy=FailureConfig(max_restarts=1),
-                                find_checkpoint=lambda: ("/ckpt/run/step_000000030.pt", 30))
+    controller, _ = _controller(
+        group, policy=FailureConfig(max_restarts=1), find_checkpoint=lambda: ("/ckpt/run/step_000000030.pt", 30)
+    )
     assert controller.run().status == "FINISHED"
     assert group.restarts == [({1}, "/ckpt/run/step_000000030.pt")]
 
 
 def test_a_restart_is_announced_once_with_the_step_it_resumes_from():
     printed = io.StringIO()
-    group = FakeGroup([[CHECKPOINT], [RankLost(1, "10.0.0.1", "killed"), RankLost(0, "10.0.0.1", "killed")],
-                       _results()])
-    controller, _ = _controller(group, policy=FailureConfig(max_restarts=2),
-                                console=Console(printed, interactive=False))
+    group = FakeGroup(
+        [[CHECKPOINT], [RankLost(1, "10.0.0.1", "killed"), RankLost(0, "10.0.0.1", "killed")], _results()]
+    )
+    controller, _ = _controller(
+        group, policy=FailureConfig(max_restarts=2), console=Console(printed, interactive=False)
+    )
     assert controller.run().status == "FINISHED"
     assert printed.getvalue().count("; restart") == 1
     assert "rank 1 on 10.0.0.1 died: killed; restart 1 (1 left) from step 20\n" in printed.getvalue()

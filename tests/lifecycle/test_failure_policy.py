@@ -31,12 +31,16 @@ def test_infra_only_does_not_retry_exceptions_but_retries_infrastructure():
 
 
 def test_a_collective_broken_by_a_dead_peer_is_infrastructure_not_user_code():
-    gloo = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
-            "[127.0.0.1]:47245. This is typically caused by a remote worker crashing.")
+    gloo = (
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+        "[127.0.0.1]:47245. This is typically caused by a remote worker crashing."
+    )
     assert classify_error(_raised("RuntimeError", gloo)) is FailureKind.COMMUNICATION
     assert classify_error(_raised("DistBackendError", "anything")) is FailureKind.COMMUNICATION
-    assert classify_error(_raised("ValueError", "Expected input batch_size (32) to match target batch_size (16)")) \
+    assert (
+        classify_error(_raised("ValueError", "Expected input batch_size (32) to match target batch_size (16)"))
         is FailureKind.USER_ERROR
+    )
     assert FailureKind.COMMUNICATION.is_infra
 
 
@@ -45,8 +49,14 @@ def _raised(error_type: str, message: str) -> ErrorReport:
 
 
 def _script_ended(exit_code: int, stderr_tail: str = "") -> ErrorReport:
-    return ErrorReport(world_rank=0, node_ip="10.0.0.1", error_type="ScriptFailed",
-                       message=f"train.py exited with code {exit_code}", traceback=stderr_tail, exit_code=exit_code)
+    return ErrorReport(
+        world_rank=0,
+        node_ip="10.0.0.1",
+        error_type="ScriptFailed",
+        message=f"train.py exited with code {exit_code}",
+        traceback=stderr_tail,
+        exit_code=exit_code,
+    )
 
 
 def test_a_script_is_classified_by_how_its_process_ended():
@@ -54,7 +64,9 @@ def test_a_script_is_classified_by_how_its_process_ended():
     assert classify_error(_script_ended(-9)) is FailureKind.WORKER_DIED
     assert classify_error(_script_ended(-6)) is FailureKind.WORKER_DIED
     # an error exit (argparse's usage error, an uncaught exception): the code, deterministically
-    assert classify_error(_script_ended(2, "usage: train.py [-h]\ntrain.py: error: bad --lr")) is FailureKind.SCRIPT_ERROR
+    assert (
+        classify_error(_script_ended(2, "usage: train.py [-h]\ntrain.py: error: bad --lr")) is FailureKind.SCRIPT_ERROR
+    )
     assert classify_error(_script_ended(1, "ValueError: shapes differ")) is FailureKind.SCRIPT_ERROR
     # an error exit because a peer vanished mid-collective (its stderr says so): an echo, as for the built-in loop
     gloo_tail = "Traceback ...\nRuntimeError: [pair.cc:534] Connection closed by peer [10.0.0.2]:4312\n"
@@ -77,7 +89,10 @@ def test_a_script_error_fails_at_once_unless_retries_are_asked_for():
 def test_the_restart_message_counts_what_is_left_after_this_restart():
     policy = FailureConfig(max_restarts=3)
     assert [decide(DIED, done, policy).reason for done in range(3)] == [
-        "restart 1 (2 left)", "restart 2 (1 left)", "restart 3 (0 left)"]
+        "restart 1 (2 left)",
+        "restart 2 (1 left)",
+        "restart 3 (0 left)",
+    ]
 
 
 def test_errors_that_every_restart_repeats_are_never_retried():

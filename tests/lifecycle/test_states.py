@@ -39,13 +39,29 @@ from orchestrator.planning.rank_specs import WorkerSpec
 
 RESTARTS = ControllerSettings(failure_policy=FailureConfig(max_restarts=2, hang_timeout_s=60))
 NO_RESTARTS = ControllerSettings()
-GLOO_ERROR = ErrorReport(world_rank=0, node_ip="10.0.0.1", error_type="RuntimeError",
-                         message="[gloo] Connection closed by peer [10.0.0.2]:4711", traceback="")
+GLOO_ERROR = ErrorReport(
+    world_rank=0,
+    node_ip="10.0.0.1",
+    error_type="RuntimeError",
+    message="[gloo] Connection closed by peer [10.0.0.2]:4711",
+    traceback="",
+)
 
 
 def _spec(rank: int) -> WorkerSpec:
-    return WorkerSpec(world_rank=rank, local_rank=rank, node_rank=0, world_size=2, local_world_size=2,
-                      bundle_index=rank, node_id="n0", node_ip="10.0.0.1", backend="gloo", torch_threads=1, env={})
+    return WorkerSpec(
+        world_rank=rank,
+        local_rank=rank,
+        node_rank=0,
+        world_size=2,
+        local_world_size=2,
+        bundle_index=rank,
+        node_id="n0",
+        node_ip="10.0.0.1",
+        backend="gloo",
+        torch_threads=1,
+        env={},
+    )
 
 
 def _running(now: float = 0.0, history: History = History()) -> Running:
@@ -71,10 +87,17 @@ def test_a_started_group_is_a_new_attempt_whose_ranks_get_their_startup_time_fro
 
 
 def test_running_notes_progress_checkpoints_and_results_and_ignores_other_reports():
-    state = _events(_running(), [RankReport(1, StepReport(1, 1, 3, 0, 0.1, 1)),
-                                 RankReport(0, AttemptStartReport(0, 0, {}, 1e9)),
-                                 RankReport(0, CheckpointReport(2, "/ckpt/step_000000002.pt")),
-                                 RankReport(0, MetricsReport(2, {"train/loss": 1.0})), _result(1)], now=7.0)
+    state = _events(
+        _running(),
+        [
+            RankReport(1, StepReport(1, 1, 3, 0, 0.1, 1)),
+            RankReport(0, AttemptStartReport(0, 0, {}, 1e9)),
+            RankReport(0, CheckpointReport(2, "/ckpt/step_000000002.pt")),
+            RankReport(0, MetricsReport(2, {"train/loss": 1.0})),
+            _result(1),
+        ],
+        now=7.0,
+    )
     assert isinstance(state, Running)
     assert state.attempt.last_progress == {0: 7.0, 1: 7.0} and state.attempt.stepping == {0, 1}
     assert (state.history.checkpoint, state.history.checkpoint_step) == ("/ckpt/step_000000002.pt", 2)

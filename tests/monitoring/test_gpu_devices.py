@@ -23,9 +23,17 @@ MIG_2 = "MIG-22222222-aaaa-bbbb-cccc-dddddddddddd"
 H100S = [
     GpuDevice(uuid=UUID_B, pci_bus_id="00000000:9A:00.0", name="NVIDIA H100", compute_capability=(9, 0), cores=16896),
     GpuDevice(uuid=UUID_A, pci_bus_id="00000000:1B:00.0", name="NVIDIA H100", compute_capability=(9, 0), cores=16896),
-    GpuDevice(uuid=UUID_C, pci_bus_id="00000000:4C:00.0", name="NVIDIA H100", compute_capability=(9, 0), cores=16896,
-              mig=(MigDevice(MIG_1, gpu_instance_id=1, compute_instance_id=0),
-                   MigDevice(MIG_2, gpu_instance_id=2, compute_instance_id=0))),
+    GpuDevice(
+        uuid=UUID_C,
+        pci_bus_id="00000000:4C:00.0",
+        name="NVIDIA H100",
+        compute_capability=(9, 0),
+        cores=16896,
+        mig=(
+            MigDevice(MIG_1, gpu_instance_id=1, compute_instance_id=0),
+            MigDevice(MIG_2, gpu_instance_id=2, compute_instance_id=0),
+        ),
+    ),
 ]
 # a slower card in the lowest PCI slot: FASTEST_FIRST puts it last, PCI_BUS_ID first
 MIXED = [
@@ -69,14 +77,17 @@ def test_parsing_stops_at_the_first_invalid_entry_like_cuda():
     assert resolve_visible("1,,0", H100S, "PCI_BUS_ID").uuids == (UUID_C,)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("3", "entry 3 is past the 3 GPUs"),
-    ("GPU-", "matches 3 GPU"),
-    ("GPU-dddd", "matches no GPU"),
-    ("MIG-3333", "matches no MIG instance"),
-    (f"MIG-{UUID_C}/7/0", "matches no MIG instance"),
-    (f"0,{UUID_A}", "names a device twice"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("3", "entry 3 is past the 3 GPUs"),
+        ("GPU-", "matches 3 GPU"),
+        ("GPU-dddd", "matches no GPU"),
+        ("MIG-3333", "matches no MIG instance"),
+        (f"MIG-{UUID_C}/7/0", "matches no MIG instance"),
+        (f"0,{UUID_A}", "names a device twice"),
+    ],
+)
 def test_ids_that_name_no_device_or_several_are_errors_naming_the_entry(text, message):
     with pytest.raises(DeviceMappingError, match=message):
         resolve_visible(text, H100S, "PCI_BUS_ID")

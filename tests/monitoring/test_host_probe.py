@@ -12,13 +12,17 @@ from orchestrator.monitoring.summaries import MIB
 from tests.helpers import wait_until
 
 CHILD_MIB = 200
-CHILD = f"import sys; block = bytearray({CHILD_MIB} * 2**20); block[::4096] = b'x' * len(block[::4096]); sys.stdin.read()"
+CHILD = (
+    f"import sys; block = bytearray({CHILD_MIB} * 2**20); block[::4096] = b'x' * len(block[::4096]); sys.stdin.read()"
+)
 # a stand-in worker: on its first input line it starts a child holding CHILD_MIB, on the second it ends
-WORKER = ("import subprocess, sys\n"
-          "sys.stdin.readline()\n"
-          f"child = subprocess.Popen([sys.executable, '-c', {CHILD!r}], stdin=subprocess.PIPE)\n"
-          "sys.stdin.readline()\n"
-          "child.communicate(b'')\n")
+WORKER = (
+    "import subprocess, sys\n"
+    "sys.stdin.readline()\n"
+    f"child = subprocess.Popen([sys.executable, '-c', {CHILD!r}], stdin=subprocess.PIPE)\n"
+    "sys.stdin.readline()\n"
+    "child.communicate(b'')\n"
+)
 
 
 def test_a_ranks_rss_includes_its_children_found_at_the_slow_cadence_and_an_exited_rank_drops_out():
@@ -34,8 +38,11 @@ def test_a_ranks_rss_includes_its_children_found_at_the_slow_cadence_and_an_exit
         assert 0 < alone.monitor_cpu_s <= own.user + own.system  # this test process plays the monitor
         worker.stdin.write(b"spawn\n")
         worker.stdin.flush()
-        wait_until(lambda: sum(child.memory_info().rss for child in psutil.Process(worker.pid).children())
-                   > CHILD_MIB * MIB, 30, "the worker's child to hold its memory")
+        wait_until(
+            lambda: sum(child.memory_info().rss for child in psutil.Process(worker.pid).children()) > CHILD_MIB * MIB,
+            30,
+            "the worker's child to hold its memory",
+        )
         cached = probe.sample(refresh_children=False)  # children are looked for only at the slow cadence
         assert cached.rank_rss_bytes[3] < alone.rank_rss_bytes[3] + CHILD_MIB * MIB // 2
         found = probe.sample(refresh_children=True)

@@ -25,8 +25,9 @@ def test_without_a_driver_gpu_monitoring_is_off_with_one_reason_and_host_samplin
         pytest.skip("this machine has a working NVML driver")
     assert isinstance(probe, NullProbe) and probe.devices() == () and probe.sample(["GPU-x"], True) == []
     assert probe.note.startswith("GPU monitoring off: NVML is not available on this node (")
-    sampler, status = open_sampler(NodeTargets(node="node0", ranks={0: os.getpid()}, visible_devices="0"),
-                                   open_nvml_probe, interval_s=5.0)
+    sampler, status = open_sampler(
+        NodeTargets(node="node0", ranks={0: os.getpid()}, visible_devices="0"), open_nvml_probe, interval_s=5.0
+    )
     assert status.gpus == () and status.notes == (probe.note,)
     sample = sampler.sample()
     assert sample.gpus == {} and sample.host.rank_rss_bytes[0] > 0
@@ -89,50 +90,103 @@ class StandInNvml:
     def _fail(self, code):
         raise pynvml.NVMLError(code)
 
-    def nvmlSystemGetDriverVersion(self): return "550.54.15"
-    def nvmlDeviceGetCount(self): return len(self.GPUS)
-    def nvmlDeviceGetHandleByIndex(self, index): return index
+    def nvmlSystemGetDriverVersion(self):
+        return "550.54.15"
+
+    def nvmlDeviceGetCount(self):
+        return len(self.GPUS)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
     def nvmlDeviceGetHandleByUUID(self, uuid):
         return next(i for i, gpu in enumerate(self.GPUS) if gpu["uuid"] == uuid) if uuid != "MIG-2222-a" else 20
-    def nvmlDeviceGetUUID(self, handle): return self.GPUS[handle]["uuid"] if handle < 10 else "MIG-2222-a"
-    def nvmlDeviceGetPciInfo(self, handle): return SimpleNamespace(busId=self.GPUS[handle]["bus"])
-    def nvmlDeviceGetName(self, handle): return self.GPUS[handle]["name"]
-    def nvmlDeviceGetCudaComputeCapability(self, handle): return self.GPUS[handle]["cc"]
-    def nvmlDeviceGetNumGpuCores(self, handle): return 16896 if handle == 0 else self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.GPUS[handle]["uuid"] if handle < 10 else "MIG-2222-a"
+
+    def nvmlDeviceGetPciInfo(self, handle):
+        return SimpleNamespace(busId=self.GPUS[handle]["bus"])
+
+    def nvmlDeviceGetName(self, handle):
+        return self.GPUS[handle]["name"]
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle):
+        return self.GPUS[handle]["cc"]
+
+    def nvmlDeviceGetNumGpuCores(self, handle):
+        return 16896 if handle == 0 else self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
     def nvmlDeviceGetMigMode(self, handle):
         return [1, 1] if self.GPUS[handle].get("mig") else self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
-    def nvmlDeviceGetMaxMigDeviceCount(self, handle): return 7
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle):
+        return 7
+
     def nvmlDeviceGetMigDeviceHandleByIndex(self, handle, slot):
         return 20 if slot == 0 else self._fail(pynvml.NVML_ERROR_NOT_FOUND)
-    def nvmlDeviceGetGpuInstanceId(self, handle): return 3
-    def nvmlDeviceGetComputeInstanceId(self, handle): return 0
-    def nvmlDeviceIsMigDeviceHandle(self, handle): return ctypes.c_uint(1 if handle == 20 else 0)
-    def nvmlDeviceGetUtilizationRates(self, handle): return SimpleNamespace(gpu=97 - handle, memory=41)
-    def nvmlDeviceGetMemoryInfo(self, handle): return SimpleNamespace(total=80 << 30, free=20 << 30, used=60 << 30)
-    def nvmlDeviceGetPowerUsage(self, handle): return 612_345
+
+    def nvmlDeviceGetGpuInstanceId(self, handle):
+        return 3
+
+    def nvmlDeviceGetComputeInstanceId(self, handle):
+        return 0
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle):
+        return ctypes.c_uint(1 if handle == 20 else 0)
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return SimpleNamespace(gpu=97 - handle, memory=41)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=80 << 30, free=20 << 30, used=60 << 30)
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 612_345
+
     def nvmlDeviceGetEnforcedPowerLimit(self, handle):
         return 700_000 if handle == 0 else self._fail(pynvml.NVML_ERROR_NO_PERMISSION)
-    def nvmlDeviceGetTemperature(self, handle, sensor): return 64 if sensor == pynvml.NVML_TEMPERATURE_GPU else None
-    def nvmlDeviceGetClockInfo(self, handle, clock): return 1980 if clock == pynvml.NVML_CLOCK_SM else None
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        return 64 if sensor == pynvml.NVML_TEMPERATURE_GPU else None
+
+    def nvmlDeviceGetClockInfo(self, handle, clock):
+        return 1980 if clock == pynvml.NVML_CLOCK_SM else None
+
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
         # an older driver (handle 1) lacks the new name: the probe must fall back to throttle reasons
-        return pynvml.nvmlClocksEventReasonSwPowerCap if handle == 0 else self._fail(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
-    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle): return pynvml.nvmlClocksThrottleReasonHwSlowdown
+        return (
+            pynvml.nvmlClocksEventReasonSwPowerCap if handle == 0 else self._fail(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        )
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle):
+        return pynvml.nvmlClocksThrottleReasonHwSlowdown
+
     def nvmlDeviceGetTotalEccErrors(self, handle, error_type, counter):
         assert counter == pynvml.NVML_VOLATILE_ECC
         if handle != 0:
             self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return 5 if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED else 0
+
     def nvmlDeviceGetComputeRunningProcesses_v3(self, handle):
         return [SimpleNamespace(pid=4242, usedGpuMemory=1 << 30), SimpleNamespace(pid=4343, usedGpuMemory=None)]
-    def nvmlDeviceGetPcieThroughput(self, handle, counter): return 1000 if counter == pynvml.NVML_PCIE_UTIL_TX_BYTES else 2000
+
+    def nvmlDeviceGetPcieThroughput(self, handle, counter):
+        return 1000 if counter == pynvml.NVML_PCIE_UTIL_TX_BYTES else 2000
+
     def nvmlGpmQueryDeviceSupport(self, handle):
         return SimpleNamespace(isSupportedDevice=1 if self.GPUS[handle]["gpm"] else 0)
-    def nvmlGpmSampleAlloc(self): return ctypes.pointer(pynvml.struct_c_nvmlGpmSample_t())
-    def nvmlGpmSampleFree(self, sample): self.freed += 1
+
+    def nvmlGpmSampleAlloc(self):
+        return ctypes.pointer(pynvml.struct_c_nvmlGpmSample_t())
+
+    def nvmlGpmSampleFree(self, sample):
+        self.freed += 1
+
     def nvmlGpmSampleGet(self, handle, sample):
         self.ticks += 1
         self.gpm_taken[ctypes.addressof(sample.contents)] = self.ticks
+
     def nvmlGpmMetricsGet(self, request):
         assert request.version == pynvml.NVML_GPM_METRICS_GET_VERSION
         earlier = self.gpm_taken[ctypes.addressof(request.sample1.contents)]
@@ -145,14 +199,21 @@ class StandInNvml:
             else:
                 metric.nvmlReturn, metric.value = pynvml.NVML_SUCCESS, metric.metricId + later / 100
         return request
-    def nvmlShutdown(self): self.shutdowns += 1
+
+    def nvmlShutdown(self):
+        self.shutdowns += 1
 
 
 def test_devices_are_listed_with_bus_ids_models_and_mig_instances():
     probe = NvmlProbe.connected(StandInNvml())
     h100, v100, a100 = probe.devices()
-    assert (h100.uuid, h100.pci_bus_id, h100.name, h100.compute_capability, h100.cores) == \
-        ("GPU-0000", "00000000:1B:00.0", "NVIDIA H100 80GB HBM3", (9, 0), 16896)
+    assert (h100.uuid, h100.pci_bus_id, h100.name, h100.compute_capability, h100.cores) == (
+        "GPU-0000",
+        "00000000:1B:00.0",
+        "NVIDIA H100 80GB HBM3",
+        (9, 0),
+        16896,
+    )
     assert v100.cores == 0 and v100.mig == () and h100.mig == ()
     assert [(m.uuid, m.gpu_instance_id, m.compute_instance_id) for m in a100.mig] == [("MIG-2222-a", 3, 0)]
     assert probe.note == "NVML driver 550.54.15"

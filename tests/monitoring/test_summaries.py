@@ -26,13 +26,24 @@ def test_energy_is_the_trapezoid_integral_of_power_over_time_in_watt_hours():
 
 
 def _gpu(time_s, util, memory_mib, power, **gpm):
-    return GpuSample(uuid="GPU-x", time_s=time_s, utilization_percent=util, memory_used_bytes=int(memory_mib * MIB),
-                     power_w=power, gpm=gpm)
+    return GpuSample(
+        uuid="GPU-x",
+        time_s=time_s,
+        utilization_percent=util,
+        memory_used_bytes=int(memory_mib * MIB),
+        power_w=power,
+        gpm=gpm,
+    )
 
 
 def test_gpu_summary_means_peaks_and_energy_skip_readings_a_gpu_did_not_give():
-    samples = [_gpu(0, 20, 1000, 100, gpm_sm_util_percent=10), _gpu(10, 80, 3000, 300, gpm_sm_util_percent=50),
-               GpuSample(uuid="GPU-x", time_s=15), _gpu(20, 50, 2000, None), _gpu(30, 90, 1500, 300)]
+    samples = [
+        _gpu(0, 20, 1000, 100, gpm_sm_util_percent=10),
+        _gpu(10, 80, 3000, 300, gpm_sm_util_percent=50),
+        GpuSample(uuid="GPU-x", time_s=15),
+        _gpu(20, 50, 2000, None),
+        _gpu(30, 90, 1500, 300),
+    ]
     summary = summarize_gpu(samples)
     assert summary.samples == 5
     assert summary.utilization_mean_percent == pytest.approx(60.0)  # (20+80+50+90)/4
@@ -53,10 +64,21 @@ def test_the_running_tally_equals_the_whole_sequence_at_every_point():
 
 
 def test_host_summary_cpu_mean_and_peak_ram_peak_and_peak_rss_per_rank():
-    samples = [HostSample(time_s=t, cpu_percent=cpu, ram_used_bytes=ram * MIB, ram_total_bytes=8192 * MIB,
-                          rank_rss_bytes=rss, rank_cpu_percent={})
-               for t, cpu, ram, rss in [(0, 10.0, 4000, {0: 500 * MIB}), (5, 70.0, 4500, {0: 700 * MIB, 1: 300 * MIB}),
-                                        (10, 40.0, 4200, {1: 900 * MIB})]]
+    samples = [
+        HostSample(
+            time_s=t,
+            cpu_percent=cpu,
+            ram_used_bytes=ram * MIB,
+            ram_total_bytes=8192 * MIB,
+            rank_rss_bytes=rss,
+            rank_cpu_percent={},
+        )
+        for t, cpu, ram, rss in [
+            (0, 10.0, 4000, {0: 500 * MIB}),
+            (5, 70.0, 4500, {0: 700 * MIB, 1: 300 * MIB}),
+            (10, 40.0, 4200, {1: 900 * MIB}),
+        ]
+    ]
     summary = summarize_host(samples)
     assert (summary.samples, summary.cpu_mean_percent, summary.cpu_peak_percent) == (3, pytest.approx(40.0), 70.0)
     assert summary.ram_used_peak_mib == pytest.approx(4500)

@@ -7,14 +7,24 @@ from orchestrator.planning.plan import ClusterSnapshot, JobPlan, NodeSnapshot
 
 
 def _cluster(**free_by_node: dict) -> ClusterSnapshot:
-    return ClusterSnapshot(nodes=tuple(
-        NodeSnapshot(node_id=name, ip=f"10.0.0.{i}", total=dict(resources), available=dict(resources))
-        for i, (name, resources) in enumerate(free_by_node.items())))
+    return ClusterSnapshot(
+        nodes=tuple(
+            NodeSnapshot(node_id=name, ip=f"10.0.0.{i}", total=dict(resources), available=dict(resources))
+            for i, (name, resources) in enumerate(free_by_node.items())
+        )
+    )
 
 
 def _plan(strategy: str, bundles: int, bundle: dict) -> JobPlan:
-    return JobPlan(world_size=bundles, backend="gloo", strategy=strategy, worker_resources=bundle, torch_threads=1,
-                   global_batch_size=bundles, bundles=(bundle,) * bundles)
+    return JobPlan(
+        world_size=bundles,
+        backend="gloo",
+        strategy=strategy,
+        worker_resources=bundle,
+        torch_threads=1,
+        global_batch_size=bundles,
+        bundles=(bundle,) * bundles,
+    )
 
 
 def test_pack_fills_one_node_when_it_can_and_prefers_the_tightest_fit():
@@ -50,24 +60,34 @@ def test_strict_pack_needs_one_node_for_everything():
 
 
 def test_a_custom_resource_no_node_has_is_named():
-    prediction = predict_placement(_plan("PACK", 1, {"CPU": 1.0, "accelerator_type:H100": 1.0}),
-                                   _cluster(a={"CPU": 4.0}))
-    assert prediction.problems == ("no node has the resource 'accelerator_type:H100' "
-                                   "(each bundle asks for {accelerator_type:H100: 1})",)
+    prediction = predict_placement(
+        _plan("PACK", 1, {"CPU": 1.0, "accelerator_type:H100": 1.0}), _cluster(a={"CPU": 4.0})
+    )
+    assert prediction.problems == (
+        "no node has the resource 'accelerator_type:H100' (each bundle asks for {accelerator_type:H100: 1})",
+    )
 
 
 def test_busy_nodes_block_now_and_the_message_shows_what_is_free():
     cluster = ClusterSnapshot(nodes=(NodeSnapshot("a", "10.0.0.1", {"CPU": 4.0}, {"CPU": 1.0}),))
     prediction = predict_placement(_plan("PACK", 2, {"CPU": 1.0}), cluster)
     assert not prediction.placeable
-    assert "1 of 2 bundles {CPU: 1} cannot be placed with strategy PACK on what is free now: 10.0.0.1 (a): {CPU: 1}" \
+    assert (
+        "1 of 2 bundles {CPU: 1} cannot be placed with strategy PACK on what is free now: 10.0.0.1 (a): {CPU: 1}"
         == prediction.problems[0]
+    )
 
 
 def test_resources_are_shown_as_users_write_them_without_rays_own_placement_group_resources():
     from orchestrator.planning.plan import format_resources
 
-    free = {"CPU": 0.0, "memory": 16 * 1024**3, "node:10.0.0.1": 1.0, "object_store_memory": 1e9,
-            "CPU_group_5368d33a648f0f1da228b6aa87290100": 0.0, "bundle_group_0_5368d33a648f0f1da228b6aa87290100": 0.0,
-            "my_group_x": 2.0}
+    free = {
+        "CPU": 0.0,
+        "memory": 16 * 1024**3,
+        "node:10.0.0.1": 1.0,
+        "object_store_memory": 1e9,
+        "CPU_group_5368d33a648f0f1da228b6aa87290100": 0.0,
+        "bundle_group_0_5368d33a648f0f1da228b6aa87290100": 0.0,
+        "my_group_x": 2.0,
+    }
     assert format_resources(free) == "{CPU: 0, memory: 16.0 GiB, my_group_x: 2}"

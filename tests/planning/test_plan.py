@@ -10,9 +10,13 @@ from tests.helpers import job_config
 
 
 def _cluster(*nodes: dict, fixed_size: bool = False) -> ClusterSnapshot:
-    return ClusterSnapshot(nodes=tuple(
-        NodeSnapshot(node_id=f"n{i}", ip=f"10.0.0.{i}", total=resources, available=resources)
-        for i, resources in enumerate(nodes)), fixed_size=fixed_size)
+    return ClusterSnapshot(
+        nodes=tuple(
+            NodeSnapshot(node_id=f"n{i}", ip=f"10.0.0.{i}", total=resources, available=resources)
+            for i, resources in enumerate(nodes)
+        ),
+        fixed_size=fixed_size,
+    )
 
 
 def test_default_plan_is_two_cpu_bundles_over_gloo():
@@ -32,8 +36,9 @@ def test_gpus_requested_on_a_cpu_cluster_say_what_to_change():
     job = job_config(["scaling.gpus_per_worker=1"])
     with pytest.raises(PlanError) as raised:
         plan_job(job, _cluster({"CPU": 8.0}))
-    assert str(raised.value) == ("job needs 2 GPUs, cluster has 0: set scaling.gpus_per_worker=0 "
-                                 "or set cluster.address to a GPU cluster")
+    assert str(raised.value) == (
+        "job needs 2 GPUs, cluster has 0: set scaling.gpus_per_worker=0 or set cluster.address to a GPU cluster"
+    )
 
 
 def test_an_embedded_cluster_too_small_fails_now_but_an_external_one_may_grow():
@@ -56,8 +61,15 @@ def test_backend_resolution():
 
 
 def test_workers_per_node_makes_one_bundle_per_node_spread_strictly():
-    job = job_config(["scaling.num_workers=8", "scaling.workers_per_node=4", "scaling.gpus_per_worker=1",
-                       "scaling.memory_per_worker_gb=2", "+scaling.resources_per_worker.fast=0.5"])
+    job = job_config(
+        [
+            "scaling.num_workers=8",
+            "scaling.workers_per_node=4",
+            "scaling.gpus_per_worker=1",
+            "scaling.memory_per_worker_gb=2",
+            "+scaling.resources_per_worker.fast=0.5",
+        ]
+    )
     plan = plan_job(job, _cluster({"CPU": 32.0, "GPU": 8.0}, {"CPU": 32.0, "GPU": 8.0}))
     gib = 1024**3
     assert plan.strategy == "STRICT_SPREAD" and plan.workers_per_bundle == 4

@@ -7,8 +7,14 @@ from orchestrator.planning.rank_specs import AttemptSpec, PlacedBundle, rank_ord
 
 
 def _plan(world_size: int) -> JobPlan:
-    return JobPlan(world_size=world_size, backend="gloo", strategy="SPREAD", worker_resources={"CPU": 1.0},
-                   torch_threads=1, global_batch_size=8 * world_size)
+    return JobPlan(
+        world_size=world_size,
+        backend="gloo",
+        strategy="SPREAD",
+        worker_resources={"CPU": 1.0},
+        torch_threads=1,
+        global_batch_size=8 * world_size,
+    )
 
 
 def _placed(*node_of_bundle: str) -> list[PlacedBundle]:
@@ -27,31 +33,51 @@ def test_specs_carry_torchrun_environment():
     assert table == [(0, "b", 0, 0, 2), (1, "b", 1, 0, 2), (2, "a", 0, 1, 2), (3, "a", 1, 1, 2), (4, "c", 0, 2, 1)]
     env = specs[3].env
     assert env == {
-        "RANK": "3", "WORLD_SIZE": "5", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
-        "GROUP_WORLD_SIZE": "3", "ROLE_RANK": "3", "ROLE_WORLD_SIZE": "5", "MASTER_ADDR": "10.0.0.2",
-        "MASTER_PORT": "29500", "OMP_NUM_THREADS": "1",
+        "RANK": "3",
+        "WORLD_SIZE": "5",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "GROUP_RANK": "1",
+        "GROUP_WORLD_SIZE": "3",
+        "ROLE_RANK": "3",
+        "ROLE_WORLD_SIZE": "5",
+        "MASTER_ADDR": "10.0.0.2",
+        "MASTER_PORT": "29500",
+        "OMP_NUM_THREADS": "1",
     }
     assert all(spec.env["MASTER_ADDR"] == "10.0.0.2" for spec in specs)
 
 
 def test_placement_order_does_not_change_the_rank_table():
     placed = _placed("a", "b", "a", "b")
-    assert [s.bundle_index for s in worker_specs(_plan(4), placed, 1)] == \
-        [s.bundle_index for s in worker_specs(_plan(4), list(reversed(placed)), 1)]
+    assert [s.bundle_index for s in worker_specs(_plan(4), placed, 1)] == [
+        s.bundle_index for s in worker_specs(_plan(4), list(reversed(placed)), 1)
+    ]
 
 
 def test_per_node_bundles_hold_consecutive_ranks():
-    plan = JobPlan(world_size=4, backend="nccl", strategy="STRICT_SPREAD", worker_resources={"CPU": 1.0},
-                   torch_threads=1, global_batch_size=4, workers_per_bundle=2, nccl_env={"NCCL_DEBUG": "INFO"})
+    plan = JobPlan(
+        world_size=4,
+        backend="nccl",
+        strategy="STRICT_SPREAD",
+        worker_resources={"CPU": 1.0},
+        torch_threads=1,
+        global_batch_size=4,
+        workers_per_bundle=2,
+        nccl_env={"NCCL_DEBUG": "INFO"},
+    )
     specs = worker_specs(plan, _placed("b", "a"), master_port=1234)
-    assert [(s.world_rank, s.node_id, s.bundle_index, s.local_rank) for s in specs] == \
-        [(0, "b", 0, 0), (1, "b", 0, 1), (2, "a", 1, 0), (3, "a", 1, 1)]
+    assert [(s.world_rank, s.node_id, s.bundle_index, s.local_rank) for s in specs] == [
+        (0, "b", 0, 0),
+        (1, "b", 0, 1),
+        (2, "a", 1, 0),
+        (3, "a", 1, 1),
+    ]
     assert all(s.env["NCCL_DEBUG"] == "INFO" for s in specs)
 
 
 def test_every_rank_on_a_node_sees_the_nodes_job_gpus_and_uses_its_local_rank():
-    specs = worker_specs(_plan(4), _placed("a", "a", "b", "a"), master_port=1,
-                         gpu_ids=[["3"], ["1"], ["0"], ["6"]])
+    specs = worker_specs(_plan(4), _placed("a", "a", "b", "a"), master_port=1, gpu_ids=[["3"], ["1"], ["0"], ["6"]])
     table = [(s.world_rank, s.node_id, s.local_rank, s.env["CUDA_VISIBLE_DEVICES"], s.cuda_device) for s in specs]
     assert table == [(0, "a", 0, "3,1,0", 0), (1, "a", 1, "3,1,0", 1), (2, "a", 2, "3,1,0", 2), (3, "b", 0, "6", 0)]
 
@@ -60,7 +86,11 @@ def test_an_attempt_gives_every_rank_torchelastics_run_id_restart_count_and_budg
     attempt = AttemptSpec(run_id="orchestrator-0123456789ab", restart_count=2, max_restarts=3)
     specs = worker_specs(_plan(2), _placed("a", "b"), master_port=1, attempt=attempt)
     assert [{key: value for key, value in spec.env.items() if key.startswith("TORCHELASTIC_")} for spec in specs] == [
-        {"TORCHELASTIC_RUN_ID": "orchestrator-0123456789ab", "TORCHELASTIC_RESTART_COUNT": "2",
-         "TORCHELASTIC_MAX_RESTARTS": "3"}] * 2
+        {
+            "TORCHELASTIC_RUN_ID": "orchestrator-0123456789ab",
+            "TORCHELASTIC_RESTART_COUNT": "2",
+            "TORCHELASTIC_MAX_RESTARTS": "3",
+        }
+    ] * 2
     # a dry run has no attempt yet: no run id to show
     assert not any(key.startswith("TORCHELASTIC_") for key in worker_specs(_plan(2), _placed("a", "b"), 1)[0].env)

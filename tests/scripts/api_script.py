@@ -37,7 +37,9 @@ def main() -> None:
     where = orchestrator.context()
     assert (where.world_rank, where.world_size) == (dist.get_rank(), dist.get_world_size())
     torch.manual_seed(0)
-    model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)))
+    model = DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     start = 0
     state = orchestrator.load_checkpoint()
@@ -51,7 +53,9 @@ def main() -> None:
     per_rank = GLOBAL_BATCH // where.world_size
     for step in range(start + 1, args.steps + 1):
         first = ((step - 1) * GLOBAL_BATCH + where.world_rank * per_rank) % 512
-        loss = torch.nn.functional.cross_entropy(model(inputs[first:first + per_rank]), labels[first:first + per_rank])
+        loss = torch.nn.functional.cross_entropy(
+            model(inputs[first : first + per_rank]), labels[first : first + per_rank]
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -60,10 +64,15 @@ def main() -> None:
         dist.all_reduce(mean)
         orchestrator.report({"train/loss": mean / where.world_size}, step)
         if step % args.every == 0:
-            orchestrator.save_checkpoint({"model": model.module.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "step": step}, step)
-        if args.kill_once and step == args.kill_at and where.world_rank == args.kill_rank \
-                and not os.path.exists(args.kill_once):
+            orchestrator.save_checkpoint(
+                {"model": model.module.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, step
+            )
+        if (
+            args.kill_once
+            and step == args.kill_at
+            and where.world_rank == args.kill_rank
+            and not os.path.exists(args.kill_once)
+        ):
             open(args.kill_once, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
     if where.world_rank == 0:

@@ -15,8 +15,18 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-ENV_KEYS = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-            "GLOO_SOCKET_IFNAME", "CUDA_VISIBLE_DEVICES", "NCCL_DEBUG"]
+ENV_KEYS = [
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GLOO_SOCKET_IFNAME",
+    "CUDA_VISIBLE_DEVICES",
+    "NCCL_DEBUG",
+]
 
 
 def main() -> None:
@@ -32,14 +42,18 @@ def main() -> None:
     with open(f"{args.out}.rank{rank}.json", "w") as handle:
         json.dump(seen, handle)
     torch.manual_seed(0)
-    model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)))
+    model = DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     generator = torch.Generator().manual_seed(1)
     inputs, labels = torch.randn(512, 16, generator=generator), torch.randint(0, 4, (512,), generator=generator)
     per_rank = 32 // world
     for step in range(args.steps):
         start = (step * 32 + rank * per_rank) % 512
-        loss = torch.nn.functional.cross_entropy(model(inputs[start:start + per_rank]), labels[start:start + per_rank])
+        loss = torch.nn.functional.cross_entropy(
+            model(inputs[start : start + per_rank]), labels[start : start + per_rank]
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

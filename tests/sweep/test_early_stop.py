@@ -14,8 +14,10 @@ def test_a_trial_worse_than_the_median_of_completed_trials_at_that_step_stops():
     assert rule.verdict(45, 0.71) is None  # the median at 45 is 0.70: better goes on
     assert rule.verdict(45, 0.70) is None  # equal is not worse
     reason = rule.verdict(45, 0.65)
-    assert reason == ("stopped early: eval/accuracy=0.65 at step 45 is worse than the median 0.7 of 3 completed "
-                      "trials (sweep.early_stop=median)")
+    assert reason == (
+        "stopped early: eval/accuracy=0.65 at step 45 is worse than the median 0.7 of 3 completed "
+        "trials (sweep.early_stop=median)"
+    )
     assert rule.verdict(90, 0.91) == rule.verdict(90, 0.91) is not None  # median of the two with a value at 90
     assert rule.verdict(50, 0.0) is None  # no completed trial has a value at that step
 

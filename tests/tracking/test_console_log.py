@@ -41,8 +41,11 @@ def test_a_scripts_stdout_is_in_the_log_with_its_stderr_in_the_order_printed():
         console.on_log(LogReport(world_rank=0, stream="stdout", line="epoch 2 loss 0.4"))
     assert console.out is out and console.stream is err
     assert out.getvalue() == "[rank 0] epoch 1 loss 0.5\n[rank 0] epoch 2 loss 0.4\n"
-    assert log.text().splitlines() == ["[rank 0] epoch 1 loss 0.5", "[rank 1] UserWarning: slow",
-                                       "[rank 0] epoch 2 loss 0.4"]
+    assert log.text().splitlines() == [
+        "[rank 0] epoch 1 loss 0.5",
+        "[rank 1] UserWarning: slow",
+        "[rank 0] epoch 2 loss 0.4",
+    ]
 
 
 def test_a_redrawn_line_is_kept_in_its_final_state_only():

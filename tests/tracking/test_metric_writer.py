@@ -178,10 +178,12 @@ def test_close_stops_the_thread_whatever_is_buffered(count):
 
 def test_a_wrapped_connection_error_is_reported_in_a_few_words():
     def send(batch, timeout_s):
-        raise OSError("API request to http://h:5000/api/2.0/mlflow/runs/log-batch failed with exception "
-                      "HTTPConnectionPool(host='h', port=5000): Max retries exceeded (Caused by NewConnectionError("
-                      "\"HTTPConnection(host='h', port=5000): Failed to establish a new connection: [Errno 111] "
-                      "Connection refused\"))")
+        raise OSError(
+            "API request to http://h:5000/api/2.0/mlflow/runs/log-batch failed with exception "
+            "HTTPConnectionPool(host='h', port=5000): Max retries exceeded (Caused by NewConnectionError("
+            "\"HTTPConnection(host='h', port=5000): Failed to establish a new connection: [Errno 111] "
+            'Connection refused"))'
+        )
 
     writer = MetricWriter(send, max_outage_s=60.0, is_transient=lambda error: True, first_retry_s=10.0).start()
     writer.put(values("a", [1]))

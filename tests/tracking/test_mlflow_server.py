@@ -19,13 +19,18 @@ from orchestrator.tracking.transport import TrackingUnavailable, check_server
 from tests.helpers import kill_trees, owned_process, wait_until
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--backend-store-uri", "mysql://db/mlflow"],
-     "--backend-store-uri=mysql://db/mlflow is not valid: use sqlite:///path/to/mlflow.db or postgresql://"),
-    (["--backend-store-uri", "postgresql://mlflow:pw@db/mlflow"], "a PostgreSQL store needs the psycopg2 driver"),
-    (["--port", "70000"], "--port=70000 is not valid: use a port in 1-65535"),
-    (["--workers", "0"], "--workers=0 is not valid: use 1 or more"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--backend-store-uri", "mysql://db/mlflow"],
+            "--backend-store-uri=mysql://db/mlflow is not valid: use sqlite:///path/to/mlflow.db or postgresql://",
+        ),
+        (["--backend-store-uri", "postgresql://mlflow:pw@db/mlflow"], "a PostgreSQL store needs the psycopg2 driver"),
+        (["--port", "70000"], "--port=70000 is not valid: use a port in 1-65535"),
+        (["--workers", "0"], "--workers=0 is not valid: use 1 or more"),
+    ],
+)
 def test_bad_options_exit_2_naming_the_value(args, message, tmp_path, capsys):
     assert main(["mlflow-server", "--dir", str(tmp_path / "server"), *args]) == 2
     err = capsys.readouterr().err
@@ -49,32 +54,57 @@ def test_a_port_in_use_and_basic_auth_without_its_settings_are_refused(tmp_path,
 
 
 def test_the_command_serves_with_basic_auth_taking_logins_from_the_environment_and_stops_on_ctrl_c(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     from mlflow import MlflowClient
 
     admin_password = "Orchestrator-Test-Admin-2026!"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, MLFLOW_FLASK_SERVER_SECRET_KEY="a-test-secret-key-for-csrf-0123456789",
-               MLFLOW_AUTH_ADMIN_PASSWORD=admin_password)
-    command = [sys.executable, "-m", "orchestrator", "mlflow-server", "--port", str(port), "--dir",
-               str(tmp_path / "server"), "--basic-auth"]
+    env = dict(
+        os.environ,
+        MLFLOW_FLASK_SERVER_SECRET_KEY="a-test-secret-key-for-csrf-0123456789",
+        MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "mlflow-server",
+        "--port",
+        str(port),
+        "--dir",
+        str(tmp_path / "server"),
+        "--basic-auth",
+    ]
     lines: list[str] = []
     with owned_process(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         reader = threading.Thread(target=lambda: lines.extend(process.stdout), name="test-server-output")
         reader.start()
         try:
-            wait_until(lambda: any(line.startswith(f"MLflow tracking server: {url}") for line in lines)
-                       or process.poll() is not None, 180, "the server to be up")
+            wait_until(
+                lambda: (
+                    any(line.startswith(f"MLflow tracking server: {url}") for line in lines)
+                    or process.poll() is not None
+                ),
+                180,
+                "the server to be up",
+            )
             assert process.poll() is None, "".join(lines)
-            with pytest.raises(TrackingUnavailable, match=r"refused the login \(HTTP 401\): set MLFLOW_TRACKING_USERNAME"):
+            with pytest.raises(
+                TrackingUnavailable, match=r"refused the login \(HTTP 401\): set MLFLOW_TRACKING_USERNAME"
+            ):
                 check_server(url, "auth")
             monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
             monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
             check_server(url, "auth")
             notices: list[str] = []
-            recorder = RunRecorder.create(TrackingConfig(uri=url, experiment="auth"), {"optim.lr": "0.1"},
-                                          {"orchestrator.overrides": "optim.lr=0.1"}, notify=notices.append)
+            recorder = RunRecorder.create(
+                TrackingConfig(uri=url, experiment="auth"),
+                {"optim.lr": "0.1"},
+                {"orchestrator.overrides": "optim.lr=0.1"},
+                notify=notices.append,
+            )
             for step in range(1, 4):
                 recorder.log_metrics({"train/loss": 1.0 / step}, step)
             recorder.flush()

@@ -21,9 +21,12 @@ def record_runs(uri: str, label: str, count: int) -> list[str]:
 
     def one_run(index: int) -> None:
         try:
-            recorder = RunRecorder.create(TrackingConfig(uri=uri, experiment="shared"),
-                                          {"label": label, "index": str(index)}, {"orchestrator.sweep": label},
-                                          notify=problems.append)
+            recorder = RunRecorder.create(
+                TrackingConfig(uri=uri, experiment="shared"),
+                {"label": label, "index": str(index)},
+                {"orchestrator.sweep": label},
+                notify=problems.append,
+            )
             for step in range(1, STEPS + 1):
                 recorder.log_metrics({"train/loss": 1.0 / step, "train/lr": 0.1, "train/epoch": 0.0}, step)
             recorder.log_text(f"{label}-{index}", "note.txt")
@@ -42,11 +45,19 @@ def record_runs(uri: str, label: str, count: int) -> list[str]:
 
 def _worker_process(uri: str, label: str) -> subprocess.Popen:
     """A process that imports everything, says `ready`, and records its runs once told `go`."""
-    code = ("import sys, mlflow; from tests.tracking.test_run_recorder_sqlite import record_runs; "
-            "print('ready', flush=True); sys.stdin.readline(); "
-            f"problems = record_runs({uri!r}, {label!r}, 2); print(problems); sys.exit(1 if problems else 0)")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    code = (
+        "import sys, mlflow; from tests.tracking.test_run_recorder_sqlite import record_runs; "
+        "print('ready', flush=True); sys.stdin.readline(); "
+        f"problems = record_runs({uri!r}, {label!r}, 2); print(problems); sys.exit(1 if problems else 0)"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_runs_in_threads_and_processes_share_one_fresh_sqlite_file(tmp_path):
@@ -68,7 +79,8 @@ def test_runs_in_threads_and_processes_share_one_fresh_sqlite_file(tmp_path):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
     assert sorted((run.data.params["label"], run.data.params["index"]) for run in runs) == [
-        (label, index) for label in labels for index in ("0", "1")]
+        (label, index) for label in labels for index in ("0", "1")
+    ]
     for run in runs:
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "train/loss")
@@ -80,8 +92,13 @@ def test_long_values_are_cut_to_mlflow_limits_and_secret_keys_never_logged(tmp_p
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sizes = json.dumps(list(range(3000)))  # a long list override, as flat_params renders it
-    params = {"model.hidden_sizes": sizes, "optim.lr": "0.1", "db.password": "hunter2", "api_token": "t0k3n",
-              "store": "postgresql://mlflow:hunter2@db:5432/mlflow"}
+    params = {
+        "model.hidden_sizes": sizes,
+        "optim.lr": "0.1",
+        "db.password": "hunter2",
+        "api_token": "t0k3n",
+        "store": "postgresql://mlflow:hunter2@db:5432/mlflow",
+    }
     tags = {"orchestrator.overrides": "x=" + "y" * 9000, "AWS_SECRET_ACCESS_KEY": "abc123secret"}
     recorder = RunRecorder.create(TrackingConfig(uri=uri, experiment="limits"), params, tags)
     recorder.set_tags({"hf_token": "t0k3n", "orchestrator.note": "ok"})

@@ -39,12 +39,25 @@ def test_a_job_logs_to_the_server_over_http_and_everything_reads_back(ray_cluste
     from mlflow import MlflowClient
 
     url = mlflow_server.spec.url
-    overrides = ["model=mlp", "trainer.max_steps=40", "trainer.log_every_n_steps=5", "tracking.model_format=pickle",
-                 f"tracking.uri={url}", "tracking.experiment=over-http", f"cluster.address={ray_cluster.address}"]
+    overrides = [
+        "model=mlp",
+        "trainer.max_steps=40",
+        "trainer.log_every_n_steps=5",
+        "tracking.model_format=pickle",
+        f"tracking.uri={url}",
+        "tracking.experiment=over-http",
+        f"cluster.address={ray_cluster.address}",
+    ]
     # a client login in the environment (this server ignores it) must not end up in the run
     env = dict(os.environ, MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=SECRET)
-    done = subprocess.run([sys.executable, "-m", "orchestrator", "train", *overrides], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "train", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     run_id = re.search(r"MLflow run: ([0-9a-f]{32})", done.stdout).group(1)
     assert f"open it: {url}/#/experiments/" in done.stdout
@@ -58,9 +71,12 @@ def test_a_job_logs_to_the_server_over_http_and_everything_reads_back(ray_cluste
     assert _steps(client, run_id, "eval/accuracy")[-1] == 40
 
     paths = _artifact_paths(client, run_id)
-    assert {"config.yaml", "console.log", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"} <= set(paths)
-    texts = {path: Path(client.download_artifacts(run_id, path, str(tmp_path / "download"))).read_text()
-             for path in paths}
+    assert {"config.yaml", "console.log", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"} <= set(
+        paths
+    )
+    texts = {
+        path: Path(client.download_artifacts(run_id, path, str(tmp_path / "download"))).read_text() for path in paths
+    }
     assert "- trainer.max_steps=40" in texts[".hydra/overrides.yaml"]
     console_log = texts["console.log"]
     assert re.search(r"epoch \d+ \| step 40/40 \| loss [\d.]+", console_log)
@@ -81,13 +97,24 @@ def test_every_metric_step_survives_a_server_outage_mid_run(ray_cluster, tmp_pat
 
     mlflow_server = MlflowServer(local_spec(tmp_path / "server", port=free_port()), log_path=tmp_path / "server.log")
     mlflow_server.start()
-    job = compose_job(["model=mlp", "data=synthetic", "trainer.max_steps=300", "trainer.log_every_n_steps=5",
-                       "tracking.log_model=false", f"tracking.uri={mlflow_server.spec.url}",
-                       "tracking.experiment=outage", "tracking.flush_timeout_s=180"], tmp_path)
+    job = compose_job(
+        [
+            "model=mlp",
+            "data=synthetic",
+            "trainer.max_steps=300",
+            "trainer.log_every_n_steps=5",
+            "tracking.log_model=false",
+            f"tracking.uri={mlflow_server.spec.url}",
+            "tracking.experiment=outage",
+            "tracking.flush_timeout_s=180",
+        ],
+        tmp_path,
+    )
     stream = io.StringIO()
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(summary=run_job(job, Console(stream, interactive=True))),
-                              name="test-job")
+    runner = threading.Thread(
+        target=lambda: outcome.update(summary=run_job(job, Console(stream, interactive=True))), name="test-job"
+    )
 
     def progress() -> int:
         steps = re.findall(r"step (\d+)/300", stream.getvalue())

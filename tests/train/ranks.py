@@ -23,15 +23,31 @@ def free_port() -> int:
 def rank_spec(world_rank: int, world_size: int, device: torch.device = torch.device("cpu")) -> WorkerSpec:
     """A rank on this host: gloo on the CPU, NCCL on `device` when it is a GPU."""
     on_gpu = device.type == "cuda"
-    return WorkerSpec(world_rank=world_rank, local_rank=world_rank, node_rank=0, world_size=world_size,
-                      local_world_size=world_size, bundle_index=world_rank, node_id="n", node_ip="127.0.0.1",
-                      backend="nccl" if on_gpu else "gloo", torch_threads=1, env={},
-                      cuda_device=(device.index or 0) if on_gpu else None)
+    return WorkerSpec(
+        world_rank=world_rank,
+        local_rank=world_rank,
+        node_rank=0,
+        world_size=world_size,
+        local_world_size=world_size,
+        bundle_index=world_rank,
+        node_id="n",
+        node_ip="127.0.0.1",
+        backend="nccl" if on_gpu else "gloo",
+        torch_threads=1,
+        env={},
+        cuda_device=(device.index or 0) if on_gpu else None,
+    )
 
 
-def train_here(job: JobConfig, checkpoint_dir: Path, world_rank: int = 0, world_size: int = 1,
-               resume_from: Optional[Path] = None, device: torch.device = torch.device("cpu"),
-               emit: Optional[Callable[[object], None]] = None) -> tuple[list, object]:
+def train_here(
+    job: JobConfig,
+    checkpoint_dir: Path,
+    world_rank: int = 0,
+    world_size: int = 1,
+    resume_from: Optional[Path] = None,
+    device: torch.device = torch.device("cpu"),
+    emit: Optional[Callable[[object], None]] = None,
+) -> tuple[list, object]:
     """Train `job` as this rank (MASTER_ADDR/MASTER_PORT must be set); returns (reports, result).
 
     `emit`, if given, also sees every report as the loop sends it.
@@ -44,8 +60,14 @@ def train_here(job: JobConfig, checkpoint_dir: Path, world_rank: int = 0, world_
             emit(report)
 
     with process_group(spec, device, timeout_s=120):
-        context = TrainContext(spec=spec, device=device, emit=collect, stop_requested=lambda: False,
-                               checkpoint_dir=checkpoint_dir, resume_from=resume_from)
+        context = TrainContext(
+            spec=spec,
+            device=device,
+            emit=collect,
+            stop_requested=lambda: False,
+            checkpoint_dir=checkpoint_dir,
+            resume_from=resume_from,
+        )
         return reports, train(job, context)
 
 

@@ -35,10 +35,13 @@ SETUPS = {"accumulated": (4, 4), "one batch": (1, 16)}
 
 
 def _job(checkpoint_dir: Path, accum_steps: int, batch_size: int) -> JobConfig:
-    job = JobConfig(model=MlpConfig(hidden_sizes=[16]),
-                    data=SyntheticConfig(num_samples=512, input_shape=[8], batch_size=batch_size),
-                    trainer=TrainerConfig(max_steps=STEPS, log_every_n_steps=1, grad_accum_steps=accum_steps),
-                    tracking=TrackingConfig(enabled=False), checkpoint=CheckpointConfig(dir=str(checkpoint_dir)))
+    job = JobConfig(
+        model=MlpConfig(hidden_sizes=[16]),
+        data=SyntheticConfig(num_samples=512, input_shape=[8], batch_size=batch_size),
+        trainer=TrainerConfig(max_steps=STEPS, log_every_n_steps=1, grad_accum_steps=accum_steps),
+        tracking=TrackingConfig(enabled=False),
+        checkpoint=CheckpointConfig(dir=str(checkpoint_dir)),
+    )
     validate(job)
     return job
 
@@ -59,21 +62,36 @@ def _rank(world_rank: int, ports: list[int], out_dir: Path) -> None:
     for port, (name, (accum_steps, batch_size)) in zip(ports, SETUPS.items()):
         set_master_in_child(port)
         buckets.clear()
-        reports, result = train_here(_job(out_dir / name, accum_steps, batch_size), out_dir / name, world_rank,
-                                     world_size=2)
-        losses = [r.metrics["train/loss"] for r in reports if isinstance(r, MetricsReport) and "train/loss" in r.metrics]
-        outcome[name] = {"losses": losses, "buckets": len(buckets), "weights": result.model_state,
-                         "digest": result.params_digest}
+        reports, result = train_here(
+            _job(out_dir / name, accum_steps, batch_size), out_dir / name, world_rank, world_size=2
+        )
+        losses = [
+            r.metrics["train/loss"] for r in reports if isinstance(r, MetricsReport) and "train/loss" in r.metrics
+        ]
+        outcome[name] = {
+            "losses": losses,
+            "buckets": len(buckets),
+            "weights": result.model_state,
+            "digest": result.params_digest,
+        }
     torch.save(outcome, out_dir / f"rank{world_rank}.pt")
 
 
 def test_accumulating_k_micro_batches_equals_one_batch_of_k_times_b_under_ddp(tmp_path):
     # plain child processes: multiprocessing's spawn would leave its resource tracker process running
     ports = ",".join(map(str, free_ports(len(SETUPS))))
-    code = ("import sys, pathlib; from tests.train.test_accumulation import _rank; "
-            "_rank(int(sys.argv[1]), [int(port) for port in sys.argv[2].split(',')], pathlib.Path(sys.argv[3]))")
-    children = [subprocess.Popen([sys.executable, "-c", code, str(rank), ports, str(tmp_path)], cwd=REPO,
-                                 env={**os.environ, "OMP_NUM_THREADS": "1"}) for rank in (0, 1)]
+    code = (
+        "import sys, pathlib; from tests.train.test_accumulation import _rank; "
+        "_rank(int(sys.argv[1]), [int(port) for port in sys.argv[2].split(',')], pathlib.Path(sys.argv[3]))"
+    )
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(rank), ports, str(tmp_path)],
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for rank in (0, 1)
+    ]
     try:
         codes = [child.wait(timeout=120) for child in children]
     finally:

@@ -56,6 +56,7 @@ def test_a_checkpoint_that_does_not_load_is_a_checkpoint_load_error_naming_the_f
     with pytest.raises(CheckpointLoadError) as raised:
         train_here(job, tmp_path / "run", resume_from=damaged)
     assert str(raised.value).startswith(f"checkpoint {damaged} does not load into this job: ")
-    report = ErrorReport(world_rank=0, node_ip="n", error_type=type(raised.value).__name__,
-                         message=str(raised.value), traceback="")
+    report = ErrorReport(
+        world_rank=0, node_ip="n", error_type=type(raised.value).__name__, message=str(raised.value), traceback=""
+    )
     assert classify_error(report) is FailureKind.DETERMINISTIC  # so it is never retried

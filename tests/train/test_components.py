@@ -19,7 +19,7 @@ from orchestrator.train.step import Step
 from tests.helpers import compose_job
 from tests.own_code import importable_package, own_overrides
 
-BAD_MODULE = '''
+BAD_MODULE = """
 import torch
 from torch.utils.data import Dataset
 
@@ -57,7 +57,7 @@ def features():
 
 def not_a_module():
     return "a string"
-'''
+"""
 
 
 @pytest.fixture
@@ -75,7 +75,10 @@ def test_the_inline_target_builds_the_users_model_data_and_loss(package, tmp_pat
     job = compose_job(own_overrides(package), tmp_path)
     assert job.model == TargetModelConfig(target="digitpng.nets.DigitNet", kwargs={"width": 8, "dropout": 0.1})
     assert (job.data.target, job.data.kwargs, job.data.batch_size) == (
-        "digitpng.data.build", {"root": str(package / "pngs")}, 16)
+        "digitpng.data.build",
+        {"root": str(package / "pngs")},
+        16,
+    )
     assert job.loss == TargetConfig(target="digitpng.losses.SmoothedCrossEntropy", kwargs={"smoothing": 0.05})
     check = check_components(job)
     model = build_target_model(job.model)
@@ -96,26 +99,45 @@ def test_a_config_directory_of_the_users_own_selects_the_same_components(package
     assert (job.data.batch_size, job.data.num_workers, job.data.kwargs) == (32, 1, {"root": "digit-pngs"})
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("model._target_=digitpng.nets.DigitNett", "model._target_=digitpng.nets.DigitNett is not valid: "
-                                                "digitpng.nets has no attribute DigitNett (did you mean DigitNet?)"),
-    ("model._target_=digitpnng.nets.DigitNet", "model._target_=digitpnng.nets.DigitNet is not valid: no module "
-                                                "named digitpnng"),
-    ("model._target_=DigitNet", "model._target_=DigitNet is not valid: give a dotted path"),
-    ("+model.widht=4", "model.widht=4 is not valid: digitpng.nets.DigitNet has no parameter widht (did you mean "
-                       "width?); its parameters: width, num_classes, dropout"),
-    ("model._target_=badpkg.not_a_module", "model._target_=badpkg.not_a_module is not valid: it returned a str, "
-                                           "expected a torch.nn.Module"),
-    ("data._target_=badpkg.not_a_pair", "item 0 of its train set is a Tensor, expected (inputs, targets)"),
-    ("data._target_=badpkg.ragged", "two items of its train set do not batch together"),
-    ("data._target_=badpkg.one_set", "it returned a Pairs, expected (train_dataset, eval_dataset or None)"),
-    ("data._target_=badpkg.empty", "data._target_=badpkg.empty is not valid: its train set is empty"),
-    ("data._target_=badpkg.features", "model._target_=digitpng.nets.DigitNet fails on a batch of "
-                                      "data._target_=badpkg.features (inputs of shape [2, 3])"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "model._target_=digitpng.nets.DigitNett",
+            "model._target_=digitpng.nets.DigitNett is not valid: "
+            "digitpng.nets has no attribute DigitNett (did you mean DigitNet?)",
+        ),
+        (
+            "model._target_=digitpnng.nets.DigitNet",
+            "model._target_=digitpnng.nets.DigitNet is not valid: no module named digitpnng",
+        ),
+        ("model._target_=DigitNet", "model._target_=DigitNet is not valid: give a dotted path"),
+        (
+            "+model.widht=4",
+            "model.widht=4 is not valid: digitpng.nets.DigitNet has no parameter widht (did you mean "
+            "width?); its parameters: width, num_classes, dropout",
+        ),
+        (
+            "model._target_=badpkg.not_a_module",
+            "model._target_=badpkg.not_a_module is not valid: it returned a str, expected a torch.nn.Module",
+        ),
+        ("data._target_=badpkg.not_a_pair", "item 0 of its train set is a Tensor, expected (inputs, targets)"),
+        ("data._target_=badpkg.ragged", "two items of its train set do not batch together"),
+        ("data._target_=badpkg.one_set", "it returned a Pairs, expected (train_dataset, eval_dataset or None)"),
+        ("data._target_=badpkg.empty", "data._target_=badpkg.empty is not valid: its train set is empty"),
+        (
+            "data._target_=badpkg.features",
+            "model._target_=digitpng.nets.DigitNet fails on a batch of "
+            "data._target_=badpkg.features (inputs of shape [2, 3])",
+        ),
+    ],
+)
 def test_a_bad_target_names_the_key_the_value_and_what_is_expected(package, tmp_path, override, expected):
-    overrides = [o for o in own_overrides(package) if not o.startswith(("+data.root", "+model.dropout"))
-                 or not override.startswith(("data.", "+model.widht"))]
+    overrides = [
+        o
+        for o in own_overrides(package)
+        if not o.startswith(("+data.root", "+model.dropout")) or not override.startswith(("data.", "+model.widht"))
+    ]
     if override.startswith("data."):
         overrides = [o for o in overrides if not o.startswith("data._target_")] + [override]
     elif override.startswith("model._target_"):

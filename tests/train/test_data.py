@@ -25,7 +25,9 @@ def test_synthetic_labels_come_from_a_fixed_teacher():
 def _global_batches(world_size: int, batch_size: int, epoch: int, accum: int = 1):
     inputs = torch.arange(100.0).unsqueeze(1)
     labels = torch.arange(100)
-    shards = [ShardedBatches(inputs, labels, world_size, rank, batch_size, accum, seed=11) for rank in range(world_size)]
+    shards = [
+        ShardedBatches(inputs, labels, world_size, rank, batch_size, accum, seed=11) for rank in range(world_size)
+    ]
     per_rank = [list(shard.epoch(epoch)) for shard in shards]
     steps = []
     for step in zip(*per_rank):
@@ -45,4 +47,6 @@ def test_accumulation_groups_micro_batches_and_resuming_skips_whole_steps():
     assert shard.steps_per_epoch == 4 == len(steps)
     assert [len(group) for group in steps] == [3, 3, 3, 1]
     resumed = list(shard.epoch(0, skip_steps=2))
-    assert [[ys.tolist() for _, ys in group] for group in resumed] == [[ys.tolist() for _, ys in group] for group in steps[2:]]
+    assert [[ys.tolist() for _, ys in group] for group in resumed] == [
+        [ys.tolist() for _, ys in group] for group in steps[2:]
+    ]

@@ -13,17 +13,23 @@ import pytest
 
 from orchestrator.train.folder_lock import LOCK_NAME, FolderInUse, holding
 
-HOLD = ("import sys; from pathlib import Path; from orchestrator.train.folder_lock import holding\n"
-        "with holding(Path(sys.argv[1]), 'train'):\n"
-        "    print('held', flush=True); sys.stdin.read()\n")
+HOLD = (
+    "import sys; from pathlib import Path; from orchestrator.train.folder_lock import holding\n"
+    "with holding(Path(sys.argv[1]), 'train'):\n"
+    "    print('held', flush=True); sys.stdin.read()\n"
+)
 
 
 @pytest.fixture
 def held_elsewhere(tmp_path):
     """Another process holding the lock of tmp_path/run (stopped by this fixture): (folder, process)."""
     folder = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), "train", "password=hunter2"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder), "train", "password=hunter2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         yield folder, holder
@@ -41,7 +47,8 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_and_command(held_els
     message = str(refused.value)
     assert message.startswith(f"cannot resume from step_000000010.pt: {folder} is in use by another command")
     assert f"PID {holder.pid} on " in message and message.endswith(
-        ": -c); wait for it to end (or stop it with Ctrl-C), then run this command again")  # no argument of it
+        ": -c); wait for it to end (or stop it with Ctrl-C), then run this command again"
+    )  # no argument of it
     assert refused.value.exit_code == 2
 
 

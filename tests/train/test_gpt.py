@@ -45,14 +45,20 @@ def test_flops_per_token_is_what_torch_counts_in_a_training_step():
 
 
 def test_gpt_learns_the_token_chain_and_reports_tokens_and_mfu(tmp_path, monkeypatch):
-    job = JobConfig(model=SMALL, data=TokensConfig(num_sequences=512, seq_len=16, vocab_size=32, batch_size=32),
-                    trainer=TrainerConfig(max_steps=40, log_every_n_steps=10, peak_tflops=1.0),
-                    optim=OptimConfig(lr=0.01), tracking=TrackingConfig(enabled=False),
-                    checkpoint=CheckpointConfig(dir=str(tmp_path)))
+    job = JobConfig(
+        model=SMALL,
+        data=TokensConfig(num_sequences=512, seq_len=16, vocab_size=32, batch_size=32),
+        trainer=TrainerConfig(max_steps=40, log_every_n_steps=10, peak_tflops=1.0),
+        optim=OptimConfig(lr=0.01),
+        tracking=TrackingConfig(enabled=False),
+        checkpoint=CheckpointConfig(dir=str(tmp_path)),
+    )
     validate(job)
     use_master(monkeypatch)
     reports, result = train_here(job, tmp_path)
-    logged = [report.metrics for report in reports if isinstance(report, MetricsReport) and "train/loss" in report.metrics]
+    logged = [
+        report.metrics for report in reports if isinstance(report, MetricsReport) and "train/loss" in report.metrics
+    ]
     losses = [metrics["train/loss"] for metrics in logged]
     # guessing costs log(32) = 3.47 nats per token; the chain (4 successors per token) allows under log(4) = 1.39
     assert losses[0] > 2.5 and losses[-1] < 1.8, losses

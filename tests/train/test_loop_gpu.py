@@ -28,12 +28,20 @@ LOG_EVERY = 10
 
 
 def gpt_job(tmp_path, model: GptConfig, steps: int, batch: int, vocab: int = 64, **trainer) -> JobConfig:
-    job = JobConfig(model=model,
-                    data=TokensConfig(num_sequences=int((steps + 1) * batch / 0.9) + 1, seq_len=model.context,
-                                      vocab_size=vocab, batch_size=batch, test_fraction=0.1),
-                    trainer=TrainerConfig(**{"max_steps": steps, "log_every_n_steps": LOG_EVERY, **trainer}),
-                    optim=OptimConfig(lr=3e-3 if vocab <= 64 else 3e-4, schedule="constant"),
-                    tracking=TrackingConfig(enabled=False), checkpoint=CheckpointConfig(dir=str(tmp_path)))
+    job = JobConfig(
+        model=model,
+        data=TokensConfig(
+            num_sequences=int((steps + 1) * batch / 0.9) + 1,
+            seq_len=model.context,
+            vocab_size=vocab,
+            batch_size=batch,
+            test_fraction=0.1,
+        ),
+        trainer=TrainerConfig(**{"max_steps": steps, "log_every_n_steps": LOG_EVERY, **trainer}),
+        optim=OptimConfig(lr=3e-3 if vocab <= 64 else 3e-4, schedule="constant"),
+        tracking=TrackingConfig(enabled=False),
+        checkpoint=CheckpointConfig(dir=str(tmp_path)),
+    )
     validate(job)
     return job
 
@@ -57,13 +65,21 @@ def test_the_reported_rate_is_what_a_clock_outside_the_loop_sees(tmp_path, monke
 
     use_master(monkeypatch)
     reports, _ = train_here(job, tmp_path, device=gpu, emit=note_arrival)
-    reported = {report.step: report.metrics["train/tokens_per_s"] for report in reports
-                if isinstance(report, MetricsReport) and "train/tokens_per_s" in report.metrics}
+    reported = {
+        report.step: report.metrics["train/tokens_per_s"]
+        for report in reports
+        if isinstance(report, MetricsReport) and "train/tokens_per_s" in report.metrics
+    }
     tokens = LOG_EVERY * job.data.batch_size * job.model.context
-    outside = {step: tokens / (seconds - previous)
-               for (_, previous), (step, seconds) in zip(arrivals, arrivals[1:]) if step > 2 * LOG_EVERY}
-    print("\nstep: reported / timed outside = " + ", ".join(
-        f"{step}: {reported[step]:,.0f} / {rate:,.0f}" for step, rate in outside.items()))
+    outside = {
+        step: tokens / (seconds - previous)
+        for (_, previous), (step, seconds) in zip(arrivals, arrivals[1:])
+        if step > 2 * LOG_EVERY
+    }
+    print(
+        "\nstep: reported / timed outside = "
+        + ", ".join(f"{step}: {reported[step]:,.0f} / {rate:,.0f}" for step, rate in outside.items())
+    )
     for step, rate in outside.items():
         assert reported[step] == pytest.approx(rate, rel=0.03), step
 
@@ -73,7 +89,9 @@ def test_bf16_with_compile_learns_and_checkpoints_the_plain_model(tmp_path, monk
     job = gpt_job(tmp_path, model, steps=60, batch=32, amp="bf16", compile=True, tf32=True, peak_tflops=1000.0)
     use_master(monkeypatch)
     reports, result = train_here(job, tmp_path, device=gpu)
-    logged = [report.metrics for report in reports if isinstance(report, MetricsReport) and "train/loss" in report.metrics]
+    logged = [
+        report.metrics for report in reports if isinstance(report, MetricsReport) and "train/loss" in report.metrics
+    ]
     # guessing costs log(64) = 4.16 nats per token; the chain (4 successors per token) allows under log(4) = 1.39
     assert logged[0]["train/loss"] > 3.0 and logged[-1]["train/loss"] < 1.8, [m["train/loss"] for m in logged]
     assert 0 < logged[-1]["train/mfu"] < 1
@@ -87,8 +105,11 @@ def test_fp16_scales_the_loss_and_keeps_the_scaler_in_checkpoints(tmp_path, monk
     job = gpt_job(tmp_path, GptConfig(layers=2, heads=4, width=128, context=64), steps=40, batch=32, amp="fp16")
     use_master(monkeypatch)
     reports, _ = train_here(job, tmp_path, device=gpu)
-    losses = [report.metrics["train/loss"] for report in reports
-              if isinstance(report, MetricsReport) and "train/loss" in report.metrics]
+    losses = [
+        report.metrics["train/loss"]
+        for report in reports
+        if isinstance(report, MetricsReport) and "train/loss" in report.metrics
+    ]
     assert losses[-1] < losses[0] - 1.0, losses
     scaler = load_checkpoint(latest_checkpoint(tmp_path))["scaler"]
     # an enabled scaler's state: a power-of-two scale (halved on each overflow), growth tracked since the last one

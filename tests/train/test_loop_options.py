@@ -30,17 +30,24 @@ from tests.train.ranks import rank_spec, train_here, use_master
 
 def small_job(tmp_path: Path, ddp: DdpConfig = DdpConfig(), **trainer) -> JobConfig:
     """A tiny MLP on synthetic vectors, logging every step, recording nothing."""
-    job = JobConfig(model=MlpConfig(hidden_sizes=[16]),
-                    data=SyntheticConfig(num_samples=256, input_shape=[8], batch_size=16),
-                    trainer=TrainerConfig(**{"max_steps": 3, "log_every_n_steps": 1, **trainer}), ddp=ddp,
-                    tracking=TrackingConfig(enabled=False), checkpoint=CheckpointConfig(dir=str(tmp_path)))
+    job = JobConfig(
+        model=MlpConfig(hidden_sizes=[16]),
+        data=SyntheticConfig(num_samples=256, input_shape=[8], batch_size=16),
+        trainer=TrainerConfig(**{"max_steps": 3, "log_every_n_steps": 1, **trainer}),
+        ddp=ddp,
+        tracking=TrackingConfig(enabled=False),
+        checkpoint=CheckpointConfig(dir=str(tmp_path)),
+    )
     validate(job)
     return job
 
 
 def train_losses(reports: list) -> list[float]:
-    return [report.metrics["train/loss"] for report in reports
-            if isinstance(report, MetricsReport) and "train/loss" in report.metrics]
+    return [
+        report.metrics["train/loss"]
+        for report in reports
+        if isinstance(report, MetricsReport) and "train/loss" in report.metrics
+    ]
 
 
 def test_compile_gives_the_eager_losses_on_the_first_steps(tmp_path, monkeypatch):
@@ -67,12 +74,18 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_restored(tmp_path, monkeypat
     train_here(small_job(tmp_path, amp="fp16", max_steps=2), tmp_path)
     saved = load_checkpoint(latest_checkpoint(tmp_path))["scaler"]
     # two steps without an overflow: the tracker counts them towards the next growth of the scale
-    assert saved["scale"] == 2.0 ** 16 and saved["_growth_tracker"] == 2
+    assert saved["scale"] == 2.0**16 and saved["_growth_tracker"] == 2
     use_master(monkeypatch)
     spec, device = rank_spec(0, 1), torch.device("cpu")
     with process_group(spec, device, timeout_s=60):
-        context = TrainContext(spec=spec, device=device, emit=lambda report: None, stop_requested=lambda: False,
-                               checkpoint_dir=tmp_path, resume_from=latest_checkpoint(tmp_path))
+        context = TrainContext(
+            spec=spec,
+            device=device,
+            emit=lambda report: None,
+            stop_requested=lambda: False,
+            checkpoint_dir=tmp_path,
+            resume_from=latest_checkpoint(tmp_path),
+        )
         trainer = build_trainer(small_job(tmp_path, amp="fp16", max_steps=4), context)
         trainer.writer.close()
     assert trainer.scaler.is_enabled() and trainer.scaler.state_dict() == saved
@@ -83,16 +96,21 @@ def test_ddp_options_reach_the_wrapper_and_train(tmp_path, monkeypatch):
     use_master(monkeypatch)
     spec, device = rank_spec(0, 1), torch.device("cpu")
     with process_group(spec, device, timeout_s=60):
-        context = TrainContext(spec=spec, device=device, emit=lambda report: None, stop_requested=lambda: False,
-                               checkpoint_dir=tmp_path)
+        context = TrainContext(
+            spec=spec, device=device, emit=lambda report: None, stop_requested=lambda: False, checkpoint_dir=tmp_path
+        )
         trainer = build_trainer(small_job(tmp_path, ddp=options), context)
         try:
             result = trainer.fit()
         finally:
             trainer.writer.close()
         ddp = trainer.model
-        assert (ddp.bucket_bytes_cap, ddp.gradient_as_bucket_view, ddp.static_graph, ddp.find_unused_parameters) \
-            == (512 * 1024, True, True, False)
+        assert (ddp.bucket_bytes_cap, ddp.gradient_as_bucket_view, ddp.static_graph, ddp.find_unused_parameters) == (
+            512 * 1024,
+            True,
+            True,
+            False,
+        )
         assert result.step == 3
         unused = build_trainer(small_job(tmp_path / "unused", ddp=DdpConfig(find_unused_parameters=True)), context)
         unused.writer.close()

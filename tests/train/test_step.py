@@ -13,7 +13,7 @@ from tests.helpers import compose_job
 from tests.own_code import importable_package, own_overrides
 from tests.train.ranks import free_port, train_here
 
-BAD_STEPS = '''
+BAD_STEPS = """
 import torch
 
 
@@ -32,7 +32,7 @@ def a_string_metric(model, batch):
 def needs_tuples(model, batch):
     inputs, targets = batch
     return torch.nn.functional.cross_entropy(model(inputs), targets)
-'''
+"""
 
 
 @pytest.fixture
@@ -41,8 +41,9 @@ def package(tmp_path, monkeypatch):
 
 
 def _job(package, tmp_path, *more):
-    return compose_job(own_overrides(package, "+data.as_dicts=true", "trainer.step_fn=digitpng.steps.classify",
-                                     *more), tmp_path)
+    return compose_job(
+        own_overrides(package, "+data.as_dicts=true", "trainer.step_fn=digitpng.steps.classify", *more), tmp_path
+    )
 
 
 def test_the_default_step_is_the_loss_of_the_models_outputs_and_evaluation_adds_accuracy():
@@ -62,17 +63,31 @@ def test_a_step_fn_on_dict_batches_passes_the_drivers_check(package, tmp_path):
     assert check.train_samples == 1437
 
 
-@pytest.mark.parametrize("step_fn, expected", [
-    ("badsteps.one_argument", "trainer.step_fn=badsteps.one_argument is not valid: it must take (model, batch), "
-                              "its signature is (model)"),
-    ("badsteps.a_vector", "trainer.step_fn=badsteps.a_vector is not valid: it returned a torch.float32 tensor of "
-                          "shape [10], expected a scalar float loss tensor or (loss, metrics)"),
-    ("badsteps.a_string_metric", "trainer.step_fn=badsteps.a_string_metric is not valid: its metric 'note' is a str, "
-                                 "expected a number or a one-element tensor"),
-    ("badsteps.needs_tuples", "trainer.step_fn=badsteps.needs_tuples fails on a batch of two items of "
-                              "data._target_=digitpng.data.build: TypeError"),
-    ("badsteps.classfy", "trainer.step_fn=badsteps.classfy is not valid: badsteps has no attribute classfy"),
-])
+@pytest.mark.parametrize(
+    "step_fn, expected",
+    [
+        (
+            "badsteps.one_argument",
+            "trainer.step_fn=badsteps.one_argument is not valid: it must take (model, batch), its signature is (model)",
+        ),
+        (
+            "badsteps.a_vector",
+            "trainer.step_fn=badsteps.a_vector is not valid: it returned a torch.float32 tensor of "
+            "shape [10], expected a scalar float loss tensor or (loss, metrics)",
+        ),
+        (
+            "badsteps.a_string_metric",
+            "trainer.step_fn=badsteps.a_string_metric is not valid: its metric 'note' is a str, "
+            "expected a number or a one-element tensor",
+        ),
+        (
+            "badsteps.needs_tuples",
+            "trainer.step_fn=badsteps.needs_tuples fails on a batch of two items of "
+            "data._target_=digitpng.data.build: TypeError",
+        ),
+        ("badsteps.classfy", "trainer.step_fn=badsteps.classfy is not valid: badsteps has no attribute classfy"),
+    ],
+)
 def test_a_bad_step_fn_is_refused_on_the_driver_naming_it(package, tmp_path, step_fn, expected):
     job = _job(package, tmp_path, f"trainer.step_fn={step_fn}")
     with pytest.raises(ConfigError) as raised:
@@ -90,8 +105,14 @@ def test_step_fn_metrics_are_logged_for_training_and_evaluation_and_a_resume_is_
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # torch sets it when counting FLOPs
-    job = _job(package, tmp_path, "trainer.max_steps=12", "trainer.log_every_n_steps=4", "checkpoint.every_n_steps=6",
-               "data.num_workers=0")
+    job = _job(
+        package,
+        tmp_path,
+        "trainer.max_steps=12",
+        "trainer.log_every_n_steps=4",
+        "checkpoint.every_n_steps=6",
+        "data.num_workers=0",
+    )
     reports, result = train_here(job, tmp_path / "full")
     train_logs = [r for r in reports if isinstance(r, MetricsReport) and "train/loss" in r.metrics]
     assert [r.step for r in train_logs] == [4, 8, 12]
@@ -103,5 +124,6 @@ def test_step_fn_metrics_are_logged_for_training_and_evaluation_and_a_resume_is_
     resumed_reports, resumed = train_here(job, tmp_path / "resumed", resume_from=checkpoint)
     assert resumed.params_digest == result.params_digest
     again = [r for r in resumed_reports if isinstance(r, MetricsReport) and "train/loss" in r.metrics]
-    assert {k: v for k, v in again[-1].metrics.items() if k != "train/samples_per_s" and "flops" not in k} == \
-        {k: v for k, v in train_logs[-1].metrics.items() if k != "train/samples_per_s" and "flops" not in k}
+    assert {k: v for k, v in again[-1].metrics.items() if k != "train/samples_per_s" and "flops" not in k} == {
+        k: v for k, v in train_logs[-1].metrics.items() if k != "train/samples_per_s" and "flops" not in k
+    }

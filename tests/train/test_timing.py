@@ -39,8 +39,19 @@ def _one_rank_group(monkeypatch):
         port = probe.getsockname()[1]
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(port))
-    spec = WorkerSpec(world_rank=0, local_rank=0, node_rank=0, world_size=1, local_world_size=1, bundle_index=0,
-                      node_id="n", node_ip="127.0.0.1", backend="gloo", torch_threads=1, env={})
+    spec = WorkerSpec(
+        world_rank=0,
+        local_rank=0,
+        node_rank=0,
+        world_size=1,
+        local_world_size=1,
+        bundle_index=0,
+        node_id="n",
+        node_ip="127.0.0.1",
+        backend="gloo",
+        torch_threads=1,
+        env={},
+    )
     return process_group(spec, torch.device("cpu"), timeout_s=60)
 
 
@@ -69,4 +80,3 @@ def test_reach_sync_covers_every_micro_batch_before_the_all_reduce_and_nothing_a
         # the hook still runs DDP's own all-reduce: the gradients are exactly the single-process ones
         for ours, reference in zip(model.module.parameters(), plain.parameters()):
             torch.testing.assert_close(ours.grad, reference.grad, rtol=0, atol=0)
-

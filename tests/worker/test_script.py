@@ -17,9 +17,19 @@ RAYS_DEBUGGER = "ray.util.rpdb.set_trace"
 
 
 def _spec(**env: str) -> WorkerSpec:
-    return WorkerSpec(world_rank=0, local_rank=0, node_rank=0, world_size=1, local_world_size=1, bundle_index=0,
-                      node_id="n0", node_ip="127.0.0.1", backend="gloo", torch_threads=1,
-                      env={"RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_RESTART_COUNT": "0", **env})
+    return WorkerSpec(
+        world_rank=0,
+        local_rank=0,
+        node_rank=0,
+        world_size=1,
+        local_world_size=1,
+        bundle_index=0,
+        node_id="n0",
+        node_ip="127.0.0.1",
+        backend="gloo",
+        torch_threads=1,
+        env={"RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_RESTART_COUNT": "0", **env},
+    )
 
 
 def test_the_scripts_environment_drops_rays_debugger_and_sets_nccl_error_handling_unless_the_user_did(tmp_path):
@@ -30,8 +40,9 @@ def test_the_scripts_environment_drops_rays_debugger_and_sets_nccl_error_handlin
     # the user's own values: PYTHONBREAKPOINT from cluster.runtime_env (Ray overwrote it in the worker),
     # TORCH_NCCL_ASYNC_ERROR_HANDLING from the worker's environment (runtime_env) or scaling.nccl_env
     job = compose_job(["+cluster.runtime_env.env_vars={PYTHONBREAKPOINT:pdb.set_trace}"], tmp_path)
-    env = script_environment(_spec(), job, environ={"PYTHONBREAKPOINT": RAYS_DEBUGGER,
-                                                    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3"})
+    env = script_environment(
+        _spec(), job, environ={"PYTHONBREAKPOINT": RAYS_DEBUGGER, "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3"}
+    )
     assert env["PYTHONBREAKPOINT"] == "pdb.set_trace" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
     env = script_environment(_spec(TORCH_NCCL_ASYNC_ERROR_HANDLING="0"), job, environ={})
     assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "0"
@@ -47,8 +58,15 @@ def test_the_script_gets_script_argv_verbatim_and_a_redrawn_line_arrives_marked_
     result, reports = _run(tmp_path, ["script.argv=\"--lr 1e-3 --total-timesteps=16384 --flag null --name 'a b'\""])
     assert isinstance(result, ResultReport)
     [contract] = [r.line for r in reports if r.line.startswith("contract ")]
-    assert json.loads(contract.removeprefix("contract "))["argv"] == \
-        ["--lr", "1e-3", "--total-timesteps=16384", "--flag", "null", "--name", "a b"]
+    assert json.loads(contract.removeprefix("contract "))["argv"] == [
+        "--lr",
+        "1e-3",
+        "--total-timesteps=16384",
+        "--flag",
+        "null",
+        "--name",
+        "a b",
+    ]
     progress = [(r.line, r.redrawn) for r in reports if r.stream == "stderr"]
     assert progress == [(f"progress {percent:3d}%", percent < 100) for percent in range(0, 101, 10)]
     assert all(isinstance(r, LogReport) for r in reports)

@@ -22,16 +22,34 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ddp_script.py"
 
 
 def _script_job(tmp_path: Path, *args: str, extra=()):
-    overrides = ["entrypoint=script", f"script.path={SCRIPT}", f"script.args=[{','.join(args)}]",
-                 "tracking.log_model=false", *extra]
+    overrides = [
+        "entrypoint=script",
+        f"script.path={SCRIPT}",
+        f"script.args=[{','.join(args)}]",
+        "tracking.log_model=false",
+        *extra,
+    ]
     return compose_job(overrides, tmp_path)
 
 
 def test_the_same_script_reaches_the_same_weights_under_torchrun_and_the_orchestrator(ray_cluster, tmp_path):
     torchrun_out = tmp_path / "torchrun.pt"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(SCRIPT), "--out", str(torchrun_out)], check=True, capture_output=True, timeout=180,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(SCRIPT),
+            "--out",
+            str(torchrun_out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     ours_out = tmp_path / "ours.pt"
     out = io.StringIO()
     job = _script_job(tmp_path, "--out", str(ours_out))
@@ -42,8 +60,10 @@ def test_the_same_script_reaches_the_same_weights_under_torchrun_and_the_orchest
     assert "[rank 0] rank 0 finished 20 steps" in out.getvalue()
     assert "[rank 1] rank 1 finished 20 steps" in out.getvalue()
     seen = [json.loads(Path(f"{ours_out}.rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert [(s["RANK"], s["WORLD_SIZE"], s["LOCAL_RANK"], s["LOCAL_WORLD_SIZE"], s["GROUP_RANK"]) for s in seen] == \
-        [("0", "2", "0", "2", "0"), ("1", "2", "1", "2", "0")]
+    assert [(s["RANK"], s["WORLD_SIZE"], s["LOCAL_RANK"], s["LOCAL_WORLD_SIZE"], s["GROUP_RANK"]) for s in seen] == [
+        ("0", "2", "0", "2", "0"),
+        ("1", "2", "1", "2", "0"),
+    ]
     assert seen[0]["MASTER_ADDR"] == seen[1]["MASTER_ADDR"] and seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"]
     assert seen[0]["GLOO_SOCKET_IFNAME"]
     assert_no_job_resources()
@@ -60,16 +80,27 @@ def test_a_rank_that_exits_non_zero_fails_the_job_with_its_output(ray_cluster, t
     assert_no_job_resources()
     # rank 0's script was blocked in a collective when its worker was killed: it must not outlive it
     marker = str(tmp_path / "x.pt")
-    wait_until(lambda: not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])],
-               15, "the scripts of the killed workers to exit")
+    wait_until(
+        lambda: not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])],
+        15,
+        "the scripts of the killed workers to exit",
+    )
 
 
 CONTRACT_SCRIPT = SCRIPT.parent / "contract_script.py"
 
 
 def _contract_job(tmp_path: Path, *overrides: str):
-    job = compose_job(["entrypoint=script", f"script.path={CONTRACT_SCRIPT}", "scaling.num_workers=1",
-                       "tracking.log_model=false", *overrides], tmp_path)
+    job = compose_job(
+        [
+            "entrypoint=script",
+            f"script.path={CONTRACT_SCRIPT}",
+            "scaling.num_workers=1",
+            "tracking.log_model=false",
+            *overrides,
+        ],
+        tmp_path,
+    )
     err, out = io.StringIO(), io.StringIO()
     summary = run_job(job, Console(err, interactive=False, out=out), overrides)
     return job, summary, err.getvalue(), out.getvalue()
@@ -77,23 +108,41 @@ def _contract_job(tmp_path: Path, *overrides: str):
 
 def _contracts(out: str) -> list[dict]:
     prefix = "[rank 0] contract "
-    return [json.loads(line[len(prefix):]) for line in out.splitlines() if line.startswith(prefix)]
+    return [json.loads(line[len(prefix) :]) for line in out.splitlines() if line.startswith(prefix)]
 
 
-def test_script_argv_arrives_verbatim_with_torchruns_environment_and_stdout_is_in_the_console_log(ray_cluster,
-                                                                                                  tmp_path):
+def test_script_argv_arrives_verbatim_with_torchruns_environment_and_stdout_is_in_the_console_log(
+    ray_cluster, tmp_path
+):
     from mlflow import MlflowClient
 
     job, summary, err, out = _contract_job(
-        tmp_path, "script.argv=\"--lr 1e-3 --total-timesteps=16384 --flag null --n 1_000 --name 'a b'\"")
+        tmp_path, "script.argv=\"--lr 1e-3 --total-timesteps=16384 --flag null --n 1_000 --name 'a b'\""
+    )
     assert summary.outcome.status == "FINISHED", summary.outcome.error
     [seen] = _contracts(out)
-    assert seen["argv"] == ["--lr", "1e-3", "--total-timesteps=16384", "--flag", "null", "--n", "1_000", "--name", "a b"]
+    assert seen["argv"] == [
+        "--lr",
+        "1e-3",
+        "--total-timesteps=16384",
+        "--flag",
+        "null",
+        "--n",
+        "1_000",
+        "--name",
+        "a b",
+    ]
     client = MlflowClient(job.tracking.uri)
     ray_name = client.get_run(summary.run_id).data.tags["orchestrator.ray_name"]
-    assert seen["env"] == {"RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_RUN_ID": ray_name,
-                           "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "3",
-                           "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "PYTHONBREAKPOINT": None}
+    assert seen["env"] == {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "TORCHELASTIC_RUN_ID": ray_name,
+        "TORCHELASTIC_RESTART_COUNT": "0",
+        "TORCHELASTIC_MAX_RESTARTS": "3",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "PYTHONBREAKPOINT": None,
+    }
     console_log = Path(client.download_artifacts(summary.run_id, "console.log", str(tmp_path))).read_text()
     lines = console_log.splitlines()
     assert "[rank 0] done" in lines and any(line.startswith("[rank 0] contract {") for line in lines)
@@ -116,9 +165,12 @@ def test_a_script_killed_by_a_signal_is_restarted_as_infrastructure_and_then_suc
     # script.args items go through Hydra: quoted '1e-3' is kept, unquoted true becomes True
     marker = tmp_path / "killed-once"
     _, summary, err, out = _contract_job(
-        tmp_path, f"script.args=[--kill-once,{marker},--lr,'1e-3',--flag,true]", "failure.max_restarts=2",
+        tmp_path,
+        f"script.args=[--kill-once,{marker},--lr,'1e-3',--flag,true]",
+        "failure.max_restarts=2",
         "failure.restart_on=infra_only",
-        "+cluster.runtime_env.env_vars={PYTHONBREAKPOINT:pdb.set_trace,TORCH_NCCL_ASYNC_ERROR_HANDLING:'3'}")
+        "+cluster.runtime_env.env_vars={PYTHONBREAKPOINT:pdb.set_trace,TORCH_NCCL_ASYNC_ERROR_HANDLING:'3'}",
+    )
     outcome = summary.outcome
     assert outcome.status == "FINISHED" and outcome.restarts == 1, outcome.error
     assert "was killed by SIGKILL (signal 9); restart 1" in err
@@ -138,9 +190,23 @@ API_SCRIPT = SCRIPT.parent / "api_script.py"
 
 
 def _torchrun(out: Path, *args: str, checkpoints: Path, check: bool = True) -> str:
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(API_SCRIPT), "--out", str(out), *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "ORCHESTRATOR_CHECKPOINT_DIR": str(checkpoints)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(API_SCRIPT),
+            "--out",
+            str(out),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ORCHESTRATOR_CHECKPOINT_DIR": str(checkpoints)},
+    )
     assert done.returncode == 0 or not check, done.stderr[-3000:]
     return done.stdout
 
@@ -159,14 +225,24 @@ def _same(weights: dict, reference: dict) -> bool:
 
 def test_the_api_script_under_torchrun_prints_reports_and_a_rerun_resumes_from_its_checkpoint(api_reference, tmp_path):
     checkpoints = tmp_path / "checkpoints"
-    killed = _torchrun(tmp_path / "weights.pt", "--kill-once", str(tmp_path / "killed"), "--kill-at", "12",
-                       checkpoints=checkpoints, check=False)
+    killed = _torchrun(
+        tmp_path / "weights.pt",
+        "--kill-once",
+        str(tmp_path / "killed"),
+        "--kill-at",
+        "12",
+        checkpoints=checkpoints,
+        check=False,
+    )
     assert not (tmp_path / "weights.pt").exists()
     # the same command again (torchrun's own --max-restarts would do the same, when its gloo rendezvous holds)
     rerun = _torchrun(tmp_path / "weights.pt", checkpoints=checkpoints)
     assert _same(torch.load(tmp_path / "weights.pt"), api_reference)
-    steps = [int(line.split(":")[0].removeprefix("step ")) for line in (killed + rerun).splitlines()
-             if line.startswith("step ")]
+    steps = [
+        int(line.split(":")[0].removeprefix("step "))
+        for line in (killed + rerun).splitlines()
+        if line.startswith("step ")
+    ]
     assert steps[:10] == list(range(1, 11)) and steps[-20:] == list(range(11, 31))  # rank 0 only; resumed at 10
     assert "rank 1 starts at step 10" in rerun
     assert sorted(path.name for path in checkpoints.iterdir()) == ["step_000000025.pt", "step_000000030.pt"]
@@ -175,10 +251,17 @@ def test_the_api_script_under_torchrun_prints_reports_and_a_rerun_resumes_from_i
 def test_the_api_script_killed_mid_run_continues_from_its_checkpoint_in_one_run(api_reference, ray_cluster, tmp_path):
     from mlflow import MlflowClient
 
-    job = compose_job(["entrypoint=script", f"script.path={API_SCRIPT}", "tracking.log_model=false",
-                       "checkpoint.keep_last=3", f"checkpoint.dir={tmp_path / 'checkpoints'}",
-                       f"script.args=[--out,{tmp_path / 'weights.pt'},--kill-once,{tmp_path / 'killed'},--kill-at,12]"],
-                      tmp_path)
+    job = compose_job(
+        [
+            "entrypoint=script",
+            f"script.path={API_SCRIPT}",
+            "tracking.log_model=false",
+            "checkpoint.keep_last=3",
+            f"checkpoint.dir={tmp_path / 'checkpoints'}",
+            f"script.args=[--out,{tmp_path / 'weights.pt'},--kill-once,{tmp_path / 'killed'},--kill-at,12]",
+        ],
+        tmp_path,
+    )
     out = io.StringIO()
     summary = run_job(job, Console(io.StringIO(), interactive=False, out=out))
     outcome = summary.outcome
@@ -193,16 +276,29 @@ def test_the_api_script_killed_mid_run_continues_from_its_checkpoint_in_one_run(
     assert len([metric for metric in history if metric.step <= 10]) == 10
     [restart] = client.get_metric_history(summary.run_id, "restarts")
     assert restart.step == 10
-    assert sorted(path.name for path in (tmp_path / "checkpoints" / summary.run_id).iterdir()) == \
-        [LOCK_NAME, "step_000000020.pt", "step_000000025.pt", "step_000000030.pt"]
+    assert sorted(path.name for path in (tmp_path / "checkpoints" / summary.run_id).iterdir()) == [
+        LOCK_NAME,
+        "step_000000020.pt",
+        "step_000000025.pt",
+        "step_000000030.pt",
+    ]
     assert_no_job_resources()
 
 
 def test_console_ranks_filters_the_console_and_log_dir_keeps_every_ranks_output_per_attempt(ray_cluster, tmp_path):
     marker, logs = tmp_path / "killed-once", tmp_path / "rank-logs"
-    job = compose_job(["entrypoint=script", f"script.path={CONTRACT_SCRIPT}", "scaling.num_workers=2",
-                       "tracking.log_model=false", f"script.args=[--kill-once,{marker}]", "script.console_ranks=[1]",
-                       f"script.log_dir={logs}"], tmp_path)
+    job = compose_job(
+        [
+            "entrypoint=script",
+            f"script.path={CONTRACT_SCRIPT}",
+            "scaling.num_workers=2",
+            "tracking.log_model=false",
+            f"script.args=[--kill-once,{marker}]",
+            "script.console_ranks=[1]",
+            f"script.log_dir={logs}",
+        ],
+        tmp_path,
+    )
     err, out = io.StringIO(), io.StringIO()
     summary = run_job(job, Console(err, interactive=False, out=out))
     assert summary.outcome.status == "FINISHED" and summary.outcome.restarts == 1, summary.outcome.error

@@ -14,6 +14,8 @@ def classify(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     loss = torch.nn.functional.cross_entropy(logits, batch["label"])
     with torch.no_grad():
         probabilities = logits.softmax(dim=-1)
-        metrics = {"accuracy": (logits.argmax(dim=-1) == batch["label"]).float().mean(),
-                   "confidence": probabilities.max(dim=-1).values.mean()}
+        metrics = {
+            "accuracy": (logits.argmax(dim=-1) == batch["label"]).float().mean(),
+            "confidence": probabilities.max(dim=-1).values.mean(),
+        }
     return loss, metrics

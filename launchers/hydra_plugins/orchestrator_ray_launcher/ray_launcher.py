@@ -18,8 +18,13 @@ class RayLauncher(Launcher):
     """Runs every job the sweeper asks for on one Ray cluster: an orchestrator training job under
     `orchestrator train -m`, else one Ray task running the app's task function."""
 
-    def __init__(self, max_concurrent: Optional[int] = None, address: Optional[str] = None,
-                 cpus_per_job: float = 1.0, gpus_per_job: float = 0.0) -> None:
+    def __init__(
+        self,
+        max_concurrent: Optional[int] = None,
+        address: Optional[str] = None,
+        cpus_per_job: float = 1.0,
+        gpus_per_job: float = 0.0,
+    ) -> None:
         self.max_concurrent = max_concurrent
         self.address = address
         self.cpus_per_job = cpus_per_job

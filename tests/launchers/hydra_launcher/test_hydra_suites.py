@@ -57,7 +57,7 @@ class TestRayLauncherIntegration(IntegrationTestSuite):
     pass
 
 
-APP = '''
+APP = """
 import os
 
 import hydra
@@ -73,9 +73,9 @@ def main(cfg):
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
-HELPER = '''
+HELPER = """
 import json
 import os
 
@@ -83,7 +83,7 @@ import os
 def record(pid, x):
     with open(os.path.join(os.environ["RECORDS"], f"{x}.json"), "w") as handle:
         json.dump({"pid": pid, "x": x, "cwd": os.getcwd()}, handle)
-'''
+"""
 
 
 def _app(tmp_path):
@@ -105,12 +105,24 @@ def test_a_users_own_app_runs_each_job_in_a_process_of_its_own_importing_its_own
     import sys
 
     app, elsewhere, records = _app(tmp_path)
-    done = subprocess.run([sys.executable, str(app), "-m", "hydra/launcher=ray",
-                           f"hydra.launcher.address={ray_cluster.address}",
-                           "hydra.launcher.cpus_per_job=0.5", "hydra.launcher.max_concurrent=2", "+x=1,2,3",
-                           "hydra.job.env_copy=[RECORDS]"],  # the driver's variable, as Hydra's other launchers
-                          cwd=elsewhere, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "RECORDS": str(records)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(app),
+            "-m",
+            "hydra/launcher=ray",
+            f"hydra.launcher.address={ray_cluster.address}",
+            "hydra.launcher.cpus_per_job=0.5",
+            "hydra.launcher.max_concurrent=2",
+            "+x=1,2,3",
+            "hydra.job.env_copy=[RECORDS]",
+        ],  # the driver's variable, as Hydra's other launchers
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RECORDS": str(records)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = [json.loads((records / f"{x}.json").read_text()) for x in (1, 2, 3)]
     assert len({entry["pid"] for entry in seen}) == 3 and os.getpid() not in {entry["pid"] for entry in seen}
@@ -124,9 +136,22 @@ def test_bad_launcher_settings_exit_2_naming_them_before_ray_starts(tmp_path):
     import sys
 
     app, elsewhere, records = _app(tmp_path)
-    done = subprocess.run([sys.executable, str(app), "-m", "hydra/launcher=ray", "hydra.launcher.cpus_per_job=-1",
-                           "hydra.launcher.max_concurrent=0", "+x=1,2"], cwd=elsewhere, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "RECORDS": str(records)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(app),
+            "-m",
+            "hydra/launcher=ray",
+            "hydra.launcher.cpus_per_job=-1",
+            "hydra.launcher.max_concurrent=0",
+            "+x=1,2",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RECORDS": str(records)},
+    )
     assert done.returncode == 2
     assert "hydra.launcher.cpus_per_job=-1 is not valid: must be a number >= 0" in done.stderr
     assert "hydra.launcher.max_concurrent=0 is not valid" in done.stderr

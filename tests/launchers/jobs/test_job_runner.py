@@ -78,8 +78,10 @@ def test_two_workers_match_one_worker_with_twice_the_batch(ray_cluster, tmp_path
     two_job, two = _run(common + ["scaling.num_workers=2", "data.batch_size=16"], tmp_path / "two")
     one_job, one = _run(common + ["scaling.num_workers=1", "data.batch_size=32"], tmp_path / "one")
     assert two.outcome.status == one.outcome.status == "FINISHED"
-    losses = [[m.value for m in _client(job).get_metric_history(summary.run_id, "train/loss")]
-              for job, summary in ((two_job, two), (one_job, one))]
+    losses = [
+        [m.value for m in _client(job).get_metric_history(summary.run_id, "train/loss")]
+        for job, summary in ((two_job, two), (one_job, one))
+    ]
     assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
     for name, weight in two.outcome.result.model_state.items():
         torch.testing.assert_close(weight, one.outcome.result.model_state[name], rtol=1e-5, atol=1e-6)
@@ -100,8 +102,9 @@ def test_an_exception_on_a_rank_fails_the_run_with_its_traceback(ray_cluster, tm
 
 
 def test_a_killed_worker_process_fails_the_run_and_nothing_is_left(ray_cluster, tmp_path):
-    job = compose_job(["model=mlp", "trainer.max_steps=1000000", "tracking.log_model=false", "failure.max_restarts=0"],
-                      tmp_path)
+    job = compose_job(
+        ["model=mlp", "trainer.max_steps=1000000", "tracking.log_model=false", "failure.max_restarts=0"], tmp_path
+    )
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(summary=run_job(job, Console(io.StringIO(), False))))
     runner.start()

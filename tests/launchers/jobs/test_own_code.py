@@ -21,8 +21,13 @@ from tests.helpers import assert_no_job_resources, compose_job, job_resources_le
 from tests.own_code import own_overrides, user_package
 
 # dropout: exactness needs every rank's RNG stream restored; a loader process: its position must be too
-EXACT = ["trainer.max_steps=60", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=10",
-         "tracking.log_model=false", "data.num_workers=1"]
+EXACT = [
+    "trainer.max_steps=60",
+    "trainer.log_every_n_steps=1",
+    "checkpoint.every_n_steps=10",
+    "tracking.log_model=false",
+    "data.num_workers=1",
+]
 
 
 @pytest.fixture
@@ -42,13 +47,20 @@ def _losses(job, run_id) -> dict[int, float]:
     return {metric.step: metric.value for metric in history}
 
 
-def test_own_code_trains_from_the_cli_is_recorded_and_the_logged_model_predicts(ray_cluster, package, tmp_path,
-                                                                               monkeypatch):
+def test_own_code_trains_from_the_cli_is_recorded_and_the_logged_model_predicts(
+    ray_cluster, package, tmp_path, monkeypatch
+):
     from mlflow import MlflowClient
 
     db = tmp_path / "runs.db"
-    command = [str(Path(sys.executable).parent / "orchestrator"), "train", *own_overrides(package),
-               "trainer.max_steps=30", f"cluster.address={ray_cluster.address}", f"tracking.uri=sqlite:///{db}"]
+    command = [
+        str(Path(sys.executable).parent / "orchestrator"),
+        "train",
+        *own_overrides(package),
+        "trainer.max_steps=30",
+        f"cluster.address={ray_cluster.address}",
+        f"tracking.uri=sqlite:///{db}",
+    ]
     # run from the user's folder by the console script, whose sys.path does not hold the working directory
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(command, cwd=package, capture_output=True, text=True, timeout=600, env=env)
@@ -63,7 +75,10 @@ def test_own_code_trains_from_the_cli_is_recorded_and_the_logged_model_predicts(
     model = DigitNet(width=8, dropout=0.1)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.num_parameters"] == str(sum(p.numel() for p in model.parameters()))
-    assert run.data.params["model.target"] == "digitpng.nets.DigitNet" and run.data.params["loss.kwargs.smoothing"] == "0.05"
+    assert (
+        run.data.params["model.target"] == "digitpng.nets.DigitNet"
+        and run.data.params["loss.kwargs.smoothing"] == "0.05"
+    )
     metrics = run.data.metrics
     assert metrics["eval/accuracy"] > 0.3 and "eval/loss" in metrics and metrics["train/model_tflops"] > 0
 
@@ -94,8 +109,9 @@ def test_sigkill_of_a_worker_with_own_code_continues_bit_for_bit(ray_cluster, pa
 
     job = compose_job(overrides, tmp_path / "killed")
     holder: dict = {}
-    thread = threading.Thread(target=lambda: holder.update(summary=run_job(job, Console(io.StringIO(), False))),
-                              name="test-job")
+    thread = threading.Thread(
+        target=lambda: holder.update(summary=run_job(job, Console(io.StringIO(), False))), name="test-job"
+    )
     thread.start()
     runs = tmp_path / "killed" / "checkpoints"
     wait_until(lambda: any(runs.glob("*/step_*.pt")), 180, "a first checkpoint")
@@ -118,8 +134,10 @@ def test_a_bad_target_exits_2_before_ray_is_touched(ray_cluster, package, monkey
     overrides = [o.replace("DigitNet", "DigitNett") for o in own_overrides(package)]
     code = main(["train", *overrides, f"cluster.address={ray_cluster.address}"])
     assert code == 2
-    assert "model._target_=digitpng.nets.DigitNett is not valid: digitpng.nets has no attribute DigitNett " \
-           "(did you mean DigitNet?)" in capsys.readouterr().err
+    assert (
+        "model._target_=digitpng.nets.DigitNett is not valid: digitpng.nets has no attribute DigitNett "
+        "(did you mean DigitNet?)" in capsys.readouterr().err
+    )
     assert job_resources_left() == ([], [])
     assert not (package / "mlflow.db").exists() and not (package / "outputs").exists()
 
@@ -128,10 +146,19 @@ def test_a_sweep_of_own_code_records_every_trials_objective(ray_cluster, package
     from mlflow import MlflowClient
 
     db = tmp_path / "runs.db"
-    command = [str(Path(sys.executable).parent / "orchestrator"), "train", "-m", *own_overrides(package),
-               "optim.lr=0.01,0.02,0.05,0.1", "trainer.max_steps=8", "tracking.log_model=false",
-               "monitor.enabled=false", f"cluster.address={ray_cluster.address}", f"tracking.uri=sqlite:///{db}",
-               "tracking.experiment=own-sweep"]
+    command = [
+        str(Path(sys.executable).parent / "orchestrator"),
+        "train",
+        "-m",
+        *own_overrides(package),
+        "optim.lr=0.01,0.02,0.05,0.1",
+        "trainer.max_steps=8",
+        "tracking.log_model=false",
+        "monitor.enabled=false",
+        f"cluster.address={ray_cluster.address}",
+        f"tracking.uri=sqlite:///{db}",
+        "tracking.experiment=own-sweep",
+    ]
     done = subprocess.run(command, cwd=package, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -148,14 +175,22 @@ def test_a_sweep_of_own_code_records_every_trials_objective(ray_cluster, package
 def test_a_step_fn_on_dict_items_trains_on_ray_and_records_its_own_metrics(ray_cluster, package, tmp_path):
     from mlflow import MlflowClient
 
-    job = compose_job([*own_overrides(package, "+data.as_dicts=true", "trainer.step_fn=digitpng.steps.classify"),
-                       "trainer.max_steps=20", "trainer.log_every_n_steps=5"], tmp_path)
+    job = compose_job(
+        [
+            *own_overrides(package, "+data.as_dicts=true", "trainer.step_fn=digitpng.steps.classify"),
+            "trainer.max_steps=20",
+            "trainer.log_every_n_steps=5",
+        ],
+        tmp_path,
+    )
     err = io.StringIO()
     summary = run_job(job, Console(err, False))
     assert summary.outcome.status == "FINISHED", summary.outcome.error
     client = MlflowClient(job.tracking.uri)
     run = client.get_run(summary.run_id)
-    assert {"train/accuracy", "train/confidence", "eval/loss", "eval/accuracy", "eval/confidence"} <= set(run.data.metrics)
+    assert {"train/accuracy", "train/confidence", "eval/loss", "eval/accuracy", "eval/confidence"} <= set(
+        run.data.metrics
+    )
     assert [m.step for m in client.get_metric_history(summary.run_id, "train/accuracy")] == [5, 10, 15, 20]
     assert "the trained model is not logged to MLflow: its inputs are unknown" in err.getvalue()
     assert_no_job_resources()

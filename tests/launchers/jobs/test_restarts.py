@@ -23,16 +23,24 @@ from orchestrator.cli.console import Console
 from tests.helpers import assert_no_job_resources, compose_job, owned_process, wait_until, worker_pid
 
 # dropout makes the run depend on every rank's RNG stream, so exactness also proves the RNG restore
-EXACT = ["model=mlp", "model.dropout=0.1", "trainer.max_steps=200", "trainer.log_every_n_steps=1",
-         "checkpoint.every_n_steps=25", "tracking.log_model=false", "data.batch_size=16"]
+EXACT = [
+    "model=mlp",
+    "model.dropout=0.1",
+    "trainer.max_steps=200",
+    "trainer.log_every_n_steps=1",
+    "checkpoint.every_n_steps=25",
+    "tracking.log_model=false",
+    "data.batch_size=16",
+]
 
 
 def _start(overrides, tmp_path):
     """Run the job on a thread of the test; returns (job, thread, holder of the summary)."""
     job = compose_job(overrides, tmp_path)
     holder: dict = {}
-    thread = threading.Thread(target=lambda: holder.update(summary=run_job(job, Console(io.StringIO(), False))),
-                              name="test-job")
+    thread = threading.Thread(
+        target=lambda: holder.update(summary=run_job(job, Console(io.StringIO(), False))), name="test-job"
+    )
     thread.start()
     return job, thread, holder
 
@@ -81,9 +89,14 @@ def _complete_once_gone(pids: list[int], runs: Path) -> list[int]:
     before a replacement attempt (new processes that start, import torch and train) could add one.
     """
     seen: list[list[int]] = []
-    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in pids)
-               and not seen.append([step for run in runs.glob("*") for step in _steps(run)]), 120,
-               f"processes {pids} to be gone")
+    wait_until(
+        lambda: (
+            not any(psutil.pid_exists(pid) for pid in pids)
+            and not seen.append([step for run in runs.glob("*") for step in _steps(run)])
+        ),
+        120,
+        f"processes {pids} to be gone",
+    )
     return seen[-1]
 
 
@@ -117,19 +130,29 @@ def test_sigkill_of_a_worker_continues_bit_for_bit_from_the_checkpoint(uninterru
     # workers.json keeps where the ranks of both attempts ran; the final digests belong to the last attempt
     from mlflow import MlflowClient
 
-    table = json.loads(Path(MlflowClient(job.tracking.uri).download_artifacts(summary.run_id, "workers.json",
-                                                                              str(tmp_path))).read_text())
+    table = json.loads(
+        Path(
+            MlflowClient(job.tracking.uri).download_artifacts(summary.run_id, "workers.json", str(tmp_path))
+        ).read_text()
+    )
     assert [(row["attempt"], row["rank"]) for row in table] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert [row["params_digest"] for row in table[:2]] == [None, None]
-    assert [row["params_digest"] for row in table[2:]] == [result.params_digest for _, result in
-                                                           sorted(outcome.rank_results.items())]
+    assert [row["params_digest"] for row in table[2:]] == [
+        result.params_digest for _, result in sorted(outcome.rank_results.items())
+    ]
     assert_no_job_resources()
 
 
 def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(ray_cluster, tmp_path):
     # a big model makes each write take long enough to kill the writer (rank 0) in the middle of it
-    overrides = ["model=mlp", "model.hidden_sizes=[2048,2048]", "trainer.max_steps=80", "checkpoint.every_n_steps=10",
-                 "tracking.log_model=false", "checkpoint.keep_last=5"]
+    overrides = [
+        "model=mlp",
+        "model.hidden_sizes=[2048,2048]",
+        "trainer.max_steps=80",
+        "checkpoint.every_n_steps=10",
+        "tracking.log_model=false",
+        "checkpoint.keep_last=5",
+    ]
     job, thread, holder = _start(overrides, tmp_path)
     runs = tmp_path / "checkpoints"
 
@@ -159,8 +182,14 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(r
 
 
 def test_a_hung_rank_is_detected_killed_and_replaced(ray_cluster, tmp_path):
-    overrides = ["model=mlp", "trainer.max_steps=400", "checkpoint.every_n_steps=20", "tracking.log_model=false",
-                 "failure.hang_timeout_s=10", "scaling.rendezvous_timeout_s=60"]
+    overrides = [
+        "model=mlp",
+        "trainer.max_steps=400",
+        "checkpoint.every_n_steps=20",
+        "tracking.log_model=false",
+        "failure.hang_timeout_s=10",
+        "scaling.rendezvous_timeout_s=60",
+    ]
     job, thread, holder = _start(overrides, tmp_path)
     wait_until(lambda: any(_checkpoints(d) for d in (tmp_path / "checkpoints").glob("*")), 120, "a checkpoint")
     os.kill(worker_pid(), signal.SIGSTOP)  # alive but frozen: no death notice, only silence
@@ -174,8 +203,14 @@ def test_a_hung_rank_is_detected_killed_and_replaced(ray_cluster, tmp_path):
 def test_when_restarts_run_out_the_run_fails_with_the_last_error(ray_cluster, tmp_path):
     from mlflow import MlflowClient
 
-    overrides = ["model=mlp", "trainer.max_steps=1000000", "checkpoint.every_n_steps=20", "tracking.log_model=false",
-                 "failure.max_restarts=1", "checkpoint.keep_last=10"]
+    overrides = [
+        "model=mlp",
+        "trainer.max_steps=1000000",
+        "checkpoint.every_n_steps=20",
+        "tracking.log_model=false",
+        "failure.max_restarts=1",
+        "checkpoint.keep_last=10",
+    ]
     job, thread, holder = _start(overrides, tmp_path)
     runs = tmp_path / "checkpoints"
     for round_ in range(2):
@@ -205,15 +240,17 @@ def test_a_run_stopped_with_ctrl_c_resumes_into_the_same_run_and_ends_identical(
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=120)
         assert first.returncode == 130
-    second = subprocess.run(command + ["trainer.resume=latest"], cwd=tmp_path, text=True, capture_output=True,
-                            timeout=300)
+    second = subprocess.run(
+        command + ["trainer.resume=latest"], cwd=tmp_path, text=True, capture_output=True, timeout=300
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [run] = client.search_runs([client.get_experiment_by_name("orchestrator").experiment_id])
     assert run.info.status == "FINISHED" and "orchestrator.resumed_from" in run.data.tags
     # the second command's artifacts sit next to the first's, which are kept as they were
-    assert {"console.log", "console.2.log", "workers.json", "workers.2.json"} <= \
-        {info.path for info in client.list_artifacts(run.info.run_id)}
+    assert {"console.log", "console.2.log", "workers.json", "workers.2.json"} <= {
+        info.path for info in client.list_artifacts(run.info.run_id)
+    }
     workers = client.download_artifacts(run.info.run_id, "workers.2.json", str(tmp_path))
     import json
 

@@ -17,8 +17,14 @@ from orchestrator.errors import ConfigError
 from orchestrator.train.folder_lock import LOCK_NAME, FolderInUse
 from tests.helpers import assert_no_job_resources, compose_job, job_resources_left
 
-BASE = ["model=mlp", "trainer.max_steps=20", "checkpoint.every_n_steps=10", "checkpoint.keep_last=5",
-        "tracking.log_model=false", "monitor.enabled=false"]
+BASE = [
+    "model=mlp",
+    "trainer.max_steps=20",
+    "checkpoint.every_n_steps=10",
+    "checkpoint.keep_last=5",
+    "tracking.log_model=false",
+    "monitor.enabled=false",
+]
 
 
 @pytest.fixture
@@ -43,10 +49,14 @@ def test_a_finished_run_is_not_resumed_unless_extended_and_a_wrong_model_is_refu
     folder = tmp_path / "checkpoints" / run_id
     before = _snapshot(client, run_id, folder)
     for overrides, expected in [
-        ([*BASE, "trainer.resume=latest"], f"MLflow run {run_id} FINISHED at step 20, and a finished run is never "
-                                           "changed by a later command"),
-        ([*BASE, "model=cnn", "trainer.max_steps=30", "trainer.resume=latest"],
-         "model.name: mlp in the checkpoint, cnn now"),
+        (
+            [*BASE, "trainer.resume=latest"],
+            f"MLflow run {run_id} FINISHED at step 20, and a finished run is never changed by a later command",
+        ),
+        (
+            [*BASE, "model=cnn", "trainer.max_steps=30", "trainer.resume=latest"],
+            "model.name: mlp in the checkpoint, cnn now",
+        ),
     ]:
         with pytest.raises(ConfigError) as refused:
             run_job(compose_job(overrides, tmp_path), Console(io.StringIO(), False))
@@ -54,8 +64,9 @@ def test_a_finished_run_is_not_resumed_unless_extended_and_a_wrong_model_is_refu
         assert job_resources_left() == ([], [])
     assert _snapshot(client, run_id, folder) == before  # status, end time, artifacts and checkpoints untouched
 
-    extended = run_job(compose_job([*BASE, "trainer.max_steps=30", "trainer.resume=latest"], tmp_path),
-                       Console(io.StringIO(), False))
+    extended = run_job(
+        compose_job([*BASE, "trainer.max_steps=30", "trainer.resume=latest"], tmp_path), Console(io.StringIO(), False)
+    )
     assert extended.outcome.status == "FINISHED" and extended.run_id == run_id
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"console.log", "console.2.log", "workers.json", "workers.2.json", "config.yaml"} <= artifacts
@@ -69,8 +80,9 @@ def test_a_resume_from_an_older_checkpoint_branches_into_a_new_run_and_folder(fi
     job, run_id, client = finished
     folder = tmp_path / "checkpoints" / run_id
     before = _snapshot(client, run_id, folder)
-    branch = run_job(compose_job([*BASE, f"trainer.resume={folder / 'step_000000010.pt'}"], tmp_path),
-                     Console(io.StringIO(), False))
+    branch = run_job(
+        compose_job([*BASE, f"trainer.resume={folder / 'step_000000010.pt'}"], tmp_path), Console(io.StringIO(), False)
+    )
     assert branch.outcome.status == "FINISHED" and branch.run_id != run_id
     assert _snapshot(client, run_id, folder) == before
     assert client.get_run(branch.run_id).data.tags["orchestrator.resumed_from"] == str(folder / "step_000000010.pt")
@@ -82,16 +94,21 @@ def test_a_resume_from_an_older_checkpoint_branches_into_a_new_run_and_folder(fi
 def test_a_folder_another_command_trains_in_is_not_resumed_into(finished, tmp_path):
     job, run_id, client = finished
     folder = tmp_path / "checkpoints" / run_id
-    hold = ("import sys; from pathlib import Path; from orchestrator.train.folder_lock import holding\n"
-            "with holding(Path(sys.argv[1]), 'train'):\n    print('held', flush=True); sys.stdin.read()\n")
-    other = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+    hold = (
+        "import sys; from pathlib import Path; from orchestrator.train.folder_lock import holding\n"
+        "with holding(Path(sys.argv[1]), 'train'):\n    print('held', flush=True); sys.stdin.read()\n"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", hold, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert other.stdout.readline().strip() == "held"
         before = _snapshot(client, run_id, folder)
         with pytest.raises(FolderInUse) as refused:
-            run_job(compose_job([*BASE, "trainer.max_steps=30", "trainer.resume=latest"], tmp_path),
-                    Console(io.StringIO(), False))
+            run_job(
+                compose_job([*BASE, "trainer.max_steps=30", "trainer.resume=latest"], tmp_path),
+                Console(io.StringIO(), False),
+            )
         assert f"{folder} is in use by another command (PID {other.pid}" in str(refused.value)
         assert job_resources_left() == ([], [])
         assert _snapshot(client, run_id, folder) == before

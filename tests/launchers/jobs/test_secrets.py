@@ -22,7 +22,7 @@ import yaml
 
 from orchestrator.cli.commands import main
 
-PROBE = '''
+PROBE = """
 import hashlib, json, os, sys
 
 def digest(value):
@@ -39,14 +39,17 @@ if wrong:
     print(f"secrets that did not arrive intact: {wrong}", file=sys.stderr)
     sys.exit(3)
 print(f"rank {os.environ['RANK']}: all {len(received)} secrets arrived", flush=True)
-'''
+"""
 
 
 def _secrets() -> dict[str, str]:
     word = secrets.token_hex(12)
-    return {"HF_TOKEN": "hf_" + secrets.token_hex(16), "WANDB_API_KEY": f"wk{word}",
-            "PIP_INDEX_URL": f"https://ci-reader:pw{secrets.token_hex(10)}@pypi.example.invalid/simple",
-            "api_token": f"at{secrets.token_hex(12)}"}
+    return {
+        "HF_TOKEN": "hf_" + secrets.token_hex(16),
+        "WANDB_API_KEY": f"wk{word}",
+        "PIP_INDEX_URL": f"https://ci-reader:pw{secrets.token_hex(10)}@pypi.example.invalid/simple",
+        "api_token": f"at{secrets.token_hex(12)}",
+    }
 
 
 def _secret_parts(values: dict[str, str]) -> dict[str, str]:
@@ -58,16 +61,19 @@ def _secret_parts(values: dict[str, str]) -> dict[str, str]:
 
 def _overrides(values: dict[str, str]) -> list[str]:
     expect = json.dumps({name: hashlib.sha256(value.encode()).hexdigest() for name, value in values.items()})
-    env = (f"+cluster.runtime_env.env_vars={{HF_TOKEN:{values['HF_TOKEN']},WANDB_API_KEY:{values['WANDB_API_KEY']},"
-           f"PIP_INDEX_URL:'{values['PIP_INDEX_URL']}'}}")
+    env = (
+        f"+cluster.runtime_env.env_vars={{HF_TOKEN:{values['HF_TOKEN']},WANDB_API_KEY:{values['WANDB_API_KEY']},"
+        f"PIP_INDEX_URL:'{values['PIP_INDEX_URL']}'}}"
+    )
     # the expected digests travel as one quoted argument: JSON's quotes and commas are Hydra syntax
     args = f"script.args=[--api-token,{values['api_token']},--expect,'{expect}']"
     return ["entrypoint=script", "script.path=probe.py", args, env, "scaling.num_workers=2"]
 
 
 def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "train", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "train", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def _leaks(folders: list[Path], parts: dict[str, str]) -> list[str]:
@@ -88,13 +94,15 @@ def project(tmp_path) -> Path:
     return folder
 
 
-def test_a_job_and_a_sweep_record_no_secret_anywhere_and_the_workers_get_every_one(
-        ray_cluster, mlflow_server, project):
+def test_a_job_and_a_sweep_record_no_secret_anywhere_and_the_workers_get_every_one(ray_cluster, mlflow_server, project):
     from mlflow import MlflowClient
 
     values = _secrets()
-    common = [f"cluster.address={ray_cluster.address}", f"tracking.uri={mlflow_server.spec.url}",
-              "tracking.experiment=secrets"]
+    common = [
+        f"cluster.address={ray_cluster.address}",
+        f"tracking.uri={mlflow_server.spec.url}",
+        "tracking.experiment=secrets",
+    ]
     job = _train([*_overrides(values), *common], project)
     assert job.returncode == 0, job.stderr[-3000:]
     sweep = _train(["-m", *_overrides(values), *common, "trainer.seed=1,2"], project)
@@ -107,8 +115,11 @@ def test_a_job_and_a_sweep_record_no_secret_anywhere_and_the_workers_get_every_o
     assert len(runs) == 4  # the job, the sweep's parent and its two trials
     assert {run.info.status for run in runs} == {"FINISHED"}
     # the record is still useful: the secret-free parts are there, the secrets masked
-    [single] = [run for run in runs if "orchestrator.overrides" in run.data.tags
-                and "trainer.seed" not in run.data.tags["orchestrator.overrides"]]
+    [single] = [
+        run
+        for run in runs
+        if "orchestrator.overrides" in run.data.tags and "trainer.seed" not in run.data.tags["orchestrator.overrides"]
+    ]
     assert "scaling.num_workers=2" in single.data.tags["orchestrator.overrides"]
     assert "HF_TOKEN:***" in single.data.tags["orchestrator.overrides"]
     # the probe exits 3 when a secret did not arrive intact; what it prints is in the console log, masked
@@ -116,19 +127,22 @@ def test_a_job_and_a_sweep_record_no_secret_anywhere_and_the_workers_get_every_o
     assert console.read_text().count("secrets arrived") == 2 and "got the api token ***" in console.read_text()
     hydra = project / "outputs"
     assert sorted(path.name for path in hydra.rglob(".hydra/*")) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
-    assert "HF_TOKEN: '***'" in next(hydra.rglob(".hydra/config.yaml")).read_text() or \
-        "HF_TOKEN: ***" in next(hydra.rglob(".hydra/config.yaml")).read_text()
+    assert (
+        "HF_TOKEN: '***'" in next(hydra.rglob(".hydra/config.yaml")).read_text()
+        or "HF_TOKEN: ***" in next(hydra.rglob(".hydra/config.yaml")).read_text()
+    )
 
     server = Path(mlflow_server.spec.data_dir)
     assert _leaks([server, project], _secret_parts(values)) == []
 
 
-def test_the_rayjob_takes_secret_variables_from_a_kubernetes_secret_and_holds_no_secret(tmp_path, monkeypatch,
-                                                                                         capsys):
+def test_the_rayjob_takes_secret_variables_from_a_kubernetes_secret_and_holds_no_secret(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     values = _secrets()
-    env = (f"+cluster.runtime_env.env_vars={{HF_TOKEN:{values['HF_TOKEN']},NCCL_DEBUG:INFO,"
-           f"PIP_INDEX_URL:'{values['PIP_INDEX_URL']}'}}")
+    env = (
+        f"+cluster.runtime_env.env_vars={{HF_TOKEN:{values['HF_TOKEN']},NCCL_DEBUG:INFO,"
+        f"PIP_INDEX_URL:'{values['PIP_INDEX_URL']}'}}"
+    )
     assert main(["k8s", env, "model=mlp", "--name", "with-secrets", "--secret", "team-tokens"]) == 0
     out, err = capsys.readouterr()
     assert _leaks([tmp_path], _secret_parts(values)) == [] and not any(v in out + err for v in values.values())

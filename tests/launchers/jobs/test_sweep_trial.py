@@ -19,16 +19,20 @@ def test_trial_lines_are_whole_and_prefixed_and_a_redrawn_line_becomes_a_line():
     lines.write("epoch 1 | step 10/45")
     assert stream.getvalue() == ""
     lines.write("\r\x1b[Kepoch 1 | step 45/45\nrun FINISHED\n")
-    assert stream.getvalue() == "[trial 3] epoch 1 | step 10/45\n[trial 3] epoch 1 | step 45/45\n" \
-                                "[trial 3] run FINISHED\n"
+    assert (
+        stream.getvalue() == "[trial 3] epoch 1 | step 10/45\n[trial 3] epoch 1 | step 45/45\n[trial 3] run FINISHED\n"
+    )
     assert not lines.isatty()
 
 
 def test_a_trials_tags_name_it_its_sweep_and_each_value_the_sweep_chose(tmp_path):
     spec = TrialSpec(number=2, overrides=("model=mlp", "optim.lr=0.003", "+tag.x=1"), job=compose_job([], tmp_path))
     assert trial_tags(spec, "20261122-1", {"model"}) == {
-        "orchestrator.trial": "2", "orchestrator.trial.sweep_id": "20261122-1",
-        "orchestrator.override.optim.lr": "0.003", "orchestrator.override.tag.x": "1"}
+        "orchestrator.trial": "2",
+        "orchestrator.trial.sweep_id": "20261122-1",
+        "orchestrator.override.optim.lr": "0.003",
+        "orchestrator.override.tag.x": "1",
+    }
 
 
 def _step(step, total=90):

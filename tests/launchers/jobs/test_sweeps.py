@@ -15,8 +15,14 @@ import yaml
 from orchestrator.cli.commands import main
 from tests.helpers import assert_no_job_resources
 
-TINY = ["model=mlp", "scaling.num_workers=1", "trainer.max_epochs=1", "tracking.log_model=false",
-        "monitor.enabled=false", "failure.max_restarts=0"]
+TINY = [
+    "model=mlp",
+    "scaling.num_workers=1",
+    "trainer.max_epochs=1",
+    "tracking.log_model=false",
+    "monitor.enabled=false",
+    "failure.max_restarts=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +33,18 @@ def store(tmp_path_factory):
 
 def _sweep(cluster, store, tmp_path, monkeypatch, *overrides: str) -> int:
     monkeypatch.chdir(tmp_path)
-    return main(["train", "-m", *TINY, f"cluster.address={cluster.address}", f"hydra.sweep.dir={tmp_path}/sweep",
-                 f"tracking.uri={store}", f"tracking.experiment={tmp_path.name}", *overrides])
+    return main(
+        [
+            "train",
+            "-m",
+            *TINY,
+            f"cluster.address={cluster.address}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+            f"tracking.uri={store}",
+            f"tracking.experiment={tmp_path.name}",
+            *overrides,
+        ]
+    )
 
 
 def _runs(store, tmp_path):
@@ -38,8 +54,11 @@ def _runs(store, tmp_path):
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])
     [parent] = [run for run in runs if "orchestrator.sweep_id" in run.data.tags]
-    children = {int(run.data.tags["orchestrator.trial"]): run for run in runs
-                if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        int(run.data.tags["orchestrator.trial"]): run
+        for run in runs
+        if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert len(runs) == 1 + len(children), "every run of the sweep is its parent or a child of it"
     return client, parent, children
 
@@ -53,14 +72,22 @@ def _most_at_once(children) -> int:
     return most
 
 
-def test_a_four_trial_sweep_runs_two_trials_at_a_time_as_children_of_one_parent(ray_cluster, store, tmp_path,
-                                                                               monkeypatch, capsys):
+def test_a_four_trial_sweep_runs_two_trials_at_a_time_as_children_of_one_parent(
+    ray_cluster, store, tmp_path, monkeypatch, capsys
+):
     from hydra.core.plugins import Plugins
     from hydra.plugins.launcher import Launcher
 
     assert "RayLauncher" in [plugin.__name__ for plugin in Plugins.instance().discover(Launcher)]
-    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "optim.lr=1e-3,3e-3", "optim.name=adamw,sgd",
-                  "hydra.launcher.max_concurrent=2")
+    code = _sweep(
+        ray_cluster,
+        store,
+        tmp_path,
+        monkeypatch,
+        "optim.lr=1e-3,3e-3",
+        "optim.name=adamw,sgd",
+        "hydra.launcher.max_concurrent=2",
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     # what the wait between the trial list and the launch is for is said before it
@@ -90,15 +117,20 @@ def test_a_four_trial_sweep_runs_two_trials_at_a_time_as_children_of_one_parent(
     assert first_to_last_s < 0.75 * trials_s, "two trials at a time should overlap, not run one after the other"
     assert f"sweep {sweep_id}: 4 trials" in out and out.count(" FINISHED ") == 4
 
-    assert main(["compare", "--sweep", sweep_id, "--tracking-uri", store, "--experiment", tmp_path.name,
-                 "--format", "json"]) == 0
+    assert (
+        main(
+            ["compare", "--sweep", sweep_id, "--tracking-uri", store, "--experiment", tmp_path.name, "--format", "json"]
+        )
+        == 0
+    )
     listed = json.loads(capsys.readouterr().out)["runs"]
     assert sorted(row["run_id"] for row in listed) == sorted(run.info.run_id for run in runs)
     assert_no_job_resources()
 
 
-def test_a_failing_trial_is_recorded_failed_the_others_finish_and_the_exit_code_says_so(ray_cluster, store, tmp_path,
-                                                                                       monkeypatch, capsys):
+def test_a_failing_trial_is_recorded_failed_the_others_finish_and_the_exit_code_says_so(
+    ray_cluster, store, tmp_path, monkeypatch, capsys
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("checkpoints cannot go below a regular file")
     code = _sweep(ray_cluster, store, tmp_path, monkeypatch, f"checkpoint.dir=checkpoints,{blocker}/checkpoints")
@@ -113,10 +145,18 @@ def test_a_failing_trial_is_recorded_failed_the_others_finish_and_the_exit_code_
     assert_no_job_resources()
 
 
-def test_the_optuna_sweeper_gets_each_trials_objective_and_it_is_recorded(ray_cluster, store, tmp_path,
-                                                                        monkeypatch):
-    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4",
-                  "hydra.sweeper.n_jobs=4", "hydra.sweeper.sampler.seed=0", "optim.lr=tag(log,interval(1e-4,1e-1))")
+def test_the_optuna_sweeper_gets_each_trials_objective_and_it_is_recorded(ray_cluster, store, tmp_path, monkeypatch):
+    code = _sweep(
+        ray_cluster,
+        store,
+        tmp_path,
+        monkeypatch,
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=4",
+        "hydra.sweeper.sampler.seed=0",
+        "optim.lr=tag(log,interval(1e-4,1e-1))",
+    )
     assert code == 0
     _, parent, children = _runs(store, tmp_path)
     assert sorted(children) == [0, 1, 2, 3] and parent.data.tags["orchestrator.sweeper"] == "optuna"
@@ -132,11 +172,21 @@ def test_the_optuna_sweeper_gets_each_trials_objective_and_it_is_recorded(ray_cl
     assert_no_job_resources()
 
 
-def test_median_early_stopping_stops_a_trial_that_does_worse_than_the_completed_ones(ray_cluster, store, tmp_path,
-                                                                                    monkeypatch):
+def test_median_early_stopping_stops_a_trial_that_does_worse_than_the_completed_ones(
+    ray_cluster, store, tmp_path, monkeypatch
+):
     # one at a time: the good trial (0) completes first; the planted bad one (1, lr=1e-6) hardly learns
-    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "optim.lr=3e-3,1e-6", "trainer.max_epochs=2",
-                  "sweep.early_stop=median", "sweep.early_stop_min_trials=1", "hydra.launcher.max_concurrent=1")
+    code = _sweep(
+        ray_cluster,
+        store,
+        tmp_path,
+        monkeypatch,
+        "optim.lr=3e-3,1e-6",
+        "trainer.max_epochs=2",
+        "sweep.early_stop=median",
+        "sweep.early_stop_min_trials=1",
+        "hydra.launcher.max_concurrent=1",
+    )
     assert code == 0  # a stopped trial is no failure
     client, parent, children = _runs(store, tmp_path)
     good, bad = children[0], children[1]
@@ -152,14 +202,26 @@ def test_median_early_stopping_stops_a_trial_that_does_worse_than_the_completed_
 
 
 def test_a_sweep_of_a_script_takes_its_reported_objective_and_median_stopping_stops_the_bad_trial(
-        ray_cluster, store, tmp_path, monkeypatch):
+    ray_cluster, store, tmp_path, monkeypatch
+):
     from tests.worker.test_script_mode import API_SCRIPT
 
     # one at a time: trial 0 (lr 0.1) completes first; trial 1 (lr 10) diverges from step 2 on
     run = f"--out {tmp_path / 'weights.pt'} --steps 20 --step-s 0.2 --lr"
-    code = _sweep(ray_cluster, store, tmp_path, monkeypatch, "entrypoint=script", f"script.path={API_SCRIPT}",
-                  f"script.argv='{run} 0.1','{run} 10'", "sweep.objective=train/loss", "sweep.direction=minimize",
-                  "sweep.early_stop=median", "sweep.early_stop_min_trials=1", "hydra.launcher.max_concurrent=1")
+    code = _sweep(
+        ray_cluster,
+        store,
+        tmp_path,
+        monkeypatch,
+        "entrypoint=script",
+        f"script.path={API_SCRIPT}",
+        f"script.argv='{run} 0.1','{run} 10'",
+        "sweep.objective=train/loss",
+        "sweep.direction=minimize",
+        "sweep.early_stop=median",
+        "sweep.early_stop_min_trials=1",
+        "hydra.launcher.max_concurrent=1",
+    )
     assert code == 0
     client, parent, children = _runs(store, tmp_path)
     good, bad = children[0], children[1]

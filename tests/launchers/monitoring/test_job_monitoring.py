@@ -30,32 +30,68 @@ from tests.helpers import assert_no_job_resources, compose_job, live_actors, wai
 
 UUID_LOW_SLOT = "GPU-1b000000-0000-0000-0000-000000000000"
 UUID_HIGH_SLOT = "GPU-9a000000-0000-0000-0000-000000000000"
-DEVICES = [GpuDevice(uuid=UUID_HIGH_SLOT, pci_bus_id="00000000:9A:00.0", name="NVIDIA H100"),
-           GpuDevice(uuid=UUID_LOW_SLOT, pci_bus_id="00000000:1B:00.0", name="NVIDIA H100")]
+DEVICES = [
+    GpuDevice(uuid=UUID_HIGH_SLOT, pci_bus_id="00000000:9A:00.0", name="NVIDIA H100"),
+    GpuDevice(uuid=UUID_LOW_SLOT, pci_bus_id="00000000:1B:00.0", name="NVIDIA H100"),
+]
 TICKS = 16
 
 
 def _script() -> dict[str, list[GpuSample]]:
     """A busy GPU (power ramping 100 -> 250 W) and an idle one (50 W), read every 10 s of GPU time."""
-    busy = [GpuSample(uuid=UUID_HIGH_SLOT, time_s=10.0 * tick, utilization_percent=80 + 10 * (tick % 3),
-                      memory_used_bytes=tick * 1024 * MIB, power_w=100.0 + 10 * tick, gpm={"gpm_sm_util_percent": 40.0})
-            for tick in range(TICKS)]
-    idle = [GpuSample(uuid=UUID_LOW_SLOT, time_s=10.0 * tick, utilization_percent=10, memory_used_bytes=512 * MIB,
-                      power_w=50.0) for tick in range(TICKS)]
+    busy = [
+        GpuSample(
+            uuid=UUID_HIGH_SLOT,
+            time_s=10.0 * tick,
+            utilization_percent=80 + 10 * (tick % 3),
+            memory_used_bytes=tick * 1024 * MIB,
+            power_w=100.0 + 10 * tick,
+            gpm={"gpm_sm_util_percent": 40.0},
+        )
+        for tick in range(TICKS)
+    ]
+    idle = [
+        GpuSample(
+            uuid=UUID_LOW_SLOT, time_s=10.0 * tick, utilization_percent=10, memory_used_bytes=512 * MIB, power_w=50.0
+        )
+        for tick in range(TICKS)
+    ]
     return {UUID_HIGH_SLOT: busy, UUID_LOW_SLOT: idle}
 
 
 def _specs(node_id: str, node_ip: str) -> list[WorkerSpec]:
     # Ray gave rank 0 the GPU in PCI slot 1 and rank 1 the one in slot 0: "1,0" under PCI_BUS_ID order
     env = {"CUDA_VISIBLE_DEVICES": "1,0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    return [WorkerSpec(world_rank=rank, local_rank=rank, node_rank=0, world_size=2, local_world_size=2,
-                       bundle_index=0, node_id=node_id, node_ip=node_ip, backend="nccl", torch_threads=1, env=env,
-                       cuda_device=rank, pid=pid) for rank, pid in enumerate([os.getpid(), os.getppid()])]
+    return [
+        WorkerSpec(
+            world_rank=rank,
+            local_rank=rank,
+            node_rank=0,
+            world_size=2,
+            local_world_size=2,
+            bundle_index=0,
+            node_id=node_id,
+            node_ip=node_ip,
+            backend="nccl",
+            torch_threads=1,
+            env=env,
+            cuda_device=rank,
+            pid=pid,
+        )
+        for rank, pid in enumerate([os.getpid(), os.getppid()])
+    ]
 
 
 def _step(rank: int, step: int, reach_sync_s: float) -> StepReport:
-    return StepReport(world_rank=rank, step=step, total_steps=1000, epoch=0, step_time_s=0.5, steps_timed=10,
-                      reach_sync_s=reach_sync_s)
+    return StepReport(
+        world_rank=rank,
+        step=step,
+        total_steps=1000,
+        epoch=0,
+        step_time_s=0.5,
+        steps_timed=10,
+        reach_sync_s=reach_sync_s,
+    )
 
 
 def _history(client, run_id, name) -> list[float]:
@@ -70,17 +106,24 @@ def test_scripted_gpus_through_the_monitor_actor_into_mlflow_with_warnings_and_a
     sink = RunRecorder.create(tracking, {}, {})
     stream = io.StringIO()
     name = f"orchestrator-monitor-test-{uuid.uuid4().hex[:8]}"
-    monitor = JobMonitor(MonitorConfig(interval_s=0.1), sink, Console(stream, interactive=False), name,
-                         probe_factory=functools.partial(ScriptedProbe, DEVICES, _script()))
+    monitor = JobMonitor(
+        MonitorConfig(interval_s=0.1),
+        sink,
+        Console(stream, interactive=False),
+        name,
+        probe_factory=functools.partial(ScriptedProbe, DEVICES, _script()),
+    )
     monitor.group_started(_specs(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()))
     step = 0
     try:
+
         def pumped(count: int) -> bool:  # ranks report in step; the observer collects samples on reports
             nonlocal step
             step += 1
             monitor.report(step % 2, _step(step % 2, step, 0.1))
             gpu = monitor.recorder.gpus.get(("node0", 1))
             return gpu is not None and gpu.samples >= count
+
         wait_until(lambda: pumped(TICKS), 60, f"{TICKS} scripted samples to reach the driver")
         for reach_sync_s in [0.3] * 5 + [0.1] * 5:  # rank 1 becomes a straggler, then recovers
             step += 1
@@ -98,13 +141,25 @@ def test_scripted_gpus_through_the_monitor_actor_into_mlflow_with_warnings_and_a
     # gpu<i> is cuda:<i> of the ranks: "1,0" under PCI order makes gpu0 the GPU in the higher slot
     assert tags["monitor.node0.gpu0"] == f"{UUID_HIGH_SLOT} NVIDIA H100"
     assert tags["monitor.node0.gpu1"] == f"{UUID_LOW_SLOT} NVIDIA H100"
-    assert _history(client, run_id, "system/node0/gpu0/utilization_percent") == [80 + 10 * (t % 3) for t in range(TICKS)]
+    assert _history(client, run_id, "system/node0/gpu0/utilization_percent") == [
+        80 + 10 * (t % 3) for t in range(TICKS)
+    ]
     assert _history(client, run_id, "system/node0/gpu1/power_w") == [50.0] * TICKS
     assert sorted(m for m in metrics if m.startswith("system/node0/gpu0/")) == sorted(
-        f"system/node0/gpu0/{m}" for m in ["utilization_percent", "memory_used_mib", "power_w", "gpm_sm_util_percent",
-                                           "utilization_percent_mean", "utilization_percent_peak",
-                                           "memory_used_mib_peak", "power_w_mean", "energy_wh",
-                                           "gpm_sm_util_percent_mean"])
+        f"system/node0/gpu0/{m}"
+        for m in [
+            "utilization_percent",
+            "memory_used_mib",
+            "power_w",
+            "gpm_sm_util_percent",
+            "utilization_percent_mean",
+            "utilization_percent_peak",
+            "memory_used_mib_peak",
+            "power_w_mean",
+            "energy_wh",
+            "gpm_sm_util_percent_mean",
+        ]
+    )
     assert metrics["system/node0/gpu0/energy_wh"] == pytest.approx((100 + 250) / 2 * 150 / 3600)
     assert metrics["system/node0/gpu1/energy_wh"] == pytest.approx(50 * 150 / 3600)
     assert metrics["system/node0/gpu0/utilization_percent_mean"] == pytest.approx((6 * 80 + 5 * 90 + 5 * 100) / 16)
@@ -134,8 +189,9 @@ def test_a_probe_that_fails_on_its_node_drops_that_monitor_with_a_warning_not_th
     stream = io.StringIO()
     name = f"orchestrator-monitor-test-{uuid.uuid4().hex[:8]}"
     broken = functools.partial(operator.truediv, 1, 0)  # raises ZeroDivisionError on the node
-    monitor = JobMonitor(MonitorConfig(interval_s=0.1), InMemorySink(), Console(stream, interactive=False), name,
-                         probe_factory=broken)
+    monitor = JobMonitor(
+        MonitorConfig(interval_s=0.1), InMemorySink(), Console(stream, interactive=False), name, probe_factory=broken
+    )
     monitor.group_started(_specs(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()))
     try:
         wait_until(lambda: monitor.report(0, _step(0, 1, 0.1)) or not monitor.actors, 60, "the monitor's start to fail")
@@ -143,7 +199,8 @@ def test_a_probe_that_fails_on_its_node_drops_that_monitor_with_a_warning_not_th
         monitor.job_ended(JobOutcome(status="FINISHED"))
     assert monitor.failure is None
     assert stream.getvalue().splitlines() == [
-        "warning: node0 is no longer monitored: its monitor failed: ZeroDivisionError: division by zero"]
+        "warning: node0 is no longer monitored: its monitor failed: ZeroDivisionError: division by zero"
+    ]
     wait_until(lambda: not [a for a in live_actors() if (a.name or "").startswith(name)], 15, "the monitor to die")
 
 
@@ -155,8 +212,10 @@ def test_a_restarted_group_keeps_the_monitors_of_its_nodes_and_stops_those_of_no
     name = f"orchestrator-monitor-test-{uuid.uuid4().hex[:8]}"
     sink = InMemorySink()
     monitor = JobMonitor(MonitorConfig(interval_s=0.1), sink, Console(io.StringIO(), interactive=False), name)
-    cpu_specs = [dataclasses.replace(spec, env={}, cuda_device=None)
-                 for spec in _specs(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())]
+    cpu_specs = [
+        dataclasses.replace(spec, env={}, cuda_device=None)
+        for spec in _specs(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
+    ]
     step = 0
 
     def samples_of(node: str, count: int) -> bool:
@@ -185,8 +244,13 @@ def test_a_restarted_group_keeps_the_monitors_of_its_nodes_and_stops_those_of_no
 def test_a_cpu_job_logs_node_and_worker_memory_and_its_monitor_goes_with_it(ray_cluster, tmp_path):
     from mlflow import MlflowClient
 
-    overrides = ["model=mlp", "data=synthetic", "trainer.max_steps=100", "monitor.interval_s=0.5",
-                 "tracking.log_model=false"]
+    overrides = [
+        "model=mlp",
+        "data=synthetic",
+        "trainer.max_steps=100",
+        "monitor.interval_s=0.5",
+        "tracking.log_model=false",
+    ]
     job = compose_job(overrides, tmp_path)
     stream = io.StringIO()
     summary = run_job(job, Console(stream, interactive=False), overrides)
@@ -205,17 +269,27 @@ def test_a_cpu_job_logs_node_and_worker_memory_and_its_monitor_goes_with_it(ray_
 def test_monitor_enabled_false_runs_no_observer(tmp_path):
     job = compose_job(["model=mlp", "monitor.enabled=false"], tmp_path)
     assert job_observers(job, sink=None, console=None, job_name="x") == []
-    assert [type(o).__name__ for o in job_observers(compose_job(["model=mlp"], tmp_path), None, None, "x")] == \
-        ["JobMonitor"]
+    assert [type(o).__name__ for o in job_observers(compose_job(["model=mlp"], tmp_path), None, None, "x")] == [
+        "JobMonitor"
+    ]
 
 
 @pytest.mark.gpu
 def test_a_gpu_job_logs_utilization_memory_power_and_energy(ray_cluster, tmp_path):
     from mlflow import MlflowClient
 
-    overrides = ["model=cnn", "data=synthetic", "data.input_shape=[3,64,64]", "data.num_samples=16384",
-                 "data.batch_size=256", "trainer.max_steps=400", "scaling.num_workers=1", "scaling.gpus_per_worker=1",
-                 "monitor.interval_s=0.5", "tracking.log_model=false"]
+    overrides = [
+        "model=cnn",
+        "data=synthetic",
+        "data.input_shape=[3,64,64]",
+        "data.num_samples=16384",
+        "data.batch_size=256",
+        "trainer.max_steps=400",
+        "scaling.num_workers=1",
+        "scaling.gpus_per_worker=1",
+        "monitor.interval_s=0.5",
+        "tracking.log_model=false",
+    ]
     job = compose_job(overrides, tmp_path)
     summary = run_job(job, Console(io.StringIO(), interactive=False), overrides)
     assert summary.outcome.status == "FINISHED", summary.outcome.error
