@@ -63,7 +63,7 @@ mlflow: install
 
 # the manual in docs/ as a site in site/; strict: a broken link or anchor fails the build
 docs: install-dev
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs multirun site
