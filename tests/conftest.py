@@ -55,6 +55,19 @@ E2E_FOLDERS = ("k8s",)
 """Test folders whose tests run kustomize and validators as processes."""
 E2E_MODULES = ("test_mlflow_server.py",)
 """Test modules that start servers or CLIs of their own."""
+LONGEST_FIRST = (
+    "tests/launchers/jobs/test_restarts.py",
+    "tests/launchers/jobs/test_own_code.py",
+    "tests/worker/test_script_mode.py",
+    "tests/launchers/submission/test_job_submission.py",
+    "tests/launchers/test_multinode.py",
+    "tests/launchers/jobs/test_sweeps.py",
+    "tests/cli/test_commands.py",
+    "tests/tracking/test_tracking_server.py",
+    "tests/launchers/jobs/test_job_runner.py",
+)
+"""The modules that took longest in `make test` (2026-12-03, 2 cores), longest first; only their order
+depends on this list."""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -71,6 +84,16 @@ def pytest_collection_modifyitems(config, items):
             tiers.append(pytest.mark.e2e)
         for tier in tiers + ([pytest.mark.slow] if tiers else []):
             item.add_marker(tier)
+    # the longest modules first: two pytest workers take a module at a time, and a long module picked up
+    # last keeps one worker busy while the other idles; the short in-process modules fill the end
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+
+    def order(item) -> tuple[int, int]:
+        module = item.nodeid.split("::")[0]
+        rank = LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        return (module not in slow_modules, rank)
+
+    items.sort(key=order)
 
 
 def pytest_unconfigure(config):
