@@ -17,6 +17,9 @@ import psutil
 
 from orchestrator.config.schema import JobConfig
 
+if typing.TYPE_CHECKING:
+    from orchestrator.planning.rank_specs import WorkerSpec
+
 
 def compose_job(overrides: Sequence[str], base_dir: Path) -> JobConfig:
     """Compose conf/ with Hydra exactly as `orchestrator train` does, then load and validate it."""
@@ -58,6 +61,25 @@ def _replaced(node, path: list[str], value, value_type=None):
     hint = typing.get_type_hints(type(node))[path[0]]
     entry_type = typing.get_args(hint)[-1] if typing.get_origin(hint) is dict else None
     return dataclasses.replace(node, **{path[0]: _replaced(getattr(node, path[0]), path[1:], value, entry_type)})
+
+
+def worker_spec(rank: int = 0, world_size: int = 1, node_ip: str = "127.0.0.1", env=None) -> "WorkerSpec":
+    """One rank's spec on a single gloo node (the ranks of a test double, or a process group in-process)."""
+    from orchestrator.planning.rank_specs import WorkerSpec
+
+    return WorkerSpec(
+        world_rank=rank,
+        local_rank=rank,
+        node_rank=0,
+        world_size=world_size,
+        local_world_size=world_size,
+        bundle_index=rank,
+        node_id="n0",
+        node_ip=node_ip,
+        backend="gloo",
+        torch_threads=1,
+        env=dict(env or {}),
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -32,22 +32,11 @@ from orchestrator.lifecycle.states import Done, Restarting, Running, Stopping
 from orchestrator.lifecycle.worker_group import RankExited, RankLost, RankReport
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.tracking.metrics_sink import InMemorySink
+from tests.helpers import worker_spec
 
 
 def _spec(rank: int) -> WorkerSpec:
-    return WorkerSpec(
-        world_rank=rank,
-        local_rank=rank,
-        node_rank=0,
-        world_size=2,
-        local_world_size=2,
-        bundle_index=rank,
-        node_id="n0",
-        node_ip="10.0.0.1",
-        backend="gloo",
-        torch_threads=1,
-        env={},
-    )
+    return worker_spec(rank, world_size=2, node_ip="10.0.0.1")
 
 
 class FakeGroup:

@@ -36,6 +36,7 @@ from orchestrator.lifecycle.states import (
 )
 from orchestrator.lifecycle.worker_group import RankExited, RankLost, RankReport
 from orchestrator.planning.rank_specs import WorkerSpec
+from tests.helpers import worker_spec
 
 RESTARTS = ControllerSettings(failure_policy=FailureConfig(max_restarts=2, hang_timeout_s=60))
 NO_RESTARTS = ControllerSettings()
@@ -49,19 +50,7 @@ GLOO_ERROR = ErrorReport(
 
 
 def _spec(rank: int) -> WorkerSpec:
-    return WorkerSpec(
-        world_rank=rank,
-        local_rank=rank,
-        node_rank=0,
-        world_size=2,
-        local_world_size=2,
-        bundle_index=rank,
-        node_id="n0",
-        node_ip="10.0.0.1",
-        backend="gloo",
-        torch_threads=1,
-        env={},
-    )
+    return worker_spec(rank, world_size=2, node_ip="10.0.0.1")
 
 
 def _running(now: float = 0.0, history: History = History()) -> Running:

@@ -13,9 +13,9 @@ import torch
 import torch._dynamo  # noqa: F401
 from torch.nn.parallel import DistributedDataParallel
 
-from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.train.timing import SyncTimer
 from orchestrator.worker.ddp import process_group
+from tests.helpers import worker_spec
 
 FORWARD_S = 0.03
 AFTER_SYNC_S = 0.5
@@ -39,20 +39,7 @@ def _one_rank_group(monkeypatch):
         port = probe.getsockname()[1]
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(port))
-    spec = WorkerSpec(
-        world_rank=0,
-        local_rank=0,
-        node_rank=0,
-        world_size=1,
-        local_world_size=1,
-        bundle_index=0,
-        node_id="n",
-        node_ip="127.0.0.1",
-        backend="gloo",
-        torch_threads=1,
-        env={},
-    )
-    return process_group(spec, torch.device("cpu"), timeout_s=60)
+    return process_group(worker_spec(), torch.device("cpu"), timeout_s=60)
 
 
 def test_reach_sync_covers_every_micro_batch_before_the_all_reduce_and_nothing_after_it(monkeypatch):

@@ -10,26 +10,14 @@ from orchestrator.lifecycle.rank_reports import ErrorReport, LogReport, ResultRe
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.script import ScriptAttempt, exit_text, run_script, script_environment
 from orchestrator.worker.stop import StopSignal
-from tests.helpers import compose_job
+from tests.helpers import compose_job, worker_spec
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "contract_script.py"
 RAYS_DEBUGGER = "ray.util.rpdb.set_trace"
 
 
 def _spec(**env: str) -> WorkerSpec:
-    return WorkerSpec(
-        world_rank=0,
-        local_rank=0,
-        node_rank=0,
-        world_size=1,
-        local_world_size=1,
-        bundle_index=0,
-        node_id="n0",
-        node_ip="127.0.0.1",
-        backend="gloo",
-        torch_threads=1,
-        env={"RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_RESTART_COUNT": "0", **env},
-    )
+    return worker_spec(env={"RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_RESTART_COUNT": "0", **env})
 
 
 def test_the_scripts_environment_drops_rays_debugger_and_sets_nccl_error_handling_unless_the_user_did(tmp_path):
