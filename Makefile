@@ -39,10 +39,10 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/orchestrator train
 
-# two pytest workers (pytest-xdist), a module's tests on one worker (they share its fixtures): most tests
-# wait on processes (Ray, servers, restarts), so two sessions side by side use the 2 cores better
+# three pytest workers (pytest-xdist), a module's tests on one worker (they share its fixtures): most tests
+# wait on processes (Ray, servers, restarts), and with two workers the 2 cores were busy 40% of the time
 test: install-dev lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 # the in-process tier for quick iterations: no Ray cluster, no server, no CLI process (tests marked slow)
 test-fast: install-dev
