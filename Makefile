@@ -39,10 +39,11 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/orchestrator train
 
-# three pytest workers (pytest-xdist), a module's tests on one worker (they share its fixtures): most tests
-# wait on processes (Ray, servers, restarts), and with two workers the 2 cores were busy 40% of the time
+# two pytest workers (pytest-xdist), a module's tests on one worker (they share its fixtures): most tests
+# wait on processes (Ray, servers, restarts), so two sessions side by side use the 2 cores better (three
+# were no faster here: 24 min of pytest either way)
 test: install-dev lint
-	$(BIN)/python -m pytest -n 3 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # the in-process tier for quick iterations: no Ray cluster, no server, no CLI process (tests marked slow)
 test-fast: install-dev
