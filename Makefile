@@ -45,9 +45,10 @@ run: install
 test: install-dev lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-# the in-process tier for quick iterations: no Ray cluster, no server, no CLI process (tests marked slow)
+# the in-process tier for quick iterations: no Ray cluster, no server, no CLI process (tests marked slow);
+# two workers, as it grew past 3 minutes on one
 test-fast: install-dev
-	$(BIN)/python -m pytest -m "not gpu and not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not gpu and not slow"
 
 # the checks that keep the code as it is: ruff's lint and format (configured in pyproject.toml) and mypy
 lint: install-dev
