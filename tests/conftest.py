@@ -59,6 +59,7 @@ LONGEST_FIRST = (
     "tests/launchers/jobs/test_restarts.py",
     "tests/launchers/jobs/test_own_code.py",
     "tests/worker/test_script_mode.py",
+    "tests/train/test_sharding.py",
     "tests/launchers/submission/test_job_submission.py",
     "tests/launchers/test_multinode.py",
     "tests/launchers/jobs/test_sweeps.py",

@@ -160,13 +160,19 @@ def check_resume(job: JobConfig, target: ResumeTarget) -> None:
         identity_problems,
         model_data_identity,
     )
-    from orchestrator.train.checkpoint import saved_config
+    from orchestrator.train.checkpoint import is_sharded, saved_config
 
     resume = job.trainer.resume or ""
     problems = []
     saved = saved_config(target.checkpoint) if job.entrypoint == "builtin" else None
     if saved is not None:
         problems += identity_problems(resume, saved, model_data_identity(flat_params(job)))
+    if job.entrypoint == "builtin" and job.scaling.strategy == "fsdp" and not is_sharded(target.checkpoint):
+        problems.append(
+            f"trainer.resume={resume} is not valid with scaling.strategy=fsdp: {target.checkpoint} is a "
+            "single-file checkpoint from before sharded checkpoints, which FSDP cannot load; resume it with "
+            "scaling.strategy=ddp (its next checkpoints load into FSDP)"
+        )
     if job.tracking.enabled and target.run_id is not None and not is_branch(target):  # a branch opens a new run
         from orchestrator.tracking.run_recorder import RunRecorder
 

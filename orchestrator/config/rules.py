@@ -39,6 +39,8 @@ def validate(job: JobConfig) -> None:
     job.trainer.check(found)
     step_fn_rules(job, found)
     job.ddp.check(found)
+    job.fsdp.check(found)
+    strategy_rules(job, found)
     job.optim.check(found)
     job.data.check(found)
     model_rules(job, found)
@@ -83,6 +85,35 @@ def step_fn_rules(job: JobConfig, found: Problems) -> None:
             job.trainer.step_fn,
             "is for your own data set (data._target_); the built-in data sets use the built-in step",
         )
+
+
+def strategy_rules(job: JobConfig, found: Problems) -> None:
+    """scaling.strategy=fsdp is the built-in loop's, with bf16 (not fp16) mixed precision, and offloads to the
+    CPU only from GPUs."""
+    if job.scaling.strategy != "fsdp":
+        return
+    found.require(
+        job.entrypoint == "builtin",
+        "scaling.strategy",
+        "fsdp",
+        "applies to the built-in loop; a script (entrypoint=script) shards its own model with fully_shard: "
+        "leave scaling.strategy=ddp",
+    )
+    found.require(
+        job.trainer.amp != "fp16",
+        "trainer.amp",
+        "fp16",
+        "with scaling.strategy=fsdp mixed precision is bf16 parameters with fp32 gradient reduction "
+        "(FSDP2's MixedPrecisionPolicy): set trainer.amp=bf16 or none",
+    )
+    gpus = job.scaling.gpus_per_worker
+    found.require(
+        not job.fsdp.cpu_offload or (is_number(gpus) and gpus > 0),
+        "fsdp.cpu_offload",
+        "true",
+        "moves parameters between CPU and GPU memory: it needs GPU workers (scaling.gpus_per_worker >= 1); "
+        "CPU workers keep everything in CPU memory already",
+    )
 
 
 def model_rules(job: JobConfig, found: Problems) -> None:

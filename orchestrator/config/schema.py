@@ -35,6 +35,7 @@ RestartOnChoice = Literal["any", "infra_only"]
 DirectionChoice = Literal["maximize", "minimize"]
 EarlyStopChoice = Literal["none", "median"]
 CompileModeChoice = Literal["default", "reduce-overhead", "max-autotune"]
+StrategyChoice = Literal["ddp", "fsdp"]
 if TYPE_CHECKING:
     PlacementStrategy: TypeAlias = PlacementStrategyChoice
     Backend: TypeAlias = BackendChoice
@@ -47,9 +48,10 @@ if TYPE_CHECKING:
     Direction: TypeAlias = DirectionChoice
     EarlyStop: TypeAlias = EarlyStopChoice
     CompileMode: TypeAlias = CompileModeChoice
+    Strategy: TypeAlias = StrategyChoice
 else:
     PlacementStrategy = Backend = Amp = Optimizer = Schedule = str
-    ModelFormat = Entrypoint = RestartOn = Direction = EarlyStop = CompileMode = str
+    ModelFormat = Entrypoint = RestartOn = Direction = EarlyStop = CompileMode = Strategy = str
 
 PLACEMENT_STRATEGIES: tuple[str, ...] = get_args(PlacementStrategyChoice)
 BACKENDS: tuple[str, ...] = get_args(BackendChoice)
@@ -62,6 +64,7 @@ RESTART_ON: tuple[str, ...] = get_args(RestartOnChoice)
 SWEEP_DIRECTIONS: tuple[str, ...] = get_args(DirectionChoice)
 EARLY_STOP_RULES: tuple[str, ...] = get_args(EarlyStopChoice)
 COMPILE_MODES: tuple[str, ...] = get_args(CompileModeChoice)
+STRATEGIES: tuple[str, ...] = get_args(StrategyChoice)
 SWEEP_OBJECTIVES = ("eval/accuracy", "eval/loss", "train/loss", "train/samples_per_s")
 """Metrics the built-in loop reports that a sweep can optimize."""
 PER_NODE_STRATEGIES = ("PACK", "STRICT_SPREAD")
@@ -127,10 +130,14 @@ class ScalingConfig:
     """How long to wait for the placement group (lets an autoscaler add nodes) before failing."""
     rendezvous_timeout_s: float = 300.0
     """Process-group timeout: rendezvous and any collective that waits longer than this fails."""
+    strategy: Strategy = "ddp"
+    """How the built-in loop spreads the model: ddp (a full replica per rank) or fsdp (parameters, gradients
+    and optimizer state sharded across the ranks with FSDP2; see the `fsdp` section)."""
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found`."""
         found.at_least("scaling.num_workers", self.num_workers, 1)
+        found.choice("scaling.strategy", self.strategy, STRATEGIES)
         found.positive("scaling.cpus_per_worker", self.cpus_per_worker)
         gpus = self.gpus_per_worker
         gpus_ok = is_number(gpus) and gpus >= 0 and (gpus <= 1 or float(gpus).is_integer())
@@ -207,7 +214,7 @@ class TrainerConfig:
     eval_every_n_epochs: int = 1
     """Evaluate on the test split every this many epochs (and always at the end)."""
     resume: Optional[str] = None
-    """Continue a stopped or failed run into the same MLflow run: latest, a checkpoint file or run
+    """Continue a stopped or failed run into the same MLflow run: latest, a checkpoint (step_<N>) or run
     checkpoint directory, or an MLflow run id; null = start fresh."""
     compile: bool = False
     """Compile the model with torch.compile, inside DDP (on CPU this needs a C++ compiler; the first steps compile)."""
@@ -266,6 +273,34 @@ class DdpConfig:
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found`."""
         found.positive("ddp.bucket_cap_mb", self.bucket_cap_mb)
+
+
+_DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+@dataclass(frozen=True)
+class FsdpConfig:
+    """Options of FSDP2 (`torch.distributed.fsdp.fully_shard`), used with scaling.strategy=fsdp."""
+
+    wrap: List[str] = field(default_factory=list)
+    """Module classes (dotted names, e.g. mypkg.model.Block) sharded as one unit each, then the root; empty =
+    each transformer block (gpt), each top-level child (mlp, cnn, and your own model)."""
+    reshard_after_forward: bool = True
+    """Free the gathered parameters after each unit's forward and gather them again for its backward: less
+    memory, one more all-gather per unit and step."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in CPU memory, moved to the GPU per unit
+    (GPU workers only)."""
+
+    def check(self, found: Problems) -> None:
+        """Report what is wrong with this section into `found`."""
+        bad = [name for name in self.wrap if not isinstance(name, str) or not _DOTTED_NAME.match(name)]
+        found.require(
+            not bad,
+            "fsdp.wrap",
+            show(list(self.wrap)),
+            f"names module classes as package.module.Class; not {show(bad)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -543,7 +578,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """Checkpoints written by rank 0."""
+    """Checkpoints: every rank writes its shards (Distributed Checkpoint) into one folder per checkpoint."""
 
     dir: str = "checkpoints"
     """Directory for checkpoints (one sub-folder per run); must be shared storage across nodes."""
@@ -553,6 +588,9 @@ class CheckpointConfig:
     """Complete checkpoints kept per run; older ones are deleted."""
     upload: bool = False
     """Also store each complete checkpoint in the run's MLflow artifacts (under checkpoints/)."""
+    async_save: bool = True
+    """Copy the state to CPU memory and write the shards in the background (training waits only for the
+    copy); false = training waits until the checkpoint is on disk."""
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found`."""
@@ -719,6 +757,7 @@ class JobConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ddp: DdpConfig = field(default_factory=DdpConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: Any = MISSING
     """The `model` group option: MlpConfig, CnnConfig, GptConfig or the user's own (TargetModelConfig)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from orchestrator.errors import ConfigError
-from orchestrator.train.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints
+from orchestrator.train.checkpoint import checkpoint_step, is_checkpoint, latest_checkpoint, list_checkpoints
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -26,11 +26,12 @@ class ResumeTarget:
 
 
 def resolve_resume(resume: str, checkpoint_root: Path) -> ResumeTarget:
-    """latest | a checkpoint file | a run's checkpoint directory | an MLflow run id -> ResumeTarget."""
+    """latest | a checkpoint (step_<N>/ or step_<N>.pt) | a run's checkpoint directory | an MLflow run id ->
+    ResumeTarget."""
     candidate = Path(resume).expanduser()
     if resume == "latest":
         checkpoint = _newest_anywhere(checkpoint_root)
-    elif candidate.is_file():
+    elif is_checkpoint(candidate):
         checkpoint = candidate.resolve()
     elif candidate.is_dir():
         checkpoint = latest_checkpoint(candidate.resolve())
@@ -42,7 +43,7 @@ def resolve_resume(resume: str, checkpoint_root: Path) -> ResumeTarget:
         raise ConfigError(
             [
                 f"trainer.resume={resume} is not valid: found no complete checkpoint for it under "
-                f"checkpoint.dir={checkpoint_root}; use latest, a checkpoint file, a run's checkpoint "
+                f"checkpoint.dir={checkpoint_root}; use latest, a checkpoint (step_<N>), a run's checkpoint "
                 f"directory or an MLflow run id"
             ]
         )

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from orchestrator import redaction as redact
@@ -180,7 +181,11 @@ class RunRecorder:
 
     def _upload(self, path: str) -> None:
         try:
-            self.guard.call(lambda: self.client.log_artifact(self.run_id, path, CHECKPOINT_ARTIFACT_DIR))
+            if Path(path).is_dir():  # a sharded checkpoint: its folder, under its own name
+                where = f"{CHECKPOINT_ARTIFACT_DIR}/{Path(path).name}"
+                self.guard.call(lambda: self.client.log_artifacts(self.run_id, path, where))
+            else:
+                self.guard.call(lambda: self.client.log_artifact(self.run_id, path, CHECKPOINT_ARTIFACT_DIR))
         except Exception as error:  # the run goes on; the checkpoint is still on disk
             self.notify(f"MLflow: checkpoint {path} was not uploaded: {type(error).__name__}: {error}")
 

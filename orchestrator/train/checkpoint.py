@@ -1,23 +1,35 @@
-"""The one place checkpoints are written and found.
+"""The one place checkpoints are found, and where a script's single-file checkpoints are written.
 
-A checkpoint is complete only once its atomic rename has happened: it is written to a hidden
-temporary name, flushed and fsynced, then renamed to `step_<N>.pt`, and the directory is fsynced.
-A crash mid-write leaves only a temporary file, which `latest_checkpoint` never picks.
+Two forms share one folder and one numbering:
+- `step_<N>/`, the built-in loop's: a Distributed Checkpoint folder that every rank wrote its shards into
+  (see sharded_checkpoint.py), with DCP's `.metadata`, the loop's `trainer.pt` and `orchestrator.json`;
+- `step_<N>.pt`, one file, what `orchestrator.save_checkpoint` writes for a script (and what the loop
+  wrote before sharded checkpoints).
+
+Either is complete only once its atomic rename has happened: it is written under a hidden temporary
+name (`.step_<N>...tmp`), flushed and fsynced, then renamed, and the folder is fsynced. A crash
+mid-write leaves only a temporary, which `latest_checkpoint` never picks.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import os
 import re
-import threading
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 # torch is imported where tensors are written or read, not here: the driver finds and names checkpoints
 # (resume, restarts) through this module, and importing torch would cost its start 2 s of one core
 
-_NAME = re.compile(r"^step_(\d{9})\.pt$")
+_NAME = re.compile(r"^step_(\d{9})(\.pt)?$")
+META_FILE = "orchestrator.json"
+"""In a sharded checkpoint folder: its step, world size and the model/data config, readable without torch."""
+TRAINER_STATE_FILE = "trainer.pt"
+"""In a sharded checkpoint folder: the loop's own state (step, data position, every rank's RNG, ...)."""
+DCP_METADATA_FILE = ".metadata"
+"""Distributed Checkpoint's index of every shard, written last by its coordinator."""
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -55,26 +67,58 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make renames and new names in `directory` durable."""
+    _fsync_directory(directory)
+
+
 def remove_temporaries(directory: Path) -> None:
-    """Delete half-written files left by a writer that died mid-write (only rank 0 writes here)."""
+    """Delete what writers that died mid-write left: `.step_*.tmp` files and folders. Only when no write of
+    this run is in flight (one writer per checkpoint folder: the folder lock, then rank 0 at an attempt's start)."""
     for path in directory.glob(".step_*.tmp"):
+        remove_checkpoint(path)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint (or temporary) of either form."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
         path.unlink(missing_ok=True)
 
 
+def is_sharded(path: Path) -> bool:
+    """Whether `path` is a sharded (folder) checkpoint rather than a single file."""
+    return not path.name.endswith(".pt")
+
+
 def checkpoint_step(path: Path) -> int:
-    """The global step a checkpoint file holds, from its name."""
+    """The global step a checkpoint holds, from its name."""
     matched = _NAME.match(path.name)
     if matched is None:
-        raise ValueError(f"{path} is not a checkpoint file (step_<N>.pt)")
+        raise ValueError(f"{path} is not a checkpoint (step_<N>/ or step_<N>.pt)")
     return int(matched.group(1))
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a complete checkpoint: a `step_<N>.pt` file, or a `step_<N>` folder DCP finished."""
+    matched = _NAME.match(path.name)
+    if matched is None:
+        return False
+    return path.is_file() if matched.group(2) else (path / DCP_METADATA_FILE).is_file()
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoints in `directory`, oldest first."""
+    """Complete checkpoints in `directory`, oldest first (a step saved in both forms counts once, as its folder)."""
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), path) for path in directory.iterdir() if (m := _NAME.match(path.name))]
-    return [path for _, path in sorted(found)]
+    found: dict[int, Path] = {}
+    for path in directory.iterdir():
+        if is_checkpoint(path):  # a folder without DCP's index is not finished (a copy under way, say)
+            step = checkpoint_step(path)
+            if step not in found or is_sharded(path):
+                found[step] = path
+    return [found[step] for step in sorted(found)]
 
 
 def latest_checkpoint(directory: Path) -> Optional[Path]:
@@ -86,19 +130,47 @@ def latest_checkpoint(directory: Path) -> Optional[Path]:
 def prune_checkpoints(directory: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` complete checkpoints."""
     for path in list_checkpoints(directory)[:-keep_last]:
-        path.unlink(missing_ok=True)
+        remove_checkpoint(path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU (the caller moves tensors where they belong)."""
+    """Read a checkpoint whole onto the CPU, in this one process (the caller moves tensors where they belong).
+
+    A sharded checkpoint comes back as one dict: "model" (the full weights, as the model's state_dict names
+    them), "optimizer" (its state by parameter name) and the loop's own state (step, epoch, rng, ...).
+    """
     import torch
+
+    if is_sharded(path):
+        return _load_sharded_whole(path)
 
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _load_sharded_whole(path: Path) -> dict[str, Any]:
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    # DCP's own converter reassembles every shard without a process group; it writes a file, which goes to
+    # a temporary folder of its own, never into the checkpoint
+    with tempfile.TemporaryDirectory(prefix="orchestrator-checkpoint-") as scratch:
+        whole = Path(scratch) / "whole.pt"
+        dcp_to_torch_save(path, whole)
+        state = torch.load(whole, map_location="cpu", weights_only=False)
+    loop_state = torch.load(path / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+    return {**(loop_state or {}), **state}
+
+
 def saved_config(path: Path) -> Optional[dict[str, str]]:
     """The model and data config a checkpoint of the built-in loop was trained with (None for a script's own,
-    or one written before checkpoints carried it). Memory-mapped: the tensors are not read."""
+    or one written before checkpoints carried it). A folder's comes from its JSON; a file is memory-mapped, so
+    its tensors are not read."""
+    if is_sharded(path):
+        meta = read_meta(path)
+        config = meta.get("config")
+        return {str(key): str(value) for key, value in config.items()} if isinstance(config, dict) else None
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
@@ -106,55 +178,10 @@ def saved_config(path: Path) -> Optional[dict[str, str]]:
     return dict(config) if isinstance(config, dict) else None
 
 
-def snapshot(value: Any) -> Any:
-    """A copy of `value` whose tensors are detached CPU copies: safe to write while training goes on."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: snapshot(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(snapshot(item) for item in value)
-    return copy.deepcopy(value)
-
-
-class CheckpointWriter:
-    """Writes checkpoints on a background thread: rank 0 pays only for the in-memory copy.
-
-    One write at a time: a new checkpoint first waits for the previous write, and `close()` waits for
-    the last one, so the training loop never outruns the disk by more than one checkpoint.
-    """
-
-    def __init__(self, directory: Path, keep_last: int, on_complete: Callable[[int, Path], None]):
-        self.directory = directory
-        self.keep_last = keep_last
-        self.on_complete = on_complete
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
-
-    def submit(self, state: Mapping[str, Any], step: int) -> None:
-        """Write `state` (already a snapshot) as the checkpoint of `step`, in the background."""
-        self.wait()
-        self._thread = threading.Thread(
-            target=self._write, args=(state, step), daemon=True, name="orchestrator-checkpoint-writer"
-        )
-        self._thread.start()
-
-    def _write(self, state: Mapping[str, Any], step: int) -> None:
-        try:
-            path = save_checkpoint(state, self.directory, step, self.keep_last)
-            self.on_complete(step, path)
-        except BaseException as error:  # surfaced to the training loop by wait()
-            self._error = error
-
-    def wait(self) -> None:
-        """Block until the write in flight (if any) is complete; re-raise its error."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    close = wait
+def read_meta(path: Path) -> dict[str, Any]:
+    """A sharded checkpoint's `orchestrator.json` ({} when it has none)."""
+    meta = path / META_FILE
+    if not meta.is_file():
+        return {}
+    loaded = json.loads(meta.read_text())
+    return loaded if isinstance(loaded, dict) else {}

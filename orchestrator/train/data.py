@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from torch.utils.data import DistributedSampler
 
 from orchestrator.config.schema import DataConfig, SyntheticConfig, TokensConfig, data_num_classes
 
@@ -91,31 +90,60 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class RankShare:
-    """This rank's share of a data set of `num_items` in DistributedSampler's seeded order, counted in
-    micro-batches and optimizer steps (the same counts on every rank)."""
+    """This rank's share of a data set of `num_items`, counted in micro-batches and optimizer steps (the same
+    counts on every rank), from any global position in an epoch.
+
+    An epoch's order is DistributedSampler's (seed + epoch, shuffled, padded with its own start to a multiple
+    of the world size, dealt round robin), so from position 0 the indices are exactly the sampler's. Global
+    step i of world size W covers the order's samples [i*W*B, (i+1)*W*B) (B = batch_size x accum_steps), so a
+    position in samples means the same under any world size: a checkpoint of W ranks continues on W' ranks
+    with every sample of the epoch seen once.
+    """
 
     def __init__(self, num_items: int, world_size: int, world_rank: int, batch_size: int, accum_steps: int, seed: int):
+        self.num_items = num_items
+        self.world_size = world_size
+        self.world_rank = world_rank
         self.batch_size = batch_size
         self.accum_steps = accum_steps
-        # the sampler only needs the length: a range keeps it from touching the data
-        self.sampler: DistributedSampler = DistributedSampler(
-            range(num_items),  # type: ignore[arg-type]  # a Sequence: the sampler only takes its length
-            num_replicas=world_size,
-            rank=world_rank,
-            shuffle=True,
-            seed=seed,
-            drop_last=False,
-        )
+        self.seed = seed
+
+    @property
+    def global_step_samples(self) -> int:
+        """Samples one optimizer step takes from the epoch's order, over all ranks."""
+        return self.world_size * self.batch_size * self.accum_steps
+
+    def epoch_indices(self, epoch: int, start: int = 0) -> list[int]:
+        """This rank's indices of epoch `epoch` from global position `start` (samples already taken)."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.num_items, generator=generator).tolist()
+        rest = order[start:]
+        padding = -len(rest) % self.world_size
+        rest += (order * -(-padding // max(len(order), 1)))[:padding]
+        return rest[self.world_rank :: self.world_size]
+
+    def steps_from(self, start: int) -> int:
+        """Optimizer steps left in an epoch at global position `start` (the last may be short)."""
+        per_rank = -(-max(self.num_items - start, 0) // self.world_size)
+        micro_batches = -(-per_rank // self.batch_size)
+        return -(-micro_batches // self.accum_steps)
 
     @property
     def micro_batches_per_epoch(self) -> int:
         """Micro-batches this rank runs per epoch (the same on every rank)."""
-        return -(-self.sampler.num_samples // self.batch_size)
+        per_rank = -(-self.num_items // self.world_size)
+        return -(-per_rank // self.batch_size)
 
     @property
     def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch (the last may accumulate fewer micro-batches)."""
-        return -(-self.micro_batches_per_epoch // self.accum_steps)
+        """Optimizer steps per whole epoch (the last may accumulate fewer micro-batches)."""
+        return self.steps_from(0)
+
+    def position_after(self, start: int, steps: int) -> int:
+        """The global position after `steps` optimizer steps from `start` (past the data's end once the epoch
+        is done: padding counts)."""
+        per_rank = -(-max(self.num_items - start, 0) // self.world_size)
+        return start + self.world_size * min(steps * self.batch_size * self.accum_steps, per_rank)
 
 
 class ShardedBatches(RankShare):
@@ -142,13 +170,12 @@ class ShardedBatches(RankShare):
         self.inputs = inputs
         self.labels = labels
 
-    def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Yield one list of (inputs, labels) micro-batches per optimizer step, after `skip_steps`."""
-        self.sampler.set_epoch(epoch)
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Yield one list of (inputs, labels) micro-batches per optimizer step, from global position `start`."""
         # the epoch's order goes to the device once: indexing a GPU tensor with CPU indices would copy them
         # (from pageable memory, synchronously) on every micro-batch
-        indices = to_device(torch.tensor(list(iter(self.sampler)), dtype=torch.long), self.inputs.device)
+        indices = to_device(torch.tensor(self.epoch_indices(epoch, start), dtype=torch.long), self.inputs.device)
         step_samples = self.batch_size * self.accum_steps
-        for start in range(skip_steps * step_samples, len(indices), step_samples):
+        for start in range(0, len(indices), step_samples):
             chunk = indices[start : start + step_samples]
             yield [(self.inputs[part], self.labels[part]) for part in torch.split(chunk, self.batch_size)]

@@ -23,18 +23,24 @@ def evaluate(
     world_size: int,
     batch_size: int,
     amp: str,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Loss and accuracy over every test sample exactly once (rank r takes samples r, r+W, ...); per token for gpt.
 
     DistributedSampler would pad the split with repeated samples to even out the shards, which makes
-    the reported accuracy slightly wrong; summing exact counts over ranks keeps it true.
+    the reported accuracy slightly wrong; summing exact counts over ranks keeps it true. With `lockstep`
+    (FSDP, whose forwards are collectives) a rank with fewer batches runs uncounted forwards to match.
     """
     was_training = module.training
     module.eval()
     device = inputs.device
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     shard = torch.arange(world_rank, len(labels), world_size, device=device)
-    for part in torch.split(shard, batch_size):
+    parts = torch.split(shard, batch_size)
+    for _ in range(lockstep_padding(len(parts), len(labels), world_size, batch_size) if lockstep else 0):
+        with autocast(device, amp):
+            module(inputs[:1])
+    for part in parts:
         with autocast(device, amp):
             logits = module(inputs[part])
         target = labels[part]
@@ -46,3 +52,9 @@ def evaluate(
     module.train(was_training)
     loss_sum, correct, count = totals.tolist()
     return {"eval/loss": loss_sum / count, "eval/accuracy": correct / count}
+
+
+def lockstep_padding(batches: int, num_items: int, world_size: int, batch_size: int) -> int:
+    """Forwards a rank with `batches` evaluation batches adds to run as many as the rank with the most."""
+    most = -(-(-(-num_items // world_size)) // batch_size)
+    return most - batches

@@ -1,9 +1,9 @@
 """The user's data sets through a real DataLoader: each rank's share, resumable at any optimizer step.
 
 The order is DistributedSampler's seeded permutation, as for the in-memory sets: the union of the
-ranks' i-th batches is the i-th global batch whatever the world size. A resumed epoch starts its
-sampler at the checkpoint's step, so the samples before it are not even loaded, and the position
-needs nothing in the checkpoint beyond (epoch, steps_in_epoch).
+ranks' i-th batches is the i-th global batch whatever the world size. A resumed epoch starts at the
+checkpoint's global position (samples taken in the epoch), so the samples before it are not even
+loaded, and a different world size continues from the same sample.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from orchestrator.train.data import RankShare
+from orchestrator.train.evaluate import lockstep_padding
 from orchestrator.train.precision import autocast
 from orchestrator.train.step import Step, scalar_metrics
 
@@ -92,14 +93,13 @@ class LoaderBatches(RankShare):
         so to its persistent iterator, whose finalizer stops the workers) goes here."""
         self.loader = None
 
-    def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[list[Any]]:
-        """Yield one list of micro-batches per optimizer step, after `skip_steps`.
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[Any]]:
+        """Yield one list of micro-batches per optimizer step, from global position `start`.
 
         A micro-batch is what the loader collated: [inputs, targets] for (inputs, targets) items, else
         whatever shape the items have (dicts, ...), for trainer.step_fn.
         """
-        self.sampler.set_epoch(epoch)
-        self.indices.indices = list(iter(self.sampler))[skip_steps * self.batch_size * self.accum_steps :]
+        self.indices.indices = self.epoch_indices(epoch, start)
         step: list[Any] = []
         if self.loader is None:
             raise RuntimeError("LoaderBatches.epoch after close()")
@@ -122,14 +122,23 @@ def evaluate_dataset(
     batch_size: int,
     amp: str,
     device: torch.device,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """eval/loss over every sample exactly once (rank r takes samples r, r+W, ...), plus eval/accuracy when the
-    outputs are class logits for integer targets, or eval/<key> for each metric trainer.step_fn returns."""
+    outputs are class logits for integer targets, or eval/<key> for each metric trainer.step_fn returns. With
+    `lockstep` (FSDP) a rank with fewer batches runs uncounted steps on the first sample to match the others."""
     was_training = module.training
     module.eval()
     sums: dict[str, torch.Tensor] = {}  # per key: [sum of value x samples, samples]
     shard = Subset(dataset, range(world_rank, len(dataset), world_size))
-    for batch in DataLoader(shard, batch_size=batch_size, pin_memory=device.type == "cuda"):
+    loader = DataLoader(shard, batch_size=batch_size, pin_memory=device.type == "cuda")
+    if lockstep and len(dataset):
+        from torch.utils.data import default_collate
+
+        for _ in range(lockstep_padding(len(loader), len(dataset), world_size, batch_size)):
+            with autocast(device, amp):
+                step.evaluate(module, to_device(default_collate([dataset[0]]), device))
+    for batch in loader:
         batch = to_device(batch, device)
         with autocast(device, amp):
             loss, metrics = step.evaluate(module, batch)

@@ -1,4 +1,4 @@
-"""The built-in DDP training loop of one rank.
+"""The built-in training loop of one rank (DDP or FSDP).
 
 Nothing here waits on the driver: reports go out through `emit`, which only enqueues. The ranks
 agree on stopping early through the same all_reduce that averages the logged loss, so a stop
@@ -7,7 +7,6 @@ request costs no extra collective and every rank stops at the same step.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -15,7 +14,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union, cast
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -23,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from orchestrator.config.export import flat_params
 from orchestrator.config.schema import (
-    DdpConfig,
     GptConfig,
     JobConfig,
     TargetDataConfig,
@@ -39,16 +37,24 @@ from orchestrator.lifecycle.rank_reports import (
 )
 from orchestrator.lifecycle.resume import model_data_identity
 from orchestrator.planning.rank_specs import WorkerSpec
-from orchestrator.train.checkpoint import CheckpointWriter, load_checkpoint, snapshot
+from orchestrator.train.checkpoint import is_sharded, load_checkpoint
 from orchestrator.train.components import build_loss, build_target_data, build_target_model, training_flops_per_sample
-from orchestrator.train.data import Dataset, ShardedBatches, load_dataset, to_device
+from orchestrator.train.data import Dataset, RankShare, ShardedBatches, load_dataset, to_device
 from orchestrator.train.evaluate import evaluate
 from orchestrator.train.flops import training_flops_per_token
 from orchestrator.train.loader import LoaderBatches, batch_size_of, evaluate_dataset, first_inputs
+from orchestrator.train.memory import PER_RANK_LIMIT, memory_metrics, model_state_bytes, peak_bytes
 from orchestrator.train.models import build_model
 from orchestrator.train.optim import build_optimizer, build_scheduler
+from orchestrator.train.parallel import Parallel, broadcast_from_rank0, wrap
 from orchestrator.train.precision import autocast, grad_scaler, set_tf32
 from orchestrator.train.rng import capture_rng, restore_rng, seed_everything
+from orchestrator.train.sharded_checkpoint import (
+    ShardedCheckpointer,
+    load_model_and_optimizer,
+    model_and_optimizer_state,
+    read_trainer_state,
+)
 from orchestrator.train.step import Step, build_step, scalar_metrics
 from orchestrator.train.timing import SyncTimer
 
@@ -71,7 +77,8 @@ class WorkerCache:
     """Measured once per process for the user's model (rank 0 reports it)."""
     module: Optional[torch.nn.Module] = None
     wrapper: Optional[weakref.ref[DistributedDataParallel]] = None
-    """The DDP wrapper of the previous attempt: the module is only reused once that wrapper is gone."""
+    """The DDP wrapper of the previous attempt: the module is only reused once that wrapper is gone (an FSDP
+    module is never cached: sharding rebuilt it in place for that attempt's group)."""
 
     def reusable_module(self) -> Optional[torch.nn.Module]:
         """The cached module, cleaned for a new attempt, or None if it cannot be proven clean.
@@ -113,25 +120,47 @@ class TrainContext:
     """Seconds already spent by the worker in this attempt (process_group), extended by the loop."""
 
 
-def total_steps(trainer: TrainerConfig, steps_per_epoch: int) -> int:
-    """Optimizer steps the job runs: max_steps when set, else max_epochs whole epochs."""
-    return trainer.max_steps if trainer.max_steps is not None else trainer.max_epochs * steps_per_epoch
+def total_steps(trainer: TrainerConfig, batches: RankShare, resumed: Optional[Mapping[str, Any]] = None) -> int:
+    """Optimizer steps the job runs: max_steps when set, else to the end of max_epochs epochs, counted from
+    where `resumed` (a checkpoint's loop state) stopped, in this world's steps."""
+    if trainer.max_steps is not None:
+        return trainer.max_steps
+    if resumed is None:
+        return trainer.max_epochs * batches.steps_per_epoch
+    epoch = resumed["epoch"]
+    rest_of_epoch = batches.steps_from(epoch_position(resumed, batches))
+    return resumed["step"] + rest_of_epoch + (trainer.max_epochs - epoch - 1) * batches.steps_per_epoch
+
+
+def epoch_position(state: Mapping[str, Any], batches: RankShare) -> int:
+    """A checkpoint's global position in its epoch, in samples (older checkpoints counted steps of the same
+    world size and batch)."""
+    if "samples_in_epoch" in state:
+        return int(state["samples_in_epoch"])
+    world_size = int(state.get("world_size", batches.world_size))
+    return int(state["steps_in_epoch"]) * world_size * batches.batch_size * batches.accum_steps
 
 
 def train(job: JobConfig, ctx: TrainContext) -> ResultReport:
     """Train this rank to the configured end, or to a stop all ranks agreed on."""
     trainer = build_trainer(job, ctx)
+    failed = True
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        failed = False
+        return result
     finally:
-        trainer.writer.close()
-        if isinstance(trainer.batches, LoaderBatches):
-            trainer.batches.close()
+        try:
+            trainer.checkpointer.close(quiet=failed)  # on a failure, its error must not hide the first one
+        finally:
+            if isinstance(trainer.batches, LoaderBatches):
+                trainer.batches.close()
 
 
 def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
-    """Data, model (identical on every rank), DDP wrapper, optimizer, schedule, scaler; resumed if asked."""
+    """Data, model (identical on every rank), DDP or FSDP, optimizer, schedule, scaler; resumed if asked."""
     started = time.perf_counter()
+    resumed = _resumed_loop_state(ctx.resume_from)
     spec, seed = ctx.spec, job.trainer.seed
     set_tf32(ctx.device, job.trainer.tf32)
     seed_everything(seed)
@@ -161,29 +190,32 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
             job.trainer.grad_accum_steps,
             seed,
         )
-    model = wrap_ddp(compiled(module, job.trainer), ctx.device, job.ddp)
-    ctx.cache.wrapper = weakref.ref(model)
+    parallel = wrap(module, job, ctx.device, spec.world_size)
+    if parallel.ddp is not None:
+        ctx.cache.wrapper = weakref.ref(parallel.ddp)
+    else:
+        ctx.cache.module = None
     optimizer = build_optimizer(job.optim, module.parameters())
-    steps = total_steps(job.trainer, batches.steps_per_epoch)
+    steps = total_steps(job.trainer, batches, resumed)
     trainer = Trainer(
         job,
         ctx,
         dataset,
         batches,
-        model,
-        module,
+        parallel,
         optimizer,
         build_scheduler(job.optim, optimizer, steps),
         grad_scaler(ctx.device, job.trainer.amp),
         steps,
         step,
     )
-    trainer.sync_timer.attach(model)  # each rank's time to reach gradient sync: the straggler signal
+    if parallel.ddp is not None:  # each rank's time to reach gradient sync: the straggler signal
+        trainer.sync_timer.attach(parallel.ddp)
     ctx.timings["build"] = time.perf_counter() - started
-    if ctx.resume_from is not None:
+    if ctx.resume_from is not None and resumed is not None:
         loaded = time.perf_counter()
         try:
-            trainer.restore(load_checkpoint(ctx.resume_from))
+            trainer.load(ctx.resume_from, resumed)
         except Exception as error:  # the same file fails the same way on every restart: say so, never retry
             from orchestrator.errors import CheckpointLoadError
 
@@ -194,30 +226,18 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
     return trainer
 
 
-def wrap_ddp(module: torch.nn.Module, device: torch.device, ddp: DdpConfig) -> DistributedDataParallel:
-    """The DDP wrapper with the `ddp` config's bucket size, bucket views, static graph and unused-parameter search."""
-    return DistributedDataParallel(
-        module,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        bucket_cap_mb=ddp.bucket_cap_mb,
-        gradient_as_bucket_view=ddp.gradient_as_bucket_view,
-        static_graph=ddp.static_graph,
-        find_unused_parameters=ddp.find_unused_parameters,
-    )
+def _resumed_loop_state(path: Optional[Path]) -> Optional[dict[str, Any]]:
+    """The loop's state in the checkpoint to resume from (read before the schedule, which depends on it)."""
+    if path is None:
+        return None
+    try:
+        return read_trainer_state(path) if is_sharded(path) else load_checkpoint(path)
+    except Exception as error:
+        from orchestrator.errors import CheckpointLoadError
 
-
-def compiled(module: torch.nn.Module, trainer: TrainerConfig) -> torch.nn.Module:
-    """`module` under torch.compile when trainer.compile (the parameters stay the module's own), else `module`.
-
-    DDP wraps the compiled module, not the other way round: compiling the DDP wrapper (which would let
-    TorchDynamo split the graph at bucket boundaries) compiles nothing for modules whose forward is
-    torch.nn's own, such as nn.Sequential (torch 2.13 skips those frames inside DDP's forward). The
-    price: a compiled backward hands DDP all gradients at its end, so all-reduces do not overlap it.
-    """
-    if not trainer.compile:
-        return module
-    # torch.compile of a Module returns an OptimizedModule (a Module); its stubs say only a callable
-    return cast(torch.nn.Module, torch.compile(module, mode=trainer.compile_mode))
+        raise CheckpointLoadError(
+            f"checkpoint {path} does not load into this job: {type(error).__name__}: {error}"
+        ) from error
 
 
 def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Union[Dataset, UserData], torch.nn.Module]:
@@ -232,7 +252,8 @@ def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Union[Dataset, U
             dataset = _on_device(load_dataset(job.data, job.trainer.seed), ctx.device)
         cache.dataset = dataset
     # a fresh start builds a fresh model (its init must match a new process); a resume overwrites it
-    module = cache.reusable_module() if ctx.resume_from is not None else None
+    reusable = ctx.resume_from is not None and job.scaling.strategy == "ddp"
+    module = cache.reusable_module() if reusable else None
     if module is None:
         if isinstance(job.model, TargetModelConfig):
             module = build_target_model(job.model).to(ctx.device)
@@ -323,8 +344,7 @@ class Trainer:
         ctx: TrainContext,
         dataset: Union[Dataset, UserData],
         batches: Union[LoaderBatches, ShardedBatches],
-        model: DistributedDataParallel,
-        module: torch.nn.Module,
+        parallel: Parallel,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LambdaLR,
         scaler: torch.amp.GradScaler,
@@ -332,11 +352,18 @@ class Trainer:
         step: Step,
     ):
         self.job, self.ctx, self.dataset, self.batches = job, ctx, dataset, batches
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
-        self.module = module
-        """The plain model inside DDP (and torch.compile): its state_dict names are the checkpoint's and MLflow's."""
+        self.parallel, self.optimizer, self.scheduler, self.scaler = parallel, optimizer, scheduler, scaler
+        self.module = parallel.module
+        """The plain model inside DDP (and torch.compile), or the FSDP-sharded one: its parameter names are the
+        checkpoint's and MLflow's."""
+        # under FSDP bf16 is its MixedPrecisionPolicy's, not autocast's
+        self.autocast_amp = "none" if parallel.strategy == "fsdp" else job.trainer.amp
         self.total_steps = steps
-        self.step = self.epoch = self.steps_in_epoch = 0
+        self.step = self.epoch = 0
+        self.epoch_start = 0
+        """Global samples of this epoch taken before this pass over it (non-zero after a mid-epoch resume)."""
+        self.pass_steps = 0
+        """Optimizer steps since `epoch_start`."""
         self.resumed_step = 0
         self.window = _Window(ctx.device)
         self.last_heartbeat = time.monotonic()
@@ -346,13 +373,25 @@ class Trainer:
         self.metric_keys: Optional[list[str]] = None
         """The keys trainer.step_fn returned at its first step: every step must return the same (the ranks
         all-reduce them side by side)."""
-        self.writer = CheckpointWriter(ctx.checkpoint_dir, job.checkpoint.keep_last, self._checkpoint_done)
+        self.checkpointer = ShardedCheckpointer(
+            ctx.checkpoint_dir,
+            job.checkpoint.keep_last,
+            job.checkpoint.async_save,
+            ctx.spec.world_rank,
+            job.scaling.rendezvous_timeout_s,
+            self._checkpoint_done,
+        )
         self.sync_timer = SyncTimer(ctx.device)
+
+    @property
+    def samples_in_epoch(self) -> int:
+        """The global position in the current epoch: samples taken from its order by all ranks."""
+        return self.batches.position_after(self.epoch_start, self.pass_steps)
 
     def fit(self) -> ResultReport:
         """Run epochs until the last step; returns this rank's result."""
         while self.step < self.total_steps:
-            for micro_batches in self.batches.epoch(self.epoch, skip_steps=self.steps_in_epoch):
+            for micro_batches in self.batches.epoch(self.epoch, start=self.epoch_start):
                 self._optimizer_step(micro_batches)
                 if self.step == self.resumed_step + 1:
                     self._attempt_started()
@@ -360,20 +399,19 @@ class Trainer:
                     return self._finish(stopped=True)
                 if self.step >= self.total_steps:
                     break
-            if self.steps_in_epoch >= self.batches.steps_per_epoch:
+            if self.pass_steps >= self.batches.steps_from(self.epoch_start):
                 self._end_epoch()
         return self._finish(stopped=False)
 
     def _optimizer_step(self, micro_batches: list[Any]) -> None:
-        amp = self.job.trainer.amp
+        amp = self.autocast_amp
         self.sync_timer.step_started()
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
-            # gradients are all-reduced once per optimizer step, on its last micro-batch
-            sync = contextlib.nullcontext() if last else self.model.no_sync()
-            with sync:
+            # gradients are all-reduced (reduce-scattered under FSDP) once per optimizer step, on its last micro-batch
+            with self.parallel.gradient_sync(last):
                 with autocast(self.ctx.device, amp):
-                    loss, metrics = self.step_fn.train(self.model, batch)
+                    loss, metrics = self.step_fn.train(self.parallel.model, batch)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             self.window.loss_sum += loss.detach().double()
             self.window.samples += batch_size_of(batch)
@@ -385,7 +423,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        self.steps_in_epoch += 1
+        self.pass_steps += 1
         self.window.steps += 1
 
     def _step_metrics(self, metrics: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -435,18 +473,26 @@ class Trainer:
         vote = 1.0 if self.ctx.stop_requested() else 0.0
         values = [float(self.window.micro_batches), float(self.window.samples), vote]
         keys = self.metric_keys or []
+        spec = self.ctx.spec
         zero = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+        memory = [peak_bytes(self.ctx.device), model_state_bytes(self.module, self.optimizer)]
+        # every rank's memory rides in the same all-reduce: each fills its own slots of a zeroed vector
+        per_rank = torch.zeros(2 * spec.world_size if spec.world_size <= PER_RANK_LIMIT else 0, dtype=torch.float64)
+        per_rank[2 * spec.world_rank : 2 * spec.world_rank + 2] = torch.tensor(memory, dtype=torch.float64)
         totals = torch.cat(
             [
                 self.window.loss_sum.reshape(1),
                 torch.tensor(values, dtype=torch.float64, device=self.ctx.device),
                 torch.stack([self.window.metric_sums.get(key, zero) for key in keys] or [zero]),
+                per_rank.to(self.ctx.device),
             ]
         )
-        if self.ctx.spec.world_size > 1:
+        if spec.world_size > 1:
             dist.all_reduce(totals)
-        loss_sum, micro_batches, samples, votes, *metric_sums = totals.tolist()
+        loss_sum, micro_batches, samples, votes, *rest = totals.tolist()
+        metric_sums, memory_slots = rest[: max(len(keys), 1)], rest[max(len(keys), 1) :]
         own = {f"train/{key}": total / micro_batches for key, total in zip(keys, metric_sums)}
+        memory_report = self._memory_metrics(memory, memory_slots)
         # read only now: on a GPU the host queues steps ahead of the device, and tolist() waits for them, so
         # a clock read before it would leave the queued steps' time out of every window and overstate the rate
         ended = time.perf_counter()
@@ -465,12 +511,22 @@ class Trainer:
                         "train/lr": float(self.scheduler.get_last_lr()[0]),  # a float lr (typed as float or tensor)
                         "train/epoch": float(self.epoch),
                         **own,
+                        **memory_report,
                     },
                 )
             )
         self._heartbeat(elapsed)
         self.window.reset(started=ended)  # the report's own time belongs to the next window
         return votes > 0
+
+    def _memory_metrics(self, own: list[float], slots: list[float]) -> dict[str, float]:
+        if slots:
+            return memory_metrics(slots[0::2], slots[1::2])
+        # too many ranks for a metric each: the largest, in a reduction of its own (log steps only)
+        largest = torch.tensor(own, dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        peak, state = largest.tolist()
+        return memory_metrics([peak], [state], per_rank=False)
 
     def _heartbeat(self, elapsed: float) -> None:
         steps = max(self.window.steps, 1)
@@ -489,13 +545,15 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         self.epoch += 1
-        self.steps_in_epoch = 0
+        self.epoch_start = self.pass_steps = 0
         if self.epoch % self.job.trainer.eval_every_n_epochs == 0:
             self._evaluate()
         self._checkpoint()
 
     def _evaluate(self) -> None:
         spec = self.ctx.spec
+        # FSDP gathers parameters in every forward: each rank must run as many as the others
+        lockstep = self.parallel.strategy == "fsdp"
         if isinstance(self.dataset, UserData):
             if self.dataset.eval is None:
                 return
@@ -506,8 +564,9 @@ class Trainer:
                 spec.world_rank,
                 spec.world_size,
                 self.job.data.batch_size,
-                self.job.trainer.amp,
+                self.autocast_amp,
                 self.ctx.device,
+                lockstep=lockstep,
             )
         else:
             self.eval_metrics = evaluate(
@@ -517,17 +576,20 @@ class Trainer:
                 spec.world_rank,
                 spec.world_size,
                 self.job.data.batch_size,
-                self.job.trainer.amp,
+                self.autocast_amp,
+                lockstep=lockstep,
             )
         self.evaluated_at = self.step
         if spec.world_rank == 0:
             self.ctx.emit(MetricsReport(step=self.step, metrics=self.eval_metrics))
 
     def _checkpoint(self) -> None:
-        """Every rank hands over its RNG states; rank 0 snapshots everything and writes in the background."""
+        """Rank 0 gathers every rank's RNG states; every rank hands its part of the model and optimizer to DCP,
+        which writes in the background (checkpoint.async_save). Rank 0 reports how long the loop was held."""
         if self.checkpointed_at == self.step:
             return
         self.checkpointed_at = self.step
+        started = time.perf_counter()
         spec = self.ctx.spec
         # rank 0 gathers every rank's RNG states into its list; the other ranks only send theirs
         states: Optional[list[Optional[dict[str, Any]]]] = [None] * spec.world_size if spec.world_rank == 0 else None
@@ -535,35 +597,60 @@ class Trainer:
             dist.gather_object(capture_rng(), states, dst=0)
         elif states is not None:
             states[0] = capture_rng()
-        if states is not None:  # rank 0, which gathered every rank's states
-            self.writer.submit(self._state(states), self.step)
+        loop_state = self._loop_state(states) if states is not None else None
+        meta = self._meta() if spec.world_rank == 0 else {}
+        self.checkpointer.save(self.step, model_and_optimizer_state(self.module, self.optimizer), loop_state, meta)
+        if spec.world_rank == 0:
+            blocked = time.perf_counter() - started
+            self.ctx.emit(MetricsReport(step=self.step, metrics={"checkpoint/blocked_s": blocked}))
 
-    def _state(self, rng_states: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
+    def _loop_state(self, rng_states: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
         return {
-            "model": snapshot(self.module.state_dict()),
-            "optimizer": snapshot(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
-            "steps_in_epoch": self.steps_in_epoch,
+            "samples_in_epoch": self.samples_in_epoch,
             "window": self.window.state(),
             "rng": rng_states,
             "world_size": self.ctx.spec.world_size,
+            "strategy": self.parallel.strategy,
+        }
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "world_size": self.ctx.spec.world_size,
+            "strategy": self.parallel.strategy,
             # what the driver compares with a job that resumes from this checkpoint, before it starts
             "config": model_data_identity(flat_params(self.job)),
         }
 
-    def _checkpoint_done(self, step: int, path: Path) -> None:
+    def _checkpoint_done(self, step: int, path: Path, written_s: float) -> None:
+        self.ctx.emit(MetricsReport(step=step, metrics={"checkpoint/write_s": written_s}))
         self.ctx.emit(CheckpointReport(step=step, path=str(path)))
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue exactly where the checkpoint's run stopped (weights, optimizer, data position, RNG)."""
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load(self, path: Path, loop_state: dict[str, Any]) -> None:
+        """Continue exactly where the checkpoint at `path` stopped (weights, optimizer, data position, RNG);
+        `loop_state` is its loop state, already read."""
+        if is_sharded(path):
+            load_model_and_optimizer(path, self.module, self.optimizer)
+        elif self.parallel.strategy == "fsdp":
+            raise ValueError(
+                "it is a single-file checkpoint from before sharded checkpoints, which scaling.strategy=fsdp "
+                "cannot shard: resume it with scaling.strategy=ddp, whose next checkpoints FSDP can load"
+            )
+        else:
+            self.module.load_state_dict(loop_state["model"])
+            self.optimizer.load_state_dict(loop_state["optimizer"])
+        self.restore(loop_state)
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take the loop's own state (schedule, scaler, position, log window, RNG) from a checkpoint's."""
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.steps_in_epoch = state["step"], state["epoch"], state["steps_in_epoch"]
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.epoch_start, self.pass_steps = epoch_position(state, self.batches), 0
         self.resumed_step = self.checkpointed_at = self.step
         self.window.restore(state["window"])
         rng = state["rng"]
@@ -576,14 +663,18 @@ class Trainer:
         if not stopped and self.evaluated_at != self.step:
             self._evaluate()
         self._checkpoint()  # the end state is always on disk (a no-op when this step is saved already)
-        self.writer.wait()
-        weights = {name: tensor.detach().cpu() for name, tensor in self.module.state_dict().items()}
+        self.checkpointer.wait()
+        weights = self.parallel.full_weights()  # under FSDP a collective: rank 0 gets the whole model
+        if self.parallel.strategy == "fsdp":  # no replicas to compare: every rank reports the whole model's digest
+            digest = broadcast_from_rank0(state_digest(weights) if self.ctx.spec.world_rank == 0 else "")
+        else:
+            digest = state_digest(weights)
         result = ResultReport(
             world_rank=self.ctx.spec.world_rank,
             step=self.step,
             stopped=stopped,
             metrics=self.eval_metrics,
-            params_digest=state_digest(weights),
+            params_digest=digest,
         )
         if self.ctx.spec.world_rank != 0:
             return result

@@ -53,6 +53,8 @@ def test_absolute_sqlite_uri_is_kept(tmp_path: Path):
         ("scaling.placement_strategy=RANDOM", "use one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
         ("scaling.backend=mpi", "scaling.backend=mpi is not valid: use one of auto, nccl, gloo"),
         ("scaling.backend=nccl", "nccl needs GPUs"),
+        ("scaling.strategy=zero3", "scaling.strategy=zero3 is not valid: use one of ddp, fsdp"),
+        ("fsdp.wrap=[Block]", "fsdp.wrap=['Block'] is not valid: names module classes as package.module.Class"),
         ("optim.name=lion", "optim.name=lion is not valid: use one of sgd, adamw"),
         ("optim.schedule=step", "use one of constant, cosine"),
         ("data.test_fraction=1.0", "data.test_fraction=1.0 is not valid: must be in (0, 1)"),
@@ -225,3 +227,20 @@ def test_script_argv_must_be_a_command_line_given_instead_of_script_args(tmp_pat
 def test_script_errors_are_not_retried_unless_asked(tmp_path: Path):
     assert compose_job([], tmp_path).failure.retry_script_errors is False
     assert compose_job(["failure.retry_script_errors=true"], tmp_path).failure.retry_script_errors is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.amp=fp16"], "trainer.amp=fp16 is not valid: with scaling.strategy=fsdp mixed precision is bf16"),
+        (["fsdp.cpu_offload=true"], "fsdp.cpu_offload=true is not valid: moves parameters between CPU and GPU"),
+        (["entrypoint=script", "script.path=setup.py"], "scaling.strategy=fsdp is not valid: applies to the built-in"),
+    ],
+)
+def test_fsdp_combinations_that_cannot_work_are_refused(overrides, expected):
+    from orchestrator.config.load import validate
+    from tests.helpers import job_config
+
+    with pytest.raises(ConfigError) as raised:
+        validate(job_config(["scaling.strategy=fsdp", *overrides]))
+    assert expected in str(raised.value)

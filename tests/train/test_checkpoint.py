@@ -60,3 +60,42 @@ def test_a_checkpoint_that_does_not_load_is_a_checkpoint_load_error_naming_the_f
         world_rank=0, node_ip="n", error_type=type(raised.value).__name__, message=str(raised.value), traceback=""
     )
     assert classify_error(report) is FailureKind.DETERMINISTIC  # so it is never retried
+
+
+def _folder(directory, name: str, finished: bool = True):
+    folder = directory / name
+    folder.mkdir(parents=True)
+    (folder / "__0_0.distcp").write_bytes(b"shard")
+    if finished:
+        (folder / ".metadata").write_bytes(b"index")
+    return folder
+
+
+def test_sharded_folders_count_once_dcp_finished_them_and_prune_with_files(tmp_path):
+    from orchestrator.train.checkpoint import is_checkpoint, prune_checkpoints, remove_temporaries
+
+    save_checkpoint({"step": 10}, tmp_path, step=10, keep_last=5)  # a script's single file beside the loop's folders
+    _folder(tmp_path, "step_000000020")
+    _folder(tmp_path, "step_000000030", finished=False)  # no DCP index: not complete
+    _folder(tmp_path, ".step_000000040.tmp")  # not renamed yet: never picked, whatever is inside
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000010.pt", "step_000000020"]
+    assert is_checkpoint(tmp_path / "step_000000020") and not is_checkpoint(tmp_path / "step_000000030")
+    assert not is_checkpoint(tmp_path / ".step_000000040.tmp")
+    _folder(tmp_path, "step_000000050")
+    prune_checkpoints(tmp_path, keep_last=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000050"]
+    assert not (tmp_path / "step_000000020").exists() and not (tmp_path / "step_000000010.pt").exists()
+    remove_temporaries(tmp_path)
+    assert not (tmp_path / ".step_000000040.tmp").exists()
+
+
+def test_a_resume_names_a_sharded_checkpoint_or_its_run_folder(tmp_path):
+    from orchestrator.lifecycle.resume import resolve_resume
+
+    run = tmp_path / "0123456789abcdef0123456789abcdef"
+    _folder(run, "step_000000020")
+    _folder(run, "step_000000030")
+    assert resolve_resume(str(run / "step_000000020"), tmp_path).step == 20
+    assert resolve_resume(str(run), tmp_path).step == 30
+    assert resolve_resume("latest", tmp_path).checkpoint == run / "step_000000030"
+    assert resolve_resume(str(run / "step_000000020"), tmp_path).run_id == run.name

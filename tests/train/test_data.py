@@ -46,7 +46,42 @@ def test_accumulation_groups_micro_batches_and_resuming_skips_whole_steps():
     steps = list(shard.epoch(0))
     assert shard.steps_per_epoch == 4 == len(steps)
     assert [len(group) for group in steps] == [3, 3, 3, 1]
-    resumed = list(shard.epoch(0, skip_steps=2))
+    resumed = list(shard.epoch(0, start=2 * shard.global_step_samples))
     assert [[ys.tolist() for _, ys in group] for group in resumed] == [
         [ys.tolist() for _, ys in group] for group in steps[2:]
     ]
+
+
+def test_from_position_zero_the_order_is_distributed_samplers():
+    from torch.utils.data import DistributedSampler
+
+    from orchestrator.train.data import RankShare
+
+    for world_size in (1, 2, 3, 7):
+        for rank in range(world_size):
+            sampler = DistributedSampler(range(101), num_replicas=world_size, rank=rank, shuffle=True, seed=5)  # type: ignore[arg-type]
+            sampler.set_epoch(2)
+            share = RankShare(101, world_size, rank, batch_size=4, accum_steps=1, seed=5)
+            assert share.epoch_indices(2) == list(sampler)
+
+
+def test_a_global_position_continues_on_any_world_size_with_every_sample_once():
+    from orchestrator.train.data import RankShare
+
+    num_items, batch_size = 103, 4
+    for saved_world, resumed_world in [(2, 1), (2, 3), (3, 2), (4, 4)]:
+        before = [RankShare(num_items, saved_world, r, batch_size, 1, seed=9) for r in range(saved_world)]
+        steps_taken = 5
+        position = before[0].position_after(0, steps_taken)
+        seen = [i for share in before for i in share.epoch_indices(0)[: steps_taken * batch_size]]
+        after = [RankShare(num_items, resumed_world, r, batch_size, 1, seed=9) for r in range(resumed_world)]
+        rest = [i for share in after for i in share.epoch_indices(0, start=position)]
+        # the rest of the epoch has every sample not yet seen exactly once, plus only the padding that evens
+        # out the ranks (samples repeated from the epoch's start, as DistributedSampler pads)
+        assert sorted(set(seen)) == sorted(seen) and not set(seen) & set(rest[: num_items - position])
+        unseen = set(range(num_items)) - set(seen)
+        assert set(rest) >= unseen and len(rest) - len(unseen) < resumed_world
+        assert len(rest) == len(unseen) + (-len(unseen) % resumed_world)
+        steps_left = after[0].steps_from(position)
+        assert steps_left == -(-(len(rest) // resumed_world) // batch_size)
+        assert after[0].position_after(position, steps_left) >= num_items

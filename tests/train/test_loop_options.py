@@ -21,9 +21,10 @@ from orchestrator.config.schema import (
     TrainerConfig,
 )
 from orchestrator.lifecycle.rank_reports import MetricsReport
-from orchestrator.train.checkpoint import latest_checkpoint, load_checkpoint
+from orchestrator.train.checkpoint import latest_checkpoint
 from orchestrator.train.loop import TrainContext, build_trainer
 from orchestrator.train.models import build_model
+from orchestrator.train.sharded_checkpoint import read_trainer_state
 from orchestrator.worker.ddp import process_group
 from tests.train.ranks import rank_spec, train_here, use_master
 
@@ -72,7 +73,7 @@ def test_compile_gives_the_eager_losses_on_the_first_steps(tmp_path, monkeypatch
 def test_fp16_grad_scaler_state_is_checkpointed_and_restored(tmp_path, monkeypatch):
     use_master(monkeypatch)
     train_here(small_job(tmp_path, amp="fp16", max_steps=2), tmp_path)
-    saved = load_checkpoint(latest_checkpoint(tmp_path))["scaler"]
+    saved = read_trainer_state(latest_checkpoint(tmp_path))["scaler"]
     # two steps without an overflow: the tracker counts them towards the next growth of the scale
     assert saved["scale"] == 2.0**16 and saved["_growth_tracker"] == 2
     use_master(monkeypatch)
@@ -87,7 +88,7 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_restored(tmp_path, monkeypat
             resume_from=latest_checkpoint(tmp_path),
         )
         trainer = build_trainer(small_job(tmp_path, amp="fp16", max_steps=4), context)
-        trainer.writer.close()
+        trainer.checkpointer.close()
     assert trainer.scaler.is_enabled() and trainer.scaler.state_dict() == saved
 
 
@@ -103,8 +104,8 @@ def test_ddp_options_reach_the_wrapper_and_train(tmp_path, monkeypatch):
         try:
             result = trainer.fit()
         finally:
-            trainer.writer.close()
-        ddp = trainer.model
+            trainer.checkpointer.close()
+        ddp = trainer.parallel.model
         assert (ddp.bucket_bytes_cap, ddp.gradient_as_bucket_view, ddp.static_graph, ddp.find_unused_parameters) == (
             512 * 1024,
             True,
@@ -113,8 +114,8 @@ def test_ddp_options_reach_the_wrapper_and_train(tmp_path, monkeypatch):
         )
         assert result.step == 3
         unused = build_trainer(small_job(tmp_path / "unused", ddp=DdpConfig(find_unused_parameters=True)), context)
-        unused.writer.close()
-        assert unused.model.find_unused_parameters and not unused.model.static_graph
+        unused.checkpointer.close()
+        assert unused.parallel.model.find_unused_parameters and not unused.parallel.model.static_graph
 
 
 def test_channels_last_cnn_computes_what_the_default_layout_computes():

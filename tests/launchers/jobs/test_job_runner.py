@@ -56,7 +56,7 @@ def test_a_small_job_trains_is_recorded_and_releases_its_actors(ray_cluster, tmp
     assert run.data.tags["mlflow.source.git.commit"] == commit
     assert run.data.tags["orchestrator.overrides"] == "model=mlp trainer.max_epochs=2 tracking.log_model=false"
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints" / summary.run_id).iterdir())
-    assert checkpoints == [LOCK_NAME, f"step_{outcome.result.step // 2:09d}.pt", f"step_{outcome.result.step:09d}.pt"]
+    assert checkpoints == [LOCK_NAME, f"step_{outcome.result.step // 2:09d}", f"step_{outcome.result.step:09d}"]
     assert re.fullmatch(r"orchestrator-[0-9a-f]{12}", run.data.tags["orchestrator.ray_name"])
     assert_no_job_resources()
 

@@ -17,6 +17,7 @@ import torch
 from launchers.jobs.job_runner import run_job
 from orchestrator.cli.commands import main
 from orchestrator.cli.console import Console
+from orchestrator.train.checkpoint import load_checkpoint
 from tests.helpers import assert_no_job_resources, compose_job, job_resources_left, wait_until, worker_pid
 from tests.own_code import own_overrides, user_package
 
@@ -93,8 +94,8 @@ def test_own_code_trains_from_the_cli_is_recorded_and_the_logged_model_predicts(
         logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "model"))
     finally:
         mlflow.set_tracking_uri(None)
-    checkpoints = sorted((package / "checkpoints").glob("*/step_*.pt"))
-    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)
+    checkpoints = sorted((package / "checkpoints").glob("*/step_*"))
+    state = load_checkpoint(checkpoints[-1])
     assert state["step"] == 30
     model.load_state_dict(state["model"])
     with torch.no_grad():
@@ -114,7 +115,7 @@ def test_sigkill_of_a_worker_with_own_code_continues_bit_for_bit(ray_cluster, pa
     )
     thread.start()
     runs = tmp_path / "killed" / "checkpoints"
-    wait_until(lambda: any(runs.glob("*/step_*.pt")), 180, "a first checkpoint")
+    wait_until(lambda: any(runs.glob("*/step_*")), 180, "a first checkpoint")
     seen: list = []
     wait_until(lambda: seen.append(worker_pid()) or seen[-1] is not None, 120, "a running worker")
     os.kill(seen[-1], signal.SIGKILL)

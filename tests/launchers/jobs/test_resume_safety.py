@@ -72,7 +72,7 @@ def test_a_finished_run_is_not_resumed_unless_extended_and_a_wrong_model_is_refu
     assert {"console.log", "console.2.log", "workers.json", "workers.2.json", "config.yaml"} <= artifacts
     assert client.get_run(run_id).data.tags["orchestrator.sessions"] == "2"
     names = {p.name for p in folder.iterdir()}  # with the epoch's end (step 23) in between
-    assert {f"step_{s:09d}.pt" for s in (10, 20, 30)} <= names and before[3].keys() <= names
+    assert {f"step_{s:09d}" for s in (10, 20, 30)} <= names and before[3].keys() <= names
     assert_no_job_resources()
 
 
@@ -81,13 +81,13 @@ def test_a_resume_from_an_older_checkpoint_branches_into_a_new_run_and_folder(fi
     folder = tmp_path / "checkpoints" / run_id
     before = _snapshot(client, run_id, folder)
     branch = run_job(
-        compose_job([*BASE, f"trainer.resume={folder / 'step_000000010.pt'}"], tmp_path), Console(io.StringIO(), False)
+        compose_job([*BASE, f"trainer.resume={folder / 'step_000000010'}"], tmp_path), Console(io.StringIO(), False)
     )
     assert branch.outcome.status == "FINISHED" and branch.run_id != run_id
     assert _snapshot(client, run_id, folder) == before
-    assert client.get_run(branch.run_id).data.tags["orchestrator.resumed_from"] == str(folder / "step_000000010.pt")
+    assert client.get_run(branch.run_id).data.tags["orchestrator.resumed_from"] == str(folder / "step_000000010")
     branch_folder = tmp_path / "checkpoints" / branch.run_id  # locked while the branch trained in it
-    assert sorted(p.name for p in branch_folder.iterdir()) == [LOCK_NAME, "step_000000020.pt"]
+    assert sorted(p.name for p in branch_folder.iterdir()) == [LOCK_NAME, "step_000000020"]
     assert_no_job_resources()
 
 
