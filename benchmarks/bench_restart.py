@@ -91,7 +91,7 @@ def measure(kills: int, workdir: Path) -> list[dict[str, float]]:
     driver = psutil.Process(driver_process.pid)
     rows = []
     try:
-        _wait(lambda: list((workdir / "checkpoints").glob("*/step_*.pt")), 300, "the first checkpoint")
+        _wait(lambda: list((workdir / "checkpoints").glob("*/step_*/.metadata")), 300, "the first checkpoint")
         for number in range(1, kills + 1):
             time.sleep(2.0)  # let the attempt train for a while, as a real failure would find it
             victim = random.choice(_workers(driver))

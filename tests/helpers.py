@@ -134,12 +134,17 @@ def assert_no_job_resources(prefix: str = "orchestrator-", timeout_s: float = 15
 
 def worker_pid(address: Optional[str] = None) -> Optional[int]:
     """The PID of some alive worker actor of an orchestrator job, or None while there is none."""
-    alive = [
-        a
+    pids = worker_pids(address)
+    return pids[0] if pids else None
+
+
+def worker_pids(address: Optional[str] = None) -> list[int]:
+    """The PIDs of every alive worker actor of orchestrator jobs."""
+    return [
+        a.pid
         for a in live_actors(address)
         if a.state == "ALIVE" and a.class_name == "WorkerActor" and (a.name or "").startswith("orchestrator-") and a.pid
     ]
-    return alive[0].pid if alive else None
 
 
 def free_ports(count: int) -> list[int]:

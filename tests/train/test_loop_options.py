@@ -16,6 +16,7 @@ from orchestrator.config.schema import (
     DdpConfig,
     JobConfig,
     MlpConfig,
+    ScalingConfig,
     SyntheticConfig,
     TrackingConfig,
     TrainerConfig,
@@ -29,12 +30,13 @@ from orchestrator.worker.ddp import process_group
 from tests.train.ranks import rank_spec, train_here, use_master
 
 
-def small_job(tmp_path: Path, ddp: DdpConfig = DdpConfig(), **trainer) -> JobConfig:
+def small_job(tmp_path: Path, ddp: DdpConfig = DdpConfig(), strategy: str = "ddp", **trainer) -> JobConfig:
     """A tiny MLP on synthetic vectors, logging every step, recording nothing."""
     job = JobConfig(
         model=MlpConfig(hidden_sizes=[16]),
         data=SyntheticConfig(num_samples=256, input_shape=[8], batch_size=16),
         trainer=TrainerConfig(**{"max_steps": 3, "log_every_n_steps": 1, **trainer}),
+        scaling=ScalingConfig(strategy=strategy),
         ddp=ddp,
         tracking=TrackingConfig(enabled=False),
         checkpoint=CheckpointConfig(dir=str(tmp_path)),
@@ -51,18 +53,21 @@ def train_losses(reports: list) -> list[float]:
     ]
 
 
-def test_compile_gives_the_eager_losses_on_the_first_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_compile_gives_the_eager_losses_on_the_first_steps(strategy, tmp_path, monkeypatch):
     from torch._dynamo.utils import counters
 
     # inductor publishes an address for its compiled kernels in this variable; setting it through monkeypatch
     # first makes the test's teardown restore the environment as it was (delenv of an unset name records nothing)
     monkeypatch.setenv("_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR", "")
     use_master(monkeypatch)
-    eager, _ = train_here(small_job(tmp_path / "eager"), tmp_path / "eager")
+    eager, _ = train_here(small_job(tmp_path / "eager", strategy=strategy), tmp_path / "eager")
     graphs_before = counters["stats"]["unique_graphs"]
     use_master(monkeypatch)
     try:
-        compiled, _ = train_here(small_job(tmp_path / "compiled", compile=True), tmp_path / "compiled")
+        compiled, _ = train_here(
+            small_job(tmp_path / "compiled", strategy=strategy, compile=True), tmp_path / "compiled"
+        )
         assert counters["stats"]["unique_graphs"] > graphs_before, "trainer.compile=true compiled nothing"
     finally:
         torch._dynamo.reset()  # the compiled graphs hold the job's model: free them with the test

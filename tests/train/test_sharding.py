@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = 8
 
 
-def _job(strategy: str, checkpoint_dir: Path, async_save: bool = True) -> JobConfig:
+def _job(strategy: str, checkpoint_dir: Path, async_save: bool = True, accum_steps: int = 1) -> JobConfig:
     job = JobConfig(
         model=GptConfig(layers=2, heads=2, width=32, context=16),
-        data=TokensConfig(num_sequences=96, seq_len=16, vocab_size=64, batch_size=4),
-        trainer=TrainerConfig(max_steps=STEPS, log_every_n_steps=1),
+        data=TokensConfig(num_sequences=96, seq_len=16, vocab_size=64, batch_size=4 // accum_steps),
+        trainer=TrainerConfig(max_steps=STEPS, log_every_n_steps=1, grad_accum_steps=accum_steps),
         scaling=ScalingConfig(strategy=strategy),
         fsdp=FsdpConfig(),
         tracking=TrackingConfig(enabled=False),
@@ -51,8 +51,10 @@ def _phase(name: str, world_rank: int, world_size: int, ports: list[int], out: P
     from tests.train.ranks import set_master_in_child, train_here
 
     set_master_in_child(ports[0])
-    if name in ("ddp", "fsdp", "fsdp-sync"):
-        job = _job(name.split("-")[0], out / name, async_save=name != "fsdp-sync")
+    if name in ("ddp", "fsdp", "fsdp-sync", "fsdp-accum"):
+        job = _job(
+            name.split("-")[0], out / name, async_save=name != "fsdp-sync", accum_steps=2 if "accum" in name else 1
+        )
         reports, result = train_here(job, out / name, world_rank, world_size)
         loaded = None
     else:  # resume the 2-rank FSDP run's step-4 checkpoint on this world size
@@ -134,7 +136,7 @@ def _run(name: str, world_size: int, out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharding")
-    return out, {name: _run(name, 2, out) for name in ("ddp", "fsdp", "fsdp-sync")}
+    return out, {name: _run(name, 2, out) for name in ("ddp", "fsdp", "fsdp-sync", "fsdp-accum")}
 
 
 def test_fsdp_reaches_the_losses_of_ddp_and_shards_the_model_state(two_ranks):
@@ -157,7 +159,7 @@ def test_fsdp_reaches_the_losses_of_ddp_and_shards_the_model_state(two_ranks):
 
 def test_every_rank_writes_its_shards_and_only_complete_checkpoints_are_kept(two_ranks):
     out, runs = two_ranks
-    for name in ("ddp", "fsdp", "fsdp-sync"):
+    for name in ("ddp", "fsdp", "fsdp-sync", "fsdp-accum"):
         folder = out / name
         assert [path.name for path in list_checkpoints(folder)] == ["step_000000004", "step_000000008"]
         assert not list(folder.glob(".step_*"))
@@ -170,6 +172,15 @@ def test_every_rank_writes_its_shards_and_only_complete_checkpoints_are_kept(two
     for name, weight in synchronous["model"].items():
         assert torch.equal(asynchronous["model"][name], weight)
     assert asynchronous["step"] == 8 and asynchronous["world_size"] == 2
+
+
+def test_fsdp_accumulating_two_micro_batches_equals_one_batch_of_twice_the_size(two_ranks):
+    _, runs = two_ranks
+    accumulated, whole = runs["fsdp-accum"][0], runs["fsdp"][0]
+    assert sorted(accumulated["losses"]) == list(range(1, STEPS + 1))
+    assert list(accumulated["losses"].values()) == pytest.approx(list(whole["losses"].values()), rel=1e-5)
+    for name, weight in whole["weights"].items():
+        torch.testing.assert_close(accumulated["weights"][name], weight, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("world_size", [1, 3])

@@ -118,3 +118,48 @@ def test_a_killed_worker_process_fails_the_run_and_nothing_is_left(ray_cluster, 
     assert summary.outcome.status == "FAILED" and re.match(r"rank \d on [\d.]+ died", summary.outcome.error)
     assert _client(job).get_run(summary.run_id).info.status == "FAILED"
     assert_no_job_resources()
+
+
+def test_an_fsdp_job_logs_the_whole_model_which_loads_without_the_orchestrator(ray_cluster, tmp_path, monkeypatch):
+    import mlflow
+
+    from orchestrator.config.schema import TokensConfig
+    from orchestrator.train.data import load_dataset
+    from orchestrator.train.evaluate import token_loss
+
+    overrides = [
+        "model=gpt",
+        "data=tokens",
+        "model.layers=2",
+        "model.width=32",
+        "model.heads=2",
+        "model.context=16",
+        "data.seq_len=16",
+        "data.vocab_size=64",
+        "data.num_sequences=256",
+        "trainer.max_steps=12",
+        "scaling.strategy=fsdp",
+        "checkpoint.upload=true",
+    ]
+    job, summary = _run(overrides, tmp_path)
+    assert summary.outcome.status == "FINISHED", summary.outcome.error
+    client = _client(job)
+    run = client.get_run(summary.run_id)
+    assert run.data.params["scaling.strategy"] == "fsdp"
+    assert {"memory/rank0/model_state_mib", "memory/rank1/model_state_mib", "checkpoint/blocked_s"} <= set(
+        run.data.metrics
+    )
+    uploaded = {info.path for info in client.list_artifacts(summary.run_id, "checkpoints/step_000000012")}
+    assert "checkpoints/step_000000012/.metadata" in uploaded
+    # the logged model is the whole model: plain torch computes the run's own eval/loss with it
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cache"))
+    mlflow.set_tracking_uri(job.tracking.uri)
+    try:
+        model = mlflow.pytorch.load_model(f"runs:/{summary.run_id}/model", dst_path=str(tmp_path / "model"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    data = load_dataset(TokensConfig(num_sequences=256, seq_len=16, vocab_size=64), seed=0)
+    with torch.no_grad():
+        loss = token_loss(model(data.test_x), data.test_y).item()
+    assert loss == pytest.approx(run.data.metrics["eval/loss"], rel=1e-4)
+    assert_no_job_resources()

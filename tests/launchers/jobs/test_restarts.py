@@ -1,5 +1,5 @@
-"""Surviving failures on the real cluster: exact continuation after a SIGKILL, a kill mid-checkpoint,
-a hung rank, an exhausted restart budget, and resuming a run stopped with Ctrl-C."""
+"""Surviving failures on the real cluster: exact continuation after a SIGKILL (DDP and FSDP), a kill
+mid-checkpoint, a hung rank, an exhausted restart budget, and resuming a run stopped with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import torch
 
 from launchers.jobs.job_runner import run_job
 from orchestrator.cli.console import Console
-from tests.helpers import assert_no_job_resources, compose_job, owned_process, wait_until, worker_pid
+from orchestrator.train.checkpoint import is_checkpoint
+from tests.helpers import assert_no_job_resources, compose_job, owned_process, wait_until, worker_pid, worker_pids
 
 # dropout makes the run depend on every rank's RNG stream, so exactness also proves the RNG restore
 EXACT = [
@@ -64,18 +65,31 @@ def _tags(job, run_id) -> dict[str, str]:
     return MlflowClient(job.tracking.uri).get_run(run_id).data.tags
 
 
+FSDP = [*EXACT, "scaling.strategy=fsdp"]
+
+
 def _checkpoints(directory: Path) -> list[str]:
-    return sorted(path.name for path in directory.glob("step_*.pt")) if directory.is_dir() else []
+    return sorted(path.name for path in directory.glob("step_*") if is_checkpoint(path)) if directory.is_dir() else []
+
+
+def _reference(overrides, tmp_path_factory):
+    base = tmp_path_factory.mktemp("reference")
+    job = compose_job(overrides, base)
+    summary = run_job(job, Console(io.StringIO(), False))
+    assert summary.outcome.status == "FINISHED"
+    return summary, _losses(job, summary.run_id)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, tmp_path_factory):
     """The reference: the same config, never interrupted."""
-    base = tmp_path_factory.mktemp("reference")
-    job = compose_job(EXACT, base)
-    summary = run_job(job, Console(io.StringIO(), False))
-    assert summary.outcome.status == "FINISHED"
-    return summary, _losses(job, summary.run_id)
+    return _reference(EXACT, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_fsdp(ray_cluster, tmp_path_factory):
+    """The FSDP reference: the same config sharded, never interrupted."""
+    return _reference(FSDP, tmp_path_factory)
 
 
 def _steps(directory: Path) -> list[int]:
@@ -100,9 +114,13 @@ def _complete_once_gone(pids: list[int], runs: Path) -> list[int]:
     return seen[-1]
 
 
-def test_sigkill_of_a_worker_continues_bit_for_bit_from_the_checkpoint(uninterrupted, tmp_path):
-    reference, reference_losses = uninterrupted
-    job, thread, holder = _start(EXACT, tmp_path)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_sigkill_of_a_worker_continues_bit_for_bit_from_the_checkpoint(strategy, request, ray_cluster, tmp_path):
+    # ray_cluster is named here, not only through the reference: a cluster started inside the test body would
+    # count as processes the test left behind
+    overrides, reference_fixture = (EXACT, "uninterrupted") if strategy == "ddp" else (FSDP, "uninterrupted_fsdp")
+    reference, reference_losses = request.getfixturevalue(reference_fixture)
+    job, thread, holder = _start(overrides, tmp_path)
     runs = tmp_path / "checkpoints"
     wait_until(lambda: any(_checkpoints(d) for d in runs.glob("*")), 120, "a first checkpoint")
     seen: list = []
@@ -113,7 +131,7 @@ def test_sigkill_of_a_worker_continues_bit_for_bit_from_the_checkpoint(uninterru
     summary = _finish(thread, holder)
     outcome = summary.outcome
     assert outcome.status == "FINISHED", outcome.error
-    assert outcome.restarts == 1
+    assert outcome.restarts == 1, _tags(job, summary.run_id)
     tags = _tags(job, summary.run_id)
     resumed = int(tags["restart.1.resumed_from_step"])
     # nothing complete at the kill is lost. The rank that survives may finish a write it had begun (a
@@ -143,8 +161,9 @@ def test_sigkill_of_a_worker_continues_bit_for_bit_from_the_checkpoint(uninterru
     assert_no_job_resources()
 
 
-def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(ray_cluster, tmp_path):
-    # a big model makes each write take long enough to kill the writer (rank 0) in the middle of it
+def test_a_kill_during_an_asynchronous_save_resumes_from_the_previous_checkpoint(ray_cluster, tmp_path):
+    # a big model makes each write take long enough to kill the ranks in the middle of it; every rank is
+    # killed at once (a lost node), so no survivor can finish the write after the kill
     overrides = [
         "model=mlp",
         "model.hidden_sizes=[2048,2048]",
@@ -163,15 +182,16 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(r
                 return temporary
         return None
 
+    pids: list = []
+    wait_until(lambda: pids.append(worker_pids()) or len(pids[-1]) == 2, 120, "both ranks running")
     found: list = []
     wait_until(lambda: found.append(writing()) or found[-1] is not None, 120, "a checkpoint write in progress")
-    temporary = found[-1]
-    writer_pid = int(temporary.name.split(".")[-2])
-    os.kill(writer_pid, signal.SIGKILL)
-    # the writer is the only one: what is complete once it is gone is what a restart may use. The write
-    # it was killed in almost always stays incomplete; should the kill have landed just after its
-    # rename, that checkpoint is complete and is the one to resume from, which the same assertion covers
-    complete = _complete_once_gone([writer_pid], runs)
+    for pid in pids[-1]:
+        os.kill(pid, signal.SIGKILL)
+    # what is complete once every rank is gone is what a restart may use. The write they were killed in
+    # almost always stays incomplete; should the kill have landed just after its rename, that checkpoint
+    # is complete and is the one to resume from, which the same assertion covers
+    complete = _complete_once_gone(pids[-1], runs)
     assert complete
     summary = _finish(thread, holder)
     assert summary.outcome.status == "FINISHED", summary.outcome.error
@@ -229,11 +249,22 @@ def test_when_restarts_run_out_the_run_fails_with_the_last_error(ray_cluster, tm
     assert_no_job_resources()
 
 
-def test_a_run_stopped_with_ctrl_c_resumes_into_the_same_run_and_ends_identical(uninterrupted, ray_cluster, tmp_path):
+def test_a_run_stopped_with_ctrl_c_resumes_into_the_same_run_and_ends_identical(
+    uninterrupted_fsdp, ray_cluster, tmp_path
+):
+    # under FSDP: the resume path is the same for both strategies, and the SIGKILL test above covers DDP's load
     from mlflow import MlflowClient
 
-    reference, _ = uninterrupted
-    command = [sys.executable, "-m", "orchestrator", "train", *EXACT, f"cluster.address={ray_cluster.address}"]
+    reference, _ = uninterrupted_fsdp
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "train",
+        *FSDP,
+        "checkpoint.upload=true",
+        f"cluster.address={ray_cluster.address}",
+    ]
     with owned_process(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as first:
         runs = tmp_path / "checkpoints"
         wait_until(lambda: any(_checkpoints(d) for d in runs.glob("*")), 120, "a first checkpoint")
@@ -251,6 +282,9 @@ def test_a_run_stopped_with_ctrl_c_resumes_into_the_same_run_and_ends_identical(
     assert {"console.log", "console.2.log", "workers.json", "workers.2.json"} <= {
         info.path for info in client.list_artifacts(run.info.run_id)
     }
+    # checkpoint.upload=true: each complete sharded checkpoint is in the run's artifacts, folder and all
+    uploaded = {info.path for info in client.list_artifacts(run.info.run_id, "checkpoints/step_000000200")}
+    assert {"checkpoints/step_000000200/.metadata", "checkpoints/step_000000200/trainer.pt"} <= uploaded
     workers = client.download_artifacts(run.info.run_id, "workers.2.json", str(tmp_path))
     import json
 
