@@ -62,8 +62,8 @@ class Parallel:
 def wrap(module: nn.Module, job: JobConfig, device: torch.device, world_size: int) -> Parallel:
     """`module` under the configured strategy (and torch.compile when trainer.compile)."""
     if job.scaling.strategy == "fsdp":
-        shard(module, job.fsdp, job.trainer.amp, device, world_size)
-        return Parallel(model=compiled(module, job.trainer), module=module, strategy="fsdp")
+        shard(module, job.fsdp, job.trainer, device, world_size)
+        return Parallel(model=module, module=module, strategy="fsdp")
     ddp = wrap_ddp(compiled(module, job.trainer), device, job.ddp)
     return Parallel(model=ddp, module=module, strategy="ddp", ddp=ddp)
 
@@ -75,7 +75,7 @@ def compiled(module: nn.Module, trainer: TrainerConfig) -> nn.Module:
     TorchDynamo split the graph at bucket boundaries) compiles nothing for modules whose forward is
     torch.nn's own, such as nn.Sequential (torch 2.13 skips those frames inside DDP's forward). The
     price: a compiled backward hands DDP all gradients at its end, so all-reduces do not overlap it.
-    Under FSDP the sharded module is compiled; its all-gathers stay hooks outside the compiled graphs.
+    Under FSDP each sharding unit is compiled instead (see `shard`).
     """
     if not trainer.compile:
         return module
@@ -95,24 +95,30 @@ def wrap_ddp(module: nn.Module, device: torch.device, ddp: DdpConfig) -> Distrib
     )
 
 
-def shard(module: nn.Module, fsdp: FsdpConfig, amp: str, device: torch.device, world_size: int) -> None:
+def shard(module: nn.Module, fsdp: FsdpConfig, trainer: TrainerConfig, device: torch.device, world_size: int) -> None:
     """Shard `module` in place over all ranks with FSDP2: each unit of `sharding_units`, then the root.
 
     With trainer.amp=bf16 the gathered parameters are bf16 while gradients are reduced, and the shards and
     optimizer state kept, in fp32 (FSDP2's MixedPrecisionPolicy; the loop then needs no autocast). Outputs are
     cast back to fp32 so the loss is computed in full precision as under DDP's autocast.
+
+    With trainer.compile each unit's forward is compiled in place before it is sharded, so FSDP's gathers and
+    reductions stay hooks around the compiled graphs (TorchDynamo compiles nothing through a whole sharded
+    module: it skips FSDP's own frames). Only the root's own layers (embeddings, a head) run eagerly.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world_size,))
     precision = MixedPrecisionPolicy()
-    if amp == "bf16":
+    if trainer.amp == "bf16":
         precision = MixedPrecisionPolicy(
             param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=torch.float32
         )
     offload = CPUOffloadPolicy() if fsdp.cpu_offload else OffloadPolicy()
     for unit in sharding_units(module, fsdp.wrap):
+        if trainer.compile:
+            unit.compile(mode=trainer.compile_mode)
         fully_shard(
             unit,
             mesh=mesh,

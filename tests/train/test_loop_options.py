@@ -14,10 +14,12 @@ from orchestrator.config.schema import (
     CheckpointConfig,
     CnnConfig,
     DdpConfig,
+    GptConfig,
     JobConfig,
     MlpConfig,
     ScalingConfig,
     SyntheticConfig,
+    TokensConfig,
     TrackingConfig,
     TrainerConfig,
 )
@@ -31,10 +33,15 @@ from tests.train.ranks import rank_spec, train_here, use_master
 
 
 def small_job(tmp_path: Path, ddp: DdpConfig = DdpConfig(), strategy: str = "ddp", **trainer) -> JobConfig:
-    """A tiny MLP on synthetic vectors, logging every step, recording nothing."""
+    """A tiny MLP on synthetic vectors (ddp), or a tiny gpt on tokens (fsdp: TorchDynamo compiles no unit made of
+    torch.nn's own layers alone), logging every step, recording nothing."""
+    model, data = MlpConfig(hidden_sizes=[16]), SyntheticConfig(num_samples=256, input_shape=[8], batch_size=16)
+    if strategy == "fsdp":
+        model = GptConfig(layers=2, heads=2, width=32, context=16)
+        data = TokensConfig(num_sequences=64, seq_len=16, vocab_size=64, batch_size=8)
     job = JobConfig(
-        model=MlpConfig(hidden_sizes=[16]),
-        data=SyntheticConfig(num_samples=256, input_shape=[8], batch_size=16),
+        model=model,
+        data=data,
         trainer=TrainerConfig(**{"max_steps": 3, "log_every_n_steps": 1, **trainer}),
         scaling=ScalingConfig(strategy=strategy),
         ddp=ddp,

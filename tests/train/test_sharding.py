@@ -180,7 +180,8 @@ def test_fsdp_accumulating_two_micro_batches_equals_one_batch_of_twice_the_size(
     assert sorted(accumulated["losses"]) == list(range(1, STEPS + 1))
     assert list(accumulated["losses"].values()) == pytest.approx(list(whole["losses"].values()), rel=1e-5)
     for name, weight in whole["weights"].items():
-        torch.testing.assert_close(accumulated["weights"][name], weight, rtol=1e-5, atol=1e-6)
+        # two micro-batch means averaged, against one mean: the same sums in another order
+        torch.testing.assert_close(accumulated["weights"][name], weight, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("world_size", [1, 3])
