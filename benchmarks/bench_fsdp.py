@@ -12,10 +12,11 @@ run logs them to MLflow:
 plus "training MiB": the rank's peak RSS minus its RSS just before the model was built (torch, the
 interpreter and the process group excluded).
 
-The model: gpt with 6 blocks of width 384 (10.7M parameters), AdamW, so parameters and optimizer state
-(about 128 MiB per replica) dominate what a rank holds; 16-token batches of 64-token sequences.
+The model: gpt with 6 blocks of width 768 (42.8M parameters), AdamW, batches of 4 sequences of 64 tokens
+per rank, so parameters, gradients and optimizer state (about 490 MiB per replica, without gradients)
+dominate what a rank holds, as in the models FSDP is for, rather than activations.
 
-    .venv/bin/python benchmarks/bench_fsdp.py                 # every row (about 6 minutes on 2 cores)
+    .venv/bin/python benchmarks/bench_fsdp.py                 # every row (about 10 minutes on 2 cores)
     .venv/bin/python benchmarks/bench_fsdp.py --rows ddp-2,fsdp-2
 """
 
@@ -44,9 +45,9 @@ ROWS = {
     "ddp-4": ("ddp", 4, True),
     "fsdp-4": ("fsdp", 4, True),
 }
-STEPS = 30
-LOG_EVERY = 5
-CHECKPOINT_EVERY = 5
+STEPS = 12
+LOG_EVERY = 3
+CHECKPOINT_EVERY = 3
 
 
 def _job(strategy: str, async_save: bool, folder: Path):
@@ -63,8 +64,8 @@ def _job(strategy: str, async_save: bool, folder: Path):
     )
 
     job = JobConfig(
-        model=GptConfig(layers=6, heads=6, width=384, context=64),
-        data=TokensConfig(num_sequences=4096, seq_len=64, vocab_size=256, batch_size=16),
+        model=GptConfig(layers=6, heads=12, width=768, context=64),
+        data=TokensConfig(num_sequences=1024, seq_len=64, vocab_size=256, batch_size=4),
         trainer=TrainerConfig(max_steps=STEPS, log_every_n_steps=LOG_EVERY),
         scaling=ScalingConfig(strategy=strategy),
         tracking=TrackingConfig(enabled=False),
@@ -82,27 +83,14 @@ def rank_main(row: str, world_rank: int, port: int, out: Path) -> None:
     import torch
 
     from orchestrator.lifecycle.rank_reports import MetricsReport
-    from orchestrator.planning.rank_specs import WorkerSpec
     from orchestrator.train.loop import TrainContext, train
     from orchestrator.worker.ddp import process_group
+    from tests.train.ranks import rank_spec  # the in-process gloo rank the tests use
 
     strategy, world_size, async_save = ROWS[row]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    spec = WorkerSpec(
-        world_rank=world_rank,
-        local_rank=world_rank,
-        node_rank=0,
-        world_size=world_size,
-        local_world_size=world_size,
-        bundle_index=world_rank,
-        node_id="bench",
-        node_ip="127.0.0.1",
-        backend="gloo",
-        torch_threads=1,
-        env={},
-        cuda_device=None,
-    )
+    torch.set_num_threads(1)  # one thread per rank, as a worker with scaling.cpus_per_worker=1
+    spec = rank_spec(world_rank, world_size)
     reports: list = []
     device = torch.device("cpu")
     with process_group(spec, device, timeout_s=600):

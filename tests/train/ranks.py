@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -13,6 +15,8 @@ from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.train.loop import TrainContext, train
 from orchestrator.worker.ddp import process_group
 from tests.helpers import free_ports
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -85,3 +89,28 @@ def set_master_in_child(port: int) -> None:
     """
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def run_ranks(function: str, world_size: int, args: list[str], timeout_s: float) -> list[int]:
+    """Run `function` ("package.module:name", called as name(world_rank, *args) with string args) as each rank of
+    `world_size` in a plain child process of its own; returns their exit codes.
+
+    Plain processes, not multiprocessing's spawn, which would leave its resource tracker running. A child
+    still running at the end (stuck in a rendezvous whose peer failed) is killed.
+    """
+    module, name = function.split(":")
+    code = f"import sys; from {module} import {name}; {name}(int(sys.argv[1]), *sys.argv[2:])"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(rank), *args],
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for rank in range(world_size)
+    ]
+    try:
+        return [child.wait(timeout=timeout_s) for child in children]
+    finally:
+        for child in children:  # a no-op for a child that ended
+            child.kill()
+            child.wait()

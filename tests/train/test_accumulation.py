@@ -6,9 +6,6 @@ optimizer step, not once per micro-batch: each rank counts the buckets DDP hands
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,9 +22,7 @@ from orchestrator.config.schema import (
 )
 from orchestrator.lifecycle.rank_reports import MetricsReport
 from tests.helpers import free_ports
-from tests.train.ranks import set_master_in_child, train_here
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.train.ranks import run_ranks, set_master_in_child, train_here
 
 STEPS = 4
 SETUPS = {"accumulated": (4, 4), "one batch": (1, 16)}
@@ -46,8 +41,9 @@ def _job(checkpoint_dir: Path, accum_steps: int, batch_size: int) -> JobConfig:
     return job
 
 
-def _rank(world_rank: int, ports: list[int], out_dir: Path) -> None:
+def _rank(world_rank: int, ports_text: str, out_text: str) -> None:
     """One rank's process: train both setups, one process group each, and count DDP's all-reduced buckets."""
+    ports, out_dir = [int(port) for port in ports_text.split(",")], Path(out_text)
     import orchestrator.train.timing as timing
 
     buckets = []
@@ -80,24 +76,7 @@ def _rank(world_rank: int, ports: list[int], out_dir: Path) -> None:
 def test_accumulating_k_micro_batches_equals_one_batch_of_k_times_b_under_ddp(tmp_path):
     # plain child processes: multiprocessing's spawn would leave its resource tracker process running
     ports = ",".join(map(str, free_ports(len(SETUPS))))
-    code = (
-        "import sys, pathlib; from tests.train.test_accumulation import _rank; "
-        "_rank(int(sys.argv[1]), [int(port) for port in sys.argv[2].split(',')], pathlib.Path(sys.argv[3]))"
-    )
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(rank), ports, str(tmp_path)],
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        codes = [child.wait(timeout=120) for child in children]
-    finally:
-        for child in children:  # a no-op for a child that ended; ends one stuck in a rendezvous whose peer failed
-            child.kill()
-            child.wait()
+    codes = run_ranks("tests.train.test_accumulation:_rank", 2, [ports, str(tmp_path)], timeout_s=120)
     assert codes == [0, 0]
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
     accumulated, one_batch = ranks[0]["accumulated"], ranks[0]["one batch"]

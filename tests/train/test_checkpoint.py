@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from orchestrator.train.checkpoint import (
@@ -99,3 +101,42 @@ def test_a_resume_names_a_sharded_checkpoint_or_its_run_folder(tmp_path):
     assert resolve_resume(str(run), tmp_path).step == 30
     assert resolve_resume("latest", tmp_path).checkpoint == run / "step_000000030"
     assert resolve_resume(str(run / "step_000000020"), tmp_path).run_id == run.name
+
+
+def test_a_single_file_checkpoint_of_the_previous_version_resumes_exactly_under_ddp(tmp_path, monkeypatch):
+    """tests/train/data/step_000000003.pt was written by the loop before sharded checkpoints (commit d35e736), at
+    step 3 of this job, mid-epoch: resumed now, the run ends as this version's uninterrupted run does."""
+    import shutil
+
+    from orchestrator.config.load import validate
+    from orchestrator.config.schema import (
+        CheckpointConfig,
+        JobConfig,
+        MlpConfig,
+        SyntheticConfig,
+        TrackingConfig,
+        TrainerConfig,
+    )
+    from tests.train.ranks import train_here, use_master
+
+    def job(folder):
+        built = JobConfig(
+            model=MlpConfig(hidden_sizes=[16], dropout=0.1),
+            data=SyntheticConfig(num_samples=96, input_shape=[8], batch_size=8),
+            trainer=TrainerConfig(max_steps=6, log_every_n_steps=1),
+            tracking=TrackingConfig(enabled=False),
+            checkpoint=CheckpointConfig(dir=str(folder), every_n_steps=3, keep_last=5),
+        )
+        validate(built)
+        return built
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # torch sets it on first use
+    use_master(monkeypatch)
+    _, uninterrupted = train_here(job(tmp_path / "new"), tmp_path / "new")
+    legacy = tmp_path / "old" / "step_000000003.pt"
+    legacy.parent.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / legacy.name, legacy)
+    use_master(monkeypatch)
+    reports, resumed = train_here(job(tmp_path / "old"), tmp_path / "old", resume_from=legacy)
+    assert resumed.step == 6 and resumed.params_digest == uninterrupted.params_digest
+    assert [path.name for path in list_checkpoints(tmp_path / "old")] == ["step_000000003.pt", "step_000000006"]

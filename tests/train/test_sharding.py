@@ -3,9 +3,6 @@ checkpoint written by 2 ranks continues on 1 and on 3 from the same step with th
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,10 +22,10 @@ from orchestrator.config.schema import (
 from orchestrator.lifecycle.rank_reports import CheckpointReport, MetricsReport, StepReport
 from orchestrator.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from tests.helpers import free_ports
+from tests.train.ranks import run_ranks
 
 pytestmark = pytest.mark.slow  # ranks in child processes: about 80 s
 
-REPO = Path(__file__).resolve().parents[2]
 STEPS = 8
 
 
@@ -46,10 +43,11 @@ def _job(strategy: str, checkpoint_dir: Path, async_save: bool = True, accum_ste
     return job
 
 
-def _phase(name: str, world_rank: int, world_size: int, ports: list[int], out: Path) -> None:
+def _phase(world_rank: int, name: str, world_size_text: str, ports_text: str, out_text: str) -> None:
     """One rank of one phase in a child process; what it saw goes to out/<name>.rank<r>.pt."""
     from tests.train.ranks import set_master_in_child, train_here
 
+    world_size, ports, out = int(world_size_text), [int(port) for port in ports_text.split(",")], Path(out_text)
     set_master_in_child(ports[0])
     if name in ("ddp", "fsdp", "fsdp-sync", "fsdp-accum"):
         job = _job(
@@ -110,25 +108,7 @@ def _weights_after_load(job: JobConfig, folder: Path, source: Path, world_rank: 
 
 def _run(name: str, world_size: int, out: Path) -> list[dict]:
     ports = ",".join(map(str, free_ports(2)))
-    code = (
-        "import sys, pathlib; from tests.train.test_sharding import _phase; "
-        "_phase(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), [int(p) for p in sys.argv[4].split(',')], "
-        "pathlib.Path(sys.argv[5]))"
-    )
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, name, str(rank), str(world_size), ports, str(out)],
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        for rank in range(world_size)
-    ]
-    try:
-        codes = [child.wait(timeout=240) for child in children]
-    finally:
-        for child in children:  # a no-op for a child that ended; ends one stuck in a rendezvous whose peer failed
-            child.kill()
-            child.wait()
+    codes = run_ranks("tests.train.test_sharding:_phase", world_size, [name, str(world_size), ports, str(out)], 240)
     assert codes == [0] * world_size, f"phase {name}: exit codes {codes}"
     return [torch.load(out / f"{name}.rank{rank}.pt", weights_only=False) for rank in range(world_size)]
 
