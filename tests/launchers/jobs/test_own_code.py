@@ -152,7 +152,7 @@ def test_a_sweep_of_own_code_records_every_trials_objective(ray_cluster, package
         "train",
         "-m",
         *own_overrides(package),
-        "optim.lr=0.01,0.02,0.05,0.1",
+        "optim.lr=0.01,0.1",
         "trainer.max_steps=8",
         "tracking.log_model=false",
         "monitor.enabled=false",
@@ -167,9 +167,9 @@ def test_a_sweep_of_own_code_records_every_trials_objective(ray_cluster, package
     runs = client.search_runs([client.get_experiment_by_name("own-sweep").experiment_id])
     trials = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
     [parent] = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    assert sorted(run.data.params["optim.lr"] for run in trials) == ["0.01", "0.02", "0.05", "0.1"]
+    assert sorted(run.data.params["optim.lr"] for run in trials) == ["0.01", "0.1"]
     objectives = [run.data.metrics["eval/accuracy"] for run in trials]
-    assert all(0 < value <= 1 for value in objectives) and parent.data.metrics["sweep/finished"] == 4
+    assert all(0 < value <= 1 for value in objectives) and parent.data.metrics["sweep/finished"] == 2
     assert parent.data.metrics["sweep/best_objective"] == max(objectives)
 
 

@@ -27,7 +27,7 @@ from tests.helpers import assert_no_job_resources, compose_job, owned_process, w
 EXACT = [
     "model=mlp",
     "model.dropout=0.1",
-    "trainer.max_steps=200",
+    "trainer.max_steps=100",
     "trainer.log_every_n_steps=1",
     "checkpoint.every_n_steps=25",
     "tracking.log_model=false",
@@ -167,7 +167,7 @@ def test_a_kill_during_an_asynchronous_save_resumes_from_the_previous_checkpoint
     overrides = [
         "model=mlp",
         "model.hidden_sizes=[2048,2048]",
-        "trainer.max_steps=80",
+        "trainer.max_steps=40",
         "checkpoint.every_n_steps=10",
         "tracking.log_model=false",
         "checkpoint.keep_last=5",
@@ -204,7 +204,7 @@ def test_a_kill_during_an_asynchronous_save_resumes_from_the_previous_checkpoint
 def test_a_hung_rank_is_detected_killed_and_replaced(ray_cluster, tmp_path):
     overrides = [
         "model=mlp",
-        "trainer.max_steps=400",
+        "trainer.max_steps=150",
         "checkpoint.every_n_steps=20",
         "tracking.log_model=false",
         "failure.hang_timeout_s=10",
@@ -283,8 +283,8 @@ def test_a_run_stopped_with_ctrl_c_resumes_into_the_same_run_and_ends_identical(
         info.path for info in client.list_artifacts(run.info.run_id)
     }
     # checkpoint.upload=true: each complete sharded checkpoint is in the run's artifacts, folder and all
-    uploaded = {info.path for info in client.list_artifacts(run.info.run_id, "checkpoints/step_000000200")}
-    assert {"checkpoints/step_000000200/.metadata", "checkpoints/step_000000200/trainer.pt"} <= uploaded
+    uploaded = {info.path for info in client.list_artifacts(run.info.run_id, "checkpoints/step_000000100")}
+    assert {"checkpoints/step_000000100/.metadata", "checkpoints/step_000000100/trainer.pt"} <= uploaded
     workers = client.download_artifacts(run.info.run_id, "workers.2.json", str(tmp_path))
     import json
 
