@@ -56,5 +56,5 @@ def evaluate(
 
 def lockstep_padding(batches: int, num_items: int, world_size: int, batch_size: int) -> int:
     """Forwards a rank with `batches` evaluation batches adds to run as many as the rank with the most."""
-    most = -(-(-(-num_items // world_size)) // batch_size)
-    return most - batches
+    largest_shard = -(-num_items // world_size)  # ceil: rank 0 takes samples 0, W, 2W, ...
+    return -(-largest_shard // batch_size) - batches
