@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -89,61 +90,143 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+@dataclass(frozen=True)
+class StepBatches:
+    """One optimizer step of one rank: its micro-batches (index lists in a plan, loaded data in an epoch) and
+    the weight of each micro-batch's mean loss in the step's gradient.
+
+    `weights` None: each counts 1 / len(micro_batches) (every rank takes the same number of full micro-batches).
+    Otherwise micro-batch i of n_i samples counts n_i x W / (samples of the step over all W ranks): DDP and
+    FSDP average the ranks' gradients, so the step's gradient is the mean over its samples, whatever the split.
+    A weight of 0.0 marks a stand-in (one sample of the step) that a rank with a smaller share runs only to
+    keep the ranks' forwards and backwards in lockstep; it adds nothing to the gradient or the logged loss.
+    """
+
+    micro_batches: list[Any]
+    weights: Optional[tuple[float, ...]] = None
+
+    def weighted(self, loss: Any, index: int) -> Any:
+        """Micro-batch `index`'s mean `loss` as it enters the step's gradient."""
+        return loss / len(self.micro_batches) if self.weights is None else loss * self.weights[index]
+
+    def counts(self, index: int) -> bool:
+        """Whether micro-batch `index` holds samples of the step (not a stand-in)."""
+        return self.weights is None or self.weights[index] > 0.0
+
+
 class RankShare:
     """This rank's share of a data set of `num_items`, counted in micro-batches and optimizer steps (the same
     counts on every rank), from any global position in an epoch.
 
-    An epoch's order is DistributedSampler's (seed + epoch, shuffled, padded with its own start to a multiple
-    of the world size, dealt round robin), so from position 0 the indices are exactly the sampler's. Global
-    step i of world size W covers the order's samples [i*W*B, (i+1)*W*B) (B = batch_size x accum_steps), so a
-    position in samples means the same under any world size: a checkpoint of W ranks continues on W' ranks
-    with every sample of the epoch seen once.
+    An epoch's order is a permutation fixed by seed + epoch. Every optimizer step takes the next `global_batch`
+    samples G of that order (default W x B, B = batch_size x accum_steps), so a position in samples means the
+    same under any world size: a checkpoint of W ranks continues on W' ranks with every sample of the epoch
+    seen once.
+
+    When G = W x B each rank takes B samples per step in accum_steps micro-batches, exactly DistributedSampler's
+    batches (the order's tail padded with its start to a multiple of W, dealt round robin). Otherwise (a job
+    kept its global batch on another world size) step k deals the slice [start + kG, start + (k+1)G) of the
+    unpadded order round robin and every rank splits its share into the same number of micro-batches of at
+    most batch_size, weighted by their sizes (StepBatches.weights): the step's gradient is the mean over the
+    slice's samples, as on any other world size.
     """
 
-    def __init__(self, num_items: int, world_size: int, world_rank: int, batch_size: int, accum_steps: int, seed: int):
+    def __init__(
+        self,
+        num_items: int,
+        world_size: int,
+        world_rank: int,
+        batch_size: int,
+        accum_steps: int,
+        seed: int,
+        global_batch: Optional[int] = None,
+    ):
         self.num_items = num_items
         self.world_size = world_size
         self.world_rank = world_rank
         self.batch_size = batch_size
         self.accum_steps = accum_steps
         self.seed = seed
+        self.global_batch = world_size * batch_size * accum_steps if global_batch is None else global_batch
 
     @property
     def global_step_samples(self) -> int:
         """Samples one optimizer step takes from the epoch's order, over all ranks."""
-        return self.world_size * self.batch_size * self.accum_steps
+        return self.global_batch
+
+    @property
+    def dealt_whole(self) -> bool:
+        """Whether a step is accum_steps full micro-batches on every rank (G = W x batch_size x accum_steps)."""
+        return self.global_batch == self.world_size * self.batch_size * self.accum_steps
+
+    def _order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_items, generator=generator).tolist()
 
     def epoch_indices(self, epoch: int, start: int = 0) -> list[int]:
         """This rank's indices of epoch `epoch` from global position `start` (samples already taken)."""
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(self.num_items, generator=generator).tolist()
+        if not self.dealt_whole:
+            return [index for share, _, _ in self._shares(epoch, start) for index in share]
+        order = self._order(epoch)
         rest = order[start:]
         padding = -len(rest) % self.world_size
         rest += (order * -(-padding // max(len(order), 1)))[:padding]
         return rest[self.world_rank :: self.world_size]
 
+    def _shares(self, epoch: int, start: int) -> Iterator[tuple[list[int], int, int]]:
+        """Per step from `start`: this rank's share of the step's slice, the slice's length and its first item.
+
+        No padding: unequal shares already run in lockstep (stand-ins), so every sample counts exactly once.
+        """
+        rest, size = self._order(epoch)[start:], self.global_batch
+        for first in range(0, len(rest), size):
+            piece = rest[first : first + size]
+            yield piece[self.world_rank :: self.world_size], len(piece), piece[0]
+
+    def epoch_plan(self, epoch: int, start: int = 0) -> list[StepBatches]:
+        """This rank's optimizer steps of epoch `epoch` from global position `start`, as micro-batches of indices."""
+        if self.dealt_whole:
+            indices, size = self.epoch_indices(epoch, start), self.batch_size
+            per_step = size * self.accum_steps
+            return [
+                StepBatches([chunk[part : part + size] for part in range(0, len(chunk), size)])
+                for chunk in (indices[step : step + per_step] for step in range(0, len(indices), per_step))
+            ]
+        plan = []
+        for share, slice_size, first in self._shares(epoch, start):
+            # every rank runs as many micro-batches as the largest share needs (FSDP's forwards are collectives)
+            parts = -(-(-(-slice_size // self.world_size)) // self.batch_size)
+            sizes = [len(share) // parts + (part < len(share) % parts) for part in range(parts)]
+            bounds = [0, *itertools.accumulate(sizes)]
+            micro_batches = [share[low:high] or [first] for low, high in zip(bounds, bounds[1:])]
+            weights = tuple(size * self.world_size / slice_size for size in sizes)
+            plan.append(StepBatches(micro_batches, weights))
+        return plan
+
     def steps_from(self, start: int) -> int:
         """Optimizer steps left in an epoch at global position `start` (the last may be short)."""
-        per_rank = -(-max(self.num_items - start, 0) // self.world_size)
-        micro_batches = -(-per_rank // self.batch_size)
-        return -(-micro_batches // self.accum_steps)
+        return -(-max(self.num_items - start, 0) // self.global_batch)
 
     @property
     def micro_batches_per_epoch(self) -> int:
         """Micro-batches this rank runs per epoch (the same on every rank)."""
-        per_rank = -(-self.num_items // self.world_size)
-        return -(-per_rank // self.batch_size)
+        if self.dealt_whole:
+            per_rank = -(-self.num_items // self.world_size)
+            return -(-per_rank // self.batch_size)
+        return sum(len(step.micro_batches) for step in self.epoch_plan(0))
 
     @property
     def steps_per_epoch(self) -> int:
-        """Optimizer steps per whole epoch (the last may accumulate fewer micro-batches)."""
+        """Optimizer steps per whole epoch (the last may be short)."""
         return self.steps_from(0)
 
     def position_after(self, start: int, steps: int) -> int:
         """The global position after `steps` optimizer steps from `start` (past the data's end once the epoch
-        is done: padding counts)."""
-        per_rank = -(-max(self.num_items - start, 0) // self.world_size)
-        return start + self.world_size * min(steps * self.batch_size * self.accum_steps, per_rank)
+        is done, when the sampler's padding counts)."""
+        rest = max(self.num_items - start, 0)
+        if self.dealt_whole:
+            rest = self.world_size * -(-rest // self.world_size)
+        return start + min(steps * self.global_batch, rest)
 
 
 class ShardedBatches(RankShare):
@@ -163,19 +246,24 @@ class ShardedBatches(RankShare):
         batch_size: int,
         accum_steps: int,
         seed: int,
+        global_batch: Optional[int] = None,
     ):
         # inputs and labels live where the model runs (the whole set is moved once, see loop._on_device):
         # each micro-batch is then one gather on the device, with no per-step host-to-device copy
-        super().__init__(len(labels), world_size, world_rank, batch_size, accum_steps, seed)
+        super().__init__(len(labels), world_size, world_rank, batch_size, accum_steps, seed, global_batch)
         self.inputs = inputs
         self.labels = labels
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Yield one list of (inputs, labels) micro-batches per optimizer step, from global position `start`."""
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[StepBatches]:
+        """Yield each optimizer step's (inputs, labels) micro-batches, from global position `start`."""
+        plan = self.epoch_plan(epoch, start)
+        if not plan:
+            return
+        flat = [index for step in plan for part in step.micro_batches for index in part]
         # the epoch's order goes to the device once: indexing a GPU tensor with CPU indices would copy them
         # (from pageable memory, synchronously) on every micro-batch
-        indices = to_device(torch.tensor(self.epoch_indices(epoch, start), dtype=torch.long), self.inputs.device)
-        step_samples = self.batch_size * self.accum_steps
-        for start in range(0, len(indices), step_samples):
-            chunk = indices[start : start + step_samples]
-            yield [(self.inputs[part], self.labels[part]) for part in torch.split(chunk, self.batch_size)]
+        indices = to_device(torch.tensor(flat, dtype=torch.long), self.inputs.device)
+        parts = iter(torch.split(indices, [len(part) for step in plan for part in step.micro_batches]))
+        for step in plan:
+            micro_batches = [next(parts) for _ in step.micro_batches]
+            yield StepBatches([(self.inputs[part], self.labels[part]) for part in micro_batches], step.weights)

@@ -8,33 +8,35 @@ loaded, and a different world size continues from the same sample.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from orchestrator.train.data import RankShare
+from orchestrator.train.data import RankShare, StepBatches
 from orchestrator.train.evaluate import lockstep_padding
 from orchestrator.train.precision import autocast
 from orchestrator.train.step import Step, scalar_metrics
 
 
-class _EpochIndices(Sampler[int]):
-    """The indices of the current epoch from the current position; set before each epoch's iterator.
+class _EpochBatches(Sampler[list[int]]):
+    """The micro-batches (index lists) of the current epoch from the current position; set before each epoch's
+    iterator. The loader's batch_sampler: a plan may split a step into micro-batches of unequal sizes.
 
     One sampler object for the loader's whole life keeps `persistent_workers` worth having: the worker
     processes survive from epoch to epoch while the main process deals them new indices.
     """
 
     def __init__(self) -> None:
-        self.indices: list[int] = []
+        self.batches: list[list[int]] = []
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.batches)
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -72,15 +74,15 @@ class LoaderBatches(RankShare):
         seed: int,
         num_workers: int,
         device: torch.device,
+        global_batch: Optional[int] = None,
     ):
         # `dataset`: the user's map-style data set (__getitem__ and __len__; a torch Dataset or not)
-        super().__init__(len(dataset), world_size, world_rank, batch_size, accum_steps, seed)
+        super().__init__(len(dataset), world_size, world_rank, batch_size, accum_steps, seed, global_batch)
         self.device = device
-        self.indices = _EpochIndices()
+        self.sampler = _EpochBatches()
         self.loader: Optional[DataLoader] = DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=self.indices,
+            batch_sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
@@ -93,23 +95,22 @@ class LoaderBatches(RankShare):
         so to its persistent iterator, whose finalizer stops the workers) goes here."""
         self.loader = None
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[Any]]:
-        """Yield one list of micro-batches per optimizer step, from global position `start`.
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[StepBatches]:
+        """Yield each optimizer step's micro-batches, from global position `start`.
 
         A micro-batch is what the loader collated: [inputs, targets] for (inputs, targets) items, else
         whatever shape the items have (dicts, ...), for trainer.step_fn.
         """
-        self.indices.indices = self.epoch_indices(epoch, start)
-        step: list[Any] = []
         if self.loader is None:
             raise RuntimeError("LoaderBatches.epoch after close()")
-        for batch in self.loader:
-            step.append(to_device(batch, self.device))
-            if len(step) == self.accum_steps:
-                yield step
-                step = []
-        if step:
-            yield step
+        plan = self.epoch_plan(epoch, start)
+        self.sampler.batches = [part for step in plan for part in step.micro_batches]
+        loaded = iter(self.loader)
+        for step in plan:
+            micro_batches = [
+                to_device(batch, self.device) for batch in itertools.islice(loaded, len(step.micro_batches))
+            ]
+            yield StepBatches(micro_batches, step.weights)
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ from orchestrator.lifecycle.resume import model_data_identity
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.train.checkpoint import is_sharded, load_checkpoint
 from orchestrator.train.components import build_loss, build_target_data, build_target_model, training_flops_per_sample
-from orchestrator.train.data import Dataset, RankShare, ShardedBatches, load_dataset, to_device
+from orchestrator.train.data import Dataset, RankShare, ShardedBatches, StepBatches, load_dataset, to_device
 from orchestrator.train.evaluate import evaluate
 from orchestrator.train.flops import training_flops_per_token
 from orchestrator.train.loader import LoaderBatches, batch_size_of, evaluate_dataset, first_inputs
@@ -141,6 +141,17 @@ def epoch_position(state: Mapping[str, Any], batches: RankShare) -> int:
     return int(state["steps_in_epoch"]) * world_size * batches.batch_size * batches.accum_steps
 
 
+def global_batch(job: JobConfig, world_size: int) -> int:
+    """Samples per optimizer step over all ranks on `world_size` ranks: an elastic job with
+    scaling.elastic_batch=keep_global keeps the batch of scaling.num_workers ranks on any world size; otherwise
+    each rank keeps its batch (a fixed-size job always runs num_workers ranks, except when a test or a user
+    resumes its checkpoint on another world size by hand, which has always kept each rank's batch)."""
+    per_rank = job.data.batch_size * job.trainer.grad_accum_steps
+    if job.scaling.elastic and job.scaling.elastic_batch == "keep_global":
+        return per_rank * job.scaling.num_workers
+    return per_rank * world_size
+
+
 def train(job: JobConfig, ctx: TrainContext) -> ResultReport:
     """Train this rank to the configured end, or to a stop all ranks agreed on."""
     trainer = build_trainer(job, ctx)
@@ -179,6 +190,7 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
             seed,
             job.data.num_workers,
             ctx.device,
+            global_batch(job, spec.world_size),
         )
     else:
         batches = ShardedBatches(
@@ -189,6 +201,7 @@ def build_trainer(job: JobConfig, ctx: TrainContext) -> "Trainer":
             job.data.batch_size,
             job.trainer.grad_accum_steps,
             seed,
+            global_batch(job, spec.world_size),
         )
     parallel = wrap(module, job, ctx.device, spec.world_size)
     if parallel.ddp is not None:
@@ -391,8 +404,8 @@ class Trainer:
     def fit(self) -> ResultReport:
         """Run epochs until the last step; returns this rank's result."""
         while self.step < self.total_steps:
-            for micro_batches in self.batches.epoch(self.epoch, start=self.epoch_start):
-                self._optimizer_step(micro_batches)
+            for step_batches in self.batches.epoch(self.epoch, start=self.epoch_start):
+                self._optimizer_step(step_batches)
                 if self.step == self.resumed_step + 1:
                     self._attempt_started()
                 if self._after_step():
@@ -403,21 +416,24 @@ class Trainer:
                 self._end_epoch()
         return self._finish(stopped=False)
 
-    def _optimizer_step(self, micro_batches: list[Any]) -> None:
+    def _optimizer_step(self, step: StepBatches) -> None:
         amp = self.autocast_amp
         self.sync_timer.step_started()
+        micro_batches = step.micro_batches
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             # gradients are all-reduced (reduce-scattered under FSDP) once per optimizer step, on its last micro-batch
             with self.parallel.gradient_sync(last):
                 with autocast(self.ctx.device, amp):
                     loss, metrics = self.step_fn.train(self.parallel.model, batch)
-                self.scaler.scale(loss / len(micro_batches)).backward()
+                self.scaler.scale(step.weighted(loss, index)).backward()
+            if not step.counts(index):
+                continue
             self.window.loss_sum += loss.detach().double()
             self.window.samples += batch_size_of(batch)
+            self.window.micro_batches += 1
             if metrics or self.metric_keys:
                 self.window.add_metrics(self._step_metrics(metrics))
-        self.window.micro_batches += len(micro_batches)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -455,6 +471,16 @@ class Trainer:
                 wall_time=time.time(),
             )
         )
+        if self.ctx.spec.world_rank == 0:  # the run shows the world size from the step where it took effect
+            self.ctx.emit(
+                MetricsReport(
+                    step=self.resumed_step,
+                    metrics={
+                        "scaling/world_size": float(self.ctx.spec.world_size),
+                        "scaling/global_batch": float(self.batches.global_step_samples),
+                    },
+                )
+            )
 
     def _after_step(self) -> bool:
         """Log, heartbeat and checkpoint as due; True when the ranks agreed to stop here."""
@@ -614,6 +640,7 @@ class Trainer:
             "window": self.window.state(),
             "rng": rng_states,
             "world_size": self.ctx.spec.world_size,
+            "global_batch": self.batches.global_step_samples,
             "strategy": self.parallel.strategy,
         }
 
