@@ -165,3 +165,20 @@ def _read_snapshot(fixed_size: bool) -> ClusterSnapshot:
         if node["Alive"]
     )
     return ClusterSnapshot(nodes=nodes, fixed_size=fixed_size)
+
+
+def draining_nodes() -> dict[str, Optional[float]]:
+    """Nodes being drained (a preemption with notice) -> when they go, in time.time() seconds (None: no deadline)."""
+    import ray
+
+    if ray.util.client.ray.is_connected():
+        return ray.get(ray.remote(num_cpus=0)(_read_draining).remote())
+    return _read_draining()
+
+
+def _read_draining() -> dict[str, Optional[float]]:
+    # DeveloperAPI, as available_resources_per_node: the GCS's drain requests with their deadlines (Ray 2.60
+    # has no public call for them); a deadline of 0 means none was given
+    from ray._private.state import state
+
+    return {node: (deadline / 1000.0 if deadline else None) for node, deadline in state.get_draining_nodes().items()}

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import socket
 import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Optional
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.lifecycle.rank_reports import ErrorReport
+from orchestrator.lifecycle.rank_reports import ErrorReport, PreemptionNotice
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.stop import StopSignal
 
@@ -48,6 +50,24 @@ class WorkerActor:
         self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._cache: Optional[WorkerCache] = None  # data set and model kept for the next attempt of the same job
+        self._spec: Optional[WorkerSpec] = None
+        self._noticed = False
+        # the actor's constructor runs on the process's main thread, the only one that may install handlers
+        self._ray_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Optional[FrameType]) -> None:
+        """SIGTERM is what Kubernetes sends a pod before it evicts it: while a rank trains, tell the driver (it
+        stops the ranks at a checkpoint and continues without this node); otherwise, or the second time, exit as
+        Ray's own handler does."""
+        spec, running = self._spec, self._thread is not None and self._thread.is_alive()
+        if spec is None or not running or self._noticed:
+            previous = self._ray_sigterm
+            if callable(previous):
+                previous(signum, frame)
+            raise SystemExit(128 + signum)
+        self._noticed = True
+        # SimpleQueue.put is safe in a signal handler (it never blocks on a lock another frame holds)
+        self._outbox.put(PreemptionNotice(world_rank=spec.world_rank, node_ip=spec.node_ip))
 
     def node_ip(self) -> str:
         """The Ray node IP this actor runs on."""
@@ -70,6 +90,12 @@ class WorkerActor:
         import ray
 
         return [str(gpu) for gpu in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+    def warm(self) -> None:
+        """Load what a rank of the built-in loop needs (torch, the loop), so that a spare takes over at once."""
+        from orchestrator.train.components import warm_up
+
+        warm_up()
 
     def stop(self) -> None:
         """Ask the running rank to stop at the next step the ranks agree on."""
@@ -102,6 +128,7 @@ class WorkerActor:
         )
         self._stop = StopSignal()
         self._outbox = queue.SimpleQueue()
+        self._spec = spec
         self._thread = threading.Thread(
             target=self._train, args=(spec, job, attempt, self._outbox), name=f"rank-{spec.world_rank}", daemon=True
         )
@@ -153,5 +180,6 @@ if TYPE_CHECKING:
         pid: RemoteMethod[[], int]
         gpu_ids: RemoteMethod[[], list[str]]
         stop: RemoteMethod[[], None]
+        warm: RemoteMethod[[], None]
         start: RemoteMethod[[WorkerSpec, JobConfig, str, Optional[str], Optional[str]], None]
         reports: RemoteMethod[[float], ReportBatch]

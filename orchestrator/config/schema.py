@@ -36,6 +36,7 @@ DirectionChoice = Literal["maximize", "minimize"]
 EarlyStopChoice = Literal["none", "median"]
 CompileModeChoice = Literal["default", "reduce-overhead", "max-autotune"]
 StrategyChoice = Literal["ddp", "fsdp"]
+ElasticBatchChoice = Literal["keep_global", "keep_per_worker"]
 if TYPE_CHECKING:
     PlacementStrategy: TypeAlias = PlacementStrategyChoice
     Backend: TypeAlias = BackendChoice
@@ -49,9 +50,10 @@ if TYPE_CHECKING:
     EarlyStop: TypeAlias = EarlyStopChoice
     CompileMode: TypeAlias = CompileModeChoice
     Strategy: TypeAlias = StrategyChoice
+    ElasticBatch: TypeAlias = ElasticBatchChoice
 else:
     PlacementStrategy = Backend = Amp = Optimizer = Schedule = str
-    ModelFormat = Entrypoint = RestartOn = Direction = EarlyStop = CompileMode = Strategy = str
+    ModelFormat = Entrypoint = RestartOn = Direction = EarlyStop = CompileMode = Strategy = ElasticBatch = str
 
 PLACEMENT_STRATEGIES: tuple[str, ...] = get_args(PlacementStrategyChoice)
 BACKENDS: tuple[str, ...] = get_args(BackendChoice)
@@ -65,6 +67,7 @@ SWEEP_DIRECTIONS: tuple[str, ...] = get_args(DirectionChoice)
 EARLY_STOP_RULES: tuple[str, ...] = get_args(EarlyStopChoice)
 COMPILE_MODES: tuple[str, ...] = get_args(CompileModeChoice)
 STRATEGIES: tuple[str, ...] = get_args(StrategyChoice)
+ELASTIC_BATCHES: tuple[str, ...] = get_args(ElasticBatchChoice)
 SWEEP_OBJECTIVES = ("eval/accuracy", "eval/loss", "train/loss", "train/samples_per_s")
 """Metrics the built-in loop reports that a sweep can optimize."""
 PER_NODE_STRATEGIES = ("PACK", "STRICT_SPREAD")
@@ -133,10 +136,28 @@ class ScalingConfig:
     strategy: Strategy = "ddp"
     """How the built-in loop spreads the model: ddp (a full replica per rank) or fsdp (parameters, gradients
     and optimizer state sharded across the ranks with FSDP2; see the `fsdp` section)."""
+    min_workers: Optional[int] = None
+    """Elastic training: the fewest workers the job continues on when workers are lost and cannot be placed
+    again within placement_timeout_s (it resumes from the newest checkpoint on those it can place, and grows
+    back to num_workers when resources return). null = a fixed size: the job waits for replacements or fails."""
+    resize_check_s: float = 30.0
+    """Elastic jobs running below num_workers: how often to check whether lost workers can be placed again;
+    the job grows back at the next checkpoint after such a check succeeds."""
+    elastic_batch: ElasticBatch = "keep_global"
+    """What a resize keeps: keep_global (the global batch of num_workers x data.batch_size x
+    trainer.grad_accum_steps samples per optimizer step: fewer workers accumulate more, so the optimizer sees
+    the same batches and the learning-rate schedule stays valid) or keep_per_worker (each worker keeps its
+    batch: the global batch shrinks and grows with the workers)."""
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the job may run on fewer than num_workers workers."""
+        return self.min_workers is not None
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found`."""
         found.at_least("scaling.num_workers", self.num_workers, 1)
+        self._check_elastic(found)
         found.choice("scaling.strategy", self.strategy, STRATEGIES)
         found.positive("scaling.cpus_per_worker", self.cpus_per_worker)
         gpus = self.gpus_per_worker
@@ -155,6 +176,27 @@ class ScalingConfig:
         self._check_resources(found)
         found.positive("scaling.placement_timeout_s", self.placement_timeout_s)
         found.positive("scaling.rendezvous_timeout_s", self.rendezvous_timeout_s)
+
+    def _check_elastic(self, found: Problems) -> None:
+        found.positive("scaling.resize_check_s", self.resize_check_s)
+        found.choice("scaling.elastic_batch", self.elastic_batch, ELASTIC_BATCHES)
+        if self.min_workers is None:
+            return
+        most = self.num_workers if is_number(self.num_workers) else 1
+        found.require(
+            isinstance(self.min_workers, int) and 1 <= self.min_workers <= most,
+            "scaling.min_workers",
+            self.min_workers,
+            f"must be a whole number from 1 to scaling.num_workers={most}, or null for a fixed size",
+        )
+        per_node = self.workers_per_node
+        if isinstance(self.min_workers, int) and isinstance(per_node, int) and per_node > 0:
+            found.require(
+                self.min_workers % per_node == 0,
+                "scaling.min_workers",
+                self.min_workers,
+                f"whole nodes are lost and placed: use a multiple of scaling.workers_per_node={per_node}",
+            )
 
     def _check_shape(self, found: Problems) -> None:
         per_node = self.workers_per_node
@@ -613,11 +655,36 @@ class FailureConfig:
     """entrypoint=script: also restart a script that exited with an error status. By default that fails the
     job at once, as under torchrun (a bad argument fails the same way every time); a script killed by a
     signal (the OOM killer's SIGKILL) is restarted like any worker that died."""
+    max_preemptions: int = -1
+    """Restarts after a preemption (a node drained with a deadline, SIGTERM to a worker as Kubernetes sends
+    before an eviction) before the job fails; they do not count against max_restarts. -1 = no limit."""
+    spare_workers: int = 0
+    """Idle, fully started rank processes (torch imported) kept in the job's placement group, so that a lost
+    rank is replaced at once instead of after a new process starts; a new spare then starts in the background."""
+    exclude_node_after: int = 2
+    """A node on which ranks of this job failed this many times (deaths, hangs, broken collectives) is not
+    used again by the job; 0 = never exclude a node."""
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found`."""
         restarts_ok = isinstance(self.max_restarts, int) and self.max_restarts >= -1
         found.require(restarts_ok, "failure.max_restarts", self.max_restarts, "must be -1 (no limit) or a number >= 0")
+        preemptions_ok = isinstance(self.max_preemptions, int) and self.max_preemptions >= -1
+        found.require(
+            preemptions_ok, "failure.max_preemptions", self.max_preemptions, "must be -1 (no limit) or a number >= 0"
+        )
+        found.require(
+            isinstance(self.spare_workers, int) and self.spare_workers >= 0,
+            "failure.spare_workers",
+            self.spare_workers,
+            "must be a whole number >= 0",
+        )
+        found.require(
+            isinstance(self.exclude_node_after, int) and self.exclude_node_after >= 0,
+            "failure.exclude_node_after",
+            self.exclude_node_after,
+            "must be a whole number >= 0 (0 = never exclude a node)",
+        )
         found.choice("failure.restart_on", self.restart_on, RESTART_ON)
         found.positive("failure.hang_timeout_s", self.hang_timeout_s)
 

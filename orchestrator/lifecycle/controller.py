@@ -148,8 +148,6 @@ class Controller:
         """Stop the job (the user asked, or `reason`): first ask the ranks, and if asked again, kill them."""
         state = self.state
         if isinstance(state, Running):
-            self.console.message(stop_message(reason, self.settings.entrypoint))
-            self._group().request_stop()
             self._enter(states.stopping(state, reason, self.clock()))
         else:
             self._enter(states.killed(state, reason, self._specs()))
@@ -159,7 +157,7 @@ class Controller:
         self.group = self.group_factory()
         history = state.history
         try:
-            self.group.start(history.checkpoint, attempt=len(history.restarts))
+            self.group.start(history.checkpoint, attempt=len(history.restarts), avoid=history.excluded)
         except LaunchError as error:
             return states.launch_failed(history, self._attempt(), error, self.settings.failure_policy)
         except OrchestratorError as error:
@@ -174,7 +172,13 @@ class Controller:
     def _restart(self, state: Restarting) -> State:
         history = state.history.with_newest(self.find_checkpoint())  # its report may still be in flight
         record = RestartRecord(
-            len(history.restarts) + 1, state.failure, history.checkpoint_step, self.clock(), self.wall_clock()
+            len(history.restarts) + 1,
+            state.failure,
+            history.checkpoint_step,
+            self.clock(),
+            self.wall_clock(),
+            workers_before=len(state.attempt.workers),
+            excluded_node=_newly_excluded(state),
         )
         history = history.with_restart(record)
         try:
@@ -183,7 +187,12 @@ class Controller:
             failed = LaunchError(f"restart {record.number} failed: {error}", error.retryable)
             attempt = replace(state.attempt, workers=self._specs())
             return states.launch_failed(history, attempt, failed, self.settings.failure_policy)
-        record = replace(record, timings=timings)
+        record = replace(record, timings=timings, workers_after=len(self._specs()))
+        if record.resized:
+            self.console.message(
+                f"continuing on {record.workers_after} workers (was {record.workers_before}) from step "
+                f"{record.resumed_from_step}"
+            )
         history = history.with_restart(record)
         self.observers.restarted(record)
         return self._started(history)
@@ -192,11 +201,11 @@ class Controller:
         """Replace only the lost workers; after a failed (re)launch, free everything and start a new group."""
         attempt = len(history.restarts)
         if not state.rebuild:
-            return dict(self._group().restart(set(state.replaced), history.checkpoint, attempt))
+            return dict(self._group().restart(set(state.replaced), history.checkpoint, attempt, avoid=state.avoid))
         began = self.clock()
         self._group().shutdown()
         self.group = self.group_factory()
-        self.group.start(history.checkpoint, attempt=attempt)
+        self.group.start(history.checkpoint, attempt=attempt, avoid=state.avoid)
         return {"rebuild": self.clock() - began}
 
     def _follow(self) -> None:
@@ -220,6 +229,19 @@ class Controller:
         decided = self.state.failure if isinstance(self.state, Restarting) else None
         if isinstance(state, Restarting) and state.failure is not decided:
             self.console.message(state.announcement)
+            excluded = _newly_excluded(state)
+            if excluded is not None:
+                self.console.message(
+                    f"node {excluded} is excluded from this job: its ranks failed there "
+                    f"{self.settings.failure_policy.exclude_node_after} times (failure.exclude_node_after)"
+                )
+        if isinstance(state, Stopping) and isinstance(self.state, Running):
+            # the ranks stop at the next step they agree on, where they also write a checkpoint
+            if state.planned is not None:
+                self.console.message(f"{state.planned.summary}: the ranks stop at a checkpoint, then the job continues")
+            else:
+                self.console.message(stop_message(state.reason, self.settings.entrypoint))
+            self._group().request_stop()
         self.state = state
 
     def _release(self) -> JobOutcome:
@@ -250,3 +272,11 @@ class Controller:
     def _attempt(self) -> AttemptProgress:
         """An attempt that never ran: only the ranks its group has."""
         return AttemptProgress(workers=self._specs())
+
+
+def _newly_excluded(state: Restarting) -> Optional[str]:
+    """The node this restart excludes from the job (failure.exclude_node_after), as `IP (node id prefix)`."""
+    for spec in state.attempt.workers:
+        if spec.node_id == state.excludes:
+            return f"{spec.node_ip} ({spec.node_id[:8]})"
+    return None

@@ -29,11 +29,27 @@ class FailureKind(enum.Enum):
     DETERMINISTIC = "deterministic error"
     """An error that every restart repeats exactly: a checkpoint that does not load, the user's code that does
     not import, a config error. Never retried."""
+    PREEMPTED = "preempted"
+    """A node of the job is being taken away with notice (drained with a deadline, SIGTERM before an eviction):
+    the ranks checkpoint and the job restarts without that node, on its own budget (failure.max_preemptions)."""
+    RESIZE = "resize"
+    """Not a failure: an elastic job running below scaling.num_workers stops at a checkpoint to grow back."""
 
     @property
     def is_infra(self) -> bool:
         """True for failures of the machinery rather than of the code being trained."""
         return self not in (FailureKind.USER_ERROR, FailureKind.SCRIPT_ERROR, FailureKind.DETERMINISTIC)
+
+    @property
+    def counts_as_restart(self) -> bool:
+        """Whether a restart after it spends failure.max_restarts (a preemption or a resize does not)."""
+        return self not in (FailureKind.PREEMPTED, FailureKind.RESIZE)
+
+    @property
+    def blames_node(self) -> bool:
+        """Whether it counts against the node the rank ran on (failure.exclude_node_after): the rank's process
+        died or hung there. A broken collective is usually reported by the survivors, not the culprit."""
+        return self in (FailureKind.WORKER_DIED, FailureKind.HANG)
 
 
 # what gloo, NCCL and torch.distributed say when a peer crashed, vanished or stopped answering
@@ -91,8 +107,20 @@ class Decision:
     reason: str
 
 
-def decide(failure: Failure, restarts_done: int, policy: FailureConfig) -> Decision:
-    """Restart unless the failure kind is excluded or the restart budget is spent."""
+def decide(failure: Failure, restarts_done: int, policy: FailureConfig, preemptions_done: int = 0) -> Decision:
+    """Restart unless the failure kind is excluded or its budget is spent.
+
+    `restarts_done` counts the earlier restarts that spent failure.max_restarts, `preemptions_done` those after
+    a preemption (failure.max_preemptions); a resize spends neither.
+    """
+    if failure.kind is FailureKind.RESIZE:
+        return Decision(True, "resize (not counted as a restart)")
+    if failure.kind is FailureKind.PREEMPTED:
+        limit = policy.max_preemptions
+        if limit != -1 and preemptions_done >= limit:
+            return Decision(False, f"gave up after {preemptions_done} preemptions (failure.max_preemptions={limit})")
+        left = "no limit" if limit == -1 else f"{limit - preemptions_done - 1} left"
+        return Decision(True, f"preemption restart {preemptions_done + 1} ({left}; not counted in failure.max_restarts)")
     if failure.kind is FailureKind.DETERMINISTIC:
         return Decision(False, "every restart would fail the same way: not restarted")
     if failure.kind is FailureKind.SCRIPT_ERROR and not policy.retry_script_errors:

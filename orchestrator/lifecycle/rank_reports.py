@@ -98,3 +98,16 @@ class AttemptStartReport:
     """Seconds spent in: process_group, build (data + model), checkpoint_load, first_step."""
     wall_time: float
     """time.time() when that first step finished."""
+
+
+@dataclass(frozen=True)
+class PreemptionNotice:
+    """A rank's process got SIGTERM (what Kubernetes sends before it evicts a pod): its node is going away.
+
+    The rank keeps training until the driver asks the ranks to stop; the job then checkpoints and restarts
+    without that node, as for a node drained with a deadline.
+    """
+
+    world_rank: int
+    node_ip: str
+    signal: str = "SIGTERM"

@@ -6,20 +6,23 @@ group, an observer or a clock: the controller does that and passes in what it go
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 from orchestrator.config.schema import FailureConfig
 from orchestrator.errors import LaunchError
 from orchestrator.lifecycle.failure_policy import Failure, FailureKind, classify_error, decide
+from orchestrator.lifecycle.rank_progress import RankMap, RankSet, RankTimes
 from orchestrator.lifecycle.rank_reports import (
     AttemptStartReport,
     CheckpointReport,
     ErrorReport,
+    PreemptionNotice,
     ResultReport,
     StepReport,
 )
-from orchestrator.lifecycle.worker_group import GroupEvent, RankLost, RankReport
+from orchestrator.lifecycle.worker_group import CapacityReturned, GroupEvent, NodeDraining, RankLost, RankReport
 from orchestrator.planning.rank_specs import WorkerSpec
 
 SETTLE_S = 3.0
@@ -68,6 +71,17 @@ class RestartRecord:
     began_wall: float
     """The same moment as `began_at` in wall-clock seconds, comparable with other processes' clocks."""
     timings: Mapping[str, float] = field(default_factory=dict)
+    workers_before: int = 0
+    """The failed attempt's world size."""
+    workers_after: int = 0
+    """The new attempt's world size (0 until it started): different from workers_before after a resize."""
+    excluded_node: Optional[str] = None
+    """The node (its IP) this restart stopped using for the job (failure.exclude_node_after)."""
+
+    @property
+    def resized(self) -> bool:
+        """Whether the job continued on a different number of workers."""
+        return self.workers_after > 0 and self.workers_after != self.workers_before
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,8 @@ class ControllerSettings:
     """How long a rank may take to its first step (scaling.rendezvous_timeout_s); never less than a hang."""
     entrypoint: str = "builtin"
     """What the ranks run (builtin or script): says how they stop."""
+    preemption_grace_s: float = STOP_GRACE_S
+    """Longest time ranks get to reach a checkpoint after a preemption notice without a deadline (a SIGTERM)."""
 
     @property
     def startup_limit_s(self) -> float:
@@ -103,6 +119,14 @@ class History:
     restarts: tuple[RestartRecord, ...] = ()
     checkpoint: Optional[str] = None
     checkpoint_step: int = 0
+    node_failures: Mapping[str, int] = field(default_factory=dict)
+    """Failures of ranks per node id (deaths and hangs), for failure.exclude_node_after."""
+    excluded: frozenset[str] = frozenset()
+    """Node ids the job no longer uses."""
+
+    def restarts_of(self, kinds: Callable[[FailureKind], bool]) -> int:
+        """How many restarts so far followed a failure whose kind `kinds` accepts."""
+        return sum(1 for record in self.restarts if kinds(record.failure.kind))
 
     @classmethod
     def resuming(cls, point: ResumePoint) -> "History":
@@ -132,9 +156,9 @@ class AttemptProgress:
     suspect: Optional[Failure] = None
     """A broken collective, held until SETTLE_S passes or a death explains it."""
     settle_deadline: float = 0.0
-    last_progress: Mapping[int, float] = field(default_factory=dict)
-    """When each rank last started or finished a step."""
-    stepping: frozenset[int] = frozenset()
+    last_progress: RankTimes = field(default_factory=RankTimes)
+    """When each rank last started or finished a step (a heartbeat makes the next version in O(1))."""
+    stepping: RankSet = field(default_factory=RankSet)
     """The ranks past their first step (the others are judged by the startup limit)."""
 
 
@@ -161,6 +185,10 @@ class Stopping:
     attempt: AttemptProgress
     reason: str
     deadline: float
+    planned: Optional[Failure] = None
+    """A preemption or a resize: once the ranks stopped (and checkpointed) the job restarts instead of ending."""
+    avoid: frozenset[str] = frozenset()
+    """Nodes (ids) the planned restart does not use: those being drained."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +202,10 @@ class Restarting:
     rebuild: bool = False
     decision: str = ""
     """Why it restarts, in words (`restart 2 (1 left)`)."""
+    avoid: frozenset[str] = frozenset()
+    """Nodes (ids) the new attempt does not use: the job's excluded nodes and those being drained."""
+    excludes: Optional[str] = None
+    """The node (id) this failure made the job exclude (failure.exclude_node_after), if any."""
 
     @property
     def replaced(self) -> frozenset[int]:
@@ -195,6 +227,11 @@ class Done:
     outcome: JobOutcome
 
 
+_COPIED_BY_FIELDS = frozenset(
+    kind for kind in (AttemptProgress, Running, Stopping) if not hasattr(kind, "__post_init__")
+)
+"""The states a heartbeat may copy field by field: those without a __post_init__ to run."""
+
 State = Union[Pending, Running, Stopping, Restarting, Done]
 Live = Union[Running, Stopping]
 """The states in which a group runs and its reports are routed."""
@@ -205,7 +242,8 @@ def started(history: History, workers: Sequence[WorkerSpec], now: float) -> Runn
     """A group runs with `workers`: a new attempt, every rank given its startup time from `now`."""
     workers = tuple(workers)
     history = replace(history, attempts=history.attempts + (Attempt(len(history.restarts), workers),))
-    return Running(history, AttemptProgress(workers=workers, last_progress={spec.world_rank: now for spec in workers}))
+    progress = RankTimes(dict.fromkeys(map(operator.attrgetter("world_rank"), workers), now))
+    return Running(history, AttemptProgress(workers=workers, last_progress=progress))
 
 
 def stopping(state: Running, reason: str, now: float) -> Stopping:
@@ -243,21 +281,65 @@ def killed(state: State, reason: str, workers: Sequence[WorkerSpec]) -> State:
     if isinstance(state, Done):
         return state
     attempt = state.attempt if isinstance(state, (Running, Stopping, Restarting)) else AttemptProgress()
-    error = state.reason if isinstance(state, Stopping) else reason
+    error = state.reason if isinstance(state, Stopping) and state.planned is None else reason
     return ended(state.history, replace(attempt, workers=tuple(workers)), "KILLED", error=error)
 
 
 def restart_or_fail(
-    history: History, attempt: AttemptProgress, failure: Failure, policy: FailureConfig, rebuild: bool = False
+    history: History,
+    attempt: AttemptProgress,
+    failure: Failure,
+    policy: FailureConfig,
+    rebuild: bool = False,
+    avoid: frozenset[str] = frozenset(),
 ) -> Union[Restarting, Done]:
-    """Restart after `failure` if the policy allows, else fail the job."""
-    decision = decide(failure, len(history.restarts), policy)
+    """Restart after `failure` if the policy allows, else fail the job.
+
+    A death or a hang counts against the rank's node; a node that reached failure.exclude_node_after is
+    excluded, and the new attempt is a whole new group placed away from every excluded node.
+    """
+    decision = decide(
+        failure,
+        history.restarts_of(lambda kind: kind.counts_as_restart),
+        policy,
+        preemptions_done=history.restarts_of(lambda kind: kind is FailureKind.PREEMPTED),
+    )
     if decision.restart:
-        return Restarting(history, failure, attempt, rebuild, decision.reason)
+        history, excludes = _blame_node(history, attempt, failure, policy)
+        return Restarting(
+            history,
+            failure,
+            attempt,
+            rebuild or excludes is not None,
+            decision.reason,
+            avoid=history.excluded | avoid,
+            excludes=excludes,
+        )
     # say why it was not restarted where restarts were possible
     explain = bool(history.restarts) or policy.max_restarts != 0
     summary = f"{failure.summary} ({decision.reason})" if explain else failure.summary
     return ended(history, attempt, "FAILED", error=summary, traceback=failure.traceback)
+
+
+def _blame_node(
+    history: History, attempt: AttemptProgress, failure: Failure, policy: FailureConfig
+) -> tuple[History, Optional[str]]:
+    """The history with the failure counted against its rank's node, and that node's id when it is now excluded."""
+    rank = failure.world_rank
+    if not failure.kind.blames_node or rank is None or rank >= len(attempt.workers):
+        return history, None
+    node = attempt.workers[rank].node_id
+    failures = {**history.node_failures, node: history.node_failures.get(node, 0) + 1}
+    history = replace(history, node_failures=failures)
+    limit = policy.exclude_node_after
+    if limit == 0 or failures[node] < limit or node in history.excluded:
+        return history, None
+    return replace(history, excluded=history.excluded | {node}), node
+
+
+def planned_stop(state: Running, planned: Failure, now: float, deadline: float, avoid: frozenset[str]) -> Stopping:
+    """Stop the ranks at an agreed step (they checkpoint there) to restart for a preemption or a resize."""
+    return Stopping(state.history, state.attempt, planned.summary, min(deadline, now + STOP_GRACE_S), planned, avoid)
 
 
 def launch_failed(
@@ -277,6 +359,25 @@ def on_event(state: State, event: GroupEvent, now: float, settings: ControllerSe
         return _attempt(state, lost=state.attempt.lost | {event.world_rank}) if isinstance(event, RankLost) else state
     if not isinstance(state, (Running, Stopping)):
         return state
+    if isinstance(event, RankReport) and isinstance(event.report, PreemptionNotice):
+        node = _node_of(state.attempt, event.world_rank)
+        what = f"rank {event.world_rank} on {event.report.node_ip} got {event.report.signal} (its node is going away)"
+        return _preempt(state, node, what, now + settings.preemption_grace_s, now)
+    if isinstance(event, NodeDraining):
+        if event.node_id not in {spec.node_id for spec in state.attempt.workers}:
+            return state
+        notice = "" if event.deadline is None else f" within {max(event.deadline - now, 0.0):.0f} s"
+        deadline = event.deadline if event.deadline is not None else now + settings.preemption_grace_s
+        return _preempt(state, event.node_id, f"node {event.node_ip} is being drained{notice}", deadline, now)
+    if isinstance(event, CapacityReturned):
+        if not isinstance(state, Running) or event.workers <= len(state.attempt.workers):
+            return state
+        grow = Failure(
+            FailureKind.RESIZE,
+            f"workers can be placed again: growing from {len(state.attempt.workers)} to {event.workers} workers "
+            "at a checkpoint",
+        )
+        return planned_stop(state, grow, now, now + STOP_GRACE_S, frozenset())
     if isinstance(event, RankReport):
         return _on_report(state, event.world_rank, event.report, now, settings)
     if isinstance(event, RankLost):
@@ -296,9 +397,32 @@ def on_event(state: State, event: GroupEvent, now: float, settings: ControllerSe
     return _all_exited(state, now, settings) if len(state.attempt.exited) == len(state.attempt.workers) else state
 
 
-def on_failure(state: Live, failure: Failure, now: float, settings: ControllerSettings, settled: bool = False) -> State:
-    """A failure while a group runs: hold a broken collective briefly, else restart or fail (kill when stopping)."""
+def _preempt(state: Live, node: Optional[str], what: str, deadline: float, now: float) -> State:
+    """A node of the job goes away with notice: stop at a checkpoint, then restart without it."""
+    avoid = frozenset({node}) if node is not None else frozenset()
     if isinstance(state, Stopping):
+        if state.planned is None:  # the user's stop goes on: the job ends anyway
+            return state
+        planned = state.planned
+        if planned.kind is not FailureKind.PREEMPTED:  # a preemption outranks a resize: it has a deadline
+            planned = Failure(FailureKind.PREEMPTED, what)
+        return replace(state, planned=planned, avoid=state.avoid | avoid, deadline=min(state.deadline, deadline))
+    return planned_stop(state, Failure(FailureKind.PREEMPTED, what), now, deadline, avoid)
+
+
+def _node_of(attempt: AttemptProgress, world_rank: int) -> Optional[str]:
+    return attempt.workers[world_rank].node_id if world_rank < len(attempt.workers) else None
+
+
+def on_failure(state: Live, failure: Failure, now: float, settings: ControllerSettings, settled: bool = False) -> State:
+    """A failure while a group runs: hold a broken collective briefly, else restart or fail (kill when stopping).
+
+    During a planned stop (a preemption, a resize) a failure only makes the planned restart come sooner:
+    the preempted node may go before its ranks reached the checkpoint.
+    """
+    if isinstance(state, Stopping):
+        if state.planned is not None:
+            return _planned_restart(state, settings)
         return ended(state.history, state.attempt, "KILLED", error=state.reason)
     if failure.kind is FailureKind.COMMUNICATION and not settled:
         if state.attempt.suspect is not None:
@@ -314,6 +438,8 @@ def on_deadlines(state: Live, now: float, settings: ControllerSettings) -> State
     if suspect is not None and now >= state.attempt.settle_deadline:
         return on_failure(state, suspect, now, settings, settled=True)  # no death explained it: the collective failed
     if isinstance(state, Stopping):
+        if now >= state.deadline and state.planned is not None:
+            return _planned_restart(state, settings)
         if now >= state.deadline:
             return ended(
                 state.history,
@@ -338,15 +464,16 @@ def stop_message(reason: str, entrypoint: str) -> str:
 
 
 def _on_report(state: Live, world_rank: int, report: object, now: float, settings: ControllerSettings) -> State:
-    if isinstance(report, (StepReport, AttemptStartReport)):
-        attempt = state.attempt
-        state = _attempt(
-            state, last_progress={**attempt.last_progress, world_rank: now}, stepping=attempt.stepping | {world_rank}
-        )
+    if isinstance(report, StepReport):
+        return _stepped(state, world_rank, now)  # the heartbeat: once per rank and second, so the cheapest path
+    if isinstance(report, AttemptStartReport):
+        state = _stepped(state, world_rank, now)
     if isinstance(report, CheckpointReport):
         return replace(state, history=replace(state.history, checkpoint=report.path, checkpoint_step=report.step))
-    if isinstance(report, ResultReport):
-        return _attempt(state, results={**state.attempt.results, world_rank: report})
+    if isinstance(report, ResultReport):  # every rank's, at the end: a copy of all the others' each would be O(ranks)
+        results = state.attempt.results
+        results = results if isinstance(results, RankMap) else RankMap(results)
+        return _progressed(state, results=results.with_value(world_rank, report))
     if isinstance(report, ErrorReport):
         return on_failure(
             state,
@@ -369,6 +496,8 @@ def _all_exited(state: Live, now: float, settings: ControllerSettings) -> State:
         return on_failure(state, attempt.suspect, now, settings, settled=True)
     result = attempt.results.get(0)
     digests = {rank: report.params_digest for rank, report in attempt.results.items()}
+    if isinstance(state, Stopping) and state.planned is not None:
+        return _planned_restart(state, settings)
     if isinstance(state, Stopping):
         return ended(state.history, attempt, "KILLED", error=state.reason, result=result)
     if result is None:
@@ -388,9 +517,33 @@ def _all_exited(state: Live, now: float, settings: ControllerSettings) -> State:
     return ended(state.history, attempt, "FINISHED", result=result)
 
 
+def _planned_restart(state: Stopping, settings: ControllerSettings) -> State:
+    """The ranks stopped (or the deadline passed): restart for the preemption or resize that was planned."""
+    assert state.planned is not None
+    return restart_or_fail(state.history, state.attempt, state.planned, settings.failure_policy, avoid=state.avoid)
+
+
 def _hang(attempt: AttemptProgress, now: float, settings: ControllerSettings) -> Optional[Failure]:
     policy = settings.failure_policy
-    for world_rank, seen in sorted(attempt.last_progress.items()):
+    progress = attempt.last_progress
+    # every limit is at least the hang timeout: while the earliest time is within it, no rank is late, and
+    # the check costs O(1) instead of a look at every rank
+    if now - progress.floor <= policy.hang_timeout_s:
+        return None
+    hung = _first_hung(attempt, now, settings)
+    if hung is None:
+        progress.settle_floor()  # the next look at every rank is then a hang timeout away, not one check
+    return hung
+
+
+def _first_hung(attempt: AttemptProgress, now: float, settings: ControllerSettings) -> Optional[Failure]:
+    # the lowest rank past its limit (the hang timeout, or the startup limit before its first step)
+    policy = settings.failure_policy
+    progress = attempt.last_progress
+    # no limit is under the hang timeout: the ranks past it are the few to judge, lowest first
+    late = sorted(rank for rank, seen in progress.items() if now - seen > policy.hang_timeout_s)
+    for world_rank in late:
+        seen = progress[world_rank]
         started = world_rank in attempt.stepping
         limit = policy.hang_timeout_s if started else settings.startup_limit_s
         if world_rank not in attempt.exited and now - seen > limit:
@@ -408,6 +561,27 @@ def _hang(attempt: AttemptProgress, now: float, settings: ControllerSettings) ->
                 spec.node_ip,
             )
     return None
+
+
+def _stepped(state: Live, world_rank: int, now: float) -> Live:
+    """`state` with `world_rank` past a step at `now`, in O(1): every rank's heartbeat takes this path."""
+    attempt = state.attempt
+    times, stepping = attempt.last_progress.with_time(world_rank, now), attempt.stepping.with_rank(world_rank)
+    return _progressed(state, last_progress=times, stepping=stepping)
+
+
+def _progressed(state: Live, **changes: Any) -> Live:
+    """`state` with these changes to its attempt: what _attempt makes, made field by field."""
+    attempt = state.attempt
+    if type(state) not in _COPIED_BY_FIELDS or type(attempt) not in _COPIED_BY_FIELDS:
+        return _attempt(state, **changes)
+    # dataclasses.replace through a frozen __init__ sets every field with object.__setattr__: several
+    # microseconds a state, two states a heartbeat; these have nothing for __init__ to check
+    progressed = object.__new__(type(attempt))
+    progressed.__dict__.update(attempt.__dict__, **changes)
+    following = object.__new__(type(state))
+    following.__dict__.update(state.__dict__, attempt=progressed)
+    return following
 
 
 def _attempt(state: _Following, **changes: Any) -> _Following:

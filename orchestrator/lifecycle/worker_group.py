@@ -35,7 +35,26 @@ class RankLost:
     reason: str
 
 
-GroupEvent = Union[RankReport, RankExited, RankLost]
+@dataclass(frozen=True)
+class NodeDraining:
+    """A node the group runs ranks on is being drained (a preemption with notice): it goes away by `deadline`."""
+
+    node_id: str
+    node_ip: str
+    deadline: Optional[float] = None
+    """When the node goes, on the clock the group was given (None: no deadline was announced)."""
+
+
+@dataclass(frozen=True)
+class CapacityReturned:
+    """An elastic group running below its full size could place more workers again (checked every
+    scaling.resize_check_s)."""
+
+    workers: int
+    """How many workers the group could run on now."""
+
+
+GroupEvent = Union[RankReport, RankExited, RankLost, NodeDraining, CapacityReturned]
 
 
 class WorkerGroup(Protocol):
@@ -45,16 +64,20 @@ class WorkerGroup(Protocol):
     def specs(self) -> Sequence[WorkerSpec]:
         """The ranks of this group (empty before `start`)."""
 
-    def start(self, resume_from: Optional[str] = None, attempt: int = 0) -> None:
+    def start(self, resume_from: Optional[str] = None, attempt: int = 0, avoid: frozenset[str] = frozenset()) -> None:
         """Reserve resources, start one worker per rank and set every rank running.
 
         `attempt` counts the job's restarts before this start (0 for its first); the ranks see it as
-        TORCHELASTIC_RESTART_COUNT.
+        TORCHELASTIC_RESTART_COUNT. No rank is placed on the nodes in `avoid` (node ids).
         """
 
-    def restart(self, lost_ranks: set[int], resume_from: Optional[str], attempt: int) -> Mapping[str, float]:
+    def restart(
+        self, lost_ranks: set[int], resume_from: Optional[str], attempt: int, avoid: frozenset[str] = frozenset()
+    ) -> Mapping[str, float]:
         """End the current attempt on every rank, replace the lost ones, start attempt `attempt` from `resume_from`.
 
+        Ranks on the nodes in `avoid` are replaced too, elsewhere. An elastic group continues on fewer workers
+        (at least scaling.min_workers) when not all can be placed within scaling.placement_timeout_s.
         Returns how long the phases took, in seconds (e.g. teardown, placement_and_start).
         """
 

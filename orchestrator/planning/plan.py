@@ -115,12 +115,16 @@ def _check_capacity(job: JobConfig, cluster: ClusterSnapshot, resources: Mapping
         )
     if not cluster.fixed_size:
         return  # an autoscaler may still add nodes; the placement wait decides
-    cpus_needed = scaling.num_workers * scaling.cpus_per_worker
+    spares = job.failure.spare_workers
+    workers = scaling.num_workers + spares
+    cpus_needed = workers * scaling.cpus_per_worker
     cpus_there = cluster.total("CPU")
     if cpus_needed > cpus_there:
+        counted = f"{scaling.num_workers} workers + {spares} spares" if spares else f"{workers} workers"
+        lower = "scaling.num_workers, failure.spare_workers" if spares else "scaling.num_workers"
         raise PlanError(
-            f"job needs {cpus_needed:g} CPUs ({scaling.num_workers} workers x {scaling.cpus_per_worker:g}), "
-            f"the embedded cluster has {cpus_there:g}: lower scaling.num_workers or scaling.cpus_per_worker, "
+            f"job needs {cpus_needed:g} CPUs ({counted} x {scaling.cpus_per_worker:g}), "
+            f"the embedded cluster has {cpus_there:g}: lower {lower} or scaling.cpus_per_worker, "
             f"or raise cluster.num_cpus"
         )
     for name, amount in resources.items():

@@ -284,3 +284,15 @@ def training_flops_per_sample(module: nn.Module, batch: Any, step: Any) -> float
     with counter:
         step.train(probe, batch)[0].backward()
     return counter.get_total_flops() / max(batch_size_of(batch), 1)
+
+
+def warm_up() -> None:
+    """Load what a rank's first attempt would otherwise load lazily (the training loop's modules, torch's FLOP
+    counter with its decompositions: seconds on a cold process), so that a hot spare starts its rank at once."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import orchestrator.train.loop  # noqa: F401 - loaded for later use
+
+    probe = nn.Linear(2, 2)
+    with FlopCounterMode(display=False):
+        probe(torch.zeros(1, 2)).sum().backward()

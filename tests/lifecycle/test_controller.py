@@ -42,8 +42,11 @@ def _spec(rank: int) -> WorkerSpec:
 class FakeGroup:
     """Plays back scripted event batches; an exception in the script is raised from wait()."""
 
-    def __init__(self, script, start_error=None, restart_errors=()):
+    def __init__(self, script, start_error=None, restart_errors=(), sizes=()):
         self.script = list(script)
+        self.sizes = list(sizes)
+        """World sizes of the attempts after the first (2 when not given): a resize."""
+        self.avoided = []
         self.start_error = start_error
         self.restart_errors = list(restart_errors)
         self.restarts = []
@@ -56,18 +59,22 @@ class FakeGroup:
     def specs(self):
         return self._specs
 
-    def start(self, resume_from=None, attempt=0):
+    def start(self, resume_from=None, attempt=0, avoid=frozenset()):
         self.started_from = resume_from
         self.attempts.append(attempt)
+        self.avoided.append(avoid)
         if self.start_error:
             raise self.start_error
         self._specs = [_spec(0), _spec(1)]
 
-    def restart(self, lost_ranks, resume_from, attempt):
+    def restart(self, lost_ranks, resume_from, attempt, avoid=frozenset()):
         self.restarts.append((set(lost_ranks), resume_from))
         self.attempts.append(attempt)
+        self.avoided.append(avoid)
         if self.restart_errors:
             raise self.restart_errors.pop(0)
+        size = self.sizes.pop(0) if self.sizes else 2
+        self._specs = [worker_spec(rank, world_size=size, node_ip="10.0.0.1") for rank in range(size)]
         return {"teardown": 0.5, "placement_and_start": 1.5}
 
     def wait(self, timeout_s):

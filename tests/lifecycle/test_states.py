@@ -182,3 +182,49 @@ def test_a_restart_takes_a_newer_checkpoint_found_on_disk_only():
     record = RestartRecord(1, Failure(FailureKind.HANG, "hung"), 20, 0.0, 0.0)
     timed = history.with_restart(record).with_restart(replace(record, timings={"teardown": 1.0}))
     assert [r.timings for r in timed.restarts] == [{"teardown": 1.0}]
+
+
+def test_the_lowest_late_rank_is_hung_however_the_ranks_reported_and_whatever_was_looked_at_before():
+    ranks = 200
+    state = started(History(), [worker_spec(rank, world_size=ranks, node_ip="10.0.0.1") for rank in range(ranks)], 0.0)
+    for rank in range(ranks):  # every rank steps at 10 s, ranks 150 and 170 never again
+        state = on_event(state, RankReport(rank, StepReport(rank, 1, 9, 0, 0.1, 1)), 10.0, RESTARTS)
+    for rank in range(ranks):
+        if rank not in (150, 170):
+            state = on_event(state, RankReport(rank, StepReport(rank, 2, 9, 0, 0.1, 1)), 40.0, RESTARTS)
+    assert on_deadlines(state, 70.0, RESTARTS) is state  # 60 s after 10 s: not yet past the limit
+    assert on_deadlines(state, 71.0, RESTARTS).failure.world_rank == 150
+    early = on_event(state, RankReport(150, StepReport(150, 2, 9, 0, 0.1, 1)), 5.0, RESTARTS)  # a time out of order
+    assert on_deadlines(early, 66.0, RESTARTS).failure.world_rank == 150
+    exited = on_event(state, RankExited(150), 60.0, RESTARTS)
+    assert on_deadlines(exited, 71.0, RESTARTS).failure.world_rank == 170  # one that exited is never late
+    caught_up = on_event(
+        on_event(state, RankReport(150, StepReport(150, 2, 9, 0, 0.1, 1)), 60.0, RESTARTS),
+        RankReport(170, StepReport(170, 2, 9, 0, 0.1, 1)),
+        60.0,
+        RESTARTS,
+    )
+    assert on_deadlines(caught_up, 99.0, RESTARTS) is caught_up  # the earliest is now 40 s
+    assert on_deadlines(caught_up, 101.0, RESTARTS).failure.world_rank == 0  # every rank of the 40 s reports
+    assert on_deadlines(state, 71.0, RESTARTS).failure.world_rank == 150  # the earlier version is unchanged
+
+
+def test_a_heartbeat_is_the_state_with_the_ranks_time_and_first_step_noted_and_leaves_the_old_one_as_it_was():
+    running = _running(2.0)
+    beat = on_event(running, RankReport(1, StepReport(1, 1, 3, 0, 0.1, 1)), 9.0, RESTARTS)
+    progress = replace(running.attempt, last_progress={0: 2.0, 1: 9.0}, stepping=frozenset({1}))
+    assert isinstance(beat, Running) and beat == replace(running, attempt=progress)
+    assert running.attempt.last_progress == {0: 2.0, 1: 2.0} and running.attempt.stepping == frozenset()
+    stopping_beat = on_event(
+        stopping(running, "stopped early", 3.0), RankReport(0, StepReport(0, 1, 3, 0, 0.1, 1)), 4.0, RESTARTS
+    )
+    assert stopping_beat.reason == "stopped early" and stopping_beat.attempt.last_progress == {0: 4.0, 1: 2.0}
+
+
+def test_every_ranks_result_is_kept_and_the_outcome_holds_them_all():
+    ranks = 300
+    state = started(History(), [worker_spec(rank, world_size=ranks) for rank in range(ranks)], 0.0)
+    state = _events(state, [_result(rank) for rank in range(ranks)] + [RankExited(rank) for rank in range(ranks)])
+    assert isinstance(state, Done) and state.outcome.status == "FINISHED"
+    assert state.outcome.rank_results == {rank: _result(rank).report for rank in range(ranks)}
+    assert type(state.outcome.rank_results) is dict
