@@ -120,7 +120,9 @@ def decide(failure: Failure, restarts_done: int, policy: FailureConfig, preempti
         if limit != -1 and preemptions_done >= limit:
             return Decision(False, f"gave up after {preemptions_done} preemptions (failure.max_preemptions={limit})")
         left = "no limit" if limit == -1 else f"{limit - preemptions_done - 1} left"
-        return Decision(True, f"preemption restart {preemptions_done + 1} ({left}; not counted in failure.max_restarts)")
+        return Decision(
+            True, f"preemption restart {preemptions_done + 1} ({left}; not counted in failure.max_restarts)"
+        )
     if failure.kind is FailureKind.DETERMINISTIC:
         return Decision(False, "every restart would fail the same way: not restarted")
     if failure.kind is FailureKind.SCRIPT_ERROR and not policy.retry_script_errors:
