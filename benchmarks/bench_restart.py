@@ -11,7 +11,10 @@ reads each restart's phase timings back from the run's MLflow tags:
     load        reading the checkpoint and restoring state (rank 0)
     first step  the first optimizer step after the restart (rank 0)
 
-Usage: python benchmarks/bench_restart.py [--kills 5]
+With `--spares N` the same job runs a second time with N hot spares (failure.spare_workers=N, the embedded
+instance then gets N more CPUs), and both tables are printed with the ratio of their medians.
+
+Usage: python benchmarks/bench_restart.py [--kills 5] [--spares 1]
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ PHASES = [
 
 
 def _workers(driver: psutil.Process) -> list[psutil.Process]:
-    """The job's worker actor processes (descendants of the driver's embedded Ray)."""
+    """The job's rank processes (descendants of the driver's embedded Ray): a rank's title names the call it is
+    in (`ray::WorkerActor.reports`, the driver's long poll), an idle spare's does not."""
     found = []
     for process in driver.children(recursive=True):
         try:
-            if "WorkerActor" in " ".join(process.cmdline()):
+            if "WorkerActor.reports" in " ".join(process.cmdline()):
                 found.append(process)
         except psutil.NoSuchProcess:
             continue
@@ -69,8 +73,8 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def measure(kills: int, workdir: Path) -> list[dict[str, float]]:
-    """Kill a worker `kills` times; one dict of phase seconds per restart."""
+def measure(kills: int, workdir: Path, spares: int = 0) -> list[dict[str, float]]:
+    """Kill a rank's worker `kills` times; one dict of phase seconds per restart."""
     store = f"sqlite:///{workdir}/mlflow.db"
     command = [
         sys.executable,
@@ -84,6 +88,8 @@ def measure(kills: int, workdir: Path) -> list[dict[str, float]]:
         f"failure.max_restarts={kills + 1}",
         "tracking.log_model=false",
         f"tracking.uri={store}",
+        f"failure.spare_workers={spares}",
+        f"cluster.num_cpus={2 + spares}",
     ]
     # the driver's console goes to a file: its restart messages are printed with the table
     with (workdir / "driver.log").open("w") as log:
@@ -94,7 +100,9 @@ def measure(kills: int, workdir: Path) -> list[dict[str, float]]:
         _wait(lambda: list((workdir / "checkpoints").glob("*/step_*/.metadata")), 300, "the first checkpoint")
         for number in range(1, kills + 1):
             time.sleep(2.0)  # let the attempt train for a while, as a real failure would find it
-            victim = random.choice(_workers(driver))
+            ranks: list[psutil.Process] = []
+            _wait(lambda: len(ranks.extend(_workers(driver)) or ranks) >= 2, 60, "both ranks in their long poll")
+            victim = random.choice(ranks)
             killed_at = time.time()
             os.kill(victim.pid, signal.SIGKILL)
             _wait(lambda: f"restart.{number}.first_step_at" in _tags(store), 300, f"restart {number}")
@@ -119,11 +127,20 @@ def _row(tags: dict[str, str], number: int, killed_at: float) -> dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--spares", type=int, default=0, help="also measure with this many hot spares")
     args = parser.parse_args()
+    medians = [_table(args.kills, 0)]
+    if args.spares:
+        medians.append(_table(args.kills, args.spares))
+        print(f"with {args.spares} spare(s) / without: {medians[1] / medians[0]:.2f}x (median kill -> first step)")
+
+
+def _table(kills: int, spares: int) -> float:
+    """Measure and print one table; returns the median total."""
     with tempfile.TemporaryDirectory(prefix="bench-restart-") as workdir:
-        rows = measure(args.kills, Path(workdir))
+        rows = measure(kills, Path(workdir), spares)
         console = (Path(workdir) / "driver.log").read_text().splitlines()
-    print("driver console, restart lines:")
+    print(f"failure.spare_workers={spares}; driver console, restart lines:")
     for line in console:
         if "restart" in line and "WARNING" not in line:
             print("  " + line.strip()[:200])
@@ -132,6 +149,7 @@ def main() -> None:
     for number, row in enumerate(rows, 1):
         print(f"{number:>7} | " + " | ".join(f"{row[name]:>9.2f}s" for name in columns))
     print(" median | " + " | ".join(f"{statistics.median(row[name] for row in rows):>9.2f}s" for name in columns))
+    return statistics.median(row["total"] for row in rows)
 
 
 if __name__ == "__main__":

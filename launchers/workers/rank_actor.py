@@ -91,11 +91,20 @@ class WorkerActor:
 
         return [str(gpu) for gpu in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
 
-    def warm(self) -> None:
-        """Load what a rank of the built-in loop needs (torch, the loop), so that a spare takes over at once."""
+    def warm(self, job: JobConfig) -> None:
+        """Load what a rank of the built-in loop needs (torch, the loop) and, for a CPU job, build its data set,
+        so that a spare takes over a rank at once."""
         from orchestrator.train.components import warm_up
 
         warm_up()
+        from orchestrator.train.loop import WorkerCache, prepare_data
+
+        if self._cache is None:
+            self._cache = WorkerCache()
+        if job.scaling.gpus_per_worker == 0:  # a GPU's device (and so its copy of the data) is known at start only
+            import torch
+
+            prepare_data(job, self._cache, torch.device("cpu"))
 
     def stop(self) -> None:
         """Ask the running rank to stop at the next step the ranks agree on."""
@@ -180,6 +189,6 @@ if TYPE_CHECKING:
         pid: RemoteMethod[[], int]
         gpu_ids: RemoteMethod[[], list[str]]
         stop: RemoteMethod[[], None]
-        warm: RemoteMethod[[], None]
+        warm: RemoteMethod[[JobConfig], None]
         start: RemoteMethod[[WorkerSpec, JobConfig, str, Optional[str], Optional[str]], None]
         reports: RemoteMethod[[float], ReportBatch]

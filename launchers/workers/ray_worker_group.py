@@ -149,8 +149,11 @@ class RayWorkerGroup:
             self._discard(self._actors[world_rank])
         # a node once avoided stays so: a drained node is still alive (and placed) until its deadline
         self._avoid = self._avoidable(self._avoid | avoid | self._draining)
-        if not self.job.scaling.elastic and any(bundle.node_id in avoid for bundle in self._placed_bundles(True)):
-            self.shutdown()  # Ray cannot move a placed bundle: the whole group is placed again
+        avoided = any(bundle.node_id in self._avoid for bundle in self._placed_bundles(True))
+        if avoided and not self.job.scaling.elastic:
+            # Ray cannot move a placed bundle: the whole group is placed anew, away from those nodes (an elastic
+            # job continues without their bundles instead: a drained node's are placed elsewhere once it is gone)
+            self.shutdown()
             self.spawn()
         ended = time.perf_counter()
         placed = self._wait_placed()  # a lost node's bundles are being placed elsewhere
@@ -214,7 +217,7 @@ class RayWorkerGroup:
         self._actors = [pools[slot.bundle_index].pop(0) for slot in slots]
         if self.job.entrypoint == "builtin":
             for spare in (actor for actors in pools.values() for actor in actors):
-                spare.warm.remote()  # torch and the loop imported before it is needed
+                spare.warm.remote(self.job)  # torch, the loop and the data set loaded before they are needed
         gpu_ids = None
         if "GPU" in self.plan.worker_resources:
             gpu_ids = _gather([actor.gpu_ids.remote() for actor in self._actors], slots)

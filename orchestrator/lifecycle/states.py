@@ -296,7 +296,7 @@ def restart_or_fail(
     """Restart after `failure` if the policy allows, else fail the job.
 
     A death or a hang counts against the rank's node; a node that reached failure.exclude_node_after is
-    excluded, and the new attempt is a whole new group placed away from every excluded node.
+    excluded: the new attempt avoids every excluded node (the group places itself anew away from them).
     """
     decision = decide(
         failure,
@@ -310,7 +310,7 @@ def restart_or_fail(
             history,
             failure,
             attempt,
-            rebuild or excludes is not None,
+            rebuild,
             decision.reason,
             avoid=history.excluded | avoid,
             excludes=excludes,
@@ -566,8 +566,19 @@ def _first_hung(attempt: AttemptProgress, now: float, settings: ControllerSettin
 def _stepped(state: Live, world_rank: int, now: float) -> Live:
     """`state` with `world_rank` past a step at `now`, in O(1): every rank's heartbeat takes this path."""
     attempt = state.attempt
-    times, stepping = attempt.last_progress.with_time(world_rank, now), attempt.stepping.with_rank(world_rank)
-    return _progressed(state, last_progress=times, stepping=stepping)
+    if type(state) not in _COPIED_BY_FIELDS or type(attempt) not in _COPIED_BY_FIELDS:
+        times, stepping = attempt.last_progress.with_time(world_rank, now), attempt.stepping.with_rank(world_rank)
+        return _attempt(state, last_progress=times, stepping=stepping)
+    # _progressed, written out for the two fields: no keyword dicts on the path of every heartbeat
+    progressed = object.__new__(type(attempt))
+    fields = progressed.__dict__
+    fields.update(attempt.__dict__)
+    fields["last_progress"] = attempt.last_progress.with_time(world_rank, now)
+    fields["stepping"] = attempt.stepping.with_rank(world_rank)
+    following = object.__new__(type(state))
+    following.__dict__.update(state.__dict__)
+    following.__dict__["attempt"] = progressed
+    return following
 
 
 def _progressed(state: Live, **changes: Any) -> Live:

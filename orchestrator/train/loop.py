@@ -253,17 +253,24 @@ def _resumed_loop_state(path: Optional[Path]) -> Optional[dict[str, Any]]:
         ) from error
 
 
-def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Union[Dataset, UserData], torch.nn.Module]:
-    cache = ctx.cache
-    key = (repr(job.data), repr(job.model), job.trainer.seed, str(ctx.device))
+def prepare_data(job: JobConfig, cache: WorkerCache, device: torch.device) -> Union[Dataset, UserData]:
+    """The job's data set, built into `cache` unless it holds it already: what an attempt does first, and what a
+    hot spare does ahead of its attempt (for a CPU job), so that it takes over a rank without building it."""
+    key = (repr(job.data), repr(job.model), job.trainer.seed, str(device))
     dataset = cache.dataset
     if cache.key != key or dataset is None:  # None: an earlier attempt set the key but failed to build the data
         cache.key, cache.module, cache.flops_per_sample = key, None, None
         if isinstance(job.data, TargetDataConfig):
             dataset = UserData(*build_target_data(job.data))
         else:
-            dataset = _on_device(load_dataset(job.data, job.trainer.seed), ctx.device)
+            dataset = _on_device(load_dataset(job.data, job.trainer.seed), device)
         cache.dataset = dataset
+    return dataset
+
+
+def _data_and_model(job: JobConfig, ctx: TrainContext) -> tuple[Union[Dataset, UserData], torch.nn.Module]:
+    cache = ctx.cache
+    dataset = prepare_data(job, cache, ctx.device)
     # a fresh start builds a fresh model (its init must match a new process); a resume overwrites it
     reusable = ctx.resume_from is not None and job.scaling.strategy == "ddp"
     module = cache.reusable_module() if reusable else None

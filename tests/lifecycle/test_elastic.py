@@ -129,17 +129,16 @@ def test_a_lost_worker_that_is_not_placed_again_shrinks_the_job_and_is_recorded_
     assert sink.tags["restart.1.workers"] == "2->1"
 
 
-def test_a_node_whose_ranks_died_twice_is_excluded_and_the_group_rebuilt_away_from_it():
+def test_a_node_whose_ranks_died_twice_is_excluded_from_the_next_attempt():
     death = [RankLost(0, "10.0.0.1", "killed")]
-    first, second = FakeGroup([death, death]), FakeGroup([_results()])
+    group = FakeGroup([death, death, _results()])
     console = io.StringIO()
     controller, sink = _controller(
-        [first, second], FakeClock(), FailureConfig(max_restarts=3), console=Console(console, interactive=False)
+        group, FakeClock(), FailureConfig(max_restarts=3), console=Console(console, interactive=False)
     )
     outcome = controller.run()
     assert outcome.status == "FINISHED" and outcome.restarts == 2
-    assert first.avoided == [frozenset(), frozenset()]  # the first death only counts
-    assert second.avoided == [frozenset({"n0"})]  # a whole new group, placed away from the node
+    assert group.avoided == [frozenset(), frozenset(), frozenset({"n0"})]  # the first death only counts
     assert sink.tags["excluded_nodes"] == "10.0.0.1 (n0)" == sink.tags["restart.2.excluded_node"]
     assert "node 10.0.0.1 (n0) is excluded from this job" in console.getvalue()
 
