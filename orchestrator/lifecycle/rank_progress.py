@@ -12,15 +12,15 @@ through an earlier one.
 from __future__ import annotations
 
 import math
-from typing import AbstractSet, Any, ItemsView, Iterable, Iterator, Mapping, Optional, TypeVar
+from typing import AbstractSet, Any, ItemsView, Iterable, Iterator, Mapping, Optional, TypeVar, Union
 
 MIN_FOLD = 64
 """Changes kept in a chain before folding, however few ranks there are."""
 SET_CHUNK = 256
 """Consecutive ranks per chunk of a RankSet: 128 chunks for 32,768 ranks."""
 
-_Chain = Optional[tuple[tuple[int, ...], Any, "_Chain"]]
-"""(world ranks, their value, the chain before it): the changes since the table, newest first."""
+_Chain = Optional[tuple[Union[int, tuple[int, ...]], Any, "_Chain"]]
+"""(a world rank or several, their value, the chain before it): the changes since the table, newest first."""
 Value = TypeVar("Value")
 _Map = TypeVar("_Map", bound="RankMap[Any]")
 
@@ -96,9 +96,9 @@ class RankTimes(RankMap[float]):
         """This mapping with `world_rank` at `seconds`: `with_times` written out, as every heartbeat calls it."""
         new = object.__new__(RankTimes)
         if self._chained >= max(len(self._table), MIN_FOLD):
-            new._table, new._chain, new._chained = self._fold(), ((world_rank,), seconds, None), 1
+            new._table, new._chain, new._chained = self._fold(), (world_rank, seconds, None), 1
         else:
-            new._table, new._chain, new._chained = self._table, ((world_rank,), seconds, self._chain), self._chained + 1
+            new._table, new._chain, new._chained = self._table, (world_rank, seconds, self._chain), self._chained + 1
         new._floor = seconds if seconds < self._floor else self._floor
         new._folded = None
         return new
@@ -178,7 +178,7 @@ class RankSet(AbstractSet[int]):
         return f"RankSet({list(self)!r})"
 
 
-def _links(chain: _Chain) -> Iterator[tuple[tuple[int, ...], Any, _Chain]]:
+def _links(chain: _Chain) -> Iterator[tuple[Union[int, tuple[int, ...]], Any, _Chain]]:
     while chain is not None:
         yield chain
         chain = chain[2]
@@ -186,4 +186,7 @@ def _links(chain: _Chain) -> Iterator[tuple[tuple[int, ...], Any, _Chain]]:
 
 def _changes(chain: _Chain) -> Iterator[tuple[int, Any]]:
     """(world_rank, value) of each change, newest first."""
-    return ((rank, value) for ranks, value, _ in _links(chain) for rank in ranks)
+    # one rank is kept bare: a heartbeat makes no tuple for it
+    return (
+        (rank, value) for ranks, value, _ in _links(chain) for rank in (ranks if isinstance(ranks, tuple) else (ranks,))
+    )

@@ -9,7 +9,9 @@ keep a single writer. System metrics are logged at the latest global step any ra
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Sequence
+import itertools
+import operator
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from orchestrator.config.schema import MonitorConfig
 from orchestrator.lifecycle.rank_reports import StepReport
@@ -20,8 +22,8 @@ from orchestrator.monitoring.detectors import (
     StragglerEpisode,
 )
 from orchestrator.monitoring.metric_names import (
+    SampleMetrics,
     gpu_key,
-    sample_metrics,
     summary_metrics,
     summary_table,
 )
@@ -39,6 +41,8 @@ if TYPE_CHECKING:  # only a type here: the core does not import the command line
     from orchestrator.cli.console import Console
 
 SUMMARY_ARTIFACT = "system_summary.txt"
+_LAYOUT = operator.attrgetter("world_rank", "node_rank", "cuda_device", "node_ip", "node_id")
+"""Where a rank runs, as far as monitoring is concerned."""
 
 
 class SystemRecorder:
@@ -54,25 +58,36 @@ class SystemRecorder:
         self.low_util: LowUtilDetector[tuple[str, int]] = LowUtilDetector(config.low_util_percent)
         self.hosts: dict[str, HostTally] = {}
         self.gpus: dict[tuple[str, int], GpuTally] = {}
-        self.rank_nodes: dict[int, str] = {}
-        self.gpu_ranks: dict[tuple[str, int], list[int]] = collections.defaultdict(list)
         self.notes_seen: set[str] = set()
         self.episodes: collections.Counter[str] = collections.Counter()
         self.samples = 0
+        self.sample_metrics = SampleMetrics()
+        self.layout: list[tuple] = []
+        """(world_rank, node_rank, cuda_device, node_ip, node_id) of each rank of the latest group."""
+        self._rank_nodes: Optional[dict[int, str]] = None
+        self._runs: dict[int, list[tuple]] = {}
+        """node rank -> the layout rows of its ranks in the latest group."""
 
     def on_group(self, specs: Sequence[WorkerSpec]) -> None:
-        """Remember where each rank runs and which GPU it holds; tag the nodes."""
-        self.gpu_ranks.clear()
+        """Remember where each rank runs; tag each node with its IP, its Ray node id and its ranks."""
+        layout = list(map(_LAYOUT, specs))
+        if layout == self.layout:  # restarted in place: every rank where it was, so the tags are too
+            return
+        self.layout, self._rank_nodes = layout, None
+        # a Python loop over nodes, with what is done per rank in C (groupby, map): 32,768 ranks restart at once
+        runs: dict[int, list[tuple]] = {}
+        for node_rank, run in itertools.groupby(layout, key=operator.itemgetter(1)):
+            runs.setdefault(node_rank, []).extend(run)
         tags: dict[str, str] = {}
-        for spec in specs:
-            node = node_name(spec.node_rank)
-            self.rank_nodes[spec.world_rank] = node
-            if spec.cuda_device is not None:
-                self.gpu_ranks[(node, spec.cuda_device)].append(spec.world_rank)
-            tags.update({f"monitor.{node}.node_ip": spec.node_ip, f"monitor.{node}.ray_node_id": spec.node_id})
-        for node in set(self.rank_nodes.values()):
-            tags[f"monitor.{node}.ranks"] = ",".join(str(r) for r, n in sorted(self.rank_nodes.items()) if n == node)
-        self.sink.set_tags(tags)
+        for node_rank, rows in runs.items():
+            if self._runs.get(node_rank) == rows:  # the node as the previous group had it: tagged already
+                continue
+            node, (_, _, _, node_ip, node_id) = node_name(node_rank), rows[-1]
+            tags[f"monitor.{node}.node_ip"], tags[f"monitor.{node}.ray_node_id"] = node_ip, node_id
+            tags[f"monitor.{node}.ranks"] = ",".join(map(str, sorted(map(operator.itemgetter(0), rows))))
+        self._runs = runs
+        if tags:
+            self.sink.set_tags(tags)
 
     def on_status(self, status: MonitorStatus) -> None:
         """A node monitor started: tag its host and GPUs, say once what it can and cannot see."""
@@ -89,7 +104,8 @@ class SystemRecorder:
 
     def on_step(self, report: StepReport) -> None:
         """A rank's heartbeat: advance the step axis and check for stragglers."""
-        self.step = max(self.step, report.step)
+        if report.step > self.step:
+            self.step = report.step
         self.training = True
         if report.steps_timed < 1:
             return
@@ -103,12 +119,20 @@ class SystemRecorder:
             self._note(f"{item.node}: {item.text}")
             return
         self.samples += 1
-        self.sink.log_metrics(sample_metrics(item), self.step, timestamp_s=item.wall_time_s)
-        self.hosts.setdefault(item.node, HostTally()).add(item.host)
+        self.sink.log_metrics(self.sample_metrics(item), self.step, timestamp_s=item.wall_time_s)
+        # get, then make: setdefault(key, Tally()) would make a tally per reading to throw it away
+        host = self.hosts.get(item.node)
+        if host is None:
+            host = self.hosts[item.node] = HostTally()
+        host.add(item.host)
         for index, reading in item.gpus.items():
-            self.gpus.setdefault((item.node, index), GpuTally()).add(reading)
+            gpu = (item.node, index)
+            tally = self.gpus.get(gpu)
+            if tally is None:
+                tally = self.gpus[gpu] = GpuTally()
+            tally.add(reading)
             if self.training and reading.utilization_percent is not None:
-                episode = self.low_util.observe((item.node, index), reading.utilization_percent)
+                episode = self.low_util.observe(gpu, reading.utilization_percent)
                 if episode is not None:
                     self._low_util(episode)
 
@@ -132,13 +156,25 @@ class SystemRecorder:
         self.sink.log_text("\n".join(table) + "\n", SUMMARY_ARTIFACT)
         self.console.message("system summary:\n  " + "\n  ".join(table))
 
+    def node_of(self, world_rank: int) -> str:
+        """The node a rank of the latest group runs on ("?" for a rank it does not have)."""
+        if self._rank_nodes is None:  # made when a straggler is first named, not at every restart
+            self._rank_nodes = {row[0]: node_name(row[1]) for row in self.layout}
+        return self._rank_nodes.get(world_rank, "?")
+
+    def gpu_ranks(self, node: str, index: int) -> list[int]:
+        """The ranks of the latest group that use GPU `index` (cuda:<index>) of `node`."""
+        return [
+            rank for rank, node_rank, device, _, _ in self.layout if device == index and node_name(node_rank) == node
+        ]
+
     def _note(self, text: str) -> None:
         if text not in self.notes_seen:
             self.notes_seen.add(text)
             self.console.message(f"monitor: {text}")
 
     def _straggler(self, episode: StragglerEpisode, measured: str) -> None:
-        rank, node = episode.world_rank, self.rank_nodes.get(episode.world_rank, "?")
+        rank, node = episode.world_rank, self.node_of(episode.world_rank)
         self.sink.log_metrics(
             {
                 f"monitor/rank{rank}/straggler": float(episode.started),
@@ -169,7 +205,7 @@ class SystemRecorder:
             self.console.message(f"monitor: {key} is back at {episode.mean_percent:.1f}% mean utilization")
             return
         self.episodes["low_util"] += 1
-        ranks = ",".join(str(rank) for rank in self.gpu_ranks.get((node, index), [])) or "?"
+        ranks = ",".join(str(rank) for rank in self.gpu_ranks(node, index)) or "?"
         text = (
             f"{key} (rank {ranks}) averaged {episode.mean_percent:.1f}% utilization over its last "
             f"{episode.samples} samples ({episode.samples * self.config.interval_s:g} s) at step {self.step}, "

@@ -69,7 +69,8 @@ class _Stat:
             return
         self.count += 1
         self.total += value
-        self.peak = value if self.peak is None else max(self.peak, value)
+        if self.peak is None or value > self.peak:  # max(peak, value), without a call per reading
+            self.peak = value
 
     @property
     def mean(self) -> Optional[float]:
@@ -86,7 +87,8 @@ class _Series:
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
-        self.peak = max(self.peak, value)
+        if value > self.peak:
+            self.peak = value
 
     @property
     def mean(self) -> float:

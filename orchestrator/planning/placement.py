@@ -96,15 +96,43 @@ def _spread(
     bundles: Sequence[Mapping[str, float]], free: dict[str, dict[str, float]], order: Sequence[str], strict: bool
 ) -> list[Optional[str]]:
     nodes: list[Optional[str]] = []
+    placed: dict[str, int] = {}  # node -> bundles placed there so far
+    unused = _UnusedNodes(free, order)
     for bundle in bundles:
-        unused = [node for node in order if node not in nodes]
-        node = _best(unused, free, bundle)
+        node = unused.best(bundle, placed)
         if node is None and not strict:
-            node = _best(sorted(order, key=nodes.count), free, bundle)
+            node = _best(sorted(order, key=lambda name: placed.get(name, 0)), free, bundle)
         if node is not None:
             _take(free[node], bundle)
+            placed[node] = placed.get(node, 0) + 1
         nodes.append(node)
     return nodes
+
+
+class _UnusedNodes:
+    """`_best` over the nodes that hold no bundle yet, in O(1) per bundle instead of O(nodes).
+
+    A node's free resources change only when it takes a bundle, and then it is no longer unused: so the
+    unused nodes that fit a bundle, best first, stay in that order; a bundle like an earlier one takes the
+    first of them still unused.
+    """
+
+    def __init__(self, free: Mapping[str, Mapping[str, float]], order: Sequence[str]):
+        self.free = free
+        self.order = order
+        self.ranked: dict[tuple[tuple[str, float], ...], tuple[list[str], list[int]]] = {}
+
+    def best(self, bundle: Mapping[str, float], placed: Mapping[str, int]) -> Optional[str]:
+        """What `_best(unused nodes in node order, free, bundle)` picks (None when none fits)."""
+        key = tuple(bundle.items())  # in the bundle's order: _leftover's sum is taken in it
+        if key not in self.ranked:
+            fitting = [node for node in self.order if node not in placed and _fits(self.free[node], bundle)]
+            # a stable sort keeps node order among equal fits: min() in _best picks the first of those
+            self.ranked[key] = (sorted(fitting, key=lambda node: _leftover(self.free[node], bundle)), [0])
+        ranked, cursor = self.ranked[key]
+        while cursor[0] < len(ranked) and ranked[cursor[0]] in placed:
+            cursor[0] += 1
+        return ranked[cursor[0]] if cursor[0] < len(ranked) else None
 
 
 def _never_fits(plan: JobPlan, cluster: ClusterSnapshot) -> list[str]:

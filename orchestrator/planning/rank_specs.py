@@ -87,26 +87,29 @@ def worker_specs(
     under torchrun (Ray alone would show each worker only its own GPU as cuda:0).
     """
     slots = rank_slots(plan, placed)
-    node_ids = list(dict.fromkeys(slot.node_id for slot in slots))
-    ranks_of = {node: [rank for rank, slot in enumerate(slots) if slot.node_id == node] for node in node_ids}
+    # every rank's node in one pass (a pass per node, or a list search per rank, is O(nodes x ranks))
+    ranks_of: dict[str, list[int]] = {}
+    for rank, slot in enumerate(slots):
+        ranks_of.setdefault(slot.node_id, []).append(rank)
+    node_rank_of = {node: node_rank for node_rank, node in enumerate(ranks_of)}
+    local_rank_of = {rank: local for ranks in ranks_of.values() for local, rank in enumerate(ranks)}
+    visible_of = {} if gpu_ids is None else {node: _visible(ranks, gpu_ids) for node, ranks in ranks_of.items()}
+    job_env = _JobEnv.of(plan, len(ranks_of), slots[0].node_ip, master_port, attempt)
     specs = []
     for world_rank, slot in enumerate(slots):
         local_ranks = ranks_of[slot.node_id]
-        env = _torchrun_env(
-            plan, world_rank, local_ranks, node_ids.index(slot.node_id), len(node_ids), slots[0].node_ip, master_port
-        )
-        if attempt is not None:
-            env.update(_elastic_env(attempt))
+        node_rank = node_rank_of[slot.node_id]
+        local_rank = local_rank_of[world_rank]
+        env = job_env.for_rank(world_rank, local_rank, len(local_ranks), node_rank)
         cuda_device = None
         if gpu_ids is not None:
-            visible = list(dict.fromkeys(gpu for rank in local_ranks for gpu in gpu_ids[rank]))
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
-            cuda_device = visible.index(gpu_ids[world_rank][0])
+            env["CUDA_VISIBLE_DEVICES"], index_of = visible_of[slot.node_id]
+            cuda_device = index_of[gpu_ids[world_rank][0]]
         specs.append(
             WorkerSpec(
                 world_rank=world_rank,
-                local_rank=local_ranks.index(world_rank),
-                node_rank=node_ids.index(slot.node_id),
+                local_rank=local_rank,
+                node_rank=node_rank,
                 world_size=plan.world_size,
                 local_world_size=len(local_ranks),
                 bundle_index=slot.bundle_index,
@@ -122,33 +125,57 @@ def worker_specs(
     return specs
 
 
-def _torchrun_env(
-    plan: JobPlan,
-    world_rank: int,
-    local_ranks: list[int],
-    node_rank: int,
-    num_nodes: int,
-    master_addr: str,
-    master_port: int,
-) -> dict[str, str]:
-    # values of any kind (the NCCL settings, ranks and sizes) until the one str() at the end
-    env: dict[str, object] = dict(plan.nccl_env)
-    env.update(
-        {
-            "RANK": world_rank,
-            "WORLD_SIZE": plan.world_size,
-            "LOCAL_RANK": local_ranks.index(world_rank),
-            "LOCAL_WORLD_SIZE": len(local_ranks),
-            "GROUP_RANK": node_rank,
-            "GROUP_WORLD_SIZE": num_nodes,
-            "ROLE_RANK": world_rank,
-            "ROLE_WORLD_SIZE": plan.world_size,
-            "MASTER_ADDR": master_addr,
-            "MASTER_PORT": master_port,
-            "OMP_NUM_THREADS": plan.torch_threads,
+def _visible(local_ranks: list[int], gpu_ids: Sequence[Sequence[str]]) -> tuple[str, dict[str, int]]:
+    """A node's CUDA_VISIBLE_DEVICES (the job's GPUs there, in local-rank order) and each GPU's index in it."""
+    visible = list(dict.fromkeys(gpu for rank in local_ranks for gpu in gpu_ids[rank]))
+    return ",".join(visible), {gpu: index for index, gpu in enumerate(visible)}
+
+
+@dataclass(frozen=True)
+class _JobEnv:
+    """What every rank's torchrun environment shares, as strings once (32,768 ranks would make them each)."""
+
+    nccl: Mapping[str, str]
+    world_size: str
+    num_nodes: str
+    master_addr: str
+    master_port: str
+    threads: str
+    elastic: Mapping[str, str]
+
+    @classmethod
+    def of(
+        cls, plan: JobPlan, num_nodes: int, master_addr: str, master_port: int, attempt: Optional[AttemptSpec]
+    ) -> _JobEnv:
+        return cls(
+            nccl={key: str(value) for key, value in plan.nccl_env.items()},
+            world_size=str(plan.world_size),
+            num_nodes=str(num_nodes),
+            master_addr=str(master_addr),
+            master_port=str(master_port),
+            threads=str(plan.torch_threads),
+            elastic=_elastic_env(attempt) if attempt is not None else {},
+        )
+
+    def for_rank(self, world_rank: int, local_rank: int, local_world_size: int, node_rank: int) -> dict[str, str]:
+        """One rank's environment: the NCCL settings, torchrun's variables, then the attempt's."""
+        rank = str(world_rank)
+        env = {
+            **self.nccl,
+            "RANK": rank,
+            "WORLD_SIZE": self.world_size,
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(local_world_size),
+            "GROUP_RANK": str(node_rank),
+            "GROUP_WORLD_SIZE": self.num_nodes,
+            "ROLE_RANK": rank,
+            "ROLE_WORLD_SIZE": self.world_size,
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": self.master_port,
+            "OMP_NUM_THREADS": self.threads,
         }
-    )
-    return {key: str(value) for key, value in env.items()}
+        env.update(self.elastic)
+        return env
 
 
 def _elastic_env(attempt: AttemptSpec) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 
@@ -10,15 +11,19 @@ from orchestrator.cli.console import Console
 from orchestrator.config.schema import MonitorConfig
 from orchestrator.lifecycle.rank_reports import StepReport
 from orchestrator.monitoring.gpu_probe import GpuProcess, GpuSample
+from orchestrator.monitoring.metric_names import SampleMetrics, sample_metrics
+from orchestrator.monitoring.node_sampler import targets_by_node
 from orchestrator.monitoring.routing import SUMMARY_ARTIFACT, SystemRecorder
 from orchestrator.monitoring.samples import (
     HostSample,
     MonitorNote,
     MonitorStatus,
     NodeSample,
+    NodeTargets,
 )
 from orchestrator.monitoring.summaries import MIB
 from orchestrator.tracking.metrics_sink import InMemorySink
+from tests.helpers import worker_spec
 
 HOST = HostSample(
     time_s=1.0,
@@ -136,3 +141,65 @@ def test_the_summary_is_logged_per_node_printed_as_a_table_and_stored_as_an_arti
     table = recorder.sink.texts[SUMMARY_ARTIFACT]
     assert "node0/gpu0" in table and "400.000" in table and "1.25  4: 700" in table
     assert stream.getvalue().startswith("system summary:\n  GPU ")
+
+
+def test_cached_metric_names_give_what_sample_metrics_gives_in_its_order():
+    names = SampleMetrics()
+    bare = GpuSample(uuid="GPU-b", time_s=2.0, utilization_percent=5, gpm={"gpm_sm_util_percent": 1.0})
+    samples = [
+        NodeSample(node="node1", index=0, host=HOST, gpus={3: FULL, 0: bare}),
+        NodeSample(node="node1", index=1, host=replace(HOST, monitor_cpu_s=None), gpus={0: FULL, 3: bare}),
+        NodeSample(node="node7", index=0, host=replace(HOST, rank_rss_bytes={}, rank_cpu_percent={9: 1.0})),
+    ]
+    for sample in samples * 2:  # the second time from names made the first time
+        assert list(names(sample).items()) == list(sample_metrics(sample).items())
+
+
+def test_a_group_tags_each_node_with_its_ranks_and_a_restart_in_place_tags_nothing_again():
+    recorder, _ = _recorder()
+    specs = [
+        replace(worker_spec(rank, world_size=6), node_rank=rank // 3, node_id=f"id{rank // 3}", cuda_device=rank % 3)
+        for rank in range(6)
+    ]
+    specs = [replace(spec, node_ip=f"10.0.0.{spec.node_rank + 1}") for spec in specs]
+    recorder.on_group(specs)
+    assert recorder.sink.tags == {
+        "monitor.node0.node_ip": "10.0.0.1",
+        "monitor.node0.ray_node_id": "id0",
+        "monitor.node1.node_ip": "10.0.0.2",
+        "monitor.node1.ray_node_id": "id1",
+        "monitor.node0.ranks": "0,1,2",
+        "monitor.node1.ranks": "3,4,5",
+    }
+    assert [recorder.gpu_ranks(f"node{rank // 3}", rank % 3) for rank in range(6)] == [[rank] for rank in range(6)]
+    recorder.sink.tags.clear()
+    recorder.on_group(list(specs))  # the same ranks in the same places (a restart in place): nothing to tag again
+    assert recorder.sink.tags == {}
+    moved = [replace(spec, node_rank=0, node_id="id0", node_ip="10.0.0.1") for spec in specs[:4]]  # a resize
+    recorder.on_group(moved)
+    assert recorder.sink.tags == {
+        "monitor.node0.node_ip": "10.0.0.1",
+        "monitor.node0.ray_node_id": "id0",
+        "monitor.node0.ranks": "0,1,2,3",
+    }
+    recorder.sink.tags.clear()
+    recorder.on_group([*moved, replace(specs[4], node_ip="10.0.0.9")])  # node0 as it was: only node1 is tagged
+    assert recorder.sink.tags == {
+        "monitor.node1.node_ip": "10.0.0.9",
+        "monitor.node1.ray_node_id": "id1",
+        "monitor.node1.ranks": "4",
+    }
+    assert recorder.gpu_ranks("node0", 0) == [0, 3] and recorder.gpu_ranks("node1", 2) == []
+    assert recorder.node_of(3) == "node0" and recorder.node_of(5) == "?"
+
+
+def test_each_node_is_targeted_with_its_ranks_pids_and_gpus_in_the_order_nodes_first_appear():
+    env = {"CUDA_VISIBLE_DEVICES": "4,5", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    specs = [
+        replace(worker_spec(rank, world_size=5, env=env), node_rank=node_rank, node_id=f"id{node_rank}", pid=pid)
+        for rank, node_rank, pid in [(0, 1, 100), (1, 1, None), (2, 0, 102), (3, 1, 103), (4, 0, 104)]
+    ]
+    targets = targets_by_node(specs)
+    assert list(targets) == ["node1", "node0"]
+    assert targets["node1"] == ("id1", NodeTargets("node1", {0: 100, 3: 103}, "4,5", "PCI_BUS_ID"))
+    assert targets["node0"] == ("id0", NodeTargets("node0", {2: 102, 4: 104}, "4,5", "PCI_BUS_ID"))

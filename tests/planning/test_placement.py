@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
+
+import pytest
+
 from orchestrator.planning.placement import predict_placement
 from orchestrator.planning.plan import ClusterSnapshot, JobPlan, NodeSnapshot
 
@@ -91,3 +96,48 @@ def test_resources_are_shown_as_users_write_them_without_rays_own_placement_grou
         "my_group_x": 2.0,
     }
     assert format_resources(free) == "{CPU: 0, memory: 16.0 GiB, my_group_x: 2}"
+
+
+def _spread_one_node_at_a_time(plan: JobPlan, cluster: ClusterSnapshot) -> list:
+    """SPREAD and STRICT_SPREAD as first written (every node looked at for every bundle): the reference."""
+    free = {node.node_id: dict(node.available) for node in cluster.nodes}
+    order = [node.node_id for node in cluster.nodes]
+
+    def best(candidates, bundle):
+        fitting = [node for node in candidates if all(free[node].get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())]
+        return min(fitting, key=lambda n: sum(free[n].get(k, 0.0) - v for k, v in bundle.items())) if fitting else None
+
+    nodes: list = []
+    for bundle in plan.bundles:
+        node = best([node for node in order if node not in nodes], bundle)
+        if node is None and plan.strategy == "SPREAD":
+            node = best(sorted(order, key=nodes.count), bundle)
+        if node is not None:
+            for name, amount in bundle.items():
+                free[node][name] = free[node].get(name, 0.0) - amount
+        nodes.append(node)
+    return nodes
+
+
+@pytest.mark.parametrize("strategy", ["SPREAD", "STRICT_SPREAD"])
+def test_spread_places_like_looking_at_every_node_for_every_bundle(strategy):
+    generator = random.Random(strategy)
+    for _ in range(200):
+        cluster = _cluster(
+            **{
+                f"n{i}": {"CPU": float(generator.choice([2, 4, 8])), "GPU": float(generator.choice([0, 1, 2, 8]))}
+                for i in range(generator.randrange(1, 12))
+            }
+        )
+        shapes = [{"CPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}, {"GPU": 1.0, "CPU": 2.0}, {"CPU": 4.0, "GPU": 8.0}]
+        bundles = tuple(generator.choice(shapes) for _ in range(generator.randrange(1, 16)))
+        plan = replace(_plan(strategy, len(bundles), bundles[0]), bundles=bundles)
+        assert list(predict_placement(plan, cluster).nodes) == _spread_one_node_at_a_time(plan, cluster)
+
+
+def test_thousands_of_per_node_bundles_take_the_tightest_nodes_first_each_once():
+    nodes = {f"n{i:04d}": {"CPU": 96.0 if i % 3 else 64.0, "GPU": 8.0} for i in range(4096)}
+    prediction = predict_placement(_plan("STRICT_SPREAD", 3000, {"CPU": 8.0, "GPU": 8.0}), _cluster(**nodes))
+    assert prediction.placeable and len(set(prediction.nodes)) == 3000
+    tight = [name for name, resources in nodes.items() if resources["CPU"] == 64.0]
+    assert list(prediction.nodes[: len(tight)]) == tight  # best fit first, ties in node order

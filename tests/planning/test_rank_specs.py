@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from orchestrator.planning.plan import JobPlan
 from orchestrator.planning.rank_specs import AttemptSpec, PlacedBundle, rank_order, worker_specs
 
@@ -94,3 +96,43 @@ def test_an_attempt_gives_every_rank_torchelastics_run_id_restart_count_and_budg
     ] * 2
     # a dry run has no attempt yet: no run id to show
     assert not any(key.startswith("TORCHELASTIC_") for key in worker_specs(_plan(2), _placed("a", "b"), 1)[0].env)
+
+
+def test_thousands_of_ranks_get_their_node_and_local_ranks_from_where_their_bundle_landed():
+    nodes, per_node = 512, 8
+    plan = replace(_plan(nodes * per_node), workers_per_bundle=per_node)
+    # bundle i on node (i * 7) % nodes: rank order follows bundle order, not node names
+    placed = [PlacedBundle(i, f"node-{(i * 7) % nodes:03d}", f"10.0.{i // 256}.{i % 256}") for i in range(nodes)]
+    gpu_ids = [[str(rank % per_node)] for rank in range(nodes * per_node)]
+    specs = worker_specs(plan, placed, master_port=29500, gpu_ids=gpu_ids)
+    assert [spec.world_rank for spec in specs] == list(range(nodes * per_node))
+    for spec in specs[:: per_node + 1]:
+        assert spec.node_rank == spec.bundle_index == spec.world_rank // per_node
+        assert spec.node_id == f"node-{(spec.bundle_index * 7) % nodes:03d}"
+        assert spec.local_rank == spec.cuda_device == spec.world_rank % per_node
+        assert spec.env["GROUP_RANK"] == str(spec.node_rank) and spec.env["GROUP_WORLD_SIZE"] == str(nodes)
+        assert spec.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7" and spec.env["MASTER_ADDR"] == "10.0.0.0"
+
+
+def test_a_ranks_environment_is_the_nccl_settings_then_torchruns_variables_then_the_attempts_then_its_gpus():
+    plan = replace(_plan(2), nccl_env={"NCCL_DEBUG": "INFO", "MASTER_PORT": "1"})  # a clash: torchrun's value wins
+    attempt = AttemptSpec(run_id="run", restart_count=0, max_restarts=1)
+    env = worker_specs(plan, _placed("a", "a"), master_port=29500, gpu_ids=[["5"], ["2"]], attempt=attempt)[1].env
+    assert list(env.items()) == [
+        ("NCCL_DEBUG", "INFO"),
+        ("MASTER_PORT", "29500"),
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("LOCAL_RANK", "1"),
+        ("LOCAL_WORLD_SIZE", "2"),
+        ("GROUP_RANK", "0"),
+        ("GROUP_WORLD_SIZE", "1"),
+        ("ROLE_RANK", "1"),
+        ("ROLE_WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "10.0.0.1"),
+        ("OMP_NUM_THREADS", "1"),
+        ("TORCHELASTIC_RUN_ID", "run"),
+        ("TORCHELASTIC_RESTART_COUNT", "0"),
+        ("TORCHELASTIC_MAX_RESTARTS", "1"),
+        ("CUDA_VISIBLE_DEVICES", "5,2"),
+    ]
