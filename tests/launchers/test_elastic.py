@@ -102,7 +102,7 @@ class WorkerNodes:
         self.nodes.remove(node)
 
     def by_id(self, node_id: str):
-        return next(node for node in self.nodes if node.unique_id == node_id)
+        return next(node for node in self.nodes if node.node_id == node_id)
 
 
 @pytest.fixture(scope="module")
