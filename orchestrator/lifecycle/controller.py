@@ -276,6 +276,8 @@ class Controller:
 
 def _newly_excluded(state: Restarting) -> Optional[str]:
     """The node this restart excludes from the job (failure.exclude_node_after), as `IP (node id prefix)`."""
+    if state.excludes is None:  # nearly every restart: no walk over every rank's spec
+        return None
     for spec in state.attempt.workers:
         if spec.node_id == state.excludes:
             return f"{spec.node_ip} ({spec.node_id[:8]})"
