@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 from orchestrator.errors import LaunchError, OrchestratorError
 from orchestrator.lifecycle import states
 from orchestrator.lifecycle.observers import JobObserver, Observers
+from orchestrator.lifecycle.rank_reports import StepReport
 from orchestrator.lifecycle.states import (
     SETTLE_S,
     STOP_GRACE_S,
@@ -209,22 +210,33 @@ class Controller:
         return {"rebuild": self.clock() - began}
 
     def _follow(self) -> None:
+        # the heartbeats (StepReports) of one wait make one new state together, applied before the next other
+        # event so that the order of events is kept: at 32,768 ranks a state per heartbeat was most of the driver
+        beats: list[int] = []
         for event in self._group().wait(WAIT_S):
             if isinstance(self.state, Done):
                 return
             if isinstance(event, RankReport) and isinstance(self.state, (Running, Stopping)):
-                self._route(event.world_rank, event.report)
-            else:
-                self._enter(states.on_event(self.state, event, self.clock(), self.settings))
+                self.observers.report(event.world_rank, event.report)
+                if type(event.report) is StepReport:
+                    beats.append(event.world_rank)
+                    continue
+            self._heartbeats(beats)
+            self._enter(states.on_event(self.state, event, self.clock(), self.settings))
+        self._heartbeats(beats)
         if isinstance(self.state, (Running, Stopping)):
             self._enter(states.on_deadlines(self.state, self.clock(), self.settings))
 
-    def _route(self, world_rank: int, report: object) -> None:
-        """Hand a rank's report to the observers, then to the state machine."""
-        self.observers.report(world_rank, report)
-        self._enter(states.on_event(self.state, RankReport(world_rank, report), self.clock(), self.settings))
+    def _heartbeats(self, beats: list[int]) -> None:
+        """Apply the heartbeats gathered so far (those of ranks of a live state) and forget them."""
+        if beats and isinstance(self.state, (Running, Stopping)):
+            self.state = states.on_heartbeats(self.state, tuple(beats), self.clock())
+        beats.clear()
 
     def _enter(self, state: State) -> None:
+        if type(state) is Running and type(self.state) is Running:  # a report that changed progress only
+            self.state = state
+            return
         # a restart is announced once per failure: deaths noted while restarting change no decision
         decided = self.state.failure if isinstance(self.state, Restarting) else None
         if isinstance(state, Restarting) and state.failure is not decided:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
+from typing import AbstractSet, Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 from orchestrator.config.schema import FailureConfig
 from orchestrator.errors import LaunchError
@@ -151,7 +151,8 @@ class AttemptProgress:
 
     workers: tuple[WorkerSpec, ...] = ()
     results: Mapping[int, ResultReport] = field(default_factory=dict)
-    exited: frozenset[int] = frozenset()
+    exited: AbstractSet[int] = frozenset()
+    """The ranks whose attempt ended (a RankSet once one did: each exit adds one in O(sqrt(ranks)), not O(ranks))."""
     lost: frozenset[int] = frozenset()
     suspect: Optional[Failure] = None
     """A broken collective, held until SETTLE_S passes or a death explains it."""
@@ -393,7 +394,9 @@ def on_event(state: State, event: GroupEvent, now: float, settings: ControllerSe
             now,
             settings,
         )
-    state = _attempt(state, exited=state.attempt.exited | {event.world_rank})
+    exited = state.attempt.exited
+    exited = (exited if isinstance(exited, RankSet) else RankSet(exited)).with_rank(event.world_rank)
+    state = _progressed(state, exited=exited)
     return _all_exited(state, now, settings) if len(state.attempt.exited) == len(state.attempt.workers) else state
 
 
@@ -412,6 +415,17 @@ def _preempt(state: Live, node: Optional[str], what: str, deadline: float, now: 
 
 def _node_of(attempt: AttemptProgress, world_rank: int) -> Optional[str]:
     return attempt.workers[world_rank].node_id if world_rank < len(attempt.workers) else None
+
+
+def on_heartbeats(state: Live, world_ranks: tuple[int, ...], now: float) -> Live:
+    """What the StepReports of these ranks, taken together at `now`, make of a live state: one new state for a
+    whole wait's heartbeats instead of one per report (a heartbeat changes nothing but the progress fields)."""
+    attempt = state.attempt
+    return _progressed(
+        state,
+        last_progress=attempt.last_progress.with_times(world_ranks, now),
+        stepping=attempt.stepping.with_ranks(world_ranks),
+    )
 
 
 def on_failure(state: Live, failure: Failure, now: float, settings: ControllerSettings, settled: bool = False) -> State:

@@ -416,10 +416,12 @@ def test_a_rank_that_makes_no_progress_is_treated_as_hung_and_replaced():
     group = FakeGroup([])
     controller, sink = _controller(group, clock, FailureConfig(max_restarts=1, hang_timeout_s=60))
     controller.step()
-    controller._route(0, StepReport(0, 5, 100, 0, 0.1, 5))
-    controller._route(1, StepReport(1, 5, 100, 0, 0.1, 5))
+    group.script.append(
+        [RankReport(0, StepReport(0, 5, 100, 0, 0.1, 5)), RankReport(1, StepReport(1, 5, 100, 0, 0.1, 5))]
+    )
+    assert isinstance(controller.step(), Running)
     clock.now += 61
-    controller._route(0, StepReport(0, 6, 100, 0, 0.1, 1))
+    group.script.append([RankReport(0, StepReport(0, 6, 100, 0, 0.1, 1))])
     state = controller.step()
     assert isinstance(state, Restarting) and "rank 1 on 10.0.0.1 finished no step for 61 s" in state.failure.summary
     assert isinstance(controller.step(), Running) and group.restarts == [({1}, None)]
@@ -433,7 +435,7 @@ def test_an_attempts_start_is_judged_by_the_rendezvous_timeout_not_the_hang_time
     controller, _ = _controller(group, clock, FailureConfig(max_restarts=1, hang_timeout_s=10), startup_timeout_s=60)
     controller.step()
     clock.now += 30
-    controller._route(0, StepReport(0, 1, 100, 0, 0.1, 1))
+    group.script.append([RankReport(0, StepReport(0, 1, 100, 0, 0.1, 1))])
     assert isinstance(controller.step(), Running)  # rank 1 is still starting: within its 60 s
     clock.now += 11
     state = controller.step()
