@@ -56,6 +56,19 @@ def _workers(driver: psutil.Process) -> list[psutil.Process]:
     return found
 
 
+def _idle_spares(driver: psutil.Process) -> int:
+    """Spares that are ready: a rank process that runs no call (its title is the bare class name, not
+    `ray::WorkerActor.warm` while it still loads torch and the data set)."""
+    count = 0
+    for process in driver.children(recursive=True):
+        try:
+            if " ".join(process.cmdline()).strip() == "ray::WorkerActor":
+                count += 1
+        except psutil.NoSuchProcess:
+            continue
+    return count
+
+
 def _tags(store: str) -> dict[str, str]:
     from mlflow import MlflowClient
 
@@ -102,6 +115,9 @@ def measure(kills: int, workdir: Path, spares: int = 0) -> list[dict[str, float]
             time.sleep(2.0)  # let the attempt train for a while, as a real failure would find it
             ranks: list[psutil.Process] = []
             _wait(lambda: len(ranks.extend(_workers(driver)) or ranks) >= 2, 60, "both ranks in their long poll")
+            # failures come minutes apart in practice, not seconds: a kill finds the spare that the last restart
+            # started already warm, as it would then
+            _wait(lambda: _idle_spares(driver) >= spares, 120, "the spares to be started and warm")
             victim = random.choice(ranks)
             killed_at = time.time()
             os.kill(victim.pid, signal.SIGKILL)
