@@ -191,7 +191,8 @@ class Controller:
         record = replace(record, timings=timings, workers_after=len(self._specs()))
         if record.resized:
             self.console.message(
-                f"continuing on {record.workers_after} workers (was {record.workers_before}) from step "
+                f"continuing on {record.workers_after} worker{'' if record.workers_after == 1 else 's'} "
+                f"(was {record.workers_before}) from step "
                 f"{record.resumed_from_step}"
             )
         history = history.with_restart(record)
