@@ -6,12 +6,13 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Hashable, Mapping, Optional, Sequence
 
 from launchers.cluster.connection import connect
 from launchers.jobs.run_record import RunRecord, hydra_files
 from launchers.jobs.worker_groups import WorkerGroups, spawned
 from launchers.monitoring.job_monitoring import job_observers
+from launchers.workers.worker_shelf import WorkerShelf
 from orchestrator.cli.job_summary import JobSummary
 from orchestrator.config.export import flat_params
 from orchestrator.config.schema import JobConfig
@@ -54,6 +55,11 @@ class TrialLink:
     """Given the trial's sink, the observers that follow the trial besides its monitoring."""
     stop_requests: StopRequests = field(default_factory=StopRequests)
     """Where the sweep asks the trial to stop (early stopping, Ctrl-C), from any thread."""
+    shelf: Optional[WorkerShelf] = None
+    """The sweep's idle groups (sweep.reuse_workers): the trial's workers come from there when one has its shape,
+    and go there at its end."""
+    owner: Optional[Hashable] = None
+    """The trial's key on the shelf (its number): it takes the idle group the sweep reserved for it, if any."""
 
 
 def run_job(
@@ -83,7 +89,8 @@ def run_job(
         with RunRecord(job, console, overrides, link, hydra_dir=hydra_dir, started_at=started_at) as record:
             with connect(job.cluster) as cluster:
                 planned = plan_on_cluster(job, cluster)
-                with spawned(planned.plan, job) as groups:  # the workers' processes start while the run opens
+                # the workers' processes start while the run opens (or come from the sweep's idle group)
+                with spawned(planned.plan, job, link.shelf, link.owner) as groups:
                     sink = record.open(planned.plan, target, continues=target is not None and not is_branch(target))
                     sink.set_tags({RAY_NAME_TAG: groups.name})
                     if components is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Iterator, Optional
+from typing import Hashable, Iterator, Optional
 
 from launchers.workers.ray_worker_group import RayWorkerGroup
+from launchers.workers.worker_shelf import WorkerShelf
 from orchestrator.config.schema import JobConfig
 from orchestrator.planning.plan import JobPlan
 
@@ -18,12 +19,21 @@ class WorkerGroups:
     and id are only known then, so `run_in` hands them to it (and to every later group) before it starts.
     """
 
-    def __init__(self, plan: JobPlan, job: JobConfig, name: Optional[str] = None):
+    def __init__(
+        self,
+        plan: JobPlan,
+        job: JobConfig,
+        name: Optional[str] = None,
+        shelf: Optional[WorkerShelf] = None,
+        owner: Optional[Hashable] = None,
+    ):
         self.plan = plan
         self.job = job
         self.name = name or f"orchestrator-{uuid.uuid4().hex[:12]}"
         """The placement group's name, its workers' (`<name>-worker<N>`) and its monitors' on Ray."""
-        self.first = RayWorkerGroup(plan, job, self.name)
+        self.shelf = shelf
+        """A sweep's idle groups (sweep.reuse_workers): the first group starts from one, every group ends there."""
+        self.first = RayWorkerGroup(plan, job, self.name, shelf=shelf, owner=owner)
         self._first_taken = False
 
     def run_in(self, checkpoint_dir: str, run_id: Optional[str]) -> None:
@@ -35,13 +45,18 @@ class WorkerGroups:
         if not self._first_taken:
             self._first_taken = True
             return self.first
-        return RayWorkerGroup(self.plan, self.job, self.name, self.first.checkpoint_dir, self.first.run_id)
+        return RayWorkerGroup(
+            self.plan, self.job, self.name, self.first.checkpoint_dir, self.first.run_id, shelf=self.shelf
+        )
 
 
 @contextlib.contextmanager
-def spawned(plan: JobPlan, job: JobConfig) -> Iterator[WorkerGroups]:
-    """Spawn the job's first group now, without waiting for it; shut it down on leaving if the controller did not."""
-    groups = WorkerGroups(plan, job)
+def spawned(
+    plan: JobPlan, job: JobConfig, shelf: Optional[WorkerShelf] = None, owner: Optional[Hashable] = None
+) -> Iterator[WorkerGroups]:
+    """Spawn the job's first group now (or take an idle one of its shape from `shelf`, the one `owner` reserved if
+    it did), without waiting for it; shut it down on leaving if the controller did not."""
+    groups = WorkerGroups(plan, job, shelf=shelf, owner=owner)
     try:
         groups.first.spawn()
         yield groups

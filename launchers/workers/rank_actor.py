@@ -6,6 +6,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import traceback
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Optional
 from orchestrator.config.schema import JobConfig
 from orchestrator.lifecycle.rank_reports import ErrorReport, PreemptionNotice
 from orchestrator.planning.rank_specs import WorkerSpec
+from orchestrator.worker.process_state import ProcessState
 from orchestrator.worker.stop import StopSignal
 
 if TYPE_CHECKING:  # only types here: the loop's module imports torch, which a script's worker never needs
@@ -52,6 +54,8 @@ class WorkerActor:
         self._cache: Optional[WorkerCache] = None  # data set and model kept for the next attempt of the same job
         self._spec: Optional[WorkerSpec] = None
         self._noticed = False
+        self._fresh = ProcessState.capture()
+        """The process as Ray started it: what `reset` puts back before the worker serves another job."""
         # the actor's constructor runs on the process's main thread, the only one that may install handlers
         self._ray_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -97,6 +101,7 @@ class WorkerActor:
         from orchestrator.train.components import warm_up
 
         warm_up()
+        self._fresh.capture_torch()  # torch as it is imported, before any job's code changes its settings
         from orchestrator.train.loop import WorkerCache, prepare_data
 
         if self._cache is None:
@@ -129,6 +134,8 @@ class WorkerActor:
             from orchestrator.train.loop import WorkerCache
 
             self._cache = WorkerCache()
+        if "torch" in sys.modules:  # the entry imports torch for the built-in loop; a script's worker has none
+            self._fresh.capture_torch()
         attempt = Attempt(
             checkpoint_dir=Path(checkpoint_dir),
             cache=self._cache,
@@ -142,6 +149,17 @@ class WorkerActor:
             target=self._train, args=(spec, job, attempt, self._outbox), name=f"rank-{spec.world_rank}", daemon=True
         )
         self._thread.start()
+
+    def reset(self) -> int:
+        """Make this worker a fresh one for another job (a sweep's next trial): the process state as Ray started
+        it (see orchestrator.worker.process_state), no cached data set or model, no stop asked. Returns how
+        many of the user's modules it forgot. Only between attempts."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the worker's attempt is still running: it cannot be reset")
+        self._thread, self._cache, self._spec, self._noticed = None, None, None, False
+        self._stop = StopSignal()
+        self._outbox = queue.SimpleQueue()
+        return len(self._fresh.restore())
 
     def reports(self, timeout_s: float) -> ReportBatch:
         """Queued reports: waits up to `timeout_s` for the first, then takes whatever else is queued."""
@@ -190,5 +208,6 @@ if TYPE_CHECKING:
         gpu_ids: RemoteMethod[[], list[str]]
         stop: RemoteMethod[[], None]
         warm: RemoteMethod[[JobConfig], None]
+        reset: RemoteMethod[[], int]
         start: RemoteMethod[[WorkerSpec, JobConfig, str, Optional[str], Optional[str]], None]
         reports: RemoteMethod[[float], ReportBatch]

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Optional, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, Hashable, Optional, Sequence, TypeVar, cast
 
 from launchers.cluster.connection import cluster_snapshot, draining_nodes
 from launchers.workers.rank_actor import WorkerActor
+from launchers.workers.worker_shelf import GroupShape, IdleGroup, WorkerShelf
 from orchestrator.config.code_shipping import worker_runtime_env
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import LaunchError
@@ -54,6 +55,8 @@ ABORT_GRACE_S = 20.0
 """How long surviving ranks get to leave a failed attempt (their collectives fail once a peer is gone)."""
 DRAIN_POLL_S = 2.0
 """How often the group asks Ray which nodes are being drained (one GCS call)."""
+RESET_TIMEOUT_S = 30.0
+"""How long a group's workers get to reset before the group is removed instead of shelved."""
 NODE_ID_LABEL = "ray.io/node-id"
 """The label every Ray node carries with its id: a bundle label selector on it keeps bundles off nodes."""
 
@@ -68,6 +71,8 @@ class RayWorkerGroup:
         name: str,
         checkpoint_dir: Optional[str] = None,
         run_id: Optional[str] = None,
+        shelf: Optional[WorkerShelf] = None,
+        owner: Optional[Hashable] = None,
     ):
         self.plan = plan
         self.job = job
@@ -89,6 +94,12 @@ class RayWorkerGroup:
         """Nodes already reported as being drained."""
         self._next_drain_poll = 0.0
         self._next_capacity_check = 0.0
+        self.shelf = shelf
+        """A sweep's idle groups: this group starts from one of its shape there, and goes there when it ends cleanly."""
+        self.owner = owner
+        """Who this group runs for (a sweep's trial number): it takes the shelf's group reserved for it, if any."""
+        self.reused = False
+        """Whether this group took an idle group's placement group and workers instead of starting its own."""
 
     @property
     def specs(self) -> Sequence[WorkerSpec]:
@@ -103,6 +114,11 @@ class RayWorkerGroup:
         """
         from ray.util.placement_group import placement_group
 
+        if self._placement_group is None and self.shelf is not None and not self._avoid:
+            idle = self.shelf.take(GroupShape.of(self.plan, self.job), self.owner)
+            if idle is not None:
+                self._placement_group, self._by_bundle, self.reused = idle.placement_group, idle.by_bundle, True
+                self._spawned = sum(len(actors) for actors in idle.by_bundle.values())
         if self._placement_group is None:
             bundles = [*self.plan.bundles, *[self.plan.bundles[0]] * self._spare_bundles]
             selector = [{NODE_ID_LABEL: f"!in({','.join(sorted(self._avoid))})"}] if self._avoid else None
@@ -392,10 +408,13 @@ class RayWorkerGroup:
             actor.stop.remote()
 
     def shutdown(self) -> None:
-        """Kill every actor and remove the placement group (idempotent)."""
+        """Kill every actor and remove the placement group (idempotent); with a shelf, a group whose ranks all ended
+        goes there instead, its workers reset, for the sweep's next job of its shape."""
         import ray
         from ray.util.placement_group import remove_placement_group
 
+        if self._shelved():
+            return
         for actors in self._by_bundle.values():
             for actor in actors:
                 ray.kill(actor, no_restart=True)
@@ -403,6 +422,25 @@ class RayWorkerGroup:
         if self._placement_group is not None:
             remove_placement_group(self._placement_group)
             self._placement_group = None
+
+    def _shelved(self) -> bool:
+        """Put the group on the shelf if it can serve another job: every rank's attempt ended (no report call
+        outstanding), no node avoided, and every worker resets within RESET_TIMEOUT_S."""
+        import ray
+
+        if self.shelf is None or self._placement_group is None or self._pending or self._avoid:
+            return False
+        actors = [actor for actors in self._by_bundle.values() for actor in actors]
+        if len(actors) != self.plan.workers_per_bundle * len(self._by_bundle):
+            return False
+        try:
+            ray.get([actor.reset.remote() for actor in actors], timeout=RESET_TIMEOUT_S)
+        except Exception:  # a dead or stuck worker: the group is removed as without a shelf
+            return False
+        idle = IdleGroup(GroupShape.of(self.plan, self.job), self._placement_group, self._by_bundle, self.owner)
+        self._by_bundle, self._actors, self._pending, self._placement_group = {}, [], {}, None
+        self.shelf.put(idle)
+        return True
 
 
 def _gather(calls: Sequence[ObjectRef[_Result]], slots: Sequence[PlacedBundle]) -> list[_Result]:

@@ -61,6 +61,8 @@ class Admission:
         self.bookings: dict[Hashable, Booking] = {}
         self.alone: Optional[Hashable] = None
         """A trial that did not fit what was free when it started: it runs alone (see `admit`)."""
+        self.idle: dict[Hashable, Booking] = {}
+        """What the idle groups of ended trials hold, kept for the next trial of their shape (sweep.reuse_workers)."""
 
     def admit(self, key: Hashable, plan: JobPlan, now: ClusterSnapshot) -> Optional[str]:
         """Book and return None when the trial may start now, else say why it waits.
@@ -69,17 +71,44 @@ class Admission:
         placement wait (scaling.placement_timeout_s, time for an autoscaler to add nodes) then decides,
         as for a single job. No other trial starts beside it, which would take what it waits for.
         """
-        if self.alone is not None:
-            return f"trial {self.alone} needs more than was free when it started and runs alone"
-        if self.max_concurrent is not None and len(self.bookings) >= self.max_concurrent:
-            return f"{len(self.bookings)} of hydra.launcher.max_concurrent={self.max_concurrent} trials are running"
-        prediction = predict_placement(plan, free_for_trials(self.baseline, now, list(self.bookings.values())))
+        capped = self.capped()
+        if capped is not None:
+            return capped
+        held = [*self.bookings.values(), *self.idle.values()]
+        prediction = predict_placement(plan, free_for_trials(self.baseline, now, held))
         if not prediction.placeable:
-            if self.bookings:
+            if self.bookings or self.idle:  # idle groups are removed first (the session's call), then it may start
                 return prediction.problems[0] if prediction.problems else "its bundles do not fit what is free now"
             self.alone = key
         self.bookings[key] = booking(plan, prediction.nodes) if prediction.placeable else {}
         return None
+
+    def capped(self) -> Optional[str]:
+        """Why no trial may start whatever it needs (one runs alone, or max_concurrent run), else None."""
+        if self.alone is not None:
+            return f"trial {self.alone} needs more than was free when it started and runs alone"
+        if self.max_concurrent is not None and len(self.bookings) >= self.max_concurrent:
+            return f"{len(self.bookings)} of hydra.launcher.max_concurrent={self.max_concurrent} trials are running"
+        return None
+
+    def reuse(self, key: Hashable, idle_key: Hashable) -> Optional[str]:
+        """Book for trial `key` what the idle group `idle_key` holds (it runs there) and return None, or say why it
+        waits; nothing new is placed, so only the caps apply."""
+        capped = self.capped()
+        if capped is not None:
+            return capped
+        self.bookings[key] = self.idle.pop(idle_key, {})
+        return None
+
+    def shelve(self, key: Hashable, idle_key: Hashable) -> None:
+        """Trial `key` ended and its group waits, idle, as `idle_key`: what it holds stays booked."""
+        self.idle[idle_key] = self.bookings.pop(key, {})
+        if self.alone == key:
+            self.alone = None
+
+    def unshelve(self, idle_key: Hashable) -> None:
+        """The idle group `idle_key` was removed: what it held is free again."""
+        self.idle.pop(idle_key, None)
 
     def release(self, key: Hashable) -> None:
         """The trial ended: what it booked is free again."""

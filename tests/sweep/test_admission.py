@@ -63,3 +63,27 @@ def test_max_concurrent_caps_and_a_lone_trial_that_does_not_fit_still_starts():
     )
     alone.release(0)
     assert alone.admit(1, _plan(1), _cluster(a=4.0)) is None
+
+
+def test_an_idle_groups_resources_stay_booked_until_a_trial_reuses_it_or_it_is_removed():
+    admission = Admission(_cluster(a=4.0), max_concurrent=2)
+    lagging = _cluster(a=4.0)
+    assert admission.admit(0, _plan(3), lagging) is None
+    admission.shelve(0, ("idle", 0))  # trial 0 ended; its group waits for the next trial of its shape
+    assert admission.running == 0 and admission.idle[("idle", 0)] == {"a": {"CPU": 3.0}}
+    assert admission.admit(1, _plan(2), lagging) is not None  # a new group would not fit beside the idle one
+    assert admission.reuse(1, ("idle", 0)) is None  # on the idle group it fits: nothing new is placed
+    assert admission.bookings[1] == {"a": {"CPU": 3.0}} and not admission.idle
+    admission.shelve(1, ("idle", 1))
+    admission.unshelve(("idle", 1))  # removed: what it held is free again
+    assert admission.admit(2, _plan(4), lagging) is None
+
+
+def test_reusing_an_idle_group_still_respects_max_concurrent():
+    admission = Admission(_cluster(a=4.0), max_concurrent=1)
+    assert admission.admit(0, _plan(1), _cluster(a=4.0)) is None
+    assert admission.admit(1, _plan(1), _cluster(a=4.0)) is not None
+    admission.shelve(0, ("idle", 0))
+    assert admission.admit(2, _plan(1), _cluster(a=4.0)) is None
+    assert admission.reuse(3, ("idle", 0)) == "1 of hydra.launcher.max_concurrent=1 trials are running"
+    assert ("idle", 0) in admission.idle
