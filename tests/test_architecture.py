@@ -47,6 +47,10 @@ LIGHT_MODULES = [
     "orchestrator.sweep.trials",
     "orchestrator.sweep.early_stop",
     "orchestrator.sweep.admission",
+    "orchestrator.sweep.judging",
+    "orchestrator.sweep.optuna_settings",
+    "orchestrator.sweep.pruning",
+    "orchestrator.sweep.search_space",
 ]
 """Modules that import no heavy library when imported (they may import one inside a function that needs it)."""
 HEAVY = ["ray", "mlflow", "pynvml", "torch", "torch.distributed", "hydra"]
@@ -68,6 +72,7 @@ PURE_MODULES = [
     "orchestrator.kubernetes.rayjob",
     "orchestrator.sweep.trials",
     "orchestrator.sweep.admission",
+    "orchestrator.sweep.judging",
     "orchestrator.monitoring.gpu_devices",
     "orchestrator.monitoring.detectors",
     "orchestrator.monitoring.summaries",
@@ -150,6 +155,17 @@ def test_the_hydra_launcher_plugin_imports_nothing_heavy():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"the launcher plugin pulled in: {loaded}"
+
+
+def test_the_optuna_sweeper_plugin_imports_nothing_heavy():
+    """Hydra imports the sweeper plugin on every composition too: Optuna and the sweep's code wait for a sweep."""
+    code = (
+        "import sys, hydra_plugins.orchestrator_optuna_sweeper.optuna_sweeper\n"
+        "print(','.join(m for m in ['ray', 'mlflow', 'torch', 'optuna', 'launchers.hydra_launcher.optuna_sweep'] "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"the sweeper plugin pulled in: {loaded}"
 
 
 def test_a_script_worker_imports_no_torch():

@@ -16,15 +16,24 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, cast
+from typing import TYPE_CHECKING, Optional, Sequence, cast
 
 from orchestrator.config.export import redactor_for
 from orchestrator.config.hydra_output import remove_empty_dirs, write_hydra_files, write_redacted
 from orchestrator.config.load import load_config
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.sweep.judging import TrialJudge
 from orchestrator.sweep.session_holder import SweepSessionHolder
-from orchestrator.sweep.trials import FINISHED, STOPPED, TrialRecord, TrialSpec, override_key, shared_key_problems
+from orchestrator.sweep.trials import (
+    FINISHED,
+    PRUNED,
+    STOPPED,
+    TrialRecord,
+    TrialSpec,
+    override_key,
+    shared_key_problems,
+)
 
 if TYPE_CHECKING:  # only types here: the plugin imports this module when a batch launches
     from hydra.core.utils import JobReturn
@@ -50,12 +59,18 @@ class PreparedTrial:
     """Where the trial's .hydra/ files go (Hydra's sweep dir and subdir, resolved)."""
 
 
-def launch(launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+def launch(
+    launcher: RayLauncher,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    judges: Optional[Sequence[TrialJudge]] = None,
+) -> list[JobReturn]:
     """Run one batch of trials (as many at once as the cluster allows); one JobReturn per trial, in order.
 
     A trial that failed or was stopped still gives a COMPLETED JobReturn, so that the sweeper goes on:
     its value is None for a failed trial (Optuna records that trial as failed) and the objective's
-    last value for a stopped one.
+    last value for a stopped or pruned one. `judges` (hydra/sweeper=optuna): trial i is judged by
+    judges[i] instead of the sweep's own early stopping rule, and tells it how it ended.
     """
     from hydra.core.utils import setup_globals
 
@@ -65,7 +80,7 @@ def launch(launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], initia
         problems = _hydra_problems(launcher)
         if problems:
             raise ConfigError(problems)
-        sweep_job = _job(launcher.config)
+        sweep_job = job_of(launcher.config)
         trials = [
             _prepare(launcher, list(overrides), initial_job_idx + index)
             for index, overrides in enumerate(job_overrides)
@@ -79,7 +94,11 @@ def launch(launcher: RayLauncher, job_overrides: Sequence[Sequence[str]], initia
             raise ConfigError(problems)
         _check_own_components([trial.spec.job for trial in trials])
         _redact_sweep_file(launcher, sweep_job)
-        specs = [replace(trial.spec, hydra_dir=str(_write_outputs(trial))) for trial in trials]
+        judged = judges if judges is not None else [None] * len(trials)
+        specs = [
+            replace(trial.spec, hydra_dir=str(_write_outputs(trial)), judge=judge)
+            for trial, judge in zip(trials, judged)
+        ]
         if _holder(launcher).sweep is None:  # the first batch: say what the wait is
             log.info(f"{len(trials)} trials checked; starting Ray and the sweep's MLflow run (a few seconds)")
         session = _session(launcher, sweep_job)
@@ -185,7 +204,7 @@ def _hydra_problems(launcher: RayLauncher) -> list[str]:
     return problems
 
 
-def _job(config: DictConfig) -> JobConfig:
+def job_of(config: DictConfig) -> JobConfig:
     """The JobConfig of a composed config (its `hydra` node left out)."""
     from omegaconf import open_dict, read_write
 
@@ -272,5 +291,5 @@ def _job_return(trial: PreparedTrial, record: TrialRecord) -> JobReturn:
         task_name=JobRuntime.instance().get("name"),
         status=JobStatus.COMPLETED,
     )
-    job_return.return_value = record.objective if record.status in (FINISHED, STOPPED) else None
+    job_return.return_value = record.objective if record.status in (FINISHED, STOPPED, PRUNED) else None
     return job_return

@@ -34,6 +34,7 @@ from orchestrator.lifecycle.controller import USER_STOP
 from orchestrator.planning.plan import JobPlan, plan_job
 from orchestrator.sweep.admission import Admission
 from orchestrator.sweep.early_stop import MedianStoppingRule
+from orchestrator.sweep.judging import TrialJudge
 from orchestrator.sweep.trials import (
     FINISHED,
     NOT_STARTED,
@@ -70,8 +71,8 @@ def new_sweep_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-_Running = dict[int, tuple[threading.Thread, TrialWatch]]
-"""The trials running now: number -> (its thread, its watch)."""
+_Running = dict[int, tuple[threading.Thread, TrialWatch, Optional[TrialJudge]]]
+"""The trials running now: number -> (its thread, its watch, the sweeper's judge of it or None)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,7 +84,8 @@ class SweepSession:
     settings: SweepSettings
     admission: Admission
     rule: Optional[MedianStoppingRule]
-    """sweep.early_stop=median's rule, shared by the trials; None without early stopping."""
+    """sweep.early_stop=median's rule, shared by the trials; None without early stopping. A trial the
+    sweeper gives a judge of its own (TrialSpec.judge, hydra/sweeper=optuna) is judged by that instead."""
     parent: MetricsSink
     """The parent run's recorder (a NullSink without tracking)."""
     exits: contextlib.ExitStack
@@ -188,11 +190,11 @@ class SweepSession:
                     self.say(f"trial {spec.number} waits for resources: {waits}")
                 return
             pending.popleft()
-            watch = TrialWatch(self.job.sweep.objective, self.rule)
+            watch = TrialWatch(self.job.sweep.objective, self.rule if spec.judge is None else spec.judge)
             thread = threading.Thread(
                 target=self._trial_thread, args=(spec, watch, ended), name=f"orchestrator-trial-{spec.number}"
             )
-            running[spec.number] = (thread, watch)
+            running[spec.number] = (thread, watch, spec.judge)
             thread.start()
             self.say(f"trial {spec.number} started: {self._label(spec.overrides)}")
 
@@ -216,10 +218,12 @@ class SweepSession:
 
     def _ended(self, record: TrialRecord, running: _Running) -> None:
         self.records[record.number] = record  # first: a Ctrl-C from here on cannot lose the record
-        thread, watch = running.pop(record.number)
+        thread, watch, judge = running.pop(record.number)
         thread.join()
         self.admission.release(record.number)
-        if record.status == FINISHED and self.rule is not None:
+        if judge is not None:  # the sweeper learns how its trial ended as soon as it ends
+            judge.ended(record.status, record.objective)
+        elif record.status == FINISHED and self.rule is not None:
             self.rule.completed(watch.curve)
         objective = "" if record.objective is None else f": {self.job.sweep.objective}={record.objective:.4f}"
         detail = f" ({record.error})" if record.error and record.status != FINISHED else ""
@@ -233,7 +237,7 @@ class SweepSession:
             self.records[spec.number] = TrialRecord(spec.number, spec.overrides, NOT_STARTED)
         pending.clear()
         self.say(f"interrupted: stopping {len(running)} running trial(s) (Ctrl-C again to kill them)")
-        for _, watch in running.values():
+        for _, watch, _ in running.values():
             watch.stop_requests.request(USER_STOP)
         while running:
             try:
@@ -242,7 +246,7 @@ class SweepSession:
                 continue
             except KeyboardInterrupt:  # the controllers end a job at once on a second request
                 self.say("killing the running trials")
-                for _, watch in running.values():
+                for _, watch, _ in running.values():
                     watch.stop_requests.request(USER_STOP)
 
     def _label(self, overrides: Sequence[str]) -> str:

@@ -12,15 +12,14 @@ from orchestrator.cli.console import Console
 from orchestrator.lifecycle.controller import StopRequests
 from orchestrator.lifecycle.rank_reports import MetricsReport, StepReport
 from orchestrator.redaction import redact_value
-from orchestrator.sweep.early_stop import MedianStoppingRule
-from orchestrator.sweep.trials import FAILED, KILLED, STOPPED, TrialRecord, TrialSpec, varying
+from orchestrator.sweep.judging import StopRule
+from orchestrator.sweep.trials import FAILED, KILLED, TrialRecord, TrialSpec, varying
 from orchestrator.tracking.metrics_sink import MetricsSink
 
 if TYPE_CHECKING:
     from orchestrator.lifecycle.controller import JobOutcome
     from orchestrator.planning.rank_specs import WorkerSpec
 
-EARLY_STOP_TAG = "orchestrator.early_stopped"
 TRIAL_TAG = "orchestrator.trial"
 OVERRIDE_TAG_PREFIX = "orchestrator.override."
 _TAG_UNSAFE = re.compile(r"[^\w\-. /]")  # MLflow tag keys: alphanumerics, _ - . space /
@@ -67,10 +66,11 @@ def trial_console(stderr: TextIO, stdout: TextIO, number: int, lock: threading.L
 class TrialWatch:
     """Implements orchestrator.lifecycle.controller.JobObserver for a sweep: the trial's objective and early stopping.
 
-    Runs on the trial's controller thread; the stop it requests is taken by that controller.
+    Runs on the trial's controller thread; the stop it requests is taken by that controller. `rule` is the
+    sweep's median rule or the sweeper's judge of this trial (orchestrator.sweep.judging).
     """
 
-    def __init__(self, objective: str, rule: Optional[MedianStoppingRule]):
+    def __init__(self, objective: str, rule: Optional[StopRule]):
         self.objective = objective
         self.rule = rule
         self.stop_requests = StopRequests()
@@ -94,23 +94,30 @@ class TrialWatch:
     def group_started(self, specs: Sequence[WorkerSpec]) -> None:
         """Nothing to do: the sweep books the trial's resources when it starts it."""
 
+    @property
+    def stopped_status(self) -> str:
+        """The trial's status when its rule stopped it (STOPPED for the median rule, PRUNED for Optuna's)."""
+        assert self.rule is not None  # only a trial with a rule is stopped early
+        return self.rule.stopped_status
+
     def report(self, world_rank: int, report: object) -> None:
-        """Follow the objective; stop the trial when the rule says it does worse than the completed ones."""
+        """Follow the objective; stop the trial when its rule says so (the median rule, or Optuna's pruner)."""
         if isinstance(report, StepReport):
             self.total_steps = report.total_steps
         if not isinstance(report, MetricsReport) or self.objective not in report.metrics:
             return
         value = float(report.metrics[self.objective])
         self.curve[report.step] = self.last = value
-        # the last evaluation ends the trial anyway: stopping there would only mark a complete trial KILLED
-        final = self.total_steps is not None and report.step >= self.total_steps
-        if self.rule is None or self.stopped_early is not None or final:
+        if self.rule is None or self.stopped_early is not None:
             return
+        # the rule sees every evaluation (an Optuna trial records each one), the last included
         reason = self.rule.verdict(report.step, value)
-        if reason is not None:
+        # but the last one ends the trial anyway: stopping there would only mark a complete trial KILLED
+        final = self.total_steps is not None and report.step >= self.total_steps
+        if reason is not None and not final:
             self.stopped_early = reason
             assert self.sink is not None  # reports come from the job, which runs after observers(sink)
-            self.sink.set_tags({EARLY_STOP_TAG: reason})
+            self.sink.set_tags({self.rule.stopped_tag: reason})
             self.stop_requests.request(reason)
 
     def job_ended(self, outcome: JobOutcome) -> None:
@@ -151,7 +158,7 @@ def run_trial(
         status, error_text, run_id = FAILED, f"{type(error).__name__}: {error}", watch.run_id
     else:
         outcome = summary.outcome
-        status = STOPPED if outcome.status == KILLED and watch.stopped_early else outcome.status
+        status = watch.stopped_status if outcome.status == KILLED and watch.stopped_early else outcome.status
         error_text, run_id = outcome.error, summary.run_id
     objective = None if status == FAILED else watch.last  # a failed trial's last value is no result
     # the job's own duration where it has one: the same number its run records in MLflow

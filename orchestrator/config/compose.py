@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from orchestrator.config.schema import JobConfig
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def conf_dir() -> Path:
@@ -103,8 +106,28 @@ def check_train_args(args: Sequence[str], base_dir: Path) -> None:
             compose_job(variant, base_dir, config_dirs)
         except ConfigError as error:
             problems.extend(problem for problem in error.problems if problem not in problems)
+    if not problems and any(arg in MULTIRUN_FLAGS for arg in args):
+        problems = multirun_problems(overrides, base_dir, config_dirs)
     if problems:
         raise ConfigError(problems)
+
+
+def multirun_problems(overrides: Sequence[str], base_dir: Path, config_dirs: Sequence[str] = ()) -> list[str]:
+    """What the sweep.* settings of `orchestrator train -m` need from the chosen hydra/sweeper and hydra/launcher."""
+    from omegaconf import open_dict
+
+    from orchestrator.config.load import load_config
+    from orchestrator.sweep.optuna_settings import sweeper_problems
+
+    first = sweep_variants(overrides)[0]
+    cfg = _compose(first, config_dirs, with_hydra=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    job = load_config(cfg, base_dir)
+    return sweeper_problems(
+        job.sweep, str(choices.get("hydra/sweeper")), str(choices.get("hydra/launcher")), job.tracking.uri
+    )
 
 
 def compose_job(overrides: Sequence[str], base_dir: Path, config_dirs: Sequence[str] = ()) -> JobConfig:
@@ -113,12 +136,18 @@ def compose_job(overrides: Sequence[str], base_dir: Path, config_dirs: Sequence[
     Unknown keys, unknown group options, malformed overrides and wrong types are said in our words
     (config.hydra_errors): the override, the key, what is valid, the closest valid name.
     """
+    from orchestrator.config.load import load_config
+
+    return load_config(_compose(overrides, config_dirs), base_dir)
+
+
+def _compose(overrides: Sequence[str], config_dirs: Sequence[str], with_hydra: bool = False) -> DictConfig:
+    """conf/ + overrides composed (with the `hydra` node when `with_hydra`); Hydra's errors in our words."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from orchestrator.config.hydra_errors import translate
-    from orchestrator.config.load import load_config
     from orchestrator.config.store import register_configs
     from orchestrator.errors import ConfigError
 
@@ -130,7 +159,10 @@ def compose_job(overrides: Sequence[str], base_dir: Path, config_dirs: Sequence[
     )
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[*with_target_options(overrides), *search])
+            return compose(
+                config_name="config",
+                overrides=[*with_target_options(overrides), *search],
+                return_hydra_config=with_hydra,
+            )
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError([translate(error, overrides)]) from None
-    return load_config(cfg, base_dir)

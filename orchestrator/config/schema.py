@@ -33,7 +33,7 @@ ModelFormatChoice = Literal["pt2", "pickle"]
 EntrypointChoice = Literal["builtin", "script"]
 RestartOnChoice = Literal["any", "infra_only"]
 DirectionChoice = Literal["maximize", "minimize"]
-EarlyStopChoice = Literal["none", "median"]
+EarlyStopChoice = Literal["none", "median", "asha", "hyperband"]
 CompileModeChoice = Literal["default", "reduce-overhead", "max-autotune"]
 StrategyChoice = Literal["ddp", "fsdp"]
 ElasticBatchChoice = Literal["keep_global", "keep_per_worker"]
@@ -801,16 +801,35 @@ class SweepConfig:
     """Whether a higher (maximize) or a lower (minimize) objective is better; hydra/sweeper=optuna optimizes
     in this direction."""
     early_stop: EarlyStop = "none"
-    """none, or median: stop a trial whose objective at an evaluation is worse than the median of the
-    completed trials' values at the same step (recorded KILLED with the tag orchestrator.early_stopped)."""
+    """none; median: stop a trial whose objective at an evaluation is worse than the median of the
+    completed trials' values at the same step (recorded KILLED with the tag orchestrator.early_stopped);
+    under hydra/sweeper=optuna, median (Optuna's MedianPruner), asha (SuccessiveHalvingPruner) and
+    hyperband (HyperbandPruner) prune a trial from its evaluations (status PRUNED, tag orchestrator.pruned).
+    asha and hyperband need hydra/sweeper=optuna."""
     early_stop_min_trials: int = 2
-    """Completed trials with a value at that step that the median rule needs before it stops a trial."""
+    """Completed trials with a value at that step that the median rule needs before it stops a trial
+    (under hydra/sweeper=optuna: the MedianPruner's startup trials)."""
+    storage: Optional[str] = None
+    """hydra/sweeper=optuna: the database that keeps the Optuna study (sqlite:///optuna.db, or a server
+    database URL such as postgresql://...); null = in memory, gone when the sweep ends.
+    hydra.sweeper.storage follows it. Not MLflow's own SQLite file: both keep their schema version in a
+    table named alembic_version."""
+    resume: bool = False
+    """hydra/sweeper=optuna: continue the study of hydra.sweeper.study_name in sweep.storage instead of
+    creating it; its finished trials count toward hydra.sweeper.n_trials."""
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found` (the objective depends on the entrypoint: rules.py)."""
         found.choice("sweep.direction", self.direction, SWEEP_DIRECTIONS)
         found.choice("sweep.early_stop", self.early_stop, EARLY_STOP_RULES)
         found.at_least("sweep.early_stop_min_trials", self.early_stop_min_trials, 1)
+        found.require(
+            not self.resume or self.storage is not None,
+            "sweep.resume",
+            self.resume,
+            "resuming needs the study's database: set sweep.storage (e.g. sqlite:///optuna.db) to the storage "
+            "of the sweep to resume; an in-memory study is gone when its sweep ends",
+        )
 
 
 @dataclass(frozen=True)

@@ -52,33 +52,37 @@ def register_configs() -> None:
 
 
 class OptunaMissing:
-    """Stands in for the Optuna sweeper when its package is not installed: says how to install it."""
+    """Stands in for the Optuna sweeper when Optuna is not installed: says how to install it."""
 
     def __init__(self, **_config: object) -> None:
         from orchestrator.errors import ConfigError
 
         raise ConfigError(
             [
-                "hydra/sweeper=optuna needs the hydra-optuna-sweeper package: "
-                "pip install 'orchestrator[sweep]' (make install-dev installs it)"
+                "hydra/sweeper=optuna needs Optuna 4, in the `sweep` extra: pip install 'orchestrator[sweep]' "
+                "(make install-dev installs it)"
             ]
         )
 
 
 def _optuna_config() -> DictConfig:
-    """hydra/sweeper=optuna: the plugin's own config, optimizing in the direction of sweep.direction.
+    """hydra/sweeper=optuna: the plugin's own config, its direction and storage following sweep.direction and
+    sweep.storage (a different hydra.sweeper.direction or .storage given on its own is rejected as a conflict).
 
     The plugin registers its own entry whenever Hydra scans the plugins (the scan runs every plugin
     module again), which happens once per process, in Plugins.instance(): scanning first makes this
     entry the one that stays.
     """
+    import importlib.util
+
     from hydra.core.plugins import Plugins
 
     Plugins.instance()
-    try:
-        from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
-    except ImportError:  # the optional `sweep` extra is not installed
+    if importlib.util.find_spec("optuna") is None:  # the optional `sweep` extra is not installed
         return OmegaConf.create({"_target_": f"{__name__}.{OptunaMissing.__name__}"})
-    node = OmegaConf.structured(OptunaSweeperConf)
+    from hydra_plugins.orchestrator_optuna_sweeper.config import OptunaSweeperConfig
+
+    node = OmegaConf.structured(OptunaSweeperConfig)
     node.direction = "${sweep.direction}"
+    node.storage = "${sweep.storage}"
     return node

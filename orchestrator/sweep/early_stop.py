@@ -6,14 +6,19 @@ import statistics
 import threading
 from typing import Mapping, Optional
 
+from orchestrator.sweep.trials import EARLY_STOP_TAG, STOPPED
+
 
 class MedianStoppingRule:
     """A trial whose objective at a step is worse than the median of the completed trials' values there stops.
 
     Only trials that finished count as completed (not failed or stopped ones), and only those with a
     value at exactly that step. Trials run side by side and consult the rule from their own threads,
-    so its state is guarded by a lock.
+    so its state is guarded by a lock. Satisfies orchestrator.sweep.judging.StopRule.
     """
+
+    stopped_status = STOPPED
+    stopped_tag = EARLY_STOP_TAG
 
     def __init__(self, objective: str, direction: str, min_trials: int):
         self.objective = objective

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Collection, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Collection, Optional, Sequence
 
 from orchestrator.config.export import flat_params
 from orchestrator.config.schema import JobConfig
 
+if TYPE_CHECKING:
+    from orchestrator.sweep.judging import TrialJudge
+
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 STOPPED = "STOPPED"
-"""Stopped early by sweep.early_stop (the run is KILLED and tagged orchestrator.early_stopped)."""
+"""Stopped early by sweep.early_stop=median under the basic sweeper (the run is KILLED and tagged
+orchestrator.early_stopped)."""
+PRUNED = "PRUNED"
+"""Pruned by the Optuna sweeper's pruner (the run is KILLED and tagged orchestrator.pruned)."""
+EARLY_STOP_TAG = "orchestrator.early_stopped"
+"""The tag of a STOPPED trial's run: why it stopped."""
+PRUNED_TAG = "orchestrator.pruned"
+"""The tag of a PRUNED trial's run: why Optuna pruned it."""
 NOT_STARTED = "NOT STARTED"
 """The sweep was interrupted before the trial could start: it has no run."""
 SHARED_SECTIONS = ("cluster.", "tracking.enabled", "tracking.uri", "tracking.experiment", "sweep.")
@@ -27,6 +37,8 @@ class TrialSpec:
     job: JobConfig
     hydra_dir: Optional[str] = None
     """The folder of the trial's Hydra files (`<output dir>/.hydra`), logged with its run."""
+    judge: Optional["TrialJudge"] = field(default=None, compare=False)
+    """The sweeper's judge of this trial's evaluations (hydra/sweeper=optuna); None: the sweep's own rule."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +48,7 @@ class TrialRecord:
     number: int
     overrides: tuple[str, ...]
     status: str
-    """FINISHED, FAILED, KILLED (interrupted), STOPPED (early stopping) or NOT STARTED."""
+    """FINISHED, FAILED, KILLED (interrupted), STOPPED (median early stopping), PRUNED (Optuna) or NOT STARTED."""
     objective: Optional[float] = None
     """The last value of sweep.objective the trial reported (None without one)."""
     duration_s: float = 0.0
@@ -99,7 +111,7 @@ def counts(records: Sequence[TrialRecord]) -> dict[str, int]:
     """Trials per status, in a fixed order, leaving out statuses no trial has."""
     found = {
         status: sum(record.status == status for record in records)
-        for status in (FINISHED, STOPPED, FAILED, KILLED, NOT_STARTED)
+        for status in (FINISHED, STOPPED, PRUNED, FAILED, KILLED, NOT_STARTED)
     }
     return {status: number for status, number in found.items() if number}
 

@@ -67,7 +67,8 @@ def test_absolute_sqlite_uri_is_kept(tmp_path: Path):
             "eval/loss, train/loss, train/samples_per_s",
         ),
         ("sweep.direction=up", "sweep.direction=up is not valid: use one of maximize, minimize"),
-        ("sweep.early_stop=asha", "sweep.early_stop=asha is not valid: use one of none, median"),
+        ("sweep.early_stop=pbt", "sweep.early_stop=pbt is not valid: use one of none, median, asha, hyperband"),
+        ("sweep.resume=true", "sweep.resume=True is not valid: resuming needs the study's database: set sweep.storage"),
         ("sweep.early_stop_min_trials=0", "sweep.early_stop_min_trials=0 is not valid: must be a number >= 1"),
         (
             "trainer.compile_mode=fast",

@@ -50,3 +50,14 @@ class RayLauncher(Launcher):
         from launchers.hydra_launcher.sweep_launch import launch
 
         return launch(self, job_overrides, initial_job_idx)
+
+    def launch_judged(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, judges: Sequence[Any]
+    ) -> Sequence[Any]:
+        """Run one batch of orchestrator trials, trial i judged by judges[i] (hydra/sweeper=optuna's pruning).
+
+        Satisfies orchestrator.sweep.judging.JudgedLauncher; a JobReturn per trial, in order.
+        """
+        from launchers.hydra_launcher.sweep_launch import launch
+
+        return launch(self, job_overrides, initial_job_idx, judges)

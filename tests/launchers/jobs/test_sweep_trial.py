@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import threading
 
-from launchers.jobs.sweep_trial import EARLY_STOP_TAG, LinePrefixer, TrialWatch, trial_tags
+from launchers.jobs.sweep_trial import LinePrefixer, TrialWatch, trial_tags
 from orchestrator.lifecycle.rank_reports import MetricsReport, StepReport
 from orchestrator.sweep.early_stop import MedianStoppingRule
-from orchestrator.sweep.trials import TrialSpec
+from orchestrator.sweep.trials import EARLY_STOP_TAG, TrialSpec
 from orchestrator.tracking.metrics_sink import InMemorySink
 from tests.helpers import compose_job
 

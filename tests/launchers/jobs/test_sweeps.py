@@ -7,13 +7,18 @@ share one SQLite store (creating one costs seconds), each in an experiment of it
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import sqlite3
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from orchestrator.cli.commands import main
-from tests.helpers import assert_no_job_resources
+from tests.helpers import assert_no_job_resources, owned_process, wait_until
 
 TINY = [
     "model=mlp",
@@ -232,4 +237,141 @@ def test_a_sweep_of_a_script_takes_its_reported_objective_and_median_stopping_st
     assert "train/loss=" in bad.data.tags["orchestrator.early_stopped"]
     assert max(m.step for m in client.get_metric_history(bad.info.run_id, "train/loss")) < 20
     assert parent.data.metrics["sweep/stopped"] == 1
+    assert_no_job_resources()
+
+
+PLANTED_LRS = [1e-2, 5e-3, 1e-6, 8e-3, 1e-6, 3e-3]
+"""The ASHA sweep's trials in order: two good ones first (they set the rungs), then a bad one (lr 1e-6
+hardly learns) beside a good one, twice."""
+SHORT_EPOCHS = ["trainer.max_epochs=2", "data.batch_size=256"]
+"""Two evaluations per trial (at the end of each epoch), in few steps: a trial can be pruned at the first."""
+
+
+def test_asha_prunes_the_planted_bad_trials_at_their_first_evaluation_and_records_them_pruned(
+    ray_cluster, store, tmp_path, monkeypatch, capsys
+):
+    import optuna
+    from optuna.trial import TrialState
+
+    # the planted trials go into the study first (enqueued); the sweep resumes it and asks for them in order
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    planted = optuna.create_study(study_name="asha", storage=storage, direction="maximize")
+    for lr in PLANTED_LRS:
+        planted.enqueue_trial({"optim.lr": lr})
+    code = _sweep(
+        ray_cluster,
+        store,
+        tmp_path,
+        monkeypatch,
+        *SHORT_EPOCHS,
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.study_name=asha",
+        "optim.lr=tag(log,interval(1e-7,1e-1))",
+        "sweep.early_stop=asha",
+        f"sweep.storage={storage}",
+        "sweep.resume=true",
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]  # a pruned trial is no failure
+    client, parent, children = _runs(store, tmp_path)
+    assert [float(children[number].data.params["optim.lr"]) for number in range(6)] == PLANTED_LRS
+    study = optuna.load_study(study_name="asha", storage=storage)
+    states = {trial.number: trial.state for trial in study.trials}
+    assert states[2] == states[4] == TrialState.PRUNED
+    assert states[0] == TrialState.COMPLETE  # the first at every rung goes on
+    assert set(states.values()) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    finished = [number for number, state in states.items() if state == TrialState.COMPLETE]
+    pruned = [number for number, state in states.items() if state == TrialState.PRUNED]
+
+    def last_step(run, metric):
+        return max(m.step for m in client.get_metric_history(run.info.run_id, metric))
+
+    full = {last_step(children[number], "train/loss") for number in finished}
+    assert len(full) == 1  # every finished trial trained to its end
+    for number in pruned:
+        run = children[number]
+        assert run.info.status == "KILLED" and "orchestrator.early_stopped" not in run.data.tags
+        reason = run.data.tags["orchestrator.pruned"]
+        assert "sweep.early_stop=asha: Optuna's SuccessiveHalvingPruner" in reason
+        assert study.trials[number].user_attrs["orchestrator.status"] == "PRUNED"
+        assert last_step(run, "train/loss") < min(full)  # stopped before its end
+        assert len(client.get_metric_history(run.info.run_id, "eval/accuracy")) == 1  # at its first evaluation
+    for number in finished:
+        assert children[number].info.status == "FINISHED"
+        assert study.trials[number].value == pytest.approx(children[number].data.metrics["eval/accuracy"])
+    assert "6 trials in" in out and f"{len(finished)} FINISHED, {len(pruned)} PRUNED" in out
+    assert out.count(" PRUNED  ") == len(pruned)  # the summary table's status column
+    assert parent.data.metrics["sweep/pruned"] == len(pruned)
+    assert parent.data.metrics["sweep/finished"] == len(finished)
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(study.best_value) and results["study_name"] == "asha"
+    assert_no_job_resources()
+
+
+def _complete_trials(database) -> int:
+    """COMPLETE trials in an Optuna SQLite storage, read without writing to it (0 before its tables exist)."""
+    try:  # closed at once: an open read would hold SQLite's shared lock and make the sweep's writes wait
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchall()[0][0]
+    except sqlite3.OperationalError:  # no file or no tables yet
+        return 0
+
+
+def test_an_optuna_sweep_interrupted_with_ctrl_c_resumes_keeping_its_completed_trials(
+    ray_cluster, store, tmp_path, monkeypatch, capsys
+):
+    import optuna
+    from optuna.trial import TrialState
+
+    database = tmp_path / "optuna.db"
+    sweep = [
+        *TINY,
+        f"cluster.address={ray_cluster.address}",
+        f"tracking.uri={store}",
+        f"tracking.experiment={tmp_path.name}",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.sampler.seed=0",
+        "optim.lr=tag(log,interval(1e-4,1e-1))",
+        f"sweep.storage=sqlite:///{database}",
+    ]
+    command = [sys.executable, "-m", "orchestrator", "train", "-m", *sweep, f"hydra.sweep.dir={tmp_path}/first"]
+    with owned_process(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as first:
+        wait_until(lambda: first.poll() is not None or _complete_trials(database) >= 1, 240, "a first completed trial")
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        first.send_signal(signal.SIGINT)
+        stdout, stderr = first.communicate(timeout=120)
+        assert first.returncode == 130, stderr[-3000:]
+    [name] = optuna.get_all_study_names(f"sqlite:///{database}")  # the name derived from the sweep
+    before = optuna.load_study(study_name=name, storage=f"sqlite:///{database}").trials
+    completed = [(t.number, t.params, t.value) for t in before if t.state == TrialState.COMPLETE]
+    assert completed and all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in before)
+    interrupted = [t for t in before if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["orchestrator.status"] in ("KILLED", "NOT STARTED") for t in interrupted)
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "-m", *sweep, "sweep.resume=true", f"hydra.sweep.dir={tmp_path}/second"])
+    assert code == 0, capsys.readouterr().out
+    after = optuna.load_study(study_name=name, storage=f"sqlite:///{database}").trials
+    assert [(t.number, t.params, t.value) for t in after if t.number in {c[0] for c in completed}] == completed
+    assert sum(t.state == TrialState.COMPLETE for t in after) == 3  # the study reached n_trials
+    new = [t.number for t in after if t.number >= len(before)]
+    assert len(new) == 3 - len(completed) and all(after[number].state == TrialState.COMPLETE for number in new)
+    # the resumed sweep's trials are numbered as in the study
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])
+    parents = [run for run in runs if "orchestrator.sweep_id" in run.data.tags]
+    assert sorted(run.info.status for run in parents) == ["FINISHED", "KILLED"]
+    [resumed] = [run for run in parents if run.info.status == "FINISHED"]
+    numbers = sorted(
+        int(run.data.tags["orchestrator.trial"])
+        for run in runs
+        if run.data.tags.get("mlflow.parentRunId") == resumed.info.run_id
+    )
+    assert numbers == new
     assert_no_job_resources()
