@@ -1,14 +1,18 @@
-"""An 8-trial sweep with 2 trials at a time vs the same 8 trials one at a time, and how well trials pack.
+"""Sweeps of short trials: worker reuse off against on (sweep.reuse_workers), and how well trials pack.
 
-Both sweeps run through `orchestrator train -m` (this process, the CLI's `main`) on one local Ray
-instance started here with 2 CPUs, so that two 1-worker trials fill it; each trial is a tiny job
-(mlp on digits, 1 worker, 2 epochs). Wall time is the sweep's own (`sweep/wall_s` of its parent run:
-from the parent run's creation to the end of the last trial); a trial's duration is its child run's
-end minus start. Packing efficiency = sum of trial durations / (wall x concurrency): 1.0 means the
-slots were never idle. Trials that share the CPUs run slower each, so the sum grows with concurrency.
+`--compare reuse` (the default): a 16-trial sweep, 1 epoch per trial, 8 trials of 1 worker then 8 of 2
+workers, 2 trials at a time (hydra.launcher.max_concurrent=2) on a local Ray instance of 4 CPUs, once with
+fresh workers for every trial (sweep.reuse_workers=false) and once reusing them (true); alternating order
+per repetition. `--compare concurrency`: 8 trials of 1 worker one at a time against two at a time, on 2 CPUs.
 
-    .venv/bin/python benchmarks/bench_sweep.py            # one sweep of each
-    .venv/bin/python benchmarks/bench_sweep.py --reps 2   # alternating order
+Both run through `orchestrator train -m` (this process, the CLI's `main`). Wall time is the sweep's own
+(`sweep/wall_s` of its parent run: from the parent run's creation to the end of the last trial); a trial's
+duration is its child run's end minus start. Packing efficiency = sum of trial durations / (wall x
+concurrency): 1.0 means the slots were never idle.
+
+    .venv/bin/python benchmarks/bench_sweep.py                   # reuse off and on, once each
+    .venv/bin/python benchmarks/bench_sweep.py --reps 2          # alternating order
+    .venv/bin/python benchmarks/bench_sweep.py --compare concurrency
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,14 +34,14 @@ from orchestrator.cli.commands import main  # noqa: E402
 TRIALS = ["optim.lr=1e-3,3e-3", "optim.name=adamw,sgd", "model.dropout=0.0,0.1"]  # 2 x 2 x 2 = 8 trials
 TINY = [
     "model=mlp",
-    "scaling.num_workers=1",
-    "trainer.max_epochs=2",
     "tracking.log_model=false",
     "monitor.enabled=false",
 ]
+# Hydra's basic sweeper varies the last override fastest: 8 trials of 1 worker, then 8 of 2
+SHAPES = ["scaling.num_workers=1,2", *TRIALS]
 
 
-def run_sweep(address: str, work_dir: Path, concurrency: int, tag: str) -> dict:
+def run_sweep(address: str, work_dir: Path, concurrency: int, tag: str, extra: Sequence[str]) -> dict:
     """One sweep; its wall time, trial durations and packing efficiency from what MLflow recorded."""
     from mlflow import MlflowClient
 
@@ -51,7 +56,7 @@ def run_sweep(address: str, work_dir: Path, concurrency: int, tag: str) -> dict:
                     "train",
                     "-m",
                     *TINY,
-                    *TRIALS,
+                    *extra,
                     f"cluster.address={address}",
                     f"tracking.uri={store}",
                     f"tracking.experiment={experiment}",
@@ -80,31 +85,48 @@ def run_sweep(address: str, work_dir: Path, concurrency: int, tag: str) -> dict:
 
 def main_bench() -> None:
     """Run the sweeps (alternating order per repetition) and print the numbers."""
-    import ray
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=1, help="sweeps of each kind (default 1)")
+    parser.add_argument("--compare", choices=["reuse", "concurrency"], default="reuse")
     args = parser.parse_args()
-    results: dict[int, list[dict]] = {1: [], 2: []}
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    if args.compare == "reuse":
+        kinds = {"fresh": ["sweep.reuse_workers=false", *SHAPES], "reused": ["sweep.reuse_workers=true", *SHAPES]}
+        results = _compare(kinds, concurrency=2, cpus=4, reps=args.reps, epochs=1)
+        fresh, reused = (statistics.median(r["wall_s"] for r in results[kind]) for kind in kinds)
+        print(f"median wall: fresh workers {fresh:.1f} s, reused {reused:.1f} s: {fresh / reused:.2f}x faster")
+        return
+    results = _compare({"one at a time": [], "two at a time": []}, concurrency=0, cpus=2, reps=args.reps, epochs=2)
+    one, two = (statistics.median(r["wall_s"] for r in results[kind]) for kind in results)
+    print(f"median wall: one at a time {one:.1f} s, two at a time {two:.1f} s: {one / two:.2f}x faster")
+
+
+def _compare(kinds: dict[str, list[str]], concurrency: int, cpus: int, reps: int, epochs: int) -> dict[str, list[dict]]:
+    """Each kind of sweep `reps` times, in alternating order, on one local Ray instance of `cpus` CPUs.
+    concurrency 0: the kinds are max_concurrent 1 and 2 (in the order given)."""
+    import ray
+
+    results: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    context = ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
     try:
         address = context.address_info["gcs_address"]
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as temp:
-            for rep in range(args.reps):
-                order = (1, 2) if rep % 2 == 0 else (2, 1)
-                for concurrency in order:
-                    result = run_sweep(address, Path(temp), concurrency, f"c{concurrency}-r{rep}")
-                    results[concurrency].append(result)
+            for rep in range(reps):
+                order = list(kinds) if rep % 2 == 0 else list(reversed(kinds))
+                for kind in order:
+                    at_once = concurrency or (1 + list(kinds).index(kind))
+                    tag = f"{kind.replace(' ', '-')}-r{rep}"
+                    extra = [f"trainer.max_epochs={epochs}", *(kinds[kind] or ["scaling.num_workers=1", *TRIALS])]
+                    result = run_sweep(address, Path(temp), at_once, tag, extra)
+                    results[kind].append(result)
                     print(
-                        f"max_concurrent={concurrency}: {result['trials']} trials, wall {result['wall_s']:.1f} s, "
+                        f"{kind} (max_concurrent={at_once}): {result['trials']} trials, wall {result['wall_s']:.1f} s, "
                         f"trial durations sum {result['sum_s']:.1f} s (mean {result['mean_s']:.1f} s), "
                         f"packing efficiency {result['packing']:.2f}",
                         flush=True,
                     )
     finally:
         ray.shutdown()
-    one, two = (statistics.median(r["wall_s"] for r in results[c]) for c in (1, 2))
-    print(f"median wall: one at a time {one:.1f} s, two at a time {two:.1f} s: {one / two:.2f}x faster")
+    return results
 
 
 if __name__ == "__main__":

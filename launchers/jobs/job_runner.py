@@ -12,6 +12,7 @@ from launchers.cluster.connection import connect
 from launchers.jobs.run_record import RunRecord, hydra_files
 from launchers.jobs.worker_groups import WorkerGroups, spawned
 from launchers.monitoring.job_monitoring import job_observers
+from launchers.pool.pool_client import PoolSource
 from launchers.workers.worker_shelf import WorkerShelf
 from orchestrator.cli.job_summary import JobSummary
 from orchestrator.config.export import flat_params
@@ -89,8 +90,9 @@ def run_job(
         with RunRecord(job, console, overrides, link, hydra_dir=hydra_dir, started_at=started_at) as record:
             with connect(job.cluster) as cluster:
                 planned = plan_on_cluster(job, cluster)
-                # the workers' processes start while the run opens (or come from the sweep's idle group)
-                with spawned(planned.plan, job, link.shelf, link.owner) as groups:
+                # the workers' processes start while the run opens (or come from the sweep's idle group, or a pool)
+                source, owner = (PoolSource(job.cluster.pool), None) if job.cluster.pool else (link.shelf, link.owner)
+                with spawned(planned.plan, job, source, owner) as groups:
                     sink = record.open(planned.plan, target, continues=target is not None and not is_branch(target))
                     sink.set_tags({RAY_NAME_TAG: groups.name})
                     if components is not None:

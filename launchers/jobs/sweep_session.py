@@ -20,11 +20,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import Hashable, Optional, Sequence, TextIO
 
 from launchers.cluster.connection import cluster_snapshot, connect
 from launchers.jobs.sweep_report import parent_results, print_summary
 from launchers.jobs.sweep_trial import TrialWatch, run_trial, trial_console, trial_tags
+from launchers.workers.worker_shelf import GroupShape, WorkerShelf
 from orchestrator import __version__
 from orchestrator.cli.compare import SWEEP_TAG  # the parent run's tag that `orchestrator compare --sweep ID` looks for
 from orchestrator.config.export import flat_params, redactor_for
@@ -100,6 +101,8 @@ class SweepSession:
     error: Optional[str] = None
     waiting: set[int] = dataclasses.field(default_factory=set)
     """Trials whose wait for resources was already said."""
+    shelf: Optional[WorkerShelf] = None
+    """The idle groups of ended trials (sweep.reuse_workers), removed when the session closes."""
 
     @classmethod
     def open(
@@ -111,6 +114,9 @@ class SweepSession:
         exits = contextlib.ExitStack()
         try:
             baseline = exits.enter_context(connect(job.cluster))
+            shelf = WorkerShelf() if job.sweep.reuse_workers else None
+            if shelf is not None:
+                exits.callback(shelf.close)  # before the connection closes (the stack unwinds in reverse)
             parent = open_parent_run(job, settings)
         except BaseException:
             exits.close()
@@ -130,6 +136,7 @@ class SweepSession:
             exits,
             stderr or sys.stderr,
             stdout or sys.stdout,
+            shelf=shelf,
         )
         where = f"; MLflow parent run {parent.run_id}" if parent.run_id else ""
         at_once = settings.max_concurrent or "as many as the free resources allow"
@@ -183,7 +190,7 @@ class SweepSession:
     ) -> None:
         while pending:
             spec = pending[0]
-            waits = self.admission.admit(spec.number, plans[spec.number], cluster_snapshot(fixed_size=False))
+            waits = self._admit(spec, plans[spec.number])
             if waits is not None:
                 if spec.number not in self.waiting:
                     self.waiting.add(spec.number)
@@ -198,12 +205,31 @@ class SweepSession:
             thread.start()
             self.say(f"trial {spec.number} started: {self._label(spec.overrides)}")
 
+    def _admit(self, spec: TrialSpec, plan: JobPlan) -> Optional[str]:
+        """Book the trial and return None when it may start now, else say why it waits. With sweep.reuse_workers
+        it runs on an idle group of its shape when there is one; when it needs the room that idle groups of
+        other shapes hold, they are removed."""
+        shelf, admission = self.shelf, self.admission
+        if shelf is not None and admission.capped() is None:
+            ended_trials = {key[1] for key in admission.idle if isinstance(key, tuple)}
+            previous = shelf.reserve(GroupShape.of(plan, spec.job), spec.number, ended_trials)
+            if previous is not None:
+                return admission.reuse(spec.number, _idle(previous))
+        waits = admission.admit(spec.number, plan, cluster_snapshot(fixed_size=False))
+        if waits is not None and shelf is not None and admission.capped() is None:
+            evicted = shelf.evict()
+            for owner in evicted:
+                admission.unshelve(_idle(owner))
+            if evicted:  # Ray's view of what they held lags a moment: the trial may still wait for it
+                waits = admission.admit(spec.number, plan, cluster_snapshot(fixed_size=False))
+        return waits
+
     def _trial_thread(self, spec: TrialSpec, watch: TrialWatch, ended: queue.Queue[TrialRecord]) -> None:
         record = None
         try:
             console = trial_console(self.stderr, self.stdout, spec.number, self.lines)
             tags = trial_tags(spec, self.settings.sweep_id, self.settings.fixed_keys)
-            record = run_trial(spec, console, watch, self.parent.run_id, tags)
+            record = run_trial(spec, console, watch, self.parent.run_id, tags, self.shelf)
         finally:  # the session waits for exactly one record per thread it started
             ended.put(
                 record
@@ -220,7 +246,10 @@ class SweepSession:
         self.records[record.number] = record  # first: a Ctrl-C from here on cannot lose the record
         thread, watch, judge = running.pop(record.number)
         thread.join()
-        self.admission.release(record.number)
+        if self.shelf is not None and self.shelf.holds(record.number):  # its group waits for the next trial
+            self.admission.shelve(record.number, _idle(record.number))
+        else:
+            self.admission.release(record.number)
         if judge is not None:  # the sweeper learns how its trial ended as soon as it ends
             judge.ended(record.status, record.objective)
         elif record.status == FINISHED and self.rule is not None:
@@ -279,6 +308,11 @@ class SweepSession:
         if exit_code == 0 and status == "FAILED":
             return 1
         return exit_code
+
+
+def _idle(trial: Hashable) -> tuple[str, Hashable]:
+    """The admission's key for what the idle group of an ended trial holds."""
+    return ("idle", trial)
 
 
 def open_parent_run(job: JobConfig, settings: SweepSettings) -> MetricsSink:

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Collection, Optional, Sequence, TextIO
 
 from launchers.jobs.job_runner import TrialLink, run_job
+from launchers.workers.worker_shelf import WorkerShelf
 from orchestrator.cli.console import Console
 from orchestrator.lifecycle.controller import StopRequests
 from orchestrator.lifecycle.rank_reports import MetricsReport, StepReport
@@ -134,11 +135,18 @@ def trial_tags(spec: TrialSpec, sweep_id: str, fixed_keys: Collection[str]) -> d
 
 
 def run_trial(
-    spec: TrialSpec, console: Console, watch: TrialWatch, parent_run_id: Optional[str], tags: dict[str, str]
+    spec: TrialSpec,
+    console: Console,
+    watch: TrialWatch,
+    parent_run_id: Optional[str],
+    tags: dict[str, str],
+    shelf: Optional[WorkerShelf] = None,
 ) -> TrialRecord:
     """Run the trial's job to its end and say how it ended; an error is the trial's, never the sweep's.
 
-    Its run is a child of `parent_run_id` named after its number (`trial-3`, `<tracking.run_name>-3`).
+    Its run is a child of `parent_run_id` named after its number (`trial-3`, `<tracking.run_name>-3`). With a
+    `shelf` (sweep.reuse_workers) it runs on the idle group reserved for it there, if any, and leaves its
+    group there.
     """
     run_name = f"{spec.job.tracking.run_name or 'trial'}-{spec.number}"
     started_at, started = time.time(), time.monotonic()
@@ -148,6 +156,8 @@ def run_trial(
         tags=tags,
         observers=watch.observers,
         stop_requests=watch.stop_requests,
+        shelf=shelf,
+        owner=spec.number,
     )
     summary = None
     error_text: Optional[str]

@@ -7,7 +7,7 @@ import uuid
 from typing import Hashable, Iterator, Optional
 
 from launchers.workers.ray_worker_group import RayWorkerGroup
-from launchers.workers.worker_shelf import WorkerShelf
+from launchers.workers.worker_shelf import GroupSource
 from orchestrator.config.schema import JobConfig
 from orchestrator.planning.plan import JobPlan
 
@@ -24,7 +24,7 @@ class WorkerGroups:
         plan: JobPlan,
         job: JobConfig,
         name: Optional[str] = None,
-        shelf: Optional[WorkerShelf] = None,
+        shelf: Optional[GroupSource] = None,
         owner: Optional[Hashable] = None,
     ):
         self.plan = plan
@@ -32,7 +32,7 @@ class WorkerGroups:
         self.name = name or f"orchestrator-{uuid.uuid4().hex[:12]}"
         """The placement group's name, its workers' (`<name>-worker<N>`) and its monitors' on Ray."""
         self.shelf = shelf
-        """A sweep's idle groups (sweep.reuse_workers): the first group starts from one, every group ends there."""
+        """A sweep's idle groups (sweep.reuse_workers) or a pool (cluster.pool): groups come from and go back there."""
         self.first = RayWorkerGroup(plan, job, self.name, shelf=shelf, owner=owner)
         self._first_taken = False
 
@@ -52,7 +52,7 @@ class WorkerGroups:
 
 @contextlib.contextmanager
 def spawned(
-    plan: JobPlan, job: JobConfig, shelf: Optional[WorkerShelf] = None, owner: Optional[Hashable] = None
+    plan: JobPlan, job: JobConfig, shelf: Optional[GroupSource] = None, owner: Optional[Hashable] = None
 ) -> Iterator[WorkerGroups]:
     """Spawn the job's first group now (or take an idle one of its shape from `shelf`, the one `owner` reserved if
     it did), without waiting for it; shut it down on leaving if the controller did not."""

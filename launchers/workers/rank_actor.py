@@ -111,6 +111,13 @@ class WorkerActor:
 
             prepare_data(job, self._cache, torch.device("cpu"))
 
+    def preload(self) -> None:
+        """Load torch and the training loop before any job comes (a pool's worker): what a fresh rank loads first."""
+        from orchestrator.train.components import warm_up
+
+        warm_up()
+        self._fresh.capture_torch()
+
     def stop(self) -> None:
         """Ask the running rank to stop at the next step the ranks agree on."""
         self._stop.set()
@@ -209,5 +216,6 @@ if TYPE_CHECKING:
         stop: RemoteMethod[[], None]
         warm: RemoteMethod[[JobConfig], None]
         reset: RemoteMethod[[], int]
+        preload: RemoteMethod[[], None]
         start: RemoteMethod[[WorkerSpec, JobConfig, str, Optional[str], Optional[str]], None]
         reports: RemoteMethod[[float], ReportBatch]

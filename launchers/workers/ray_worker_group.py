@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Hashable, Optional, Sequence, TypeVar, cast
 
 from launchers.cluster.connection import cluster_snapshot, draining_nodes
 from launchers.workers.rank_actor import WorkerActor
-from launchers.workers.worker_shelf import GroupShape, IdleGroup, WorkerShelf
+from launchers.workers.worker_shelf import GroupShape, GroupSource, IdleGroup
 from orchestrator.config.code_shipping import worker_runtime_env
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import LaunchError
@@ -71,7 +71,7 @@ class RayWorkerGroup:
         name: str,
         checkpoint_dir: Optional[str] = None,
         run_id: Optional[str] = None,
-        shelf: Optional[WorkerShelf] = None,
+        shelf: Optional[GroupSource] = None,
         owner: Optional[Hashable] = None,
     ):
         self.plan = plan
@@ -100,6 +100,9 @@ class RayWorkerGroup:
         """Who this group runs for (a sweep's trial number): it takes the shelf's group reserved for it, if any."""
         self.reused = False
         """Whether this group took an idle group's placement group and workers instead of starting its own."""
+        self._lease: Optional[str] = None
+        self._own_bundles: Optional[frozenset[int]] = None
+        """The bundles of a pool's placement group that this job leased (None: every bundle of its own group)."""
 
     @property
     def specs(self) -> Sequence[WorkerSpec]:
@@ -115,10 +118,14 @@ class RayWorkerGroup:
         from ray.util.placement_group import placement_group
 
         if self._placement_group is None and self.shelf is not None and not self._avoid:
-            idle = self.shelf.take(GroupShape.of(self.plan, self.job), self.owner)
+            # a job outside a sweep has no owner key: its name says who holds a pool's workers
+            idle = self.shelf.take(
+                GroupShape.of(self.plan, self.job), self.owner if self.owner is not None else self.name
+            )
             if idle is not None:
                 self._placement_group, self._by_bundle, self.reused = idle.placement_group, idle.by_bundle, True
                 self._spawned = sum(len(actors) for actors in idle.by_bundle.values())
+                self._lease, self._own_bundles = idle.lease, frozenset(idle.by_bundle)
         if self._placement_group is None:
             bundles = [*self.plan.bundles, *[self.plan.bundles[0]] * self._spare_bundles]
             selector = [{NODE_ID_LABEL: f"!in({','.join(sorted(self._avoid))})"}] if self._avoid else None
@@ -295,7 +302,9 @@ class RayWorkerGroup:
         return [
             PlacedBundle(bundle_index=index, node_id=node_id, node_ip=nodes[node_id])
             for index, node_id in sorted(table["bundles_to_node_id"].items())
-            if node_id in nodes and (avoided_too or node_id not in self._avoid)
+            if node_id in nodes
+            and (avoided_too or node_id not in self._avoid)
+            and (self._own_bundles is None or index in self._own_bundles)
         ]
 
     def _start_actor(self, bundle_index: int) -> WorkerHandle:
@@ -413,7 +422,18 @@ class RayWorkerGroup:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        if self._shelved():
+        if self.shelf is not None and self._placement_group is not None:
+            clean = self._reset_for_reuse()
+            idle = IdleGroup(
+                GroupShape.of(self.plan, self.job),
+                self._placement_group,
+                self._by_bundle,
+                self.owner,
+                lease=self._lease,
+            )
+            self._by_bundle, self._actors, self._pending, self._placement_group = {}, [], {}, None
+            self._lease = self._own_bundles = None
+            self.shelf.put(idle, clean)  # the shelf keeps it, or removes it (a pool replaces the workers)
             return
         for actors in self._by_bundle.values():
             for actor in actors:
@@ -423,23 +443,20 @@ class RayWorkerGroup:
             remove_placement_group(self._placement_group)
             self._placement_group = None
 
-    def _shelved(self) -> bool:
-        """Put the group on the shelf if it can serve another job: every rank's attempt ended (no report call
-        outstanding), no node avoided, and every worker resets within RESET_TIMEOUT_S."""
+    def _reset_for_reuse(self) -> bool:
+        """Whether the group can serve another job, its workers reset: every rank's attempt ended (no report call
+        outstanding), no node avoided, a worker in every bundle, and each reset within RESET_TIMEOUT_S."""
         import ray
 
-        if self.shelf is None or self._placement_group is None or self._pending or self._avoid:
+        if self._pending or self._avoid:
             return False
         actors = [actor for actors in self._by_bundle.values() for actor in actors]
         if len(actors) != self.plan.workers_per_bundle * len(self._by_bundle):
             return False
         try:
             ray.get([actor.reset.remote() for actor in actors], timeout=RESET_TIMEOUT_S)
-        except Exception:  # a dead or stuck worker: the group is removed as without a shelf
+        except Exception:  # a dead or stuck worker: the group is not reused
             return False
-        idle = IdleGroup(GroupShape.of(self.plan, self.job), self._placement_group, self._by_bundle, self.owner)
-        self._by_bundle, self._actors, self._pending, self._placement_group = {}, [], {}, None
-        self.shelf.put(idle)
         return True
 
 

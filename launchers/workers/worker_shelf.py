@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Collection, Hashable, Optional
+from typing import TYPE_CHECKING, Collection, Hashable, Optional, Protocol
 
 from orchestrator.config.code_shipping import worker_runtime_env
 from orchestrator.config.schema import JobConfig
@@ -57,6 +57,19 @@ class IdleGroup:
     """Who put it here (a sweep's trial number), or who it is reserved for: only that job may take it."""
     reserved: bool = False
     """Whether a job that is starting has been given it (`WorkerShelf.reserve`)."""
+    lease: Optional[str] = None
+    """The pool's lease it came from (cluster.pool), None for a sweep's own group."""
+
+
+class GroupSource(Protocol):
+    """Where a job's worker group may come from and go back to instead of being made and removed: a sweep's
+    shelf of idle groups (sweep.reuse_workers) or a warm pool on the cluster (cluster.pool)."""
+
+    def take(self, shape: GroupShape, owner: Optional[Hashable]) -> Optional[IdleGroup]:
+        """A group for a job of `shape`, now the caller's; None when the caller should make its own."""
+
+    def put(self, group: IdleGroup, clean: bool) -> None:
+        """The job ended: `group` back, its workers reset when `clean` (else they may be in any state)."""
 
 
 class WorkerShelf:
@@ -67,10 +80,10 @@ class WorkerShelf:
         self._idle: list[IdleGroup] = []
         self._closed = False
 
-    def put(self, group: IdleGroup) -> None:
-        """Keep `group` for a later job (or remove it at once when the shelf is closed)."""
+    def put(self, group: IdleGroup, clean: bool = True) -> None:
+        """Keep `group` for a later job when `clean`; remove it otherwise, or when the shelf is closed."""
         with self._lock:
-            if not self._closed:
+            if clean and not self._closed:
                 self._idle.append(group)
                 return
         release(group)

@@ -36,6 +36,7 @@ def validate(job: JobConfig) -> None:
     script_rules(job, found)
     job.scaling.check(found)
     job.cluster.check(found)
+    pool_rules(job, found)
     job.trainer.check(found)
     step_fn_rules(job, found)
     job.ddp.check(found)
@@ -189,6 +190,31 @@ def cnn_input_rules(job: JobConfig, model: CnnConfig, found: Problems) -> None:
             f"{pools} 2x2 pools shrink a {shape[1]}x{shape[2]} "
             f"input to nothing: use at most {smallest.bit_length()} conv blocks",
         )
+
+
+def pool_rules(job: JobConfig, found: Problems) -> None:
+    """A pool's workers are one per bundle, of a fixed number, started without the job's runtime environment."""
+    if job.cluster.pool is None:
+        return
+    pool = f"with cluster.pool={job.cluster.pool}"
+    found.require(
+        job.scaling.workers_per_node is None,
+        "scaling.workers_per_node",
+        job.scaling.workers_per_node,
+        f"{pool} the pool's bundles hold one worker each: leave it null",
+    )
+    found.require(
+        job.failure.spare_workers == 0, "failure.spare_workers", job.failure.spare_workers, f"{pool} it must be 0"
+    )
+    found.require(
+        job.scaling.min_workers is None, "scaling.min_workers", job.scaling.min_workers, f"{pool} it must be null"
+    )
+    found.require(
+        not job.cluster.runtime_env,
+        "cluster.runtime_env",
+        job.cluster.runtime_env,
+        f"{pool} it must be empty: the pool's workers started without it (install your code on the nodes)",
+    )
 
 
 def sweep_rules(job: JobConfig, found: Problems) -> None:

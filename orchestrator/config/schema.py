@@ -83,6 +83,7 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "
 MIN_MONITOR_INTERVAL_S = 0.1
 """NVML's GPM metrics need samples at least 100 ms apart."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,29 @@ class ClusterConfig:
     """Start the Ray dashboard with the embedded instance (costs start-up time)."""
     runtime_env: Dict[str, Any] = field(default_factory=dict)
     """Ray runtime_env for the job (env_vars, pip, ...); `orchestrator submit` adds the working_dir."""
+    pool: Optional[str] = None
+    """The name of a warm pool on the cluster at cluster.address (`orchestrator pool up --name NAME`): the job
+    leases its ranks' workers there (started, torch imported) instead of starting its own, and gives them
+    back at its end; null = the job starts its own workers."""
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found`."""
         if self.num_cpus is not None:
             found.at_least("cluster.num_cpus", self.num_cpus, 1)
+        if self.pool is not None:
+            found.require(
+                self.address is not None,
+                "cluster.pool",
+                self.pool,
+                "a pool lives on a running cluster: set cluster.address to the cluster that `orchestrator pool up` "
+                "started it on (the embedded instance of a job has none)",
+            )
+            found.require(
+                bool(_POOL_NAME.match(self.pool)),
+                "cluster.pool",
+                self.pool,
+                "a pool name is letters, digits, '-' and '_' (as `orchestrator pool up --name` takes it)",
+            )
 
 
 @dataclass(frozen=True)
@@ -817,6 +836,11 @@ class SweepConfig:
     resume: bool = False
     """hydra/sweeper=optuna: continue the study of hydra.sweeper.study_name in sweep.storage instead of
     creating it; its finished trials count toward hydra.sweeper.n_trials."""
+    reuse_workers: bool = True
+    """hydra/launcher=ray: when a trial ends, its placement group and rank processes (reset to how they
+    started: environment, torch settings, random generators, the user's modules) go to the next trial of the
+    same shape (workers, resources per worker, spares, runtime_env), which builds only its process group and
+    training state anew; false: every trial starts its own."""
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found` (the objective depends on the entrypoint: rules.py)."""
