@@ -26,10 +26,10 @@ $(VENV)/.installed: $(VENV)/.torch $(SOURCES)
 	$(BIN)/pip install --no-build-isolation -e . --config-settings editable_mode=strict
 	touch $@
 
-# the dev extra (test tools) and the sweep extra (the Optuna sweeper, which the tests use) on top; it
-# reinstalls the package too, so it tracks the sources itself
+# the dev extra (test tools), the sweep extra (the Optuna sweeper) and the export extra (ONNX export and
+# ONNX Runtime), which the tests use, on top; it reinstalls the package too, so it tracks the sources itself
 $(VENV)/.installed-dev: $(VENV)/.torch $(SOURCES)
-	$(BIN)/pip install --no-build-isolation -e ".[dev,sweep]" --config-settings editable_mode=strict
+	$(BIN)/pip install --no-build-isolation -e ".[dev,sweep,export]" --config-settings editable_mode=strict
 	touch $@
 
 install: $(VENV)/.installed

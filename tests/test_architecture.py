@@ -81,6 +81,12 @@ PURE_MODULES = [
     "orchestrator.monitoring.routing",
     "orchestrator.cli.compare_table",
     "orchestrator.cli.job_summary",
+    "orchestrator.registry.names",
+    "orchestrator.registry.model_ref",
+    "orchestrator.registry.promotion",
+    "orchestrator.registry.version_tags",
+    "orchestrator.export.parity",
+    "orchestrator.export.failures",
 ]
 """Pure planning and rendering: decisions from values, nothing that talks to a cluster, a store, a GPU, a
 process or a thread, not even in a function body, and nothing they import from the package does either."""

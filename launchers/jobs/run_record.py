@@ -139,7 +139,23 @@ class RunRecord:
             self.console_log.extend(line for line, _ in summary_lines(self.job, summary))
             finish_run(self.sink, outcome, self.console_log, end_time=ended_at)
             self._ended = True
+        self._register(outcome)
         return summary
+
+    def _register(self, outcome: JobOutcome) -> None:
+        """With tracking.register_as, make the finished run's model a registry version (after its status is set,
+        so that its config.yaml is in the store). A sweep's trial leaves that to the sweep's end: only the best
+        trial is registered."""
+        tracking = self.job.tracking
+        if (
+            tracking.register_as
+            and outcome.status == "FINISHED"
+            and self.link.parent_run_id is None
+            and self.sink.run_id
+        ):
+            from orchestrator.registry.after_run import register_after_run
+
+            self.console.message(register_after_run(tracking, self.sink.run_id, "the run"))
 
     def _attach(self, target: ResumeTarget) -> Any:
         """The resumed run, when tracking is on and its store has it; else None."""

@@ -52,7 +52,8 @@ def print_summary(
     parent_run_id: Optional[str],
     wall_s: float,
 ) -> None:
-    """The sweep's last lines: totals, one row per trial, the best trial, and how to compare the trials."""
+    """The sweep's last lines: totals, one row per trial, the best trial (registered, with tracking.register_as),
+    and how to compare the trials."""
     redactor = redactor_for(job, settings.overrides)
     totals = ", ".join(f"{number} {status}" for status, number in counts(records).items()) or "no trials"
     stream.write(f"sweep {settings.sweep_id}: {len(records)} trials in {wall_s:.1f} s: {totals}\n")
@@ -64,6 +65,10 @@ def print_summary(
             f"best ({job.sweep.direction} {job.sweep.objective}): trial {best.number} ({chosen}): "
             f"{best.objective:.4f}\n"
         )
+        if job.tracking.register_as and best.run_id:  # once per sweep: its best trial only (tracking.register_as)
+            from orchestrator.registry.after_run import register_after_run
+
+            stream.write(register_after_run(job.tracking, best.run_id, f"the best trial ({best.number})") + "\n")
     if parent_run_id is not None:
         stream.write(
             f"MLflow parent run: {parent_run_id} (experiment {job.tracking.experiment!r}); compare the "

@@ -29,6 +29,10 @@ commands:
                              print a KubeRay RayJob that runs `train` with these overrides on Kubernetes
   compare [options]          compare runs: differing params, final/best metric, curves (compare --help)
   mlflow-server              run a local MLflow tracking server until Ctrl-C (mlflow-server --help)
+  promote NAME --alias A [--metric M] [--version V]
+                             point an alias of a registered model at the best (or given) version
+  export MODEL --format onnx|pt2 --out DIR [--serve-check]
+                             export a run's or a registered model, checked against the eager model
 """
 
 
@@ -241,6 +245,20 @@ def compare_command(args: Sequence[str]) -> int:
     return compare_main(args)
 
 
+def promote_command(args: Sequence[str]) -> int:
+    """`orchestrator promote NAME --alias A ...`: move a registered model's alias to the best or given version."""
+    from orchestrator.cli.registry_commands import promote_main
+
+    return promote_main(args)
+
+
+def export_command(args: Sequence[str]) -> int:
+    """`orchestrator export MODEL --format onnx|pt2 --out DIR ...`: export and check a logged model."""
+    from orchestrator.cli.registry_commands import export_main
+
+    return export_main(args)
+
+
 def mlflow_server_command(args: Sequence[str]) -> int:
     """`orchestrator mlflow-server ...`: a local MLflow tracking server in the foreground, until Ctrl-C."""
     from orchestrator.tracking.mlflow_server import mlflow_server_main
@@ -378,4 +396,6 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "k8s": k8s_command,
     "compare": compare_command,
     "mlflow-server": mlflow_server_command,
+    "promote": promote_command,
+    "export": export_command,
 }

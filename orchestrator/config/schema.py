@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, TypeAlias,
 
 from orchestrator.config.problems import Problems, is_number, show
 from orchestrator.redaction import redact_value
+from orchestrator.registry.names import alias_problem, model_name_problem
 
 MISSING = "???"
 """OmegaConf's marker of a value that must be given (its own `omegaconf.MISSING` is this string): the
@@ -598,6 +599,14 @@ class TrackingConfig:
     flush_timeout_s: float = 30.0
     """Longest wait at the end of the run for buffered metrics to reach the store; what is left is dropped
     and reported."""
+    register_as: Optional[str] = None
+    """At the end of a successful run, make the logged model a new version of this registered model in
+    the MLflow Model Registry, tagged with the run id, the eval/ metrics and the SHA-256 of config.yaml;
+    null = no registration. A sweep (hydra/launcher=ray) registers only its best trial by
+    sweep.objective, once, at its end. Needs log_model=true."""
+    register_alias: Optional[str] = None
+    """Point this alias of the registered model (e.g. candidate) at the new version; needs register_as.
+    `orchestrator promote NAME --alias champion` moves aliases afterwards."""
 
     def check(self, found: Problems) -> None:
         """Report what is wrong with this section into `found`."""
@@ -612,6 +621,29 @@ class TrackingConfig:
         found.at_least("tracking.max_outage_s", self.max_outage_s, 0)
         found.positive("tracking.flush_timeout_s", self.flush_timeout_s)
         self._check_uri(found)
+        self._check_registry(found)
+
+    def _check_registry(self, found: Problems) -> None:
+        """A name and alias the registry accepts, and a logged model to register."""
+        if self.register_as is not None:
+            problem = model_name_problem(self.register_as)
+            found.require(problem is None, "tracking.register_as", self.register_as, problem or "")
+            found.require(
+                self.enabled and self.log_model,
+                "tracking.register_as",
+                self.register_as,
+                "registering needs the logged model: set tracking.log_model=true (and tracking.enabled=true), "
+                "or tracking.register_as=null",
+            )
+        if self.register_alias is not None:
+            found.require(
+                self.register_as is not None,
+                "tracking.register_alias",
+                self.register_alias,
+                "an alias belongs to a registered model: set tracking.register_as=NAME too",
+            )
+            problem = alias_problem(self.register_alias)
+            found.require(problem is None, "tracking.register_alias", self.register_alias, problem or "")
 
     def _check_uri(self, found: Problems) -> None:
         """A store MLflow knows, and no password inside (it would land in the config, the params and every log)."""
