@@ -17,6 +17,8 @@ else runs, so it is stopped before the next repetition's other modes):
   script-warm,      script, builtin and bare-ray with cluster.address=<a Ray head this benchmark starts with
   builtin-warm,     `ray start --head` (explicit ports, its own --temp-dir) and stops by PID>
   bare-ray-warm
+  script-pool,      script and builtin on that head with cluster.pool=bench: the ranks are leased from a warm
+  builtin-pool      pool of 2 workers (`orchestrator pool up`, started before these modes, removed after)
 
 Measured per run: total wall (launch to exit), time to the first optimizer step (launch to rank 0's
 time.time() after its first step) and the steady-state rate (samples of steps 61..300 over rank 0's
@@ -36,6 +38,7 @@ they compare changes on the driver's side only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -44,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -70,6 +74,7 @@ BUILTIN = [
     "optim.schedule=constant",
 ]
 OFF = ["tracking.enabled=false", "monitor.enabled=false"]
+POOL = "bench"
 MODES = [
     "torchrun",
     "script",
@@ -80,6 +85,8 @@ MODES = [
     "script-warm",
     "builtin-warm",
     "bare-ray-warm",
+    "script-pool",
+    "builtin-pool",
 ]
 BASE_MODES = ["script@base", "builtin@base", "builtin-off@base", "script-warm@base", "builtin-warm@base"]
 
@@ -101,7 +108,9 @@ def command(mode: str, result: Path, run_dir: Path, head: "RayHead | None") -> l
         return [PYTHON, str(HERE / "overhead" / "raytrain.py"), str(result), str(run_dir / "ray-train")]
     if mode.startswith("bare-ray"):
         return [PYTHON, str(HERE / "overhead" / "bare_ray.py"), str(result), *([head.address] if head else [])]
-    warm = [f"cluster.address={head.address}"] if mode.endswith("-warm") else []
+    warm = [f"cluster.address={head.address}"] if mode.endswith(("-warm", "-pool")) else []
+    if mode.endswith("-pool"):
+        warm.append(f"cluster.pool={POOL}")
     if mode.startswith("script"):
         return [
             *ORCHESTRATOR,
@@ -115,6 +124,24 @@ def command(mode: str, result: Path, run_dir: Path, head: "RayHead | None") -> l
     return [PYTHON, str(HERE / "overhead" / "builtin.py"), str(result), *overrides]
 
 
+def _on_head(mode: str) -> bool:
+    return mode.endswith(("-warm", "-pool"))
+
+
+@contextlib.contextmanager
+def pool_up(head: "RayHead") -> Iterator[None]:
+    """A warm pool of 2 workers on `head` (`orchestrator pool up`) for the -pool modes, removed after them: a
+    standing pool that jobs come to, so its start is not theirs."""
+    pool = [*ORCHESTRATOR, "pool"]
+    where = ["--name", POOL, "--address", head.address]
+    env = {**os.environ, **head.driver_env()}
+    subprocess.run([*pool, "up", *where, "--workers", "2"], env=env, check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        subprocess.run([*pool, "down", *where], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
 def run_once(mode: str, run_dir: Path, tracking_uri: str, head, base_src: "Path | None") -> dict:
     """One cold run of `mode`: its wall time, time to first step and steady-state samples/s."""
     run_dir.mkdir(parents=True)
@@ -123,7 +150,7 @@ def run_once(mode: str, run_dir: Path, tracking_uri: str, head, base_src: "Path 
     argv = command(plain_mode, result, run_dir, head)
     if plain_mode not in ("torchrun", "raytrain", "bare-ray", "bare-ray-warm"):
         argv += [f"tracking.uri={tracking_uri}", "tracking.experiment=overhead", f"checkpoint.dir={run_dir / 'ckpt'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(head.driver_env() if plain_mode.endswith("-warm") else {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(head.driver_env() if _on_head(plain_mode) else {})}
     if base:
         env["PYTHONPATH"] = str(base_src)
     with open(run_dir / "output.log", "w") as log:
@@ -167,11 +194,12 @@ def main() -> int:
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
     # an idle Ray head keeps a few processes busy on the same cores: it is up only while the warm modes run
     warm = [mode for mode in modes if mode.partition("@")[0].endswith("-warm")]
-    cold = [mode for mode in modes if mode not in warm]
+    pooled = [mode for mode in modes if mode.endswith("-pool")]
+    cold = [mode for mode in modes if mode not in warm and mode not in pooled]
     for rep in range(args.reps):
         for mode in cold if rep % 2 == 0 else list(reversed(cold)):
             report(rep, mode, results, run_once(mode, work / f"{rep}-{mode}", tracking_uri, None, args.base_src))
-        if warm:
+        if warm or pooled:
             head = RayHead(work / f"ray-head-{rep}")
             try:
                 head.start()
@@ -179,6 +207,11 @@ def main() -> int:
                     report(
                         rep, mode, results, run_once(mode, work / f"{rep}-{mode}", tracking_uri, head, args.base_src)
                     )
+                if pooled:  # last: the pool holds the head's CPUs while it is up
+                    with pool_up(head):
+                        for mode in pooled if rep % 2 == 0 else list(reversed(pooled)):
+                            result = run_once(mode, work / f"{rep}-{mode}", tracking_uri, head, args.base_src)
+                            report(rep, mode, results, result)
             finally:
                 head.stop()
     print()

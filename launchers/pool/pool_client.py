@@ -89,11 +89,11 @@ class PoolSource:
                 f"cluster.pool={self.pool}: there is no such pool on this cluster (`orchestrator pool up --name "
                 f"{self.pool} ...` starts one)"
             )
-        if json.loads(shape.runtime_env):
+        unsupported = sorted(set(json.loads(shape.runtime_env)) - {"env_vars"})
+        if unsupported:  # environment variables are set per attempt; the rest Ray applies only at a worker's start
             raise LaunchError(
-                f"cluster.pool={self.pool}: the pool's workers started without this job's runtime environment "
-                f"({shape.runtime_env}); a job on a pool needs its code installed on the nodes, and no "
-                "cluster.runtime_env"
+                f"cluster.pool={self.pool}: the pool's workers started without the job's runtime_env keys "
+                f"{', '.join(unsupported)}; on a pool a job can set only runtime_env.env_vars"
             )
         if shape.workers_per_bundle != 1 or shape.spare_bundles:
             raise LaunchError(

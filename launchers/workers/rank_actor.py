@@ -129,12 +129,20 @@ class WorkerActor:
         checkpoint_dir: str,
         resume_from: Optional[str] = None,
         run_id: Optional[str] = None,
+        env_vars: Optional[dict[str, str]] = None,
     ) -> None:
-        """Start an attempt of the rank on a thread of its own; its reports queue up for `reports()`."""
+        """Start an attempt of the rank on a thread of its own; its reports queue up for `reports()`.
+
+        `env_vars` are the job's runtime_env variables for a worker that was started without them (a pool's): set
+        in this process (a PYTHONPATH also on sys.path) until `reset`."""
         from orchestrator.worker.entry import Attempt
 
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("the previous attempt of this worker is still running")
+        for name, value in (env_vars or {}).items():
+            os.environ[name] = value
+            if name == "PYTHONPATH":
+                sys.path[:0] = [part for part in value.split(os.pathsep) if part and part not in sys.path]
         if self._cache is None and job.entrypoint == "builtin":
             # only the built-in loop needs it: importing it imports torch, which a script's worker never needs
             # (the script imports its own, in its own process)
@@ -217,5 +225,5 @@ if TYPE_CHECKING:
         warm: RemoteMethod[[JobConfig], None]
         reset: RemoteMethod[[], int]
         preload: RemoteMethod[[], None]
-        start: RemoteMethod[[WorkerSpec, JobConfig, str, Optional[str], Optional[str]], None]
+        start: RemoteMethod[[WorkerSpec, JobConfig, str, Optional[str], Optional[str], Optional[dict[str, str]]], None]
         reports: RemoteMethod[[float], ReportBatch]

@@ -254,9 +254,12 @@ class RayWorkerGroup:
             pids,
             AttemptSpec(self.name, attempt, self.job.failure.max_restarts),
         )
+        # a pool's workers started without the job's runtime_env: its variables (PYTHONPATH to the user's code
+        # included) are set per attempt, and reset with the worker
+        env_vars = dict(self.runtime_env.get("env_vars") or {}) if self._lease is not None else None
         _gather(
             [
-                actor.start.remote(spec, self.job, checkpoint_dir, resume_from, self.run_id)
+                actor.start.remote(spec, self.job, checkpoint_dir, resume_from, self.run_id, env_vars)
                 for spec, actor in zip(self._specs, self._actors)
             ],
             slots,

@@ -29,6 +29,7 @@ commands:
                              print a KubeRay RayJob that runs `train` with these overrides on Kubernetes
   compare [options]          compare runs: differing params, final/best metric, curves (compare --help)
   mlflow-server              run a local MLflow tracking server until Ctrl-C (mlflow-server --help)
+  pool up|status|down        a warm pool of rank processes on a running cluster, for cluster.pool (pool --help)
   promote NAME --alias A [--metric M] [--version V]
                              point an alias of a registered model at the best (or given) version
   export MODEL --format onnx|pt2 --out DIR [--serve-check]
@@ -259,6 +260,13 @@ def export_command(args: Sequence[str]) -> int:
     return export_main(args)
 
 
+def pool_command(args: Sequence[str]) -> int:
+    """`orchestrator pool up|status|down ...`: a warm pool of rank processes on a running cluster."""
+    from orchestrator.cli.pool_commands import pool_main
+
+    return pool_main(args)
+
+
 def mlflow_server_command(args: Sequence[str]) -> int:
     """`orchestrator mlflow-server ...`: a local MLflow tracking server in the foreground, until Ctrl-C."""
     from orchestrator.tracking.mlflow_server import mlflow_server_main
@@ -396,6 +404,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "k8s": k8s_command,
     "compare": compare_command,
     "mlflow-server": mlflow_server_command,
+    "pool": pool_command,
     "promote": promote_command,
     "export": export_command,
 }

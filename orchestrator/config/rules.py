@@ -210,10 +210,11 @@ def pool_rules(job: JobConfig, found: Problems) -> None:
         job.scaling.min_workers is None, "scaling.min_workers", job.scaling.min_workers, f"{pool} it must be null"
     )
     found.require(
-        not job.cluster.runtime_env,
+        set(job.cluster.runtime_env) <= {"env_vars"},
         "cluster.runtime_env",
         job.cluster.runtime_env,
-        f"{pool} it must be empty: the pool's workers started without it (install your code on the nodes)",
+        f"{pool} only env_vars (set on the pool's workers per job); the other keys take effect only when a "
+        "worker starts",
     )
 
 

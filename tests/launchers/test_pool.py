@@ -1,0 +1,107 @@
+"""The warm pool (`orchestrator pool up|status|down`, cluster.pool): jobs lease its started workers, nothing is left
+after `down`, and a job the pool cannot serve is told why before it takes anything."""
+
+from __future__ import annotations
+
+import io
+
+import psutil
+import pytest
+
+from launchers.jobs.job_runner import run_job
+from orchestrator.cli.commands import main
+from orchestrator.cli.console import Console
+from orchestrator.errors import ConfigError, LaunchError
+from tests.helpers import compose_job, job_resources_left, wait_until
+from tests.own_code import importable_package
+
+POOL = "testpool"
+# the user's own model and data, importable from a folder of theirs only: on the pool's workers, which started
+# before the job, through the job's PYTHONPATH set per attempt
+OWN = """
+import torch
+from torch.utils.data import TensorDataset
+
+
+def net():
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def data():
+    inputs = torch.randn(160, 8, generator=torch.Generator().manual_seed(3))
+    labels = inputs[:, :3].argmax(dim=1)
+    return TensorDataset(inputs[:128], labels[:128]), TensorDataset(inputs[128:], labels[128:])
+"""
+
+
+def _job(cluster, tmp_path, *more: str):
+    return compose_job(
+        [
+            *([] if any(item.startswith("model._target_") for item in more) else ["model=mlp"]),
+            "scaling.num_workers=2",
+            "trainer.max_steps=6",
+            "checkpoint.every_n_steps=6",
+            "tracking.log_model=false",
+            "monitor.enabled=false",
+            "failure.max_restarts=0",
+            f"cluster.address={cluster.address}",
+            f"cluster.pool={POOL}",
+            *more,
+        ],
+        tmp_path,
+    )
+
+
+def _status(capsys) -> dict[int, str]:
+    """pid -> who holds the worker, from `pool status`."""
+    capsys.readouterr()
+    assert main(["pool", "status", "--name", POOL]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    return {int(row.split()[2]): " ".join(row.split()[3:]) for row in rows}
+
+
+def test_jobs_lease_the_pools_warm_workers_one_after_another_and_down_leaves_nothing(
+    ray_cluster, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    assert main(["pool", "up", "--name", POOL, "--workers", "2"]) == 0
+    try:
+        assert main(["pool", "up", "--name", POOL, "--workers", "2"]) == 1  # one owner per name
+        pool = _status(capsys)
+        assert len(pool) == 2 and set(pool.values()) == {"free"}
+
+        importable_package(tmp_path / "code", monkeypatch, {"poolnet": OWN})
+        own = ["model._target_=poolnet.net", "data._target_=poolnet.data", "data.batch_size=16"]
+        ranks = []
+        for number, overrides in enumerate([[], own]):  # a built-in model, then the user's own
+            summary = run_job(_job(ray_cluster, tmp_path / f"job{number}", *overrides), Console(io.StringIO(), False))
+            assert summary.outcome.status == "FINISHED", summary.outcome.error
+            ranks.append({spec.pid for spec in summary.outcome.workers})
+        assert ranks[0] == ranks[1] == set(pool), "both jobs ran in the pool's processes"
+        assert _status(capsys) == pool  # given back, free again, the same processes
+
+        # what the pool cannot serve is refused before anything is leased
+        with pytest.raises(LaunchError, match="the job needs 3"):
+            run_job(_job(ray_cluster, tmp_path / "big", "scaling.num_workers=3"), Console(io.StringIO(), False))
+        with pytest.raises(LaunchError, match=r"each hold \{'CPU': 1.0\}, the job's ranks each need \{'CPU': 2.0\}"):
+            run_job(_job(ray_cluster, tmp_path / "wide", "scaling.cpus_per_worker=2"), Console(io.StringIO(), False))
+        assert _status(capsys) == pool
+    finally:
+        assert main(["pool", "down", "--name", POOL]) == 0
+    wait_until(lambda: job_resources_left("orchestrator-pool-") == ([], []), 30, "the pool's actors and group gone")
+    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in pool), 30, "the pool's processes ended")
+    assert main(["pool", "status", "--name", POOL]) == 1  # no such pool any more
+
+
+def test_a_job_on_a_pool_that_is_not_up_fails_saying_so(ray_cluster, tmp_path):
+    with pytest.raises(LaunchError, match=f"cluster.pool={POOL}: there is no such pool"):
+        run_job(_job(ray_cluster, tmp_path), Console(io.StringIO(), False))
+
+
+def test_a_pool_needs_a_running_cluster_and_a_fixed_size_job(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        compose_job(["cluster.pool=p", "failure.spare_workers=1", "scaling.min_workers=1"], tmp_path)
+    text = str(raised.value)
+    assert "cluster.pool=p is not valid: a pool lives on a running cluster" in text
+    assert "failure.spare_workers=1 is not valid: with cluster.pool=p it must be 0" in text
+    assert "scaling.min_workers=1 is not valid: with cluster.pool=p it must be null" in text
