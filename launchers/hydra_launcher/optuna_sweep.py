@@ -29,6 +29,7 @@ from orchestrator.sweep.optuna_settings import (
     consecutive_runs,
     counts_toward_n_trials,
     default_study_name,
+    resumed_seed,
     sweeper_problems,
 )
 from orchestrator.sweep.pruning import OptunaJudge, make_pruner
@@ -62,12 +63,16 @@ def run_sweep(sweeper: OptunaSweeper, arguments: Sequence[str]) -> None:
 
 
 def _sweep(sweeper: OptunaSweeper, arguments: Sequence[str]) -> None:
+    from optuna.samplers import GridSampler
+
     sweep = sweep_settings(sweeper)
     space = parse_search_space(sweeper.params, arguments)
     sampler, n_trials = _sampler(sweeper, space)
     judged = _judged(sweeper, sweep)
     name = sweeper.study_name or default_study_name(arguments, sweeper.params)
     study = open_study(name, sweep, sampler, make_pruner(sweep))
+    if study.trials and not isinstance(sampler, GridSampler):
+        study.sampler = sampler = _reseeded(sweeper, sampler, len(study.trials))
     done = sum(counts_toward_n_trials(trial.state.name, trial.user_attrs.get(STATUS_ATTR)) for trial in study.trials)
     where = "in memory" if sweep.storage is None else f"in {redact_text(sweep.storage)}"
     log.info(
@@ -176,6 +181,16 @@ def _sampler(sweeper: OptunaSweeper, space: SearchSpace) -> tuple[BaseSampler, i
         sampler = sampler(values)
         return sampler, min(sweeper.n_trials, math.prod(len(choices) for choices in values.values()))
     return sampler, sweeper.n_trials
+
+
+def _reseeded(sweeper: OptunaSweeper, sampler: BaseSampler, trials: int) -> BaseSampler:
+    """A resumed study's sampler with its seed moved on by the study's trials: the same seed would replay the
+    random values the study already tried (a grid sampler keeps its own account in the study instead)."""
+    from hydra.utils import instantiate
+
+    node = sweeper.config.hydra.sweeper.sampler
+    seed = resumed_seed(node.get("seed"), trials)
+    return sampler if seed is None else instantiate(node, seed=seed)
 
 
 def _judged(sweeper: OptunaSweeper, sweep: SweepConfig) -> bool:

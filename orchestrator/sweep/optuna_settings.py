@@ -105,6 +105,12 @@ def optuna_outcome(status: str, objective: Optional[float]) -> tuple[str, Option
     return "FAIL", None
 
 
+def resumed_seed(seed: Optional[int], trials: int) -> Optional[int]:
+    """The sampler's seed for a study that already has `trials` trials: `seed + trials`, so that a resumed
+    sweep goes on to new values instead of replaying the ones the study tried (None stays None: random)."""
+    return None if seed is None else seed + trials
+
+
 def consecutive_runs(numbers: Iterable[int]) -> list[list[int]]:
     """`numbers` cut into runs of consecutive ones ([3, 4, 7] -> [[3, 4], [7]]): a launch numbers its trials
     from its first one on."""

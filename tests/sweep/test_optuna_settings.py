@@ -11,6 +11,7 @@ from orchestrator.sweep.optuna_settings import (
     counts_toward_n_trials,
     default_study_name,
     optuna_outcome,
+    resumed_seed,
     sweeper_problems,
 )
 
@@ -90,3 +91,8 @@ def test_a_batch_is_launched_in_runs_of_consecutive_trial_numbers():
     assert consecutive_runs([3, 4, 5]) == [[3, 4, 5]]
     assert consecutive_runs([3, 4, 7, 9, 10]) == [[3, 4], [7], [9, 10]]
     assert consecutive_runs([]) == []
+
+
+def test_a_resumed_study_moves_its_seed_on_by_its_trials_so_as_not_to_replay_them():
+    assert resumed_seed(0, 6) == 6 and resumed_seed(7, 0) == 7
+    assert resumed_seed(None, 6) is None

@@ -360,6 +360,8 @@ def test_an_optuna_sweep_interrupted_with_ctrl_c_resumes_keeping_its_completed_t
     assert sum(t.state == TrialState.COMPLETE for t in after) == 3  # the study reached n_trials
     new = [t.number for t in after if t.number >= len(before)]
     assert len(new) == 3 - len(completed) and all(after[number].state == TrialState.COMPLETE for number in new)
+    # the sampler's seed moved on: the resumed sweep does not replay the values the first one tried
+    assert not {after[number].params["optim.lr"] for number in new} & {t.params.get("optim.lr") for t in before}
     # the resumed sweep's trials are numbered as in the study
     from mlflow import MlflowClient
 
