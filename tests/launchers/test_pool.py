@@ -86,6 +86,17 @@ def test_jobs_lease_the_pools_warm_workers_one_after_another_and_down_leaves_not
         with pytest.raises(LaunchError, match=r"each hold \{'CPU': 1.0\}, the job's ranks each need \{'CPU': 2.0\}"):
             run_job(_job(ray_cluster, tmp_path / "wide", "scaling.cpus_per_worker=2"), Console(io.StringIO(), False))
         assert _status(capsys) == pool
+
+        # a worker that died is replaced: the pool keeps its size, and a job runs on it
+        dead = min(pool)
+        psutil.Process(dead).kill()
+        wait_until(lambda: not psutil.pid_exists(dead), 30, "the killed worker gone")
+        renewed = _status(capsys)
+        assert len(renewed) == 2 and dead not in renewed and set(renewed.values()) == {"free"}
+        summary = run_job(_job(ray_cluster, tmp_path / "after"), Console(io.StringIO(), False))
+        assert summary.outcome.status == "FINISHED", summary.outcome.error
+        assert {spec.pid for spec in summary.outcome.workers} == set(renewed)
+        pool = renewed
     finally:
         assert main(["pool", "down", "--name", POOL]) == 0
     wait_until(lambda: job_resources_left("orchestrator-pool-") == ([], []), 30, "the pool's actors and group gone")
