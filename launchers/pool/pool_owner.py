@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from launchers.workers.rank_actor import WorkerActor
+from launchers.workers.rank_actor import start_worker
 
 if TYPE_CHECKING:
     from launchers.workers.rank_actor import WorkerHandle
@@ -22,7 +22,6 @@ NAMESPACE = "orchestrator"
 """The Ray namespace of every pool's owner: a job's driver finds it there whatever its own namespace."""
 PING_TIMEOUT_S = 10.0
 """How long a worker gets to answer before the owner counts it as dead and replaces it."""
-WORKER_CONCURRENCY = 4  # as a job's own workers: reports(), stop() and probes at the same time
 
 
 def owner_name(pool: str) -> str:
@@ -168,25 +167,5 @@ class PoolOwner:
         self.workers[index].preload.remote()
 
     def _start(self, index: int) -> "WorkerHandle":
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        resources = dict(self.bundle)
         self._started += 1
-        handle = (
-            ray.remote(WorkerActor)
-            .options(
-                num_cpus=resources.pop("CPU", 0.0),
-                num_gpus=resources.pop("GPU", 0.0),
-                memory=resources.pop("memory", None),
-                resources=resources,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self.placement_group, placement_group_bundle_index=index
-                ),
-                max_concurrency=WORKER_CONCURRENCY,
-                max_restarts=0,
-                name=f"{owner_name(self.pool)}-worker{self._started}",
-            )
-            .remote()
-        )
-        return handle  # type: ignore[return-value]
+        return start_worker(self.bundle, self.placement_group, index, f"{owner_name(self.pool)}-worker{self._started}")

@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional, cast
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.lifecycle.rank_reports import ErrorReport, PreemptionNotice
@@ -210,6 +210,46 @@ class WorkerActor:
             )
         finally:
             outbox.put(_END)
+
+
+ACTOR_CONCURRENCY = 4
+"""reports(), stop() and the probes must be able to run at the same time on one actor."""
+
+
+def start_worker(
+    resources: Mapping[str, float],
+    placement_group: Any,
+    bundle_index: int,
+    name: str,
+    runtime_env: Optional[dict[str, Any]] = None,
+) -> "WorkerHandle":
+    """Start a WorkerActor holding `resources` in bundle `bundle_index` of `placement_group` (a job's or a pool's);
+    it does not restart when it dies (its owner replaces it)."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    rest = dict(resources)
+    handle = (
+        ray.remote(WorkerActor)
+        .options(
+            num_cpus=rest.pop("CPU", 0.0),
+            num_gpus=rest.pop("GPU", 0.0),
+            memory=rest.pop("memory", None),
+            resources=rest,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=placement_group, placement_group_bundle_index=bundle_index
+            ),
+            max_concurrency=ACTOR_CONCURRENCY,
+            max_restarts=0,
+            name=name,
+            # cluster.runtime_env reaches the ranks (and a script's process) here: the job's env_vars, secrets
+            # included, travel through Ray and are written nowhere by the driver
+            **({"runtime_env": runtime_env} if runtime_env else {}),
+        )
+        .remote()
+    )
+    # Ray's stubs type the result as the handle or the class, with untyped methods
+    return cast("WorkerHandle", handle)
 
 
 if TYPE_CHECKING:

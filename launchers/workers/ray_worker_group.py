@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Hashable, Optional, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, Hashable, Optional, Sequence, TypeVar
 
 from launchers.cluster.connection import cluster_snapshot, draining_nodes
-from launchers.workers.rank_actor import WorkerActor
+from launchers.workers.rank_actor import start_worker
 from launchers.workers.worker_shelf import GroupShape, GroupSource, IdleGroup
 from orchestrator.config.code_shipping import worker_runtime_env
 from orchestrator.config.schema import JobConfig
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
 _Result = TypeVar("_Result")
 
-# reports(), stop() and the probes must be able to run at the same time on one actor
-ACTOR_CONCURRENCY = 4
 LONG_POLL_S = 30.0
 """How long one reports() call waits for the first report before returning empty (and being re-issued)."""
 ABORT_GRACE_S = 20.0
@@ -311,33 +309,14 @@ class RayWorkerGroup:
         ]
 
     def _start_actor(self, bundle_index: int) -> WorkerHandle:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        resources = dict(self.plan.worker_resources)
-        strategy = PlacementGroupSchedulingStrategy(
-            placement_group=self._reserved(), placement_group_bundle_index=bundle_index
-        )
         self._spawned += 1
-        handle = (
-            ray.remote(WorkerActor)
-            .options(
-                num_cpus=resources.pop("CPU", 0.0),
-                num_gpus=resources.pop("GPU", 0.0),
-                memory=resources.pop("memory", None),
-                resources=resources,
-                scheduling_strategy=strategy,
-                max_concurrency=ACTOR_CONCURRENCY,
-                max_restarts=0,
-                name=f"{self.name}-worker{self._spawned}",
-                # cluster.runtime_env reaches the ranks (and a script's process) here: the job's env_vars,
-                # secrets included, travel through Ray and are written nowhere by the driver
-                **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
-            )
-            .remote()
+        return start_worker(
+            self.plan.worker_resources,
+            self._reserved(),
+            bundle_index,
+            f"{self.name}-worker{self._spawned}",
+            self.runtime_env,
         )
-        # Ray's stubs type the result as the handle or the class, with untyped methods
-        return cast("WorkerHandle", handle)
 
     def _reserved(self) -> PlacementGroup:
         """The placement group, which spawn() asked for (and shutdown() removes)."""
