@@ -8,11 +8,10 @@ its `orchestrator.overrides` tag composed again, as `orchestrator train` compose
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -37,7 +36,9 @@ def load_logged_model(tracking_uri: str, artifact_uri: str, folder: Path) -> tup
     import mlflow.pytorch
     from mlflow.models import Model
 
-    with _no_progress_bar():
+    from orchestrator.registry.store import no_progress_bar
+
+    with no_progress_bar():
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=artifact_uri, dst_path=str(folder), tracking_uri=tracking_uri, registry_uri=tracking_uri
         )
@@ -82,20 +83,3 @@ def _eval_batch(overrides: list[str], rows: int) -> Optional[np.ndarray]:
     from orchestrator.train.data import load_dataset
 
     return load_dataset(job.data, job.trainer.seed).test_x[:rows].numpy()
-
-
-PROGRESS_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-
-
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """MLflow's download progress bar off for the block (it reads the variable per call); restored after."""
-    previous = os.environ.get(PROGRESS_VARIABLE)
-    os.environ[PROGRESS_VARIABLE] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[PROGRESS_VARIABLE]
-        else:
-            os.environ[PROGRESS_VARIABLE] = previous

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from orchestrator.export.parity import DEFAULT_TOLERANCE, ParityResult, Tolerance, compare_outputs
-from orchestrator.export.requirements import ExportError, require_onnx_extra
+from orchestrator.export.requirements import ExportError, OutputExists, require_onnx_extra
 from orchestrator.registry.model_ref import ModelRef
 from orchestrator.registry.store import ResolvedModel, resolve
 
@@ -54,7 +54,7 @@ def target_path(request: ExportRequest, version: Optional[int]) -> Path:
     """DIR/<NAME-vVERSION or run-ID8>.<format>; an existing file there is an error (never overwritten)."""
     path = request.out_dir / f"{request.ref.file_stem(version)}.{request.format}"
     if path.exists():
-        raise ExportError(f"{path} exists and is never overwritten: remove it, or pass another --out folder")
+        raise OutputExists(f"{path} exists and is never overwritten: remove it, or pass another --out folder")
     return path
 
 

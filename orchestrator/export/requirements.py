@@ -17,6 +17,12 @@ class ExportError(OrchestratorError):
     exit_code = 1
 
 
+class OutputExists(ExportError, ValueError):
+    """The file the export would write exists: it is never overwritten."""
+
+    exit_code = 2
+
+
 class MissingExtra(ExportError, ValueError):
     """A module of the `export` extra is not installed."""
 

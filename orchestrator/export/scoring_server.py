@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import IO, Optional
 import numpy as np
 
 from orchestrator.export.requirements import ExportError
-from orchestrator.tracking.mlflow_server import _dies_with_its_parent, _signal_group, free_port
+from orchestrator.tracking.mlflow_server import _dies_with_its_parent, free_port, stop_process_group
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0
@@ -117,15 +116,8 @@ class ScoringServer:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM the server's process group, SIGKILL it after `timeout_s`; idempotent."""
-        if self.process is None:
-            return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(self.process.pid, signal.SIGKILL)  # whatever of the group is left (uvicorn's worker)
-        self.process.wait()
+        if self.process is not None:
+            stop_process_group(self.process, timeout_s)
 
     def _log_tail(self) -> str:
         if not self.log_path.exists():

@@ -76,12 +76,12 @@ def choose_version(
         (version for version in versions if not _has(version, metric)), key=lambda version: version.version
     )
     if lacking:
-        known = sorted({key for version in versions for key in version.metrics})
+        known = _related(sorted({key for version in versions for key in version.metrics}), metric)
         raise RegistryError(
             f"--metric {metric!r}: version{'s' if len(lacking) > 1 else ''} "
             f"{', '.join(str(version.version) for version in lacking)} of {name!r} "
             f"{'have' if len(lacking) > 1 else 'has'} no value for it, so the best cannot be chosen; "
-            f"metrics the versions have: {', '.join(known) or 'none'}; pass --metric NAME, or --version V"
+            f"metrics the versions have: {known}; pass --metric NAME, or --version V"
         )
     sign = 1.0 if mode == "max" else -1.0
     best = max(versions, key=lambda version: (sign * version.metrics[metric], version.version))
@@ -95,3 +95,14 @@ def _has(version: VersionMetrics, metric: str) -> bool:
 
 def _numbers(by_number: Mapping[int, VersionMetrics]) -> str:
     return ", ".join(str(number) for number in sorted(by_number))
+
+
+SHOWN_METRICS = 12
+
+
+def _related(names: Sequence[str], metric: str) -> str:
+    """The metrics worth suggesting: those in the requested one's group (eval/...) if there are any, at most 12."""
+    group = metric.partition("/")[0] + "/" if "/" in metric else ""
+    related = [name for name in names if group and name.startswith(group)] or list(names)
+    shown = ", ".join(related[:SHOWN_METRICS]) or "none"
+    return shown + (f" (and {len(related) - SHOWN_METRICS} more)" if len(related) > SHOWN_METRICS else "")

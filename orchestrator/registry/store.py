@@ -6,10 +6,12 @@ Every function takes an explicit MlflowClient (no fluent state); the choices the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from orchestrator.registry.errors import RegistryError
 from orchestrator.registry.model_ref import ModelRef
@@ -95,7 +97,8 @@ def _config_text(client: Any, run_id: str) -> Optional[str]:
 
     with tempfile.TemporaryDirectory(prefix="orchestrator-config-") as folder:
         try:
-            path = client.download_artifacts(run_id, CONFIG_ARTIFACT, folder)
+            with no_progress_bar():
+                path = client.download_artifacts(run_id, CONFIG_ARTIFACT, folder)
         except (MlflowException, OSError):
             return None
         return Path(path).read_text()
@@ -195,3 +198,20 @@ def resolve(client: Any, ref: ModelRef) -> ResolvedModel:
 
 def _quoted(value: str) -> str:
     return value.replace("'", "\\'")
+
+
+PROGRESS_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextlib.contextmanager
+def no_progress_bar() -> Iterator[None]:
+    """MLflow's download progress bar off for the block (it reads the variable per call); restored after."""
+    previous = os.environ.get(PROGRESS_VARIABLE)
+    os.environ[PROGRESS_VARIABLE] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[PROGRESS_VARIABLE]
+        else:
+            os.environ[PROGRESS_VARIABLE] = previous

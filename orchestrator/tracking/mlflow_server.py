@@ -210,14 +210,8 @@ class MlflowServer:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM the server's process group, SIGKILL it after `timeout_s`; idempotent."""
-        if self.process is None:
-            return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
+        if self.process is not None:
+            stop_process_group(self.process, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL the server's process group at once (what a crash or a lost machine looks like)."""
@@ -251,6 +245,17 @@ def _dies_with_its_parent() -> Optional[Callable[[], None]]:
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
     return ask
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM the process group `process` leads, SIGKILL what is left of it after `timeout_s`, and reap it."""
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process.pid, signal.SIGKILL)  # a child of the leader (uvicorn's worker) may outlive it
+    process.wait()
 
 
 def _signal_group(pgid: int, signum: int) -> None:

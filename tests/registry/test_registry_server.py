@@ -120,7 +120,7 @@ def test_export_to_onnx_checks_parity_logs_the_file_and_the_scoring_server_answe
     assert artifacts == ["export/deploy-loop-v2.onnx"]
     # the file is there: never overwritten, and nothing is logged again
     code, _, err = _cli(capsys, "export", "models:/deploy-loop/2", "--out", str(tmp_path), "--tracking-uri", logged.uri)
-    assert code == 1 and f"{path} exists and is never overwritten" in err
+    assert code == 2 and f"{path} exists and is never overwritten" in err
 
 
 def test_export_to_pt2_from_a_run_id_and_an_alias_that_does_not_exist(logged, capsys, tmp_path):
