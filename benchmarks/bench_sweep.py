@@ -13,6 +13,12 @@ concurrency): 1.0 means the slots were never idle.
     .venv/bin/python benchmarks/bench_sweep.py                   # reuse off and on, once each
     .venv/bin/python benchmarks/bench_sweep.py --reps 2          # alternating order
     .venv/bin/python benchmarks/bench_sweep.py --compare concurrency
+    .venv/bin/python benchmarks/bench_sweep.py --compare pool
+
+`--compare pool`: the same 16 trials as 16 separate `orchestrator train` commands, one after another, on a
+Ray head this benchmark starts (2 CPUs), each job starting its own workers and each leasing them from a
+warm pool of 2 workers (`orchestrator pool up`, started before the jobs): each command's time from launch
+to its first optimizer step, and the total.
 """
 
 from __future__ import annotations
@@ -83,12 +89,105 @@ def run_sweep(address: str, work_dir: Path, concurrency: int, tag: str, extra: S
     }
 
 
+def run_commands(pooled: bool, work_dir: Path, head, reps_tag: str) -> list[dict]:
+    """The 16 jobs as separate commands on `head`, with their own workers or on the pool; per job its seconds
+    from launch to the first step, and to its exit."""
+    import itertools
+    import json
+    import subprocess
+    import time
+
+    here = Path(__file__).resolve().parent
+    choices = [option.split("=", 1) for option in SHAPES]
+    jobs = [
+        [f"{key}={value}" for (key, _), value in zip(choices, values)]
+        for values in itertools.product(*[values.split(",") for _, values in choices])
+    ]
+    env = {**os.environ, **head.driver_env()}
+    timings = []
+    for number, overrides in enumerate(jobs):
+        run_dir = work_dir / f"{reps_tag}-{'pool' if pooled else 'own'}-{number}"
+        run_dir.mkdir(parents=True)
+        result = run_dir / "result.json"
+        argv = [
+            sys.executable,
+            str(here / "overhead" / "builtin.py"),
+            str(result),
+            *TINY,
+            "trainer.max_epochs=1",
+            *overrides,
+            f"cluster.address={head.address}",
+            *([f"cluster.pool={POOL}"] if pooled else []),
+            f"tracking.uri=sqlite:///{work_dir}/mlflow.db",
+            f"checkpoint.dir={run_dir / 'ckpt'}",
+        ]
+        with open(run_dir / "output.log", "w") as log:
+            launched_at, started = time.time(), time.monotonic()
+            code = subprocess.run(argv, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            wall_s = time.monotonic() - started
+        if code != 0:
+            raise RuntimeError(f"job {number} exited {code}; see {run_dir / 'output.log'}")
+        first_step_at = json.loads(result.read_text())["first_step_at"]
+        timings.append({"first_step_s": first_step_at - launched_at, "wall_s": wall_s})
+    return timings
+
+
+POOL = "bench-sweep"
+
+
+def compare_pool(reps: int) -> None:
+    """The 16 jobs as commands, with their own workers and on a pool, alternating per repetition."""
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "overhead"))
+    from ray_head import RayHead
+
+    results: dict[bool, list[dict]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory(prefix="bench-pool-") as temp:
+        work = Path(temp)
+        from mlflow import MlflowClient
+
+        MlflowClient(f"sqlite:///{work}/mlflow.db").search_experiments()  # the store's migration, once
+        head = RayHead(work / "ray-head", num_cpus=2).start()
+        pool = [sys.executable, "-m", "orchestrator", "pool"]
+        where = ["--name", POOL, "--address", str(head.address)]
+        env = {**os.environ, **head.driver_env()}
+        try:
+            for rep in range(reps):
+                for pooled in (False, True) if rep % 2 == 0 else (True, False):
+                    if pooled:
+                        subprocess.run(
+                            [*pool, "up", *where, "--workers", "2"], env=env, check=True, stdout=subprocess.DEVNULL
+                        )
+                    try:
+                        timings = run_commands(pooled, work, head, f"r{rep}")
+                    finally:
+                        if pooled:
+                            subprocess.run([*pool, "down", *where], env=env, check=True, stdout=subprocess.DEVNULL)
+                    results[pooled].extend(timings)
+                    firsts = [timing["first_step_s"] for timing in timings]
+                    print(
+                        f"{'pool' if pooled else 'own workers'}: 16 jobs, total {sum(t['wall_s'] for t in timings):.1f} s, "
+                        f"first step median {statistics.median(firsts):.1f} s (min {min(firsts):.1f}, max {max(firsts):.1f})",
+                        flush=True,
+                    )
+        finally:
+            head.stop()
+    own, pooled_first = (statistics.median(t["first_step_s"] for t in results[kind]) for kind in (False, True))
+    print(
+        f"median launch -> first step: own workers {own:.1f} s, pool {pooled_first:.1f} s: {own - pooled_first:.1f} s sooner"
+    )
+
+
 def main_bench() -> None:
     """Run the sweeps (alternating order per repetition) and print the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=1, help="sweeps of each kind (default 1)")
-    parser.add_argument("--compare", choices=["reuse", "concurrency"], default="reuse")
+    parser.add_argument("--compare", choices=["reuse", "concurrency", "pool"], default="reuse")
     args = parser.parse_args()
+    if args.compare == "pool":
+        compare_pool(args.reps)
+        return
     if args.compare == "reuse":
         kinds = {"fresh": ["sweep.reuse_workers=false", *SHAPES], "reused": ["sweep.reuse_workers=true", *SHAPES]}
         results = _compare(kinds, concurrency=2, cpus=4, reps=args.reps, epochs=1)
