@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -207,8 +208,14 @@ this long to finish before it counts as left behind."""
 
 
 def _new_live_children(before: set[int]) -> list[psutil.Process]:
-    psutil.wait_procs(_new_children(before), timeout=EXIT_GRACE_S)
-    return _new_children(before)
+    # scanned again after each wait: a short-lived orphan can be handed to this session (the subreaper) while it
+    # waits, e.g. the `sleep 1` of the watchdog loop Ray's job supervisor runs, whose shell ends with the job
+    deadline = time.monotonic() + EXIT_GRACE_S
+    found = _new_children(before)
+    while found and time.monotonic() < deadline:
+        psutil.wait_procs(found, timeout=max(0.0, deadline - time.monotonic()))
+        found = _new_children(before)
+    return found
 
 
 def _new_children(before: set[int]) -> list[psutil.Process]:
