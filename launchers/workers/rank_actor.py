@@ -15,9 +15,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Mapping, Optional, cast
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.lifecycle.rank_reports import ErrorReport, PreemptionNotice
+from orchestrator.lifecycle.rank_reports import ErrorReport, PreemptionNotice, ResultReport
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.process_state import ProcessState
+from orchestrator.worker.script_host import HostStarter, ScriptHost
 from orchestrator.worker.stop import StopSignal
 
 if TYPE_CHECKING:  # only types here: the loop's module imports torch, which a script's worker never needs
@@ -54,6 +55,11 @@ class WorkerActor:
         self._cache: Optional[WorkerCache] = None  # data set and model kept for the next attempt of the same job
         self._spec: Optional[WorkerSpec] = None
         self._noticed = False
+        self._script_host: Optional[ScriptHost] = None
+        """A script's process started ahead for the next script attempt (see orchestrator.worker.script_host)."""
+        self._hosts_scripts = False
+        self._host_starter = HostStarter()
+        """Whether this worker keeps such a process ready after each reset (a pool's, or one that ran a script)."""
         self._fresh = ProcessState.capture()
         """The process as Ray started it: what `reset` puts back before the worker serves another job."""
         # the actor's constructor runs on the process's main thread, the only one that may install handlers
@@ -97,7 +103,12 @@ class WorkerActor:
 
     def warm(self, job: JobConfig) -> None:
         """Load what a rank of the built-in loop needs (torch, the loop) and, for a CPU job, build its data set,
-        so that a spare takes over a rank at once."""
+        so that a spare takes over a rank at once; for a script job, start the script's process ahead instead."""
+        if job.entrypoint == "script":
+            if job.script.warm_start:
+                self._hosts_scripts = True
+                self._ready_script_host()
+            return
         from orchestrator.train.components import warm_up
 
         warm_up()
@@ -112,11 +123,31 @@ class WorkerActor:
             prepare_data(job, self._cache, torch.device("cpu"))
 
     def preload(self) -> None:
-        """Load torch and the training loop before any job comes (a pool's worker): what a fresh rank loads first."""
+        """Load torch and the training loop before any job comes (a pool's worker): what a fresh rank loads first;
+        and start a script's process ahead, for a script job."""
         from orchestrator.train.components import warm_up
 
         warm_up()
         self._fresh.capture_torch()
+        self._hosts_scripts = True
+        self._ready_script_host()
+
+    def _ready_for_restart(self, spec: WorkerSpec, job: JobConfig) -> None:
+        """The rank's script failed or was stopped, and a restart will likely run it again here: start its next
+        process now, with the rank's environment (before the result is queued, so before the next `start`)."""
+        from orchestrator.worker.script import script_environment
+
+        self._ready_script_host(script_environment(spec, job))
+
+    def _ready_script_host(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        """A started script process waiting in this worker (one with `environ`, default the actor's environment)."""
+        # the actor's environment is as Ray made it: a pool's job sets its own variables at its attempt, and a
+        # host that started with other values of those read at start is not used (see ScriptHost.takes)
+        if self._script_host is not None and self._script_host.alive():
+            return
+        if self._script_host is not None:  # it died: reap it and release its pipes
+            self._script_host.close()
+        self._script_host = self._host_starter.start(environ)
 
     def stop(self) -> None:
         """Ask the running rank to stop at the next step the ranks agree on."""
@@ -151,11 +182,16 @@ class WorkerActor:
             self._cache = WorkerCache()
         if "torch" in sys.modules:  # the entry imports torch for the built-in loop; a script's worker has none
             self._fresh.capture_torch()
+        host = None
+        if job.entrypoint == "script" and job.script.warm_start:
+            host, self._script_host = self._script_host, None
+            self._hosts_scripts = True  # the next job on this worker (a sweep's next trial) is likely a script too
         attempt = Attempt(
             checkpoint_dir=Path(checkpoint_dir),
             cache=self._cache,
             resume_from=Path(resume_from) if resume_from else None,
             run_id=run_id,
+            script_host=host,
         )
         self._stop = StopSignal()
         self._outbox = queue.SimpleQueue()
@@ -174,7 +210,10 @@ class WorkerActor:
         self._thread, self._cache, self._spec, self._noticed = None, None, None, False
         self._stop = StopSignal()
         self._outbox = queue.SimpleQueue()
-        return len(self._fresh.restore())
+        forgotten = len(self._fresh.restore())
+        if self._hosts_scripts:  # after the restore: the host starts from the environment as Ray made it
+            self._ready_script_host()
+        return forgotten
 
     def reports(self, timeout_s: float) -> ReportBatch:
         """Queued reports: waits up to `timeout_s` for the first, then takes whatever else is queued."""
@@ -197,7 +236,10 @@ class WorkerActor:
         from orchestrator.worker.entry import run_worker
 
         try:
-            outbox.put(run_worker(spec, job, outbox.put, self._stop, attempt))
+            result = run_worker(spec, job, outbox.put, self._stop, attempt)
+            if job.entrypoint == "script" and job.script.warm_start and not _finished(result):
+                self._ready_for_restart(spec, job)
+            outbox.put(result)
         except BaseException as error:  # report everything, user code included, with its traceback
             outbox.put(
                 ErrorReport(
@@ -210,6 +252,11 @@ class WorkerActor:
             )
         finally:
             outbox.put(_END)
+
+
+def _finished(result: object) -> bool:
+    """Whether a rank's result ends its job's training (neither an error nor a stop at the driver's request)."""
+    return isinstance(result, ResultReport) and not result.stopped
 
 
 ACTOR_CONCURRENCY = 4

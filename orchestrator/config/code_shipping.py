@@ -66,6 +66,8 @@ def worker_runtime_env(job: JobConfig, environ: Optional[Mapping[str, str]] = No
     """The ranks' runtime_env: cluster.runtime_env, with the folders of the user's own modules added to the
     ranks' PYTHONPATH (after the one set in cluster.runtime_env.env_vars, else the driver's)."""
     env = dict(job.cluster.runtime_env)
+    if env.get("env_vars"):  # Ray takes text only; validation let whole numbers through (OMP_NUM_THREADS=1)
+        env["env_vars"] = {str(name): str(value) for name, value in env["env_vars"].items()}
     roots = [root for root in dict.fromkeys(import_root(t.split(".")[0]) for t in target_paths(job)) if root]
     if not roots:
         return env

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, TypeAlias, get_args
 
@@ -109,6 +110,24 @@ class ClusterConfig:
         """Report what is wrong with this section into `found`."""
         if self.num_cpus is not None:
             found.at_least("cluster.num_cpus", self.num_cpus, 1)
+        variables = self.runtime_env.get("env_vars")
+        if variables is not None:
+            found.require(
+                isinstance(variables, Mapping),
+                "cluster.runtime_env.env_vars",
+                variables,
+                "a mapping of variable names to values: '+cluster.runtime_env.env_vars={NAME:value}'",
+            )
+        for name, value in variables.items() if isinstance(variables, Mapping) else ():
+            typed = str(value).lower() if isinstance(value, bool) else value  # as YAML spells it
+            # an environment holds text: a whole number is written as Hydra read it (OMP_NUM_THREADS=1 -> "1"),
+            # but a float or a boolean would not come back as typed (1e-3 -> "0.001", true -> "True")
+            found.require(
+                isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)),
+                f"cluster.runtime_env.env_vars.{name}",
+                value,
+                f"a variable's value is text: quote it as typed, '+cluster.runtime_env.env_vars.{name}=\"{typed}\"'",
+            )
         if self.pool is not None:
             found.require(
                 self.address is not None,
@@ -762,6 +781,12 @@ class ScriptConfig:
     """Also write every rank's stdout and stderr to <log_dir>/<ray name>/attempt_<N>/rank_<R>/{stdout,stderr}.log
     on the rank's node, as torchrun's --log-dir (the Ray name is the run's tag orchestrator.ray_name, new for
     every command); each restart gets a new attempt folder and no file is ever overwritten. null = no files."""
+    warm_start: bool = True
+    """Where a worker has a script's process started ahead, with torch imported (a pool's worker, a sweep's reused
+    worker after a script trial, a spare), run the script there instead of in a new process: seconds sooner to
+    its first line. Not used when the rank's environment differs from that process's in a variable read at start
+    (OMP_NUM_THREADS, the locale, PYTHONHASHSEED, ...). false: always a new process, for a script that must set
+    such variables itself before it imports torch."""
 
     def arguments(self) -> list[str]:
         """What the script gets as sys.argv[1:]: script.argv split as a shell would, else script.args."""

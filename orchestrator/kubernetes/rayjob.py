@@ -156,6 +156,8 @@ def secret_env_names(job: JobConfig, redactor: Redactor) -> list[str]:
 
 def _public_runtime_env(job: JobConfig, secret_names: Sequence[str]) -> dict[str, Any]:
     runtime_env = dict(job.cluster.runtime_env)
+    if runtime_env.get("env_vars"):  # a RayJob's runtimeEnvYAML reaches Ray, which takes text only
+        runtime_env["env_vars"] = {str(name): str(value) for name, value in runtime_env["env_vars"].items()}
     if secret_names:
         kept = {name: value for name, value in runtime_env["env_vars"].items() if name not in secret_names}
         if kept:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 from orchestrator.config.schema import JobConfig
 from orchestrator.lifecycle.rank_reports import ErrorReport, ResultReport
 from orchestrator.planning.rank_specs import WorkerSpec
+from orchestrator.worker.script_host import ScriptHost
 from orchestrator.worker.stop import StopSignal
 
 if TYPE_CHECKING:  # only types here: a script's worker never imports torch
@@ -40,6 +41,8 @@ class Attempt:
     """What the worker process keeps across attempts (None: a fresh one)."""
     run_id: Optional[str] = None
     """The MLflow run the job records into (a script reads it from orchestrator.context())."""
+    script_host: Optional[ScriptHost] = None
+    """A script's process started ahead (torch imported) for this attempt's script; ended here if not taken."""
 
 
 def run_worker(
@@ -50,9 +53,18 @@ def run_worker(
         from orchestrator.worker.script import ScriptAttempt, run_script
 
         resume_from = str(attempt.resume_from) if attempt.resume_from else None
-        return run_script(
-            spec, job, emit, stop, ScriptAttempt(str(attempt.checkpoint_dir), resume_from, attempt.run_id)
-        )
+        try:
+            return run_script(
+                spec,
+                job,
+                emit,
+                stop,
+                ScriptAttempt(str(attempt.checkpoint_dir), resume_from, attempt.run_id),
+                attempt.script_host,
+            )
+        finally:
+            if attempt.script_host is not None:  # a no-op for a host the script took: its run waited for it
+                attempt.script_host.close()
     return _run_builtin(spec, job, emit, stop, attempt)
 
 

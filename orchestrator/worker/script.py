@@ -25,6 +25,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.lifecycle.rank_reports import CheckpointReport, ErrorReport, LogReport, MetricsReport, ResultReport
 from orchestrator.planning.rank_specs import WorkerSpec
 from orchestrator.worker.network import SOCKET_IFNAME_VARIABLES, interface_holding
+from orchestrator.worker.script_host import ScriptHost
 from orchestrator.worker.stop import StopSignal
 
 STDERR_TAIL_LINES = 40
@@ -88,28 +89,31 @@ class ScriptAttempt:
 
 
 def run_script(
-    spec: WorkerSpec, job: JobConfig, emit: Callable[[object], None], stop: StopSignal, attempt: ScriptAttempt
+    spec: WorkerSpec,
+    job: JobConfig,
+    emit: Callable[[object], None],
+    stop: StopSignal,
+    attempt: ScriptAttempt,
+    host: Optional[ScriptHost] = None,
 ) -> Union[ResultReport, ErrorReport]:
     """Run job.script on this rank to its end; ResultReport on exit 0, else ErrorReport.
 
     Besides its stdout and stderr, the script's reports (orchestrator.report, save_checkpoint) arrive
-    on a pipe of their own and become MetricsReports and CheckpointReports.
+    on a pipe of their own and become MetricsReports and CheckpointReports. With a started `host` that can
+    take the rank's environment, the script runs there (torch already imported); otherwise, and the host is
+    then ended, in a new process.
     """
     script_path = job.script.path
     if script_path is None:  # validation requires it; a JobConfig built by hand may still lack it
         raise ConfigError(["entrypoint=script needs the script to run: set script.path=train.py"])
-    command = [sys.executable, "-c", _LAUNCHER, "-u", script_path, *job.script.arguments()]
-    report_read, report_write = os.pipe()
-    try:
-        env = {**script_environment(spec, job), **attempt.environment(job, report_write)}
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(report_write,)
-        )
-    except BaseException:
-        os.close(report_read)
-        raise
-    finally:
-        os.close(report_write)  # the script holds the only write end: the reader sees its end
+    environment = script_environment(spec, job)
+    warm = {**environment, **attempt.environment(job, host.report_fd)} if host is not None else None
+    if host is not None and warm is not None and host.takes(warm):
+        process, report_read = host.run(script_path, job.script.arguments(), warm), host.report_read
+    else:
+        if host is not None:  # it started with other values of variables read at start: it cannot be this rank
+            host.close()
+        process, report_read = _start_cold(script_path, job, environment, attempt)
     stop.on_stop(process.terminate)  # SIGTERM: the script's own handlers (and torch's) run
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     progress = Progress()
@@ -152,6 +156,28 @@ def run_script(
         traceback="".join(tail),
         exit_code=code,
     )
+
+
+def _start_cold(
+    script_path: str, job: JobConfig, environment: dict[str, str], attempt: ScriptAttempt
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`python -u script args` as a new process: the process and the read end of its report pipe."""
+    command = [sys.executable, "-c", _LAUNCHER, "-u", script_path, *job.script.arguments()]
+    report_read, report_write = os.pipe()
+    try:
+        process = subprocess.Popen(
+            command,
+            env={**environment, **attempt.environment(job, report_write)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(report_write,),
+        )
+    except BaseException:
+        os.close(report_read)
+        raise
+    finally:
+        os.close(report_write)  # the script holds the only write end: the reader sees its end
+    return process, report_read
 
 
 def exit_text(code: int) -> str:

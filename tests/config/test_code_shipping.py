@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from orchestrator.config.code_shipping import import_root, worker_runtime_env
 from orchestrator.config.compose import with_target_options
+from orchestrator.errors import ConfigError
 from tests.helpers import compose_job
 from tests.own_code import own_overrides, user_package
 
@@ -42,3 +45,16 @@ def test_setting_a_target_alone_picks_the_groups_target_option():
     ]
     assert with_target_options(["model=mynet", "model._target_=a.B"]) == ["model=mynet", "model._target_=a.B"]
     assert with_target_options(["data._target_=a.b", "model=mlp"]) == ["data=target", "data._target_=a.b", "model=mlp"]
+
+
+def test_environment_variables_reach_ray_as_text_and_values_that_would_change_are_refused(tmp_path):
+    job = compose_job(["+cluster.runtime_env.env_vars={OMP_NUM_THREADS:1,NCCL_DEBUG:INFO}"], tmp_path)
+    assert worker_runtime_env(job)["env_vars"] == {"OMP_NUM_THREADS": "1", "NCCL_DEBUG": "INFO"}
+    with pytest.raises(ConfigError) as raised:
+        compose_job(["+cluster.runtime_env.env_vars={LR:1e-3,DEBUG:true,OK:'1e-3'}"], tmp_path)
+    text = str(raised.value)
+    assert "cluster.runtime_env.env_vars.LR=0.001 is not valid: a variable's value is text" in text
+    assert "'+cluster.runtime_env.env_vars.LR=\"0.001\"'" in text
+    assert "cluster.runtime_env.env_vars.DEBUG=True is not valid" in text
+    assert 'env_vars.DEBUG="true"' in text
+    assert ".OK=" not in text

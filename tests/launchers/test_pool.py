@@ -4,6 +4,7 @@ after `down`, and a job the pool cannot serve is told why before it takes anythi
 from __future__ import annotations
 
 import io
+import json
 
 import psutil
 import pytest
@@ -31,6 +32,20 @@ def data():
     inputs = torch.randn(160, 8, generator=torch.Generator().manual_seed(3))
     labels = inputs[:, :3].argmax(dim=1)
     return TensorDataset(inputs[:128], labels[:128]), TensorDataset(inputs[128:], labels[128:])
+"""
+
+
+# a torchrun-style script that says whether torch was imported before its first line (it ran in the worker's
+# script process started ahead) and which variables and threads it got, and reports through the script API
+SCRIPT = """
+import json, os, sys
+preloaded = "torch" in sys.modules
+import torch
+import orchestrator
+out = os.path.join(sys.argv[1], "rank" + os.environ["RANK"] + ".json")
+with open(out, "w") as file:
+    json.dump({"preloaded": preloaded, "ppid": os.getppid(), "arenas": os.environ.get("MALLOC_ARENA_MAX")}, file)
+orchestrator.report({"preloaded": float(preloaded)}, step=1)
 """
 
 
@@ -79,6 +94,27 @@ def test_jobs_lease_the_pools_warm_workers_one_after_another_and_down_leaves_not
             ranks.append({spec.pid for spec in summary.outcome.workers})
         assert ranks[0] == ranks[1] == set(pool), "both jobs ran in the pool's processes"
         assert _status(capsys) == pool  # given back, free again, the same processes
+
+        # a script runs in the process each pool worker started ahead with torch imported; a job with another value
+        # of a variable read as a process starts (glibc's malloc reads this one) gets a new process
+        script = tmp_path / "train.py"
+        script.write_text(SCRIPT)
+        for number, (extra, warm) in enumerate(
+            [([], True), (["+cluster.runtime_env.env_vars.MALLOC_ARENA_MAX=2"], False)]
+        ):
+            out = tmp_path / f"script{number}"
+            out.mkdir()
+            job = _job(ray_cluster, out, "entrypoint=script", f"script.path={script}", f"script.args=[{out}]", *extra)
+            summary = run_job(job, Console(io.StringIO(), False))
+            assert summary.outcome.status == "FINISHED", summary.outcome.error
+            seen = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+            assert {spec.pid for spec in summary.outcome.workers} == set(pool)
+            assert [rank["preloaded"] for rank in seen] == [warm, warm], seen
+            assert {rank["ppid"] for rank in seen} == set(pool), "each script is a child of its pool worker"
+            assert [rank["arenas"] for rank in seen] == ([None, None] if warm else ["2", "2"])
+            assert summary.outcome.result is not None
+            assert summary.outcome.result.metrics["preloaded"] == float(warm)  # the API's pipe, from either process
+        assert _status(capsys) == pool
 
         # what the pool cannot serve is refused before anything is leased
         with pytest.raises(LaunchError, match="the job needs 3"):

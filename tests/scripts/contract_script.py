@@ -13,6 +13,9 @@ import os
 import signal
 import sys
 
+PRELOADED = "torch" in sys.modules
+"""Whether the script runs in a process started ahead (a worker's script host imports torch while it waits)."""
+
 ENV_KEYS = [
     "RANK",
     "WORLD_SIZE",
@@ -25,7 +28,7 @@ ENV_KEYS = [
 
 
 def main() -> None:
-    seen = {"argv": sys.argv[1:], "env": {key: os.environ.get(key) for key in ENV_KEYS}}
+    seen = {"argv": sys.argv[1:], "env": {key: os.environ.get(key) for key in ENV_KEYS}, "preloaded": PRELOADED}
     print("contract " + json.dumps(seen), flush=True)
     for percent in range(0, 101, 10):
         sys.stderr.write(f"\rprogress {percent:3d}%")

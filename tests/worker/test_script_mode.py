@@ -180,6 +180,8 @@ def test_a_script_killed_by_a_signal_is_restarted_as_infrastructure_and_then_suc
     first, second = _contracts(out)
     assert first["argv"] == second["argv"] == ["--kill-once", str(marker), "--lr", "1e-3", "--flag", "True"]
     assert [seen["env"]["TORCHELASTIC_RESTART_COUNT"] for seen in (first, second)] == ["0", "1"]
+    # the worker started the restart's process as soon as the script died: it has torch imported already
+    assert [seen["preloaded"] for seen in (first, second)] == [False, True]
     assert second["env"]["TORCHELASTIC_MAX_RESTARTS"] == "2"
     assert second["env"]["TORCHELASTIC_RUN_ID"] == first["env"]["TORCHELASTIC_RUN_ID"]
     # the user's own values from cluster.runtime_env win over Ray's debugger hook and torchrun's default
