@@ -63,6 +63,16 @@ def pool_status(pool: str) -> list[WorkerState]:
     return ray.get(owner.status.remote())
 
 
+def pool_taken_back(pool: str) -> list[str]:
+    """The jobs whose workers pool `pool` took back because their driver died without giving them back."""
+    import ray
+
+    owner = find_owner(pool)
+    if owner is None:
+        raise LaunchError(f"there is no pool {pool!r} on this cluster: `orchestrator pool up` starts one")
+    return ray.get(owner.taken_back.remote())
+
+
 def _remove(owner: Any) -> None:
     import ray
 
@@ -100,8 +110,12 @@ class PoolSource:
                 f"cluster.pool={self.pool}: a pool holds one worker per bundle and no spares; the job asks for "
                 f"{shape.workers_per_bundle} per bundle and {shape.spare_bundles} spare bundles"
             )
+        # an object this driver owns: the pool takes the workers back if it is lost, that is if this driver dies
+        holder = ray.put(f"lease holder: {owner}")
         try:
-            lease: Lease = ray.get(pool_owner.lease.remote(len(shape.bundles), dict(shape.bundles[0]), str(owner)))
+            lease: Lease = ray.get(
+                pool_owner.lease.remote(len(shape.bundles), dict(shape.bundles[0]), str(owner), [holder])
+            )
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, ValueError):
                 raise LaunchError(f"cluster.pool={self.pool}: {error.cause}") from None

@@ -61,6 +61,10 @@ class PoolOwner:
         self.workers: dict[int, WorkerHandle] = {}
         self.leases: dict[str, tuple[str, list[int]]] = {}
         """lease id -> (the job's name, its bundle indices)."""
+        self.holders: dict[str, Any] = {}
+        """lease id -> an object the leasing driver owns: Ray loses it when that driver dies (see `_reclaim`)."""
+        self.reclaimed: list[str] = []
+        """The jobs whose leases were taken back because their driver died, oldest first (`pool status` says so)."""
         self._started = 0
 
     def ready(self, timeout_s: float) -> list[WorkerState]:
@@ -83,6 +87,7 @@ class PoolOwner:
         """Every worker: where it runs, its process, who holds it (dead workers are replaced first)."""
         import ray
 
+        self._reclaim()
         self._replace_dead(free_only=False)
         pids = ray.get([worker.pid.remote() for worker in self.workers.values()])
         ips = ray.get([worker.node_ip.remote() for worker in self.workers.values()])
@@ -92,8 +97,15 @@ class PoolOwner:
             for index, pid, ip in zip(self.workers, pids, ips, strict=True)
         ]
 
-    def lease(self, count: int, bundle: dict[str, float], job: str) -> Lease:
-        """`count` free workers for job `job`, whose ranks each need `bundle`; ValueError says why not."""
+    def taken_back(self) -> list[str]:
+        """The jobs whose workers were taken back because their driver died (oldest first)."""
+        return list(self.reclaimed)
+
+    def lease(self, count: int, bundle: dict[str, float], job: str, holder: Optional[list[Any]] = None) -> Lease:
+        """`count` free workers for job `job`, whose ranks each need `bundle`; ValueError says why not.
+
+        `holder`: [an object ref the job's driver owns] (in a list, so that Ray passes the ref, not its value); when
+        the driver dies without giving the workers back, the next `lease` or `status` takes them back."""
         if {name: float(amount) for name, amount in bundle.items()} != {
             name: float(amount) for name, amount in self.bundle.items()
         }:
@@ -101,6 +113,7 @@ class PoolOwner:
                 f"pool {self.pool!r}'s workers each hold {self.bundle}, the job's ranks each need {bundle}: "
                 "start a pool with the job's resources per worker (orchestrator pool up --help)"
             )
+        self._reclaim()
         self._replace_dead(free_only=True)
         held = {index for _, indices in self.leases.values() for index in indices}
         free = [index for index in sorted(self.workers) if index not in held]
@@ -112,6 +125,8 @@ class PoolOwner:
         lease_id = uuid.uuid4().hex[:12]
         taken = free[:count]
         self.leases[lease_id] = (job, taken)
+        if holder:
+            self.holders[lease_id] = holder[0]
         return Lease(lease_id, self.placement_group, {index: [self.workers[index]] for index in taken})
 
     def give_back(self, lease_id: str, by_bundle: dict[int, list["WorkerHandle"]], clean: bool) -> None:
@@ -120,6 +135,7 @@ class PoolOwner:
         import ray
 
         _, indices = self.leases.pop(lease_id, ("", []))
+        self.holders.pop(lease_id, None)
         for index in indices:
             returned = by_bundle.get(index, [])
             ours = self.workers.get(index)
@@ -140,6 +156,20 @@ class PoolOwner:
             ray.kill(worker, no_restart=True)
         self.workers, self.leases = {}, {}
         remove_placement_group(self.placement_group)
+
+    def _reclaim(self) -> None:
+        """Take back the workers of every lease whose driver died (killed, or its machine lost) without giving them
+        back: they may still be running its ranks, so they are ended and replaced."""
+        import ray
+
+        for lease_id, holder in list(self.holders.items()):
+            try:
+                ray.get(holder, timeout=PING_TIMEOUT_S)
+            except ray.exceptions.ObjectLostError:  # OwnerDiedError among them: the driver is gone
+                self.reclaimed.append(self.leases[lease_id][0])
+                self.give_back(lease_id, {}, clean=False)
+            except ray.exceptions.GetTimeoutError:  # not known yet: looked at again next time
+                continue
 
     def _replace_dead(self, free_only: bool) -> None:
         import ray

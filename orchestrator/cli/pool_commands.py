@@ -61,7 +61,7 @@ def pool_main(argv: Sequence[str]) -> int:
         return 2
     import ray
 
-    from launchers.pool.pool_client import pool_down, pool_status, pool_up
+    from launchers.pool.pool_client import pool_down, pool_status, pool_taken_back, pool_up
     from orchestrator.errors import LaunchError
 
     connected = ray.is_initialized()  # in-process callers (tests, a notebook) keep their connection
@@ -77,6 +77,8 @@ def pool_main(argv: Sequence[str]) -> int:
             _print(workers)
         elif args.command == "status":
             _print(pool_status(args.name))
+            for job in pool_taken_back(args.name):
+                print(f"taken back from {job}: its driver ended without giving the workers back")
         else:
             print(f"pool {args.name}: down, {pool_down(args.name)} workers ended")
         return 0

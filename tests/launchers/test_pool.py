@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -71,7 +73,7 @@ def _status(capsys) -> dict[int, str]:
     """pid -> who holds the worker, from `pool status`."""
     capsys.readouterr()
     assert main(["pool", "status", "--name", POOL]) == 0
-    rows = capsys.readouterr().out.splitlines()[1:]
+    rows = [row for row in capsys.readouterr().out.splitlines()[1:] if row.split()[0].isdigit()]  # not the notes
     return {int(row.split()[2]): " ".join(row.split()[3:]) for row in rows}
 
 
@@ -152,3 +154,47 @@ def test_a_pool_needs_a_running_cluster_and_a_fixed_size_job(tmp_path):
     assert "cluster.pool=p is not valid: a pool lives on a running cluster" in text
     assert "failure.spare_workers=1 is not valid: with cluster.pool=p it must be 0" in text
     assert "scaling.min_workers=1 is not valid: with cluster.pool=p it must be null" in text
+
+
+# a job's driver that leases the pool's one worker and then waits, as a driver does while its job runs
+LEASING_DRIVER = """
+import sys
+import ray
+from launchers.pool.pool_client import PoolSource
+from launchers.workers.worker_shelf import GroupShape
+
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+shape = GroupShape(bundles=((("CPU", 1.0),),), strategy="PACK", workers_per_bundle=1, spare_bundles=0, runtime_env="{}")
+PoolSource(sys.argv[2]).take(shape, "job-of-a-killed-driver")
+print("leased", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_workers_of_a_driver_that_died_holding_them_are_taken_back_and_replaced(ray_cluster, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    assert main(["pool", "up", "--name", POOL, "--workers", "1"]) == 0
+    try:
+        (before,) = _status(capsys)
+        driver = subprocess.Popen(
+            [sys.executable, "-c", LEASING_DRIVER, ray_cluster.address, POOL],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert driver.stdout is not None and driver.stdout.readline() == "leased\n"
+            # held while its driver lives, although the driver let go of its own reference to the lease's token
+            assert _status(capsys) == {before: "job-of-a-killed-driver"}
+        finally:
+            driver.kill()  # as the OOM killer or a lost machine ends a driver: nothing is given back
+            driver.communicate()
+        wait_until(lambda: "job-of-a-killed-driver" not in _status(capsys).values(), 60, "the lease taken back")
+        (after,) = _status(capsys)
+        assert after != before and not psutil.pid_exists(before), "the worker that may run its ranks was replaced"
+        capsys.readouterr()
+        assert main(["pool", "status", "--name", POOL]) == 0
+        assert "taken back from job-of-a-killed-driver: its driver ended" in capsys.readouterr().out
+    finally:
+        assert main(["pool", "down", "--name", POOL]) == 0
+    wait_until(lambda: job_resources_left("orchestrator-pool-") == ([], []), 30, "the pool's actors and group gone")
