@@ -236,9 +236,9 @@ class RayWorkerGroup:
             self._by_bundle[bundle.bundle_index].extend(self._start_actor(bundle.bundle_index) for _ in range(missing))
         pools = {index: list(actors) for index, actors in self._by_bundle.items()}
         self._actors = [pools[slot.bundle_index].pop(0) for slot in slots]
-        if self.job.entrypoint == "builtin":
-            for spare in (actor for actors in pools.values() for actor in actors):
-                spare.warm.remote(self.job)  # torch, the loop and the data set loaded before they are needed
+        for spare in (actor for actors in pools.values() for actor in actors):
+            # torch, the loop and the data set loaded before they are needed; for a script, its process started
+            spare.warm.remote(self.job)
         gpu_ids = None
         if "GPU" in self.plan.worker_resources:
             gpu_ids = _gather([actor.gpu_ids.remote() for actor in self._actors], slots)

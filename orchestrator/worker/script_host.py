@@ -93,9 +93,9 @@ def _from_the_script(kind, error, trace):
 sys.excepthook = _from_the_script
 # the script becomes __main__ as `python script.py` makes it (not runpy, which would change sys.argv[0] and
 # put the host's module back at the end): absolute __file__, a source loader, no spec
-import importlib.machinery, types
+import builtins, importlib.machinery, types
 _main = types.ModuleType("__main__")
-_main.__file__, _main.__cached__ = _script, None
+_main.__file__, _main.__cached__, _main.__builtins__ = _script, None, builtins
 _main.__loader__ = importlib.machinery.SourceFileLoader("__main__", _script)
 sys.modules["__main__"] = _main
 with open(_script, "rb") as _source:

@@ -23,7 +23,7 @@ import extra_mod  # from the PYTHONPATH the rank gets
 print(json.dumps({
     "preloaded": preloaded, "argv": sys.argv, "path": sys.path, "file": __file__, "name": __name__,
     "main": sys.modules["__main__"].__file__, "cwd": os.getcwd(), "variable": os.environ.get("PROBE_VARIABLE"),
-    "threads": torch.get_num_threads(), "doc": __doc__, "helper": helper.VALUE, "extra": extra_mod.VALUE,
+    "threads": torch.get_num_threads(), "doc": __doc__, "builtins": type(__builtins__).__name__, "helper": helper.VALUE, "extra": extra_mod.VALUE,
 }))
 if len(sys.argv) > 2:
     raise ValueError("planted " + sys.argv[2])

@@ -316,3 +316,58 @@ def test_console_ranks_filters_the_console_and_log_dir_keeps_every_ranks_output_
     # the file keeps the progress bar's carriage returns as the script wrote them
     assert (run_folder / "attempt_1" / "rank_0" / "stderr.log").read_bytes().count(b"\r") == 11
     assert_no_job_resources()
+
+
+# each rank says, per attempt, whether torch was imported before its first line and which worker started it;
+# the first attempt waits to be interrupted, a restart ends at once
+STARTED_AHEAD_SCRIPT = """
+import json, os, sys, time
+preloaded = "torch" in sys.modules
+import torch
+attempt, rank = os.environ["TORCHELASTIC_RESTART_COUNT"], os.environ["RANK"]
+with open(os.path.join(sys.argv[1], f"attempt{attempt}-rank{rank}.json"), "w") as file:
+    json.dump({"preloaded": preloaded, "worker": os.getppid()}, file)
+if attempt == "0":
+    time.sleep(120)
+"""
+
+
+def test_after_a_lost_worker_the_spare_and_the_survivor_run_the_restart_in_processes_started_ahead(
+    ray_cluster, tmp_path
+):
+    import threading
+
+    script, seen = tmp_path / "train.py", tmp_path / "seen"
+    script.write_text(STARTED_AHEAD_SCRIPT)
+    seen.mkdir()
+    job = compose_job(
+        [
+            "entrypoint=script",
+            f"script.path={script}",
+            f"script.args=[{seen}]",
+            "scaling.num_workers=2",
+            "failure.spare_workers=1",
+            "failure.max_restarts=1",
+            "tracking.log_model=false",
+            "monitor.enabled=false",
+        ],
+        tmp_path,
+    )
+    summaries = []
+    runner = threading.Thread(target=lambda: summaries.append(run_job(job, Console(io.StringIO(), False))))
+    runner.start()
+    try:
+        wait_until(lambda: len(list(seen.glob("attempt0-*"))) == 2, 120, "both ranks' first attempt")
+        first = [json.loads((seen / f"attempt0-rank{rank}.json").read_text()) for rank in range(2)]
+        psutil.Process(first[0]["worker"]).kill()  # rank 0's worker is lost, with its script
+    finally:
+        runner.join(timeout=240)
+    [summary] = summaries
+    assert summary.outcome.status == "FINISHED" and summary.outcome.restarts == 1, summary.outcome.error
+    second = [json.loads((seen / f"attempt1-rank{rank}.json").read_text()) for rank in range(2)]
+    assert [rank["preloaded"] for rank in first] == [False, False]  # a job's first attempt starts them cold
+    # the survivor started its next process when its script was stopped; the spare when it was started
+    assert {rank["worker"] for rank in second} == {first[1]["worker"], *{s.pid for s in summary.outcome.workers}}
+    assert first[0]["worker"] not in {rank["worker"] for rank in second}
+    assert [rank["preloaded"] for rank in second] == [True, True]
+    assert_no_job_resources()
