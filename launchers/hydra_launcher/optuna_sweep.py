@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from orchestrator.config.schema import SWEEP_DIRECTIONS, SweepConfig
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.interrupts import interrupts_held
 from orchestrator.redaction import redact_text
 from orchestrator.sweep.judging import JudgedLauncher
 from orchestrator.sweep.optuna_settings import (
@@ -84,16 +85,19 @@ def _sweep(sweeper: OptunaSweeper, arguments: Sequence[str]) -> None:
     lock = threading.Lock()
     to_go = n_trials - done
     while to_go > 0:
-        with lock:
-            trials = [study.ask() for _ in range(min(sweeper.n_jobs, to_go))]
-            overrides = [_configure(sweeper, trial, space, extend) for trial in trials]
-        judges = [OptunaJudge(study, trial, lock, sweep) for trial in trials]
+        judges: list[OptunaJudge] = []
         try:
-            _launch(sweeper, trials, overrides, judges, judged)
+            # a Ctrl-C held until every trial asked for has its judge: else one stays RUNNING in the study
+            with interrupts_held(), lock:
+                for _ in range(min(sweeper.n_jobs, to_go)):
+                    judges.append(OptunaJudge(study, study.ask(), lock, sweep))
+                overrides = [_configure(sweeper, judge.trial, space, extend) for judge in judges]
+            _launch(sweeper, [judge.trial for judge in judges], overrides, judges, judged)
         finally:  # a trial whose end nobody reported (an interrupt, an invalid batch) never ran: it does not count
-            for judge in judges:
-                judge.ended(NOT_STARTED, None)
-        to_go -= len(trials)
+            with interrupts_held():
+                for judge in judges:
+                    judge.ended(NOT_STARTED, None)
+        to_go -= len(judges)
     _write_results(sweeper, study, name)
 
 

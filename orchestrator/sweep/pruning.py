@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Optional
 
 from orchestrator.config.schema import SweepConfig
+from orchestrator.interrupts import interrupts_held
 from orchestrator.sweep.optuna_settings import STATUS_ATTR, optuna_outcome
 from orchestrator.sweep.trials import PRUNED, PRUNED_TAG
 
@@ -78,7 +79,7 @@ class OptunaJudge:
         from optuna.trial import TrialState
 
         state, value = optuna_outcome(status, objective)
-        with self.lock:
+        with interrupts_held(), self.lock:  # a Ctrl-C between the two writes would leave the trial RUNNING
             if self.told is not None:
                 return
             self.trial.set_user_attr(STATUS_ATTR, status)

@@ -62,3 +62,22 @@ def test_without_a_pruner_nothing_is_pruned_and_failed_or_interrupted_trials_are
     judges[2].ended("NOT STARTED", None)
     assert [trial.state for trial in study.trials] == [TrialState.FAIL] * 3
     assert [trial.user_attrs[STATUS_ATTR] for trial in study.trials] == ["FAILED", "KILLED", "NOT STARTED"]
+
+
+def test_a_ctrl_c_while_a_result_is_told_waits_until_the_study_has_it(monkeypatch):
+    import os
+    import signal
+
+    study, lock, sweep = _judged_study("none")
+    judge = OptunaJudge(study, study.ask(), lock, sweep)
+    tell = study.tell
+
+    def interrupted_tell(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # between the status attribute and the result
+        return tell(*args, **kwargs)
+
+    monkeypatch.setattr(study, "tell", interrupted_tell)
+    with pytest.raises(KeyboardInterrupt):
+        judge.ended("FINISHED", 0.5)
+    [trial] = study.trials
+    assert (trial.state, trial.value, trial.user_attrs[STATUS_ATTR]) == (TrialState.COMPLETE, 0.5, "FINISHED")

@@ -1,0 +1,59 @@
+"""A Ctrl-C held for a block of bookkeeping: raised when the block ends, or at once when repeated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from orchestrator.interrupts import interrupts_held
+
+
+def _ctrl_c() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_ctrl_c_inside_the_block_lets_the_block_finish_then_interrupts():
+    assert threading.current_thread() is threading.main_thread()  # where Python handles signals
+    handler = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            _ctrl_c()
+            done.append("after the signal")
+    assert done == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_second_ctrl_c_interrupts_the_block_at_once():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            _ctrl_c()
+            _ctrl_c()
+            done.append("after the second signal")
+    assert done == []
+
+
+def test_a_block_without_ctrl_c_runs_and_returns_as_usual():
+    with interrupts_held():
+        value = 1
+    assert value == 1
+
+
+def test_off_the_main_thread_the_block_runs_without_touching_the_handler():
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with interrupts_held():
+                pass
+        except BaseException as error:  # signal.signal raises ValueError off the main thread
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert errors == []
