@@ -20,9 +20,13 @@ from typing import Iterator, Optional
 def interrupts_held() -> Iterator[None]:
     """Run the block with a first Ctrl-C held until it ends, then handled as it would have been.
 
-    Only the main thread receives Python's signals; elsewhere the block runs as it is.
+    Only the main thread receives Python's signals; elsewhere, and where Ctrl-C is ignored (nohup, a
+    background job), the block runs as it is.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+        signal.SIG_IGN,
+        None,
+    ):
         yield
         return
     received: list[int] = []

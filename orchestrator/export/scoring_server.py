@@ -7,6 +7,7 @@ kernel SIGTERMs it if the thread that started it dies (as the tracking server do
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import subprocess
@@ -93,8 +94,14 @@ class ScoringServer:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ExportError(f"mlflow models serve exited with code {process.returncode}{self._log_tail()}")
-            if _answers(f"{self.url}/ping"):
-                return
+            try:
+                if _answers(f"{self.url}/ping"):
+                    return
+            except http.client.HTTPException as error:  # an answer, but not in HTTP: another program's port
+                raise ExportError(
+                    f"another program answers on {self.url}, not in HTTP ({type(error).__name__}): "
+                    f"the scoring server could not have port {self.port}; run the command again"
+                ) from None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.5)  # wakes early if the server dies
         raise ExportError(

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -194,8 +196,14 @@ class MlflowServer:
                 raise ServerError(
                     f"mlflow server exited with code {process.returncode} while starting{self._log_tail()}"
                 )
-            if _healthy(self.spec.url):
-                return
+            try:
+                if _healthy(self.spec.url):
+                    return
+            except http.client.HTTPException as error:  # an answer, but not in HTTP: another program's port
+                raise ServerError(
+                    f"--port={self.spec.port} is not valid: another program answers on {self.spec.host}:"
+                    f"{self.spec.port}, not in HTTP ({type(error).__name__}); choose a free port"
+                ) from None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.25)  # wakes early if the server dies
         raise ServerError(
@@ -282,10 +290,36 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port on `host` that nothing listens on right now."""
+    """A port on `host` that nothing listens on right now, for a server we are about to start on it.
+
+    It is taken above Ray's worker ports (10002-19999 by default) and below the kernel's ephemeral range:
+    every program that binds port 0 (gRPC servers, Ray's own among them) is handed a port from that range,
+    and one could be handed ours between this check and the server's bind. Where that gap is too narrow
+    the kernel's choice is taken.
+    """
+    floor = _ephemeral_floor()
+    if floor - PORT_FLOOR >= MIN_PORT_CHOICE:
+        chooser = random.SystemRandom()
+        for _ in range(100):
+            port = chooser.randrange(PORT_FLOOR, floor)
+            if _port_free(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+PORT_FLOOR = 20000
+MIN_PORT_CHOICE = 1000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to a bind of port 0 (Linux's default where it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _importable(module: str) -> bool:

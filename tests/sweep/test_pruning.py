@@ -77,7 +77,12 @@ def test_a_ctrl_c_while_a_result_is_told_waits_until_the_study_has_it(monkeypatc
         return tell(*args, **kwargs)
 
     monkeypatch.setattr(study, "tell", interrupted_tell)
-    with pytest.raises(KeyboardInterrupt):
-        judge.ended("FINISHED", 0.5)
+    # Python's own Ctrl-C handler: a suite started in the background inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            judge.ended("FINISHED", 0.5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     [trial] = study.trials
     assert (trial.state, trial.value, trial.user_attrs[STATUS_ATTR]) == (TrialState.COMPLETE, 0.5, "FINISHED")

@@ -124,3 +124,47 @@ def test_the_command_serves_with_basic_auth_taking_logins_from_the_environment_a
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
     assert "stopping the MLflow server" in "".join(lines)
+
+
+def test_a_free_port_lies_where_no_bind_of_port_0_is_handed_one_and_nothing_listens():
+    from orchestrator.tracking.mlflow_server import _ephemeral_floor
+
+    floor = _ephemeral_floor()
+    ports = {free_port() for _ in range(20)}
+    if floor - 20000 >= 1000:  # Linux's default range starts at 32768
+        assert all(20000 <= port < floor for port in ports), (floor, sorted(ports))
+    for port in ports:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+
+
+def test_a_server_whose_port_another_program_answers_on_is_refused_naming_the_port_and_stopped(tmp_path):
+    """What a gRPC server (Ray starts several) answers to HTTP: bytes that are no status line."""
+    from orchestrator.tracking.mlflow_server import MlflowServer, ServerError, local_spec
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        def answer_in_binary() -> None:
+            while True:
+                try:
+                    connection, _ = taken.accept()
+                except OSError:  # the listener was shut down: the test is over
+                    return
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00\x00@\x00\r\n")
+
+        answering = threading.Thread(target=answer_in_binary)
+        answering.start()
+        server = MlflowServer(local_spec(tmp_path / "server", port=port), log_path=tmp_path / "server.log")
+        try:
+            with pytest.raises(ServerError) as refused:
+                server.start()
+        finally:
+            taken.shutdown(socket.SHUT_RDWR)
+            answering.join()
+    assert str(refused.value).startswith(f"--port={port} is not valid: another program answers on 127.0.0.1:{port}")
+    assert server.process is not None and server.process.poll() is not None  # the server we started is stopped

@@ -108,6 +108,8 @@ def test_a_single_file_checkpoint_of_the_previous_version_resumes_exactly_under_
     step 3 of this job, mid-epoch: resumed now, the run ends as this version's uninterrupted run does."""
     import shutil
 
+    import torch
+
     from orchestrator.config.load import validate
     from orchestrator.config.schema import (
         CheckpointConfig,
@@ -138,5 +140,13 @@ def test_a_single_file_checkpoint_of_the_previous_version_resumes_exactly_under_
     shutil.copy(Path(__file__).parent / "data" / legacy.name, legacy)
     use_master(monkeypatch)
     reports, resumed = train_here(job(tmp_path / "old"), tmp_path / "old", resume_from=legacy)
-    assert resumed.step == 6 and resumed.params_digest == uninterrupted.params_digest
+    assert resumed.step == 6
+    # The file's step-3 weights were computed on the machine that wrote it; another CPU's kernels (AVX-512 or
+    # not) round differently in the last bit (1.5e-8 seen), so the end cannot be bit-equal everywhere. A resume
+    # one batch off, or with another dropout stream, moves the weights by about 2e-3: the tolerance sits
+    # orders of magnitude between the two.
+    for name, weight in resumed.model_state.items():
+        torch.testing.assert_close(
+            torch.as_tensor(weight), torch.as_tensor(uninterrupted.model_state[name]), rtol=1e-5, atol=1e-6
+        )
     assert [path.name for path in list_checkpoints(tmp_path / "old")] == ["step_000000003.pt", "step_000000006"]
