@@ -91,6 +91,9 @@ class ShardedCheckpointer:
             remove_checkpoint(temporary)
             temporary.mkdir(parents=True)
             _write_small_files(temporary, trainer_state, meta)
+        # DCP's writer makes the folder on every rank as it plans: a rank ahead of rank 0 would make it between
+        # rank 0's clearing and its mkdir (FileExistsError, IsADirectoryError), or have it deleted under it
+        dist.barrier(group=self.group)
         import torch.distributed.checkpoint as dcp
 
         if not self.async_save:

@@ -130,12 +130,19 @@ def _start(overrides, tmp_path):
     return job, thread, holder, console
 
 
-def _until(predicate, timeout_s: float, what: str, console: io.StringIO) -> None:
-    """wait_until, whose failure also shows what the job's console said so far."""
+def _until(
+    predicate, timeout_s: float, what: str, console: io.StringIO, thread: threading.Thread, holder: dict
+) -> None:
+    """wait_until while the job runs; a failure shows how the job ended (if it did) and what its console said."""
     try:
-        wait_until(predicate, timeout_s, what)
-    except AssertionError as error:
-        raise AssertionError(f"{error}; the job's console:\n{console.getvalue()[-4000:]}") from None
+        wait_until(lambda: predicate() or not thread.is_alive(), timeout_s, what)
+        if predicate():
+            return
+        ended = holder.get("summary")
+        error = f"the job ended first: {ended.outcome.status} {ended.outcome.error}" if ended else "the job raised"
+    except AssertionError as timed_out:
+        error = str(timed_out)
+    raise AssertionError(f"{error}; the job's console:\n{console.getvalue()[-4000:]}")
 
 
 def _finish(thread, holder, timeout_s=300):
@@ -200,7 +207,14 @@ def test_a_spare_takes_over_a_killed_rank_and_a_new_spare_starts(ray_cluster, no
         _overrides("scaling.num_workers=2", "failure.spare_workers=1", "trainer.max_steps=100"), tmp_path
     )
     runs = tmp_path / "checkpoints"
-    _until(lambda: any(step >= 20 for step in _checkpoint_sizes(runs)), 120, "a checkpoint at step 20", console)
+    _until(
+        lambda: any(step >= 20 for step in _checkpoint_sizes(runs)),
+        120,
+        "a checkpoint at step 20",
+        console,
+        thread,
+        holder,
+    )
     workers: list = []
 
     def started():
@@ -213,6 +227,7 @@ def test_a_spare_takes_over_a_killed_rank_and_a_new_spare_starts(ray_cluster, no
     summary = _finish(thread, holder)
     outcome = summary.outcome
     assert outcome.status == "FINISHED", (outcome.error, console.getvalue())
+    assert len(outcome.attempts) == 2, (outcome.attempts, console.getvalue())
     first, second = ({spec.pid for spec in attempt.workers} for attempt in outcome.attempts)
     assert rank_pid in first and spare_pid not in first
     assert second == (first - {rank_pid}) | {spare_pid}  # the spare took the rank over, the survivor stayed
@@ -256,7 +271,14 @@ def test_sigterm_to_a_worker_shrinks_an_elastic_job_at_once(ray_cluster, nodes, 
         _overrides("scaling.min_workers=2", "failure.max_restarts=0", "trainer.max_steps=100"), tmp_path
     )
     runs = tmp_path / "checkpoints"
-    _until(lambda: any(step >= 20 for step in _checkpoint_sizes(runs)), 120, "a checkpoint at step 20", console)
+    _until(
+        lambda: any(step >= 20 for step in _checkpoint_sizes(runs)),
+        120,
+        "a checkpoint at step 20",
+        console,
+        thread,
+        holder,
+    )
     workers: list = []
     wait_until(lambda: workers.append(_worker_nodes()) or len(workers[-1]) == 3, 60, "three ranks running")
     pid, node = sorted(workers[-1].items())[0]
@@ -281,12 +303,16 @@ def test_a_lost_node_shrinks_the_job_and_a_returned_one_grows_it_back_with_the_s
     overrides = _overrides("scaling.min_workers=2", "scaling.resize_check_s=1")
     job, thread, holder, console = _start(overrides, tmp_path / "elastic")
     runs = tmp_path / "elastic" / "checkpoints"
-    _until(lambda: any(step >= 30 for step in _checkpoint_sizes(runs)), 120, "a checkpoint at step 30", console)
-    nodes.remove(nodes.nodes[0])
     _until(
-        lambda: 2 in _checkpoint_sizes(runs).values() or not thread.is_alive(), 120, "2 workers' checkpoint", console
+        lambda: any(step >= 30 for step in _checkpoint_sizes(runs)),
+        120,
+        "a checkpoint at step 30",
+        console,
+        thread,
+        holder,
     )
-    assert thread.is_alive(), (holder["summary"].outcome.error, console.getvalue())
+    nodes.remove(nodes.nodes[0])
+    _until(lambda: 2 in _checkpoint_sizes(runs).values(), 120, "2 workers' checkpoint", console, thread, holder)
     [returned] = nodes.add(1)
     summary = _finish(thread, holder)
     outcome = summary.outcome
@@ -319,7 +345,14 @@ def test_a_drained_node_is_left_at_a_checkpoint_before_its_deadline_without_spen
         tmp_path,
     )
     runs = tmp_path / "checkpoints"
-    _until(lambda: any(step >= 20 for step in _checkpoint_sizes(runs)), 120, "a checkpoint at step 20", console)
+    _until(
+        lambda: any(step >= 20 for step in _checkpoint_sizes(runs)),
+        120,
+        "a checkpoint at step 20",
+        console,
+        thread,
+        holder,
+    )
     workers: list = []
     wait_until(lambda: workers.append(_worker_nodes()) or len(workers[-1]) == 2, 60, "both ranks running")
     drained = sorted(workers[-1].values())[0]
