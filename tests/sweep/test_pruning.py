@@ -65,7 +65,6 @@ def test_without_a_pruner_nothing_is_pruned_and_failed_or_interrupted_trials_are
 
 
 def test_a_ctrl_c_while_a_result_is_told_waits_until_the_study_has_it(monkeypatch):
-    import os
     import signal
 
     study, lock, sweep = _judged_study("none")
@@ -73,7 +72,7 @@ def test_a_ctrl_c_while_a_result_is_told_waits_until_the_study_has_it(monkeypatc
     tell = study.tell
 
     def interrupted_tell(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # between the status attribute and the result
+        signal.raise_signal(signal.SIGINT)  # between the status attribute and the result, handled at once
         return tell(*args, **kwargs)
 
     monkeypatch.setattr(study, "tell", interrupted_tell)
