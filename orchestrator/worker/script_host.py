@@ -23,13 +23,17 @@ import threading
 from concurrent.futures import Future
 from typing import IO, Mapping, Optional
 
-PRELOADED = ("torch", "torch.distributed")
-"""What the host imports while it waits: what a torchrun-style script imports first and spends its start on."""
+PRELOADED = ("torch", "torch.distributed", "torch._dynamo")
+"""What the host imports while it waits: what a torchrun-style script imports first and spends its start on.
+torch._dynamo is what DistributedDataParallel and torch.optim load at their first use (with sympy and the
+inductor's config: 0.85 s of a small DDP script's way to its first step here, 73 MiB more per host)."""
 
 # Variables the interpreter or a preloaded library reads while it starts (a change after that is ignored):
-# by prefix, less those read only later (PYTHONPATH is applied to sys.path by the host itself; breakpoint()
-# reads PYTHONBREAKPOINT at each call; NCCL's and torch.distributed's at the process group's creation;
-# CUDA_VISIBLE_DEVICES at CUDA's initialisation, which importing torch does not do).
+# by prefix or by name, less those read only later (PYTHONPATH is applied to sys.path by the host itself;
+# breakpoint() reads PYTHONBREAKPOINT at each call; NCCL's and torch.distributed's at the process group's
+# creation; CUDA_VISIBLE_DEVICES at CUDA's initialisation, which importing torch does not do). Native
+# libraries read theirs with getenv (OMP_, MKL_, MALLOC_, LD_, ...); the Python-level reads of importing
+# PRELOADED are listed from a recording of them (tests/worker/test_script_host.py keeps the lists complete).
 READ_AT_START_PREFIXES = (
     "PYTHON",
     "LD_",
@@ -46,7 +50,51 @@ READ_AT_START_PREFIXES = (
     "CUDA_",
     "PYTORCH_",
     "TORCH_",
+    "TORCHDYNAMO_",
+    "TORCHINDUCTOR_",
+    "TORCHEXPORT_",
+    "INDUCTOR_",
+    "AOT_",
+    "AOTINDUCTOR_",
+    "TRITON_",
+    "COMPILE_STROBELIGHT_",
+    "FX_",
+    "KINETO_",
+    "NPY_",
+    "NUMPY_",
+    "SYMPY_",
+    "MPMATH_",
+    "_PYTHON_",
 )
+READ_AT_START_NAMES = (
+    "TORCH_DISTRIBUTED_COMPILE_ON_ONE_RANK",
+    "TORCH_DISTRIBUTED_USE_TORCHCOMMS",
+    "CI",
+    "CXX",
+    "HOME",
+    "USER",
+    "USERNAME",
+    "LOGNAME",
+    "LNAME",
+    "SAGE_ROOT",
+    "CUTEDSL_ENABLE_AUTOTUNING",
+    "CUTLASS_EPILOGUE_FUSION",
+    "DUMP_AOTI_MINIFIER",
+    "ENABLE_PERSISTENT_TMA_MATMUL",
+    "ENABLE_TEMPLATE_TMA_STORE",
+    "ENABLE_TMA_LOAD_FOR_TEMPLATE_EPILOGUE",
+    "FAKE_ALLOW_META",
+    "LOG_AUTOTUNE_RESULTS",
+    "LOG_TLPARSE",
+    "PARTITIONER_MEMORY_BUDGET_PARETO",
+    "PARTITIONER_MEMORY_BUDGET_PARETO_DIR",
+    "PT2_COMPILE_ID_PREFIX",
+    "UNSAFE_SKIP_FSDP_MODULE_GUARDS",
+)
+SET_WHILE_PRELOADING = {"TORCHINDUCTOR_CACHE_DIR": "torch._inductor.runtime.cache_dir_utils:default_cache_dir"}
+"""Variables read at start that the imports set when they are unset (torch's cache folder, its default made
+from the user and the temp folder), with the function that makes their default: the host compares them
+itself, as what it holds and what a cold start would take (a worker without torch cannot)."""
 READ_LATER = ("PYTHONPATH", "PYTHONBREAKPOINT", "PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES")
 READ_LATER_PREFIXES = ("TORCH_NCCL_", "TORCH_DISTRIBUTED_")
 
@@ -70,6 +118,22 @@ with os.fdopen(_control, "r", encoding="utf-8") as _stream:
 if not _line:
     sys.exit(0)
 _job = json.loads(_line)
+# A variable read at start whose value here is not the one a cold start would read: start cold instead, in
+# this process (same pid, pipes and parent-death signal). A variable the imports set when it is unset (torch
+# puts its cache folder's default into os.environ) counts as its default where unset.
+_env = _job["env"]
+
+
+def _effective(values, name):
+    if name in values or name not in _job["defaults"]:
+        return values.get(name)
+    module, _, function = _job["defaults"][name].partition(":")
+    return getattr(__import__(module, fromlist=[function]), function)()
+
+
+if any(_effective(_env, n) != _effective(os.environ, n) for n in _job["start_names"]):
+    os.chdir(_job["cwd"])
+    os.execve(sys.executable, [sys.executable, "-u", *_job["argv"]], _env)
 _previous = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 os.environ.clear()
 os.environ.update(_job["env"])
@@ -100,22 +164,29 @@ _main.__loader__ = importlib.machinery.SourceFileLoader("__main__", _script)
 sys.modules["__main__"] = _main
 with open(_script, "rb") as _source:
     _code = compile(_source.read(), _script, "exec", dont_inherit=True)
-del _source, _stream, _line, _job, _previous, _added, _kept, _started_path, _preload, _control
+del _source, _stream, _line, _job, _env, _effective, _previous, _added, _kept, _started_path, _preload, _control
 exec(_code, _main.__dict__)
 """
 
 
 def read_at_start(name: str) -> bool:
     """Whether variable `name` is read as a process starts, so that a started host cannot take a new value."""
+    if name in READ_AT_START_NAMES:
+        return True
     if name in READ_LATER or name.startswith(READ_LATER_PREFIXES):
         return False
     return name.startswith(READ_AT_START_PREFIXES)
 
 
 def start_differences(started_with: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
-    """The variables, read at start, in which environment `wanted` differs from `started_with` (sorted)."""
+    """The variables, read at start, in which environment `wanted` differs from `started_with` (sorted); those the
+    imports set (SET_WHILE_PRELOADING) are left to the host, which knows their defaults."""
     names = set(started_with) | set(wanted)
-    return sorted(name for name in names if read_at_start(name) and started_with.get(name) != wanted.get(name))
+    return sorted(
+        name
+        for name in names
+        if read_at_start(name) and name not in SET_WHILE_PRELOADING and started_with.get(name) != wanted.get(name)
+    )
 
 
 class ScriptHost:
@@ -165,6 +236,8 @@ class ScriptHost:
         job = {
             "argv": [script, *arguments],
             "env": dict(env),
+            "start_names": sorted(name for name in set(self.environ) | set(env) if read_at_start(name)),
+            "defaults": SET_WHILE_PRELOADING,
             "cwd": os.getcwd(),
             "script_dir": os.path.dirname(os.path.realpath(script)),
         }
