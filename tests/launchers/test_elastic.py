@@ -145,6 +145,18 @@ def _until(
     raise AssertionError(f"{error}; the job's console:\n{console.getvalue()[-4000:]}")
 
 
+def _until_checkpoint(runs: Path, step: int, console: io.StringIO, thread: threading.Thread, holder: dict) -> None:
+    """Wait for a complete checkpoint at `step` or later."""
+    _until(
+        lambda: any(at >= step for at in _checkpoint_sizes(runs)),
+        120,
+        f"a checkpoint at step {step}",
+        console,
+        thread,
+        holder,
+    )
+
+
 def _finish(thread, holder, timeout_s=300):
     thread.join(timeout=timeout_s)
     assert not thread.is_alive(), "the job did not end"
@@ -207,14 +219,7 @@ def test_a_spare_takes_over_a_killed_rank_and_a_new_spare_starts(ray_cluster, no
         _overrides("scaling.num_workers=2", "failure.spare_workers=1", "trainer.max_steps=100"), tmp_path
     )
     runs = tmp_path / "checkpoints"
-    _until(
-        lambda: any(step >= 20 for step in _checkpoint_sizes(runs)),
-        120,
-        "a checkpoint at step 20",
-        console,
-        thread,
-        holder,
-    )
+    _until_checkpoint(runs, 20, console, thread, holder)
     workers: list = []
 
     def started():
@@ -271,14 +276,7 @@ def test_sigterm_to_a_worker_shrinks_an_elastic_job_at_once(ray_cluster, nodes, 
         _overrides("scaling.min_workers=2", "failure.max_restarts=0", "trainer.max_steps=100"), tmp_path
     )
     runs = tmp_path / "checkpoints"
-    _until(
-        lambda: any(step >= 20 for step in _checkpoint_sizes(runs)),
-        120,
-        "a checkpoint at step 20",
-        console,
-        thread,
-        holder,
-    )
+    _until_checkpoint(runs, 20, console, thread, holder)
     workers: list = []
     wait_until(lambda: workers.append(_worker_nodes()) or len(workers[-1]) == 3, 60, "three ranks running")
     pid, node = sorted(workers[-1].items())[0]
@@ -303,14 +301,7 @@ def test_a_lost_node_shrinks_the_job_and_a_returned_one_grows_it_back_with_the_s
     overrides = _overrides("scaling.min_workers=2", "scaling.resize_check_s=1")
     job, thread, holder, console = _start(overrides, tmp_path / "elastic")
     runs = tmp_path / "elastic" / "checkpoints"
-    _until(
-        lambda: any(step >= 30 for step in _checkpoint_sizes(runs)),
-        120,
-        "a checkpoint at step 30",
-        console,
-        thread,
-        holder,
-    )
+    _until_checkpoint(runs, 30, console, thread, holder)
     nodes.remove(nodes.nodes[0])
     _until(lambda: 2 in _checkpoint_sizes(runs).values(), 120, "2 workers' checkpoint", console, thread, holder)
     [returned] = nodes.add(1)
@@ -345,14 +336,7 @@ def test_a_drained_node_is_left_at_a_checkpoint_before_its_deadline_without_spen
         tmp_path,
     )
     runs = tmp_path / "checkpoints"
-    _until(
-        lambda: any(step >= 20 for step in _checkpoint_sizes(runs)),
-        120,
-        "a checkpoint at step 20",
-        console,
-        thread,
-        holder,
-    )
+    _until_checkpoint(runs, 20, console, thread, holder)
     workers: list = []
     wait_until(lambda: workers.append(_worker_nodes()) or len(workers[-1]) == 2, 60, "both ranks running")
     drained = sorted(workers[-1].values())[0]
