@@ -7,7 +7,6 @@ kernel SIGTERMs it if the thread that started it dies (as the tracking server do
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from typing import IO, Optional
 import numpy as np
 
 from orchestrator.export.requirements import ExportError
-from orchestrator.tracking.mlflow_server import _dies_with_its_parent, free_port, stop_process_group
+from orchestrator.tracking.mlflow_server import _dies_with_its_parent, answers, free_port, stop_process_group
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0
@@ -94,14 +93,13 @@ class ScoringServer:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ExportError(f"mlflow models serve exited with code {process.returncode}{self._log_tail()}")
-            try:
-                if _answers(f"{self.url}/ping"):
-                    return
-            except http.client.HTTPException as error:  # an answer, but not in HTTP: another program's port
-                raise ExportError(
-                    f"another program answers on {self.url}, not in HTTP ({type(error).__name__}): "
-                    f"the scoring server could not have port {self.port}; run the command again"
-                ) from None
+            if answers(
+                f"{self.url}/ping",
+                lambda why: ExportError(
+                    f"{why}: the scoring server could not have port {self.port}; run the command again"
+                ),
+            ):
+                return
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.5)  # wakes early if the server dies
         raise ExportError(
@@ -136,14 +134,6 @@ class ScoringServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _read(error: IO[bytes]) -> str:

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,14 +197,11 @@ class MlflowServer:
                 raise ServerError(
                     f"mlflow server exited with code {process.returncode} while starting{self._log_tail()}"
                 )
-            try:
-                if _healthy(self.spec.url):
-                    return
-            except http.client.HTTPException as error:  # an answer, but not in HTTP: another program's port
-                raise ServerError(
-                    f"--port={self.spec.port} is not valid: another program answers on {self.spec.host}:"
-                    f"{self.spec.port}, not in HTTP ({type(error).__name__}); choose a free port"
-                ) from None
+            if answers(
+                f"{self.spec.url}/health",
+                lambda why: ServerError(f"--port={self.spec.port} is not valid: {why}; choose a free port"),
+            ):
+                return
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.25)  # wakes early if the server dies
         raise ServerError(
@@ -271,12 +269,17 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def _healthy(url: str) -> bool:
+def answers(url: str, refusal: Callable[[str], Exception]) -> bool:
+    """Whether GET `url` answers 200 (False while nothing listens yet or the server is not ready); when another
+    program answers there, not in HTTP, `refusal(why)` is raised (a port taken between choosing and binding)."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
+    except http.client.HTTPException as error:
+        where = urllib.parse.urlsplit(url).netloc
+        raise refusal(f"another program answers on {where}, not in HTTP ({type(error).__name__})") from None
 
 
 def _port_free(host: str, port: int) -> bool:

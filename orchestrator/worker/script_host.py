@@ -118,20 +118,20 @@ with os.fdopen(_control, "r", encoding="utf-8") as _stream:
 if not _line:
     sys.exit(0)
 _job = json.loads(_line)
-# A variable read at start whose value here is not the one a cold start would read: start cold instead, in
-# this process (same pid, pipes and parent-death signal). A variable the imports set when it is unset (torch
-# puts its cache folder's default into os.environ) counts as its default where unset.
+# The variables the imports set when unset (torch's cache folder), which the worker leaves to the host: where
+# the job's value (its default where unset) is not the one held here, start cold instead, in this process
+# (same pid, pipes and parent-death signal).
 _env = _job["env"]
 
 
 def _effective(values, name):
-    if name in values or name not in _job["defaults"]:
-        return values.get(name)
+    if name in values:
+        return values[name]
     module, _, function = _job["defaults"][name].partition(":")
     return getattr(__import__(module, fromlist=[function]), function)()
 
 
-if any(_effective(_env, n) != _effective(os.environ, n) for n in _job["start_names"]):
+if any(_effective(_env, n) != _effective(os.environ, n) for n in _job["defaults"]):
     os.chdir(_job["cwd"])
     os.execve(sys.executable, [sys.executable, "-u", *_job["argv"]], _env)
 _previous = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -236,7 +236,6 @@ class ScriptHost:
         job = {
             "argv": [script, *arguments],
             "env": dict(env),
-            "start_names": sorted(name for name in set(self.environ) | set(env) if read_at_start(name)),
             "defaults": SET_WHILE_PRELOADING,
             "cwd": os.getcwd(),
             "script_dir": os.path.dirname(os.path.realpath(script)),
