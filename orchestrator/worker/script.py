@@ -152,7 +152,7 @@ def run_script(
         world_rank=spec.world_rank,
         node_ip=spec.node_ip,
         error_type="ScriptFailed",
-        message=f"{os.path.basename(script_path)} {exit_text(code)}",
+        message=f"{os.path.basename(script_path)} {exit_text(code)}{known_cause(code, tail)}",
         traceback="".join(tail),
         exit_code=code,
     )
@@ -189,6 +189,25 @@ def exit_text(code: int) -> str:
     except ValueError:
         name = "a signal"
     return f"was killed by {name} (signal {-code})"
+
+
+TEARDOWN_ABORT = "terminate called without an active exception"
+"""What libstdc++ prints when a torch thread that wants the GIL during the interpreter's teardown is ended."""
+
+
+def known_cause(code: int, stderr_tail: Iterable[str]) -> str:
+    """A hint to append to how a script ended, where its end has a known cause we can name ("" otherwise).
+
+    An abort with TEARDOWN_ABORT in stderr is, in practice, torch's threads meeting the interpreter's exit
+    (pytorch/pytorch#190489): the script's own code had usually finished, and the fix is in how it ends.
+    """
+    if code == -signal.SIGABRT and any(TEARDOWN_ABORT in line for line in stderr_tail):
+        return (
+            " with 'terminate called without an active exception': torch's threads most likely met the"
+            " interpreter's exit (pytorch/pytorch#190489; docs/your-code.md, 'A rank that aborts as it exits',"
+            " says how a script ends without it)"
+        )
+    return ""
 
 
 def split_line(line: str) -> tuple[str, bool]:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from orchestrator.lifecycle.rank_reports import ErrorReport, LogReport, ResultReport
 from orchestrator.planning.rank_specs import WorkerSpec
-from orchestrator.worker.script import ScriptAttempt, exit_text, run_script, script_environment
+from orchestrator.worker.script import (
+    TEARDOWN_ABORT,
+    ScriptAttempt,
+    exit_text,
+    known_cause,
+    run_script,
+    script_environment,
+)
 from orchestrator.worker.stop import StopSignal
 from tests.helpers import compose_job, worker_spec
 
@@ -66,3 +73,21 @@ def test_a_failed_script_reports_how_it_ended_with_its_stderr_tail_holding_a_pro
     assert result.message == "contract_script.py exited with code 2"
     assert result.traceback.startswith("progress 100%\nusage: contract_script.py")
     assert exit_text(-signal.SIGKILL) == "was killed by SIGKILL (signal 9)"
+
+
+def test_an_abort_as_the_interpreter_exits_is_named_with_what_to_do(tmp_path):
+    # what a rank shows when a torch thread meets the interpreter's teardown (pytorch/pytorch#190489)
+    script = tmp_path / "ends_badly.py"
+    script.write_text(
+        "import atexit, os, sys\n"
+        "print('trained', flush=True)\n"
+        f"atexit.register(lambda: (print({TEARDOWN_ABORT!r}, file=sys.stderr, flush=True), os.abort()))\n"
+    )
+    job = compose_job(["entrypoint=script", f"script.path={script}"], tmp_path)
+    result = run_script(_spec(), job, [].append, StopSignal(), ScriptAttempt(str(tmp_path / "ckpt")))
+    assert isinstance(result, ErrorReport) and result.exit_code == -signal.SIGABRT
+    assert result.message.startswith("ends_badly.py was killed by SIGABRT (signal 6) with 'terminate called")
+    assert "pytorch/pytorch#190489" in result.message and "A rank that aborts as it exits" in result.message
+    # any other abort, or another signal with that line, is told as it is
+    assert known_cause(-signal.SIGABRT, ["Fatal Python error: Aborted\n"]) == ""
+    assert known_cause(-signal.SIGKILL, [TEARDOWN_ABORT + "\n"]) == ""
