@@ -325,8 +325,11 @@ import json, os, sys, time
 preloaded = "torch" in sys.modules
 import torch
 attempt, rank = os.environ["TORCHELASTIC_RESTART_COUNT"], os.environ["RANK"]
-with open(os.path.join(sys.argv[1], f"attempt{attempt}-rank{rank}.json"), "w") as file:
+# written under another name first: the test reads the file as soon as it has its name
+name = os.path.join(sys.argv[1], f"attempt{attempt}-rank{rank}.json")
+with open(os.path.join(sys.argv[1], f".writing-{attempt}-{rank}"), "w") as file:
     json.dump({"preloaded": preloaded, "worker": os.getppid()}, file)
+os.replace(file.name, name)
 if attempt == "0":
     time.sleep(120)
 """
