@@ -28,6 +28,11 @@ the same fields, taken from its reports by a JobObserver (benchmarks/overhead/bu
     .venv/bin/python benchmarks/bench_overhead.py                      # every mode, 3 repetitions
     .venv/bin/python benchmarks/bench_overhead.py --reps 5 --modes torchrun,script,builtin
 
+Where the orchestrator's modes record their runs: `--tracking sqlite` (the default) is a local SQLite
+file, as on a laptop; `--tracking server` is an `mlflow server` on 127.0.0.1 (over its own SQLite file)
+that this benchmark starts before the first mode and stops by PID at the end, as a team's cluster
+has one: the driver then talks HTTP and does not open the store itself.
+
 Before/after a change, in the same run: `git archive <commit> | tar -x -C /tmp/base`, then
 `--base-src /tmp/base --modes torchrun,script,script@base,builtin,builtin@base`: an `@base` mode runs
 with that checkout's orchestrator first on PYTHONPATH. The -warm@base modes run only the driver from
@@ -54,6 +59,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE / "overhead"))
 
 from ray_head import RayHead  # noqa: E402
+
+from orchestrator.tracking.mlflow_server import MlflowServer, free_port, local_spec  # noqa: E402
 
 WORKLOAD = HERE / "overhead" / "workload.py"
 PYTHON = sys.executable
@@ -168,7 +175,7 @@ def run_once(mode: str, run_dir: Path, tracking_uri: str, head, base_src: "Path 
 
 
 def create_store(tracking_uri: str) -> None:
-    """Create the SQLite store once, so no run pays MLflow's first-use migration (a user pays it once, ever)."""
+    """Create the store once (directly or through the server), so no run pays MLflow's first-use migration."""
     from mlflow import MlflowClient
 
     MlflowClient(tracking_uri).search_experiments()
@@ -180,6 +187,12 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
     parser.add_argument("--work-dir", help="where runs, logs and the MLflow store go (default: a new temp dir)")
     parser.add_argument("--base-src", type=Path, help="a checkout of the orchestrator for the @base modes")
+    parser.add_argument(
+        "--tracking",
+        choices=("sqlite", "server"),
+        default="sqlite",
+        help="where runs are recorded: a local SQLite file, or an mlflow server this benchmark starts",
+    )
     args = parser.parse_args()
     modes = args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES) - set(BASE_MODES))
@@ -188,9 +201,26 @@ def main() -> int:
     if any("@" in mode for mode in modes) and args.base_src is None:
         parser.error("@base modes need --base-src")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-overhead-")).resolve()
-    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-    create_store(tracking_uri)
-    print(f"work dir: {work}", flush=True)
+    with contextlib.ExitStack() as stack:
+        if args.tracking == "server":
+            tracking_uri = stack.enter_context(tracking_server(work / "mlflow-server")).spec.url
+        else:
+            tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+        create_store(tracking_uri)
+        print(f"work dir: {work}; runs recorded in {tracking_uri}", flush=True)
+        run_modes(args, modes, work, tracking_uri)
+    return 0
+
+
+@contextlib.contextmanager
+def tracking_server(data_dir: Path) -> Iterator[MlflowServer]:
+    """An `mlflow server` on a free port of 127.0.0.1 over its own SQLite file, stopped by PID when done."""
+    with MlflowServer(local_spec(data_dir, port=free_port()), log_path=data_dir.parent / "mlflow-server.log") as server:
+        yield server
+
+
+def run_modes(args: argparse.Namespace, modes: list[str], work: Path, tracking_uri: str) -> None:
+    """Every mode `args.reps` times, interleaved, then the table."""
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
     # an idle Ray head keeps a few processes busy on the same cores: it is up only while the warm modes run
     warm = [mode for mode in modes if mode.partition("@")[0].endswith("-warm")]
@@ -216,7 +246,6 @@ def main() -> int:
                 head.stop()
     print()
     print(table(results, args.reps))
-    return 0
 
 
 def report(rep: int, mode: str, results: dict[str, list[dict]], result: dict) -> None:
