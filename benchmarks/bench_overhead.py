@@ -203,20 +203,15 @@ def main() -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-overhead-")).resolve()
     with contextlib.ExitStack() as stack:
         if args.tracking == "server":
-            tracking_uri = stack.enter_context(tracking_server(work / "mlflow-server")).spec.url
+            # an mlflow server on a free port of 127.0.0.1, over its own SQLite file, stopped by PID at the end
+            server = MlflowServer(local_spec(work / "mlflow-server", port=free_port()), work / "mlflow-server.log")
+            tracking_uri = stack.enter_context(server).spec.url
         else:
             tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
         create_store(tracking_uri)
         print(f"work dir: {work}; runs recorded in {tracking_uri}", flush=True)
         run_modes(args, modes, work, tracking_uri)
     return 0
-
-
-@contextlib.contextmanager
-def tracking_server(data_dir: Path) -> Iterator[MlflowServer]:
-    """An `mlflow server` on a free port of 127.0.0.1 over its own SQLite file, stopped by PID when done."""
-    with MlflowServer(local_spec(data_dir, port=free_port()), log_path=data_dir.parent / "mlflow-server.log") as server:
-        yield server
 
 
 def run_modes(args: argparse.Namespace, modes: list[str], work: Path, tracking_uri: str) -> None:

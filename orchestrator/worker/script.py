@@ -203,7 +203,7 @@ def known_cause(code: int, stderr_tail: Iterable[str]) -> str:
     """
     if code == -signal.SIGABRT and any(TEARDOWN_ABORT in line for line in stderr_tail):
         return (
-            " with 'terminate called without an active exception': torch's threads most likely met the"
+            f" with '{TEARDOWN_ABORT}': torch's threads most likely met the"
             " interpreter's exit (pytorch/pytorch#190489; docs/your-code.md, 'A rank that aborts as it exits',"
             " says how a script ends without it)"
         )
