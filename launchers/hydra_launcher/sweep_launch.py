@@ -23,6 +23,7 @@ from orchestrator.config.hydra_output import remove_empty_dirs, write_hydra_file
 from orchestrator.config.load import load_config
 from orchestrator.config.schema import JobConfig
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.interrupts import interrupts_held
 from orchestrator.sweep.judging import TrialJudge
 from orchestrator.sweep.session_holder import SweepSessionHolder
 from orchestrator.sweep.trials import (
@@ -76,23 +77,26 @@ def launch(
 
     setup_globals()
     try:
-        # every trial of the batch is composed and checked before the cluster or the store is touched
-        problems = _hydra_problems(launcher)
-        if problems:
-            raise ConfigError(problems)
-        sweep_job = job_of(launcher.config)
-        trials = [
-            _prepare(launcher, list(overrides), initial_job_idx + index)
-            for index, overrides in enumerate(job_overrides)
-        ]
-        problems = [
-            f"trial {trial.spec.number}: {problem}"
-            for trial in trials
-            for problem in shared_key_problems(sweep_job, trial.spec.job)
-        ]
-        if problems:
-            raise ConfigError(problems)
-        _check_own_components([trial.spec.job for trial in trials])
+        # every trial of the batch is composed and checked before the cluster or the store is touched; a Ctrl-C
+        # waits for that: one inside OmegaConf leaves a node half-built, and its clean-up's error then replaces the
+        # KeyboardInterrupt (a Ctrl-C became "invalid configuration: 'NoneType' object has no attribute ...")
+        with interrupts_held():
+            problems = _hydra_problems(launcher)
+            if problems:
+                raise ConfigError(problems)
+            sweep_job = job_of(launcher.config)
+            trials = [
+                _prepare(launcher, list(overrides), initial_job_idx + index)
+                for index, overrides in enumerate(job_overrides)
+            ]
+            problems = [
+                f"trial {trial.spec.number}: {problem}"
+                for trial in trials
+                for problem in shared_key_problems(sweep_job, trial.spec.job)
+            ]
+            if problems:
+                raise ConfigError(problems)
+            _check_own_components([trial.spec.job for trial in trials])
         _redact_sweep_file(launcher, sweep_job)
         judged = judges if judges is not None else [None] * len(trials)
         specs = [
@@ -108,13 +112,16 @@ def launch(
         records = session.run(specs)
     except OrchestratorError as error:
         print(f"orchestrator: {error}", file=sys.stderr)
-        holder = launcher.task_function
-        opened = holder.sweep if isinstance(holder, SweepSessionHolder) else None  # by this batch or an earlier one
+        opened = _opened_sweep(launcher)
         if opened is not None:
             opened.fail(str(error))
         elif isinstance(error, ConfigError):
             _discard_sweep_file(launcher)
         raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        if _opened_sweep(launcher) is None:  # stopped before it started: no output, and no unredacted multirun.yaml
+            _discard_sweep_file(launcher)
+        raise
     returns = [_job_return(trial, record) for trial, record in zip(trials, records)]
     for trial, job_return in zip(trials, returns):
         launcher.hydra_context.callbacks.on_job_end(config=trial.config, job_return=job_return)
@@ -161,6 +168,12 @@ def _holder(launcher: RayLauncher) -> SweepSessionHolder:
             ["hydra/launcher=ray runs orchestrator trials: start the sweep with `orchestrator train -m ...`"]
         )
     return launcher.task_function
+
+
+def _opened_sweep(launcher: RayLauncher) -> Optional[SweepSession]:
+    """The sweep's session, once a batch (this one or an earlier one) has opened it."""
+    holder = launcher.task_function
+    return holder.sweep if isinstance(holder, SweepSessionHolder) else None
 
 
 def _fixed_keys(overrides: Sequence[str]) -> frozenset[str]:
