@@ -99,7 +99,12 @@ def run_ranks(function: str, world_size: int, args: list[str], timeout_s: float)
     still running at the end (stuck in a rendezvous whose peer failed) is killed.
     """
     module, name = function.split(":")
-    code = f"import sys; from {module} import {name}; {name}(int(sys.argv[1]), *sys.argv[2:])"
+    # a rank that returned ends as `exit` would but without the interpreter's teardown, where a gloo thread
+    # letting go of a tensor aborts the process now and then (pytorch/pytorch#190489; docs/your-code.md)
+    code = (
+        f"import atexit, os, sys; from {module} import {name}; {name}(int(sys.argv[1]), *sys.argv[2:]); "
+        "atexit._run_exitfuncs(); sys.stdout.flush(); sys.stderr.flush(); os._exit(0)"
+    )
     children = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(rank), *args],
